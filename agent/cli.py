@@ -1,0 +1,187 @@
+"""The ``agent`` command: validate, count, snapshot, run.
+
+Exit codes: 0 success, 1 invalid input (config, model card, video), 2 usage error,
+3 runtime failure (camera gave no frame, etc.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.yamlfile import ConfigError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+def _err(msg: str) -> None:
+    print(f"agent: error: {msg}", file=sys.stderr)
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    """``agent validate FILE``: check a provisioning file; list every problem."""
+    from agent.config import load_config
+    from agent.detect import ModelError, load_detector
+
+    rc = EXIT_OK
+    for path in a.files:
+        try:
+            cfg = load_config(Path(path))
+        except ConfigError as e:
+            for p in e.problems:
+                print(p, file=sys.stderr)
+            print(f"{path}: INVALID ({len(e.problems)} problem"
+                  f"{'s' if len(e.problems) != 1 else ''})", file=sys.stderr)
+            rc = EXIT_INVALID
+            continue
+        if a.check_models:
+            for cam in cfg.cameras:
+                try:
+                    load_detector(cam.detector.model, set(cam.detector.classes))
+                except (ModelError, ConfigError) as e:
+                    print(f"{path}: cameras.{cam.name}.detector.model: {e}", file=sys.stderr)
+                    rc = EXIT_INVALID
+        if rc == EXIT_OK:
+            cams = ", ".join(f"{c.name} ({len(c.lines)} line{'s' if len(c.lines) != 1 else ''})"
+                             for c in cfg.cameras)
+            print(f"{path}: OK: device {cfg.device.id} at {cfg.device.site}; cameras: {cams}")
+    return rc
+
+
+def cmd_count(a: argparse.Namespace) -> int:
+    """``agent count VIDEO``: count a video file offline and print totals."""
+    from agent.detect import ModelError, load_detector
+    from agent.offline import VideoError, count_video, lines_from_args, stderr_progress
+    from agent.pipeline import PipelineSettings
+
+    try:
+        lines = lines_from_args(a.line)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not Path(a.video).is_file():
+        _err(f"video {a.video} not found")
+        return EXIT_INVALID
+    try:
+        det = load_detector(Path(a.model), set(a.classes.split(",")) if a.classes else None,
+                            confidence=a.confidence, threads=a.threads)
+    except ConfigError as e:
+        _err(f"bad model card:\n{e}")
+        return EXIT_INVALID
+    except ModelError as e:
+        _err(str(e))
+        return EXIT_INVALID
+    settings = PipelineSettings(lines=lines, confidence=a.confidence, stride=a.stride,
+                                motion=a.motion)
+    try:
+        res = count_video(Path(a.video), det, settings, Path(a.annotate) if a.annotate else None,
+                          a.max_frames, None if a.quiet else stderr_progress())
+    except VideoError as e:
+        _err(str(e))
+        return EXIT_INVALID
+    doc = res.to_json()
+    doc.update({"model": det.card.name, "stride": a.stride, "motion_gating": a.motion})
+    if a.json:
+        print(json.dumps(doc, indent=1))
+        return EXIT_OK
+    print(f"{res.video}: {res.frames} frames ({res.frames_detected} through the detector), "
+          f"{res.processing_fps:.1f} frames/s, model {det.card.name}")
+    for name, info in doc["lines"].items():
+        dirs = ", ".join(f"{d} {n}" for d, n in info["by_direction"].items())
+        print(f"  line {name}: {info['total']} ({dirs})")
+        for cls, per in sorted(info["by_class"].items()):
+            print(f"    {cls:<10} " + "  ".join(f"{d} {n}" for d, n in per.items()))
+    print("  stage ms/frame: " + ", ".join(f"{k} {v}" for k, v in res.stage_ms.items()))
+    if a.annotate:
+        print(f"  annotated video: {a.annotate}")
+    return EXIT_OK
+
+
+def cmd_snapshot(a: argparse.Namespace) -> int:
+    """``agent snapshot``: one annotated frame from a configured camera."""
+    from agent.snapshot import SnapshotError, take_snapshot
+
+    try:
+        info = take_snapshot(Path(a.config), a.camera, Path(a.output), a.timeout)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return EXIT_INVALID
+    except SnapshotError as e:
+        _err(str(e))
+        return e.exit_code
+    print(f"wrote {a.output}: camera {a.camera}, frame {info['width']}x{info['height']}, "
+          f"{info['detections']} detections, lines: {', '.join(info['lines']) or 'none'}")
+    return EXIT_OK
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """``agent run --config FILE``: run every camera, write aggregates, show live counts."""
+    from agent.runner import run_agent
+
+    return run_agent(Path(a.config), duration=a.duration, live=not a.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``agent`` argument parser (every command and option, with help)."""
+    p = argparse.ArgumentParser(prog="agent", description="polelink street-light pole agent")
+    p.add_argument("--version", action="version", version=f"polelink agent {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check provisioning files (exit 0 valid, 1 invalid)")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--check-models", action="store_true",
+                   help="also load each camera's model and check it against its card")
+    v.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser("count", help="count road users crossing lines in a video file")
+    c.add_argument("video", metavar="VIDEO")
+    c.add_argument("--model", required=True, metavar="CARD", help="model card (.yaml)")
+    c.add_argument("--line", action="append", required=True, metavar="X1,Y1,X2,Y2[,NAME]",
+                   help="counting line in frame pixels; repeat for several lines")
+    c.add_argument("--json", action="store_true", help="print one JSON document")
+    c.add_argument("--annotate", metavar="OUT.mp4", help="write a video with boxes, ids, lines")
+    c.add_argument("--confidence", type=float, default=0.35, help="detection threshold (0.35)")
+    c.add_argument("--classes", metavar="C1,C2", help="classes to count "
+                   "(default car,motorbike,bus,truck,bicycle)")
+    c.add_argument("--stride", type=int, default=1, help="run the detector every Nth frame (1)")
+    c.add_argument("--motion", action=argparse.BooleanOptionalAction, default=False,
+                   help="skip the detector on frames without motion (default off offline)")
+    c.add_argument("--threads", type=int, default=1, help="onnxruntime/TFLite threads (1)")
+    c.add_argument("--max-frames", type=int, help="stop after N frames")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.set_defaults(func=cmd_count)
+
+    s = sub.add_parser("snapshot", help="save one annotated frame from a configured camera")
+    s.add_argument("--config", required=True, metavar="FILE")
+    s.add_argument("--camera", required=True, metavar="NAME")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    s.add_argument("--timeout", type=float, default=15.0,
+                   help="seconds to wait for a frame (15)")
+    s.set_defaults(func=cmd_snapshot)
+
+    r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
+    r.add_argument("--config", required=True, metavar="FILE")
+    r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``agent`` console script."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(a, "stride", 1) < 1:
+        p.error("--stride must be at least 1")
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,249 @@
+"""The pole's provisioning file: typed settings validated with pydantic v2.
+
+One YAML file per pole (see ``config/example-pole.yaml`` for every key with comments).
+Unknown keys are errors; relative paths are relative to the config file's folder.
+Load with :func:`load_config`, which raises :class:`agent.yamlfile.ConfigError` whose
+problems name the file, line, field path and what would be valid.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.classes import DEFAULT_COUNTED, RoadUserClass
+from agent.yamlfile import validate_file
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+NAME_HELP = "lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 63"
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else (Path(base) / path)
+
+
+class DeviceConfig(Strict):
+    """Who this pole is: used in logs, aggregates and (later) MQTT topics."""
+
+    id: Annotated[str, Field(pattern=NAME_PATTERN, description="device id, " + NAME_HELP)]
+    site: Annotated[str, Field(pattern=NAME_PATTERN, description="site/city code, " + NAME_HELP)]
+
+
+class SourceBase(Strict):
+    """Reconnect behaviour shared by every camera source."""
+
+    reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    stall_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+
+class FileSource(SourceBase):
+    """A video file (the simulator, or recorded footage)."""
+
+    kind: Literal["file"]
+    path: Path
+    loop: bool = False
+    realtime: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: Path, info: ValidationInfo) -> Path:
+        p = _resolve(v, info)
+        if not p.is_file():
+            raise ValueError(f"video file {p} does not exist")
+        return p
+
+
+class StreamSource(SourceBase):
+    """A network camera: RTSP or HTTP (MJPEG, HLS...) URL read through OpenCV's FFMPEG."""
+
+    kind: Literal["stream"]
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not re.match(r"^(rtsp|rtsps|http|https)://[^\s/]+", v):
+            raise ValueError(f"url must start with rtsp://, rtsps://, http:// or https:// "
+                             f"followed by a host (got {v!r})")
+        return v
+
+
+class DeviceSource(SourceBase):
+    """A local V4L2 camera, by index (``/dev/video<index>``)."""
+
+    kind: Literal["v4l2"]
+    index: Annotated[int, Field(ge=0, le=63)]
+
+
+Source = Annotated[FileSource | StreamSource | DeviceSource, Field(discriminator="kind")]
+
+
+class DetectorConfig(Strict):
+    """Which model runs and how its detections are filtered."""
+
+    model: Path = Field(description="model card (.yaml) describing the model file")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.35
+    low_confidence: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    nms_iou: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    merge_iou: Annotated[float, Field(gt=0, le=1)] = 0.8
+    classes: list[RoadUserClass] = Field(default_factory=lambda: list(DEFAULT_COUNTED),
+                                         min_length=1)
+    threads: Annotated[int, Field(ge=1, le=8)] = 1
+
+    @field_validator("model")
+    @classmethod
+    def _card_exists(cls, v: Path, info: ValidationInfo) -> Path:
+        p = _resolve(v, info)
+        if not p.is_file():
+            raise ValueError(f"model card {p} does not exist")
+        return p
+
+    @model_validator(mode="after")
+    def _order(self) -> DetectorConfig:
+        if self.low_confidence > self.confidence:
+            raise ValueError(f"low_confidence ({self.low_confidence}) must not exceed "
+                             f"confidence ({self.confidence})")
+        return self
+
+
+class GatingConfig(Strict):
+    """CPU savers: skip the detector when nothing moves; detect every Nth frame."""
+
+    motion: bool = True
+    motion_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
+    motion_width: Annotated[int, Field(ge=32, le=640)] = 160
+    stride: Annotated[int, Field(ge=1, le=30)] = 1
+    keepalive_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+
+
+class TrackerConfig(Strict):
+    """ByteTrack-style association settings."""
+
+    match_iou: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    lost_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    min_hits: Annotated[int, Field(ge=1, le=10)] = 2
+
+
+Point = tuple[float, float]
+
+
+class LineConfig(Strict):
+    """A counting line: two points in frame pixels, and names for its two directions."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    points: tuple[Point, Point]
+    directions: dict[str, Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=dict)
+    anchor: Literal["center", "bottom_center"] = "center"
+
+    @model_validator(mode="after")
+    def _geometry(self) -> LineConfig:
+        from agent.geometry import image_directions
+
+        (x1, y1), (x2, y2) = self.points
+        if (x1, y1) == (x2, y2):
+            raise ValueError("the two points of a line must differ")
+        allowed = image_directions(self.points)
+        bad = sorted(set(self.directions) - set(allowed))
+        if bad:
+            raise ValueError(f"directions keys must be {allowed[0]!r} and/or {allowed[1]!r} for "
+                             f"this line (it is crossed {allowed[0]}/{allowed[1]} in the image); "
+                             f"got {', '.join(map(repr, bad))}")
+        return self
+
+
+class ZoneConfig(Strict):
+    """A polygon in frame pixels: distinct road users seen inside it are counted by class."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    polygon: Annotated[list[Point], Field(min_length=3)]
+
+
+class CameraConfig(Strict):
+    """One camera and everything that turns its frames into counts."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    source: Source
+    fps_limit: Annotated[float, Field(gt=0, le=60)] | None = None
+    detector: DetectorConfig
+    gating: GatingConfig = GatingConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    lines: list[LineConfig] = Field(default_factory=list)
+    zones: list[ZoneConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CameraConfig:
+        for what, items in (("line", self.lines), ("zone", self.zones)):
+            names = [i.name for i in items]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must be unique within a camera: {', '.join(dup)}")
+        if not self.lines and not self.zones:
+            raise ValueError("a camera needs at least one counting line or zone")
+        return self
+
+
+class AggregatesConfig(Strict):
+    """Fixed reporting intervals, aligned to the wall clock."""
+
+    interval_s: Annotated[int, Field(ge=10, le=3600)] = 60
+    path: Path = Path("var/aggregates.jsonl")
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_day(cls, v: int) -> int:
+        if 86400 % v:
+            raise ValueError(f"interval_s must divide a day evenly so intervals align to the "
+                             f"clock (e.g. 10, 15, 30, 60, 300, 900, 3600); got {v}")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _rel(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+
+class AgentConfig(Strict):
+    """The whole provisioning file."""
+
+    device: DeviceConfig
+    cameras: Annotated[list[CameraConfig], Field(min_length=1)]
+    aggregates: AggregatesConfig = AggregatesConfig()
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AgentConfig:
+        names = [c.name for c in self.cameras]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        return self
+
+    def camera(self, name: str) -> CameraConfig:
+        """The camera called ``name`` (KeyError listing the configured names otherwise)."""
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise KeyError(f"no camera {name!r}; configured: {', '.join(c.name for c in self.cameras)}")
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load and validate a provisioning file (raises ``ConfigError`` with located problems)."""
+    path = Path(path)
+    return validate_file(path, AgentConfig, context={"base_dir": path.resolve().parent})

@@ -1,0 +1,157 @@
+"""What every detector backend shares: the result type, pre-processing and NMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from agent.classes import ROAD_USER_CLASSES
+from agent.modelcard import InputSpec, ModelCard
+
+
+@dataclass
+class Detections:
+    """Detections in frame pixels: ``boxes`` (N, 4) x1 y1 x2 y2, ``scores`` (N,), ``labels``
+    (N,) indices into :data:`agent.classes.ROAD_USER_CLASSES`."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @staticmethod
+    def empty() -> Detections:
+        """No detections."""
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                          np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def class_names(self) -> list[str]:
+        """Class name of each detection."""
+        return [ROAD_USER_CLASSES[i] for i in self.labels]
+
+
+class Detector(Protocol):
+    """A vehicle detector: frames in, detections out."""
+
+    card: ModelCard
+
+    def detect(self, frame: np.ndarray) -> Detections:
+        """Detect road users in a BGR frame."""
+        ...
+
+
+@dataclass
+class Geometry:
+    """How a frame was mapped to the input tensor (to map boxes back)."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    width: int
+    height: int
+
+
+def preprocess(frame: np.ndarray, spec: InputSpec, buf: np.ndarray | None = None
+               ) -> tuple[np.ndarray, Geometry]:
+    """Resize (letterbox or stretch), reorder channels, normalise and lay out a frame.
+
+    Returns a batch-of-one tensor in the card's layout and dtype.
+    """
+    if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+        raise ValueError(f"expected a HxWx3 BGR frame, got shape "
+                         f"{getattr(frame, 'shape', None)}")
+    h, w = frame.shape[:2]
+    tw, th = spec.size
+    if spec.resize == "letterbox":
+        r = min(tw / w, th / h)
+        nw, nh = round(w * r), round(h * r)
+        left, top = (tw - nw) // 2, (th - nh) // 2
+        img = np.full((th, tw, 3), spec.pad_value, np.uint8) if buf is None else buf
+        if buf is not None:
+            img[:] = spec.pad_value
+        img[top:top + nh, left:left + nw] = cv2.resize(frame, (nw, nh),
+                                                       interpolation=cv2.INTER_LINEAR)
+        geo = Geometry(r, r, left, top, w, h)
+    else:
+        img = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_LINEAR)
+        geo = Geometry(tw / w, th / h, 0.0, 0.0, w, h)
+    if spec.channels == "RGB":
+        img = img[:, :, ::-1]
+    if spec.dtype == "uint8":
+        x = np.ascontiguousarray(img)
+    else:
+        x = img.astype(np.float32)
+        if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+            x = (x - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x[None]), geo
+
+
+def to_frame(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Map x1 y1 x2 y2 boxes from input-tensor pixels back to frame pixels, clipped."""
+    out = boxes.astype(np.float32).copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - geo.pad_x) / geo.scale_x
+    out[:, [1, 3]] = (out[:, [1, 3]] - geo.pad_y) / geo.scale_y
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, geo.width - 1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, geo.height - 1)
+    return out
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of x1 y1 x2 y2 boxes: (len(a), len(b))."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best first."""
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    while len(order):
+        i = int(order[0])
+        keep.append(i)
+        if len(order) == 1:
+            break
+        ious = iou_matrix(boxes[i:i + 1], boxes[order[1:]])[0]
+        order = order[1:][ious <= iou]
+    return np.array(keep, np.int64)
+
+
+def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float,
+                    merge_iou: float = 1.0) -> np.ndarray:
+    """NMS within each class, then drop cross-class duplicates above ``merge_iou``.
+
+    The second step stops one vehicle scored both "car" and "truck" from becoming two
+    tracks (and two counts); it keeps the higher-scoring class.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    offset = (labels.astype(np.float32) * (float(boxes.max()) + 1.0))[:, None]
+    keep = nms(boxes + offset, scores, iou)
+    if merge_iou < 1.0 and len(keep) > 1:
+        keep = keep[nms(boxes[keep], scores[keep], merge_iou)]
+    return keep
+
+
+def map_classes(card: ModelCard, wanted: set[str]) -> np.ndarray:
+    """Lookup table model class id → road-user index, -1 where not wanted."""
+    table = np.full(card.num_classes, -1, np.int64)
+    for mid, name in card.class_map.items():
+        if name in wanted:
+            table[mid] = ROAD_USER_CLASSES.index(name)
+    return table

@@ -1,0 +1,163 @@
+"""The vision data path for one camera, top to bottom.
+
+    frame ──► motion gate ──► detector (every ``stride``-th moving frame)
+                                   │                         │
+                          (no motion: tracks frozen)   (stride gap: tracks predicted)
+                                   ▼                         ▼
+                                tracker ──► counter ──► count events (+ timings)
+
+:class:`CameraPipeline` is pure processing (no threads, no I/O) so the offline
+``agent count`` command, the benchmarks, the tests and the live agent run exactly the
+same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.counter import Counter, CountEvent, Line, Zone
+from agent.detect.base import Detections, Detector
+from agent.motion import MotionGate
+from agent.tracker import Track, Tracker
+
+STAGES = ("preprocess", "inference", "postprocess", "motion", "track", "count")
+
+
+@dataclass
+class PipelineSettings:
+    """Everything the pipeline needs besides the detector (mirrors the camera config)."""
+
+    lines: list[Line]
+    zones: list[Zone] = field(default_factory=list)
+    fps: float = 15.0
+    confidence: float = 0.35
+    low_confidence: float = 0.1
+    motion: bool = True
+    motion_threshold: float = 0.001
+    motion_width: int = 160
+    stride: int = 1
+    keepalive_s: float = 2.0
+    match_iou: float = 0.2
+    lost_s: float = 1.0
+    min_hits: int = 2
+
+
+@dataclass
+class FrameResult:
+    """What processing one frame produced."""
+
+    index: int
+    detected: bool
+    detections: Detections | None
+    tracks: list[Track]
+    events: list[CountEvent]
+
+
+@dataclass
+class StageTimes:
+    """Accumulated seconds per stage, and how many frames each stage ran on."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    calls: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STAGES})
+
+    def add(self, stage: str, dt: float) -> None:
+        """Record ``dt`` seconds spent in ``stage``."""
+        self.seconds[stage] += dt
+        self.calls[stage] += 1
+
+    def mean_ms(self) -> dict[str, float]:
+        """Mean milliseconds per call of each stage."""
+        return {s: round(1000 * self.seconds[s] / self.calls[s], 3) if self.calls[s] else 0.0
+                for s in STAGES}
+
+
+class CameraPipeline:
+    """Frames in, tracks and count events out; see the module docstring."""
+
+    def __init__(self, detector: Detector, settings: PipelineSettings) -> None:
+        self.detector = detector
+        self.s = settings
+        fps = max(settings.fps, 1.0)
+        self.gate = MotionGate(settings.motion_threshold, settings.motion_width) \
+            if settings.motion else None
+        self.tracker = Tracker(high=settings.confidence, low=settings.low_confidence,
+                               match_iou=settings.match_iou,
+                               lost_frames=max(round(settings.lost_s * fps),
+                                               2 * settings.stride),
+                               min_hits=settings.min_hits,
+                               tentative_frames=max(2, settings.stride + 1))
+        self.counter = Counter(settings.lines, settings.zones,
+                               handover_frames=max(round(1.5 * fps), 3 * settings.stride))
+        self.keepalive_frames = max(1, round(settings.keepalive_s * fps)) \
+            if settings.keepalive_s > 0 else 0
+        self.times = StageTimes()
+        self.frames = 0
+        self.frames_detected = 0
+        self.frames_skipped_motion = 0
+        self.detect_seconds = 0.0
+        self._since_detect = 10 ** 9
+        self._stride_phase = 0
+
+    def process(self, image: np.ndarray, index: int | None = None) -> FrameResult:
+        """Run one frame through gate → detector → tracker → counter."""
+        idx = self.frames if index is None else index
+        self.frames += 1
+        t0 = time.perf_counter()
+        moving = True
+        if self.gate is not None:
+            moving = self.gate.moving(image)
+            self.times.add("motion", time.perf_counter() - t0)
+            # a tracked vehicle still on the move keeps the detector on, even when it is too
+            # small or slow to register as motion on its own
+            moving = moving or any(abs(t.velocity[0]) + abs(t.velocity[1]) > 0.5
+                                   for t in self.tracker.tracks if t.confirmed)
+        keepalive = self.keepalive_frames and self._since_detect >= self.keepalive_frames
+        due = self._stride_phase % self.s.stride == 0
+        self._stride_phase += 1
+        dets: Detections | None = None
+        if due and (moving or keepalive):
+            dets = self._detect(image)
+            t1 = time.perf_counter()
+            tracks = self.tracker.update(dets)
+            self.times.add("track", time.perf_counter() - t1)
+            self._since_detect = 0
+        elif moving:
+            # stride gap: nothing measured, the tracks coast on their velocity
+            t1 = time.perf_counter()
+            tracks = self.tracker.predict()
+            self.times.add("track", time.perf_counter() - t1)
+            self._since_detect += 1
+        else:
+            # nothing moves: the scene is still, so are the tracks
+            tracks = self.tracker.tracks
+            self.frames_skipped_motion += 1
+            self._since_detect += 1
+            self._stride_phase = 0
+        t2 = time.perf_counter()
+        events = self.counter.update(tracks, idx, (image.shape[1], image.shape[0]))
+        self.times.add("count", time.perf_counter() - t2)
+        return FrameResult(idx, dets is not None, dets, tracks, events)
+
+    def _detect(self, image: np.ndarray) -> Detections:
+        d = self.detector
+        t0 = time.perf_counter()
+        tensor, geo = d.prepare(image)  # type: ignore[attr-defined]
+        t1 = time.perf_counter()
+        raw = d.infer(tensor)  # type: ignore[attr-defined]
+        t2 = time.perf_counter()
+        dets = d.decode(raw, geo, self.s.low_confidence)  # type: ignore[attr-defined]
+        t3 = time.perf_counter()
+        self.times.add("preprocess", t1 - t0)
+        self.times.add("inference", t2 - t1)
+        self.times.add("postprocess", t3 - t2)
+        self.frames_detected += 1
+        self.detect_seconds += t3 - t0
+        return dets
+
+    @property
+    def mean_detector_ms(self) -> float:
+        """Mean time per detector run (pre-processing, inference and decoding), in ms."""
+        return 1000 * self.detect_seconds / self.frames_detected if self.frames_detected else 0.0

@@ -1,0 +1,225 @@
+"""Multi-object tracking for counting: ByteTrack-style association, constant-velocity Kalman.
+
+Per frame with detections (:meth:`Tracker.update`):
+
+1. every track's Kalman filter predicts its box;
+2. high-confidence detections are matched to tracks by IoU (Hungarian assignment);
+3. remaining tracks are matched to low-confidence detections (ByteTrack's second pass,
+   which keeps tracks alive through partial occlusion), then to any leftover detection by
+   centre distance scaled by box size (fast motorbikes at low frame rates can move
+   further than their own length between frames, where IoU is zero);
+4. unmatched high-confidence detections start tentative tracks, unless they sit on a
+   live track (centre inside its box, or IoU above ``duplicate_iou``): a second box on
+   the same vehicle must not become a second count; tracks unmatched for longer than
+   ``lost_frames`` are removed (tentative ones after ``tentative_frames``).
+
+Frames without detections (detection stride, motion gating) call :meth:`Tracker.predict`,
+which moves every track along its velocity so counting lines are still crossed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from agent.detect.base import Detections, iou_matrix
+
+_F = np.eye(8)
+_F[:4, 4:] = np.eye(4)
+_H = np.eye(4, 8)
+
+
+class KalmanBox:
+    """Constant-velocity Kalman filter on (cx, cy, w, h) with noise scaled by box size."""
+
+    def __init__(self, box: np.ndarray) -> None:
+        cx, cy, w, h = _xywh(box)
+        self.x = np.array([cx, cy, w, h, 0, 0, 0, 0], float)
+        s = max(w, h)
+        self.P = np.diag([(0.1 * s) ** 2] * 4 + [(0.5 * s) ** 2] * 2 + [(0.05 * s) ** 2] * 2)
+
+    def predict(self) -> None:
+        """Advance one frame."""
+        s = max(self.x[2], self.x[3], 1.0)
+        q = np.array([0.05 * s] * 4 + [0.1 * s] * 2 + [0.01 * s] * 2) ** 2
+        self.x = _F @ self.x
+        self.x[2:4] = np.maximum(self.x[2:4], 1.0)
+        self.P = _F @ self.P @ _F.T + np.diag(q)
+
+    def update(self, box: np.ndarray) -> None:
+        """Correct with a measured box."""
+        z = np.array(_xywh(box))
+        s = max(self.x[2], self.x[3], 1.0)
+        r = np.diag([0.05 * s] * 4) ** 2
+        y = z - _H @ self.x
+        pht = self.P @ _H.T
+        k = pht @ np.linalg.inv(_H @ pht + r)
+        self.x = self.x + k @ y
+        self.P = (np.eye(8) - k @ _H) @ self.P
+
+    def box(self) -> np.ndarray:
+        """Current x1 y1 x2 y2 estimate."""
+        cx, cy, w, h = self.x[:4]
+        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _xywh(b: np.ndarray) -> tuple[float, float, float, float]:
+    return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1])
+
+
+@dataclass
+class Track:
+    """A tracked road user."""
+
+    track_id: int
+    kf: KalmanBox
+    label: int
+    score: float
+    hits: int = 1
+    age: int = 0
+    missed: int = 0
+    confirmed: bool = False
+    votes: dict[int, float] = field(default_factory=dict)
+    last_box: np.ndarray = field(default_factory=lambda: np.zeros(4))
+
+    @property
+    def box(self) -> np.ndarray:
+        """Box estimate (x1 y1 x2 y2) for the current frame."""
+        return self.kf.box()
+
+    @property
+    def velocity(self) -> tuple[float, float]:
+        """Estimated centre motion in pixels per frame."""
+        return float(self.kf.x[4]), float(self.kf.x[5])
+
+    def vote(self, label: int, score: float) -> None:
+        """Add a class observation; the track's class is the score-weighted majority."""
+        self.votes[label] = self.votes.get(label, 0.0) + score
+        self.label = max(self.votes, key=self.votes.__getitem__)
+
+
+class Tracker:
+    """ByteTrack-style tracker; see the module docstring."""
+
+    def __init__(self, high: float = 0.35, low: float = 0.1, match_iou: float = 0.2,
+                 lost_frames: int = 15, min_hits: int = 2, max_distance: float = 1.5,
+                 tentative_frames: int = 2, duplicate_iou: float = 0.3) -> None:
+        self.high = high
+        self.duplicate_iou = duplicate_iou
+        self.tentative_frames = tentative_frames
+        self.low = low
+        self.match_iou = match_iou
+        self.lost_frames = lost_frames
+        self.min_hits = min_hits
+        self.max_distance = max_distance
+        self.tracks: list[Track] = []
+        self.removed: list[Track] = []
+        self._next_id = 1
+
+    def predict(self) -> list[Track]:
+        """Advance every track one frame without measurements; returns the live tracks."""
+        for t in self.tracks:
+            t.kf.predict()
+            t.age += 1
+            t.missed += 1
+        return self._prune()
+
+    def update(self, dets: Detections) -> list[Track]:
+        """Advance one frame and associate ``dets``; returns the live tracks."""
+        for t in self.tracks:
+            t.kf.predict()
+            t.age += 1
+        high = np.flatnonzero(dets.scores >= self.high)
+        low = np.flatnonzero((dets.scores >= self.low) & (dets.scores < self.high))
+        tracks = list(range(len(self.tracks)))
+        matched_t: set[int] = set()
+        # confirmed tracks get the first pick of the strong detections
+        order = sorted(tracks, key=lambda i: (not self.tracks[i].confirmed, self.tracks[i].missed))
+        rest_high, rest_t = self._match_iou(order, high, dets, self.match_iou, matched_t)
+        _, rest_t = self._match_iou(rest_t, low, dets, 0.5 * self.match_iou, matched_t)
+        rest_high, rest_t = self._match_distance(rest_t, rest_high, dets, matched_t)
+        for i, t in enumerate(self.tracks):
+            if i not in matched_t:
+                t.missed += 1
+        for d in rest_high:
+            self._start(dets, int(d))
+        return self._prune()
+
+    def _apply(self, ti: int, di: int, dets: Detections, matched_t: set[int]) -> None:
+        t = self.tracks[ti]
+        t.kf.update(dets.boxes[di])
+        t.last_box = dets.boxes[di].copy()
+        t.score = float(dets.scores[di])
+        t.vote(int(dets.labels[di]), float(dets.scores[di]))
+        t.hits += 1
+        t.missed = 0
+        if t.hits >= self.min_hits:
+            t.confirmed = True
+        matched_t.add(ti)
+
+    def _match_iou(self, tis: list[int], dis: np.ndarray, dets: Detections, thresh: float,
+                   matched_t: set[int]) -> tuple[list[int], list[int]]:
+        if not tis or not len(dis):
+            return list(dis), tis
+        tb = np.array([self.tracks[i].box for i in tis])
+        iou = iou_matrix(tb, dets.boxes[dis])
+        rows, cols = linear_sum_assignment(-iou)
+        used_t, used_d = set(), set()
+        for r, c in zip(rows, cols, strict=False):
+            if iou[r, c] >= thresh:
+                self._apply(tis[r], int(dis[c]), dets, matched_t)
+                used_t.add(r)
+                used_d.add(c)
+        return ([int(d) for k, d in enumerate(dis) if k not in used_d],
+                [t for k, t in enumerate(tis) if k not in used_t])
+
+    def _match_distance(self, tis: list[int], dis: list[int], dets: Detections,
+                        matched_t: set[int]) -> tuple[list[int], list[int]]:
+        if not tis or not dis:
+            return dis, tis
+        tb = np.array([self.tracks[i].box for i in tis])
+        db = dets.boxes[dis]
+        tc = (tb[:, :2] + tb[:, 2:]) / 2
+        dc = (db[:, :2] + db[:, 2:]) / 2
+        tsize = np.maximum(tb[:, 2] - tb[:, 0], tb[:, 3] - tb[:, 1])
+        dsize = np.maximum(db[:, 2] - db[:, 0], db[:, 3] - db[:, 1])
+        dist = np.linalg.norm(tc[:, None] - dc[None], axis=2) / np.maximum(tsize[:, None], 1.0)
+        ratio = np.maximum(tsize[:, None], dsize[None]) / np.maximum(
+            np.minimum(tsize[:, None], dsize[None]), 1.0)
+        cost = dist + np.where(ratio > 2.0, 100.0, 0.0)
+        rows, cols = linear_sum_assignment(cost)
+        used_t, used_d = set(), set()
+        for r, c in zip(rows, cols, strict=False):
+            if cost[r, c] <= self.max_distance:
+                self._apply(tis[r], dis[c], dets, matched_t)
+                used_t.add(r)
+                used_d.add(c)
+        return ([d for k, d in enumerate(dis) if k not in used_d],
+                [t for k, t in enumerate(tis) if k not in used_t])
+
+    def _start(self, dets: Detections, di: int) -> None:
+        box = dets.boxes[di]
+        # a detection sitting on a live track (its centre inside the track's box, or a
+        # large overlap) is a duplicate of that road user, not a new one
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        for t in self.tracks:
+            tb = t.box
+            if (tb[0] <= cx <= tb[2] and tb[1] <= cy <= tb[3] and t.missed == 0) \
+                    or iou_matrix(box[None], tb[None])[0, 0] > self.duplicate_iou:
+                return
+        t = Track(self._next_id, KalmanBox(box), int(dets.labels[di]), float(dets.scores[di]),
+                  confirmed=self.min_hits <= 1, last_box=box.copy())
+        t.vote(int(dets.labels[di]), float(dets.scores[di]))
+        self._next_id += 1
+        self.tracks.append(t)
+
+    def _prune(self) -> list[Track]:
+        keep, gone = [], []
+        for t in self.tracks:
+            limit = self.lost_frames if t.confirmed else min(self.tentative_frames, self.lost_frames)
+            (gone if t.missed > limit else keep).append(t)
+        self.tracks = keep
+        self.removed = gone
+        return keep
