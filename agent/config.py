@@ -36,7 +36,7 @@ class Strict(BaseModel):
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    return path if path.is_absolute() or base is None else (Path(base) / path)
+    return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
 
 
 class DeviceConfig(Strict):
@@ -204,7 +204,7 @@ class AggregatesConfig(Strict):
     """Fixed reporting intervals, aligned to the wall clock."""
 
     interval_s: Annotated[int, Field(ge=10, le=3600)] = 60
-    path: Path = Path("var/aggregates.jsonl")
+    path: Path = Field(default=Path("var/aggregates.jsonl"), validate_default=True)
 
     @field_validator("interval_s")
     @classmethod
@@ -225,7 +225,7 @@ class AgentConfig(Strict):
 
     device: DeviceConfig
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
-    aggregates: AggregatesConfig = AggregatesConfig()
+    aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:

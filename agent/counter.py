@@ -76,12 +76,13 @@ class Zone:
 
 @dataclass
 class _State:
-    last: Point  # centre, used for hand-over
+    last: Point  # centre when last measured (not coasting), used for hand-over
     anchors: dict[str, Point] = field(default_factory=dict)  # last point per anchor kind
     counted: set[str] = field(default_factory=set)
     pending: dict[str, tuple[int, int, Point]] = field(default_factory=dict)
     zones: set[str] = field(default_factory=set)
     last_frame: int = 0
+    seen_frame: int = 0  # last frame with a measurement
     box_size: float = 1.0
     velocity: tuple[float, float] = (0.0, 0.0)
     label: int = 0
@@ -144,20 +145,25 @@ class Counter:
         here = self._anchor(t)
         best, best_d = None, self.handover_distance
         for tid, s in self.lost.items():
-            gap = frame - s.last_frame
+            gap = frame - s.seen_frame
             guess = (s.last[0] + s.velocity[0] * gap, s.last[1] + s.velocity[1] * gap)
-            d = np.hypot(here[0] - guess[0], here[1] - guess[1]) / max(size, s.box_size)
+            # near where it was predicted to be, or where it was last seen (it may have
+            # stopped: that is often why it was lost)
+            d = min(np.hypot(here[0] - guess[0], here[1] - guess[1]),
+                    np.hypot(here[0] - s.last[0], here[1] - s.last[1])) / max(size, s.box_size)
             ratio = max(size, s.box_size) / max(min(size, s.box_size), 1.0)
             if d < best_d and ratio < 1.8:
                 best, best_d = tid, d
         if best is None:
-            return _State(last=here, anchors=self._anchors(t), last_frame=frame, box_size=size)
+            return _State(last=here, anchors=self._anchors(t), last_frame=frame, seen_frame=frame,
+                          box_size=size)
         old = self.lost.pop(best)
         self.id_switches += 1
         if any(self._near_line(old.last, here, ln, size) for ln in self.lines):
             self.id_switches_near_line += 1
         return _State(last=old.last, anchors=dict(old.anchors), counted=set(old.counted),
-                      pending=dict(old.pending), zones=set(old.zones), last_frame=frame, box_size=size,
+                      pending=dict(old.pending), zones=set(old.zones), last_frame=frame,
+                      seen_frame=frame, box_size=size,
                       confirmed=old.confirmed)
 
     @staticmethod
@@ -210,8 +216,10 @@ class Counter:
                     events.append(CountEvent(z.name, "inside", cls, t.track_id, frame, here))
         box = t.box
         if whole or not st.anchors:
-            st.last = self._anchor(t)
             st.anchors = self._anchors(t)
+        if t.missed == 0:
+            st.last = self._anchor(t)
+            st.seen_frame = frame
         st.last_frame = frame
         st.box_size = float(max(box[2] - box[0], box[3] - box[1], 1.0))
         st.velocity = t.velocity

@@ -121,13 +121,13 @@ class CameraPipeline:
         if due and (moving or keepalive):
             dets = self._detect(image)
             t1 = time.perf_counter()
-            tracks = self.tracker.update(dets)
+            tracks = self.tracker.update(dets, (image.shape[1], image.shape[0]))
             self.times.add("track", time.perf_counter() - t1)
             self._since_detect = 0
         elif moving:
             # stride gap: nothing measured, the tracks coast on their velocity
             t1 = time.perf_counter()
-            tracks = self.tracker.predict()
+            tracks = self.tracker.predict((image.shape[1], image.shape[0]))
             self.times.add("track", time.perf_counter() - t1)
             self._since_detect += 1
         else:

@@ -6,9 +6,12 @@ Per frame with detections (:meth:`Tracker.update`):
 2. high-confidence detections are matched to tracks by IoU (Hungarian assignment);
 3. remaining tracks are matched to low-confidence detections (ByteTrack's second pass,
    which keeps tracks alive through partial occlusion), then to any leftover detection by
-   centre distance scaled by box size (fast motorbikes at low frame rates can move
-   further than their own length between frames, where IoU is zero);
-4. unmatched high-confidence detections start tentative tracks, unless they sit on a
+   centre distance from the prediction, scaled by box size (fast motorbikes at low frame
+   rates can move further than their own length between frames, where IoU is zero). A
+   young track, whose velocity is still unknown, may jump up to ``max_distance`` sizes;
+   an established one (3+ hits) only ``settled_distance``;
+4. tracks whose predicted centre has left the frame are dropped (they must not take a
+   newcomer's detection at the edge); unmatched high-confidence detections start tentative tracks, unless they sit on a
    live track (centre inside its box, or IoU above ``duplicate_iou``): a second box on
    the same vehicle must not become a second count; tracks unmatched for longer than
    ``lost_frames`` are removed (tentative ones after ``tentative_frames``).
@@ -105,7 +108,8 @@ class Tracker:
 
     def __init__(self, high: float = 0.35, low: float = 0.1, match_iou: float = 0.2,
                  lost_frames: int = 15, min_hits: int = 2, max_distance: float = 1.5,
-                 tentative_frames: int = 2, duplicate_iou: float = 0.3) -> None:
+                 tentative_frames: int = 2, duplicate_iou: float = 0.3,
+                 settled_distance: float = 0.75) -> None:
         self.high = high
         self.duplicate_iou = duplicate_iou
         self.tentative_frames = tentative_frames
@@ -114,23 +118,32 @@ class Tracker:
         self.lost_frames = lost_frames
         self.min_hits = min_hits
         self.max_distance = max_distance
+        self.settled_distance = settled_distance
+        self.frame_size: tuple[int, int] | None = None
         self.tracks: list[Track] = []
         self.removed: list[Track] = []
         self._next_id = 1
 
-    def predict(self) -> list[Track]:
+    def predict(self, frame_size: tuple[int, int] | None = None) -> list[Track]:
         """Advance every track one frame without measurements; returns the live tracks."""
+        self.frame_size = frame_size or self.frame_size
         for t in self.tracks:
             t.kf.predict()
             t.age += 1
             t.missed += 1
+        self._drop_outside()
         return self._prune()
 
-    def update(self, dets: Detections) -> list[Track]:
-        """Advance one frame and associate ``dets``; returns the live tracks."""
+    def update(self, dets: Detections, frame_size: tuple[int, int] | None = None) -> list[Track]:
+        """Advance one frame and associate ``dets``; returns the live tracks.
+
+        ``frame_size`` (width, height) lets tracks that left the picture be dropped.
+        """
+        self.frame_size = frame_size or self.frame_size
         for t in self.tracks:
             t.kf.predict()
             t.age += 1
+        self._drop_outside()
         high = np.flatnonzero(dets.scores >= self.high)
         low = np.flatnonzero((dets.scores >= self.low) & (dets.scores < self.high))
         tracks = list(range(len(self.tracks)))
@@ -214,6 +227,17 @@ class Tracker:
         t.vote(int(dets.labels[di]), float(dets.scores[di]))
         self._next_id += 1
         self.tracks.append(t)
+
+    def _drop_outside(self) -> None:
+        if self.frame_size is None:
+            return
+        w, h = self.frame_size
+        keep = []
+        for t in self.tracks:
+            cx, cy = t.kf.x[0], t.kf.x[1]
+            if -0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5:
+                keep.append(t)
+        self.tracks = keep
 
     def _prune(self) -> list[Track]:
         keep, gone = [], []

@@ -77,6 +77,8 @@ def _data_path(data: Any, loc: Loc) -> Loc:
     out: list[Any] = []
     cur = data
     for part in loc:
+        if isinstance(cur, dict) and part not in cur and part == cur.get("kind"):
+            continue  # a discriminated union's tag, not a key
         in_dict = isinstance(cur, dict) and part in cur
         in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
         if in_dict or in_list:

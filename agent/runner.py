@@ -1,0 +1,210 @@
+"""``agent run``: every configured camera, live, into wall-clock aggregates.
+
+One worker thread per camera pulls the newest frame from its :class:`CameraSource`,
+runs it through its :class:`CameraPipeline` and feeds the camera's
+:class:`IntervalAggregator`. The main thread closes intervals on the clock, writes them
+to the JSON-lines file, and shows a live status line. A camera that stalls only stalls
+its own worker (which keeps waiting with a timeout); SIGINT/SIGTERM close the open
+interval as ``partial`` and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.aggregates import IntervalAggregator, JsonLinesSink
+from agent.camera import CameraSource, describe
+from agent.config import AgentConfig, CameraConfig, load_config
+from agent.counter import Line, Zone
+from agent.detect import ModelError, load_detector
+from agent.pipeline import CameraPipeline, PipelineSettings
+from agent.yamlfile import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
+    """Pipeline settings from a camera's config section."""
+    lines = [Line.make(ln.name, ln.points, ln.directions, ln.anchor) for ln in cam.lines]
+    zones = [Zone(z.name, list(z.polygon)) for z in cam.zones]
+    g, t, d = cam.gating, cam.tracker, cam.detector
+    return PipelineSettings(lines=lines, zones=zones, fps=fps, confidence=d.confidence,
+                            low_confidence=d.low_confidence, motion=g.motion,
+                            motion_threshold=g.motion_threshold, motion_width=g.motion_width,
+                            stride=g.stride, keepalive_s=g.keepalive_s, match_iou=t.match_iou,
+                            lost_s=t.lost_s, min_hits=t.min_hits)
+
+
+@dataclass
+class CameraWorker:
+    """One camera's source, pipeline and aggregator, run on a thread."""
+
+    cfg: CameraConfig
+    source: CameraSource
+    aggregator: IntervalAggregator
+    pipeline: CameraPipeline | None = None
+    thread: threading.Thread | None = None
+    totals: dict[str, dict[str, int]] | None = None  # line -> direction -> count since start
+
+    def run(self, stop: threading.Event, make_pipeline) -> None:
+        """Consume frames until ``stop``; never blocks longer than half a second."""
+        dropped_seen = 0
+        self.totals = {}
+        while not stop.is_set():
+            frame = self.source.get(timeout=0.5)
+            now = time.time()
+            dropped = self.source.stats.frames_dropped
+            self.aggregator.add_dropped(now, dropped - dropped_seen)
+            dropped_seen = dropped
+            if frame is None:
+                if self.source.ended.is_set():
+                    return
+                continue
+            if self.pipeline is None:
+                self.pipeline = make_pipeline(self.cfg, self.source.stats.fps)
+            switches = self.pipeline.counter.id_switches
+            det_s = self.pipeline.detect_seconds
+            res = self.pipeline.process(frame.image, frame.index)
+            self.aggregator.add_frame(now, res.detected, self.pipeline.detect_seconds - det_s)
+            self.aggregator.add_events(now, res.events)
+            for e in res.events:
+                per = self.totals.setdefault(e.line, {}) if self.totals is not None else {}
+                per[e.direction] = per.get(e.direction, 0) + 1
+            self.aggregator.add_id_switches(now, self.pipeline.counter.id_switches - switches)
+
+
+class Agent:
+    """The running agent: workers, aggregation clock, sink."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.sink = JsonLinesSink(cfg.aggregates.path)
+        self.detectors = {}
+        # load every model before starting anything: nothing starts half-configured
+        for cam in cfg.cameras:
+            d = cam.detector
+            self.detectors[cam.name] = load_detector(d.model, set(d.classes), d.confidence,
+                                                     d.nms_iou, d.merge_iou, d.threads)
+        self.workers: list[CameraWorker] = []
+        for cam in cfg.cameras:
+            agg = IntervalAggregator(cfg.device.id, cfg.device.site, cam.name,
+                                     {ln.name: Line.make(ln.name, ln.points, ln.directions).names
+                                      for ln in cam.lines},
+                                     [z.name for z in cam.zones], cfg.aggregates.interval_s)
+            self.workers.append(CameraWorker(cam, CameraSource(cam.source, cam.name), agg))
+        self.records: list[dict] = []
+
+    def _make_pipeline(self, cam: CameraConfig, source_fps: float) -> CameraPipeline:
+        fps = cam.fps_limit or source_fps or 15.0
+        return CameraPipeline(self.detectors[cam.name], settings_for(cam, fps))
+
+    def start(self) -> None:
+        """Start every camera and its worker."""
+        for w in self.workers:
+            log.info("camera %s: %s", w.cfg.name, describe(w.cfg.source))
+            w.source.start()
+            w.thread = threading.Thread(target=w.run, args=(self.stop_event, self._make_pipeline),
+                                        name=f"pipeline-{w.cfg.name}", daemon=True)
+            w.thread.start()
+
+    def tick(self, now: float | None = None) -> list[dict]:
+        """Close finished intervals and write them; returns the records written."""
+        now = time.time() if now is None else now
+        out: list[dict] = []
+        for w in self.workers:
+            out.extend(w.aggregator.roll(now))
+        self.sink.write(out)
+        self.records.extend(out)
+        return out
+
+    def stop(self) -> list[dict]:
+        """Stop cameras and workers; write the open interval as partial."""
+        self.stop_event.set()
+        for w in self.workers:
+            w.source.stop()
+            if w.thread:
+                w.thread.join(timeout=5)
+        now = time.time()
+        out = self.tick(now)
+        tail: list[dict] = []
+        for w in self.workers:
+            tail.extend(w.aggregator.flush(now))
+        self.sink.write(tail)
+        self.records.extend(tail)
+        return out + tail
+
+    def all_ended(self) -> bool:
+        """True when every source has ended (files without loop)."""
+        return all(w.source.ended.is_set() and not (w.thread and w.thread.is_alive())
+                   for w in self.workers)
+
+    def status_line(self) -> str:
+        """One line: per camera, state, frames, detector latency and counts since start."""
+        parts = []
+        for w in self.workers:
+            st = w.source.stats
+            p = w.pipeline
+            c = " ".join(f"{line}: " + " ".join(f"{d} {n}" for d, n in dirs.items())
+                         for line, dirs in (w.totals or {}).items()) or "no crossings yet"
+            lat = f"{p.mean_detector_ms:.0f}ms" if p and p.frames_detected else "-"
+            parts.append(f"[{w.cfg.name} {st.state} frames {st.frames_read} drop {st.frames_dropped}"
+                         f" det {lat}] {c}")
+        return " | ".join(parts)
+
+
+def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:
+    """Load the config, run until stopped (or ``duration``), return an exit code."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        print(f"{config}: INVALID, not starting", file=sys.stderr)
+        return 1
+    try:
+        agent = Agent(cfg)
+    except (ModelError, ConfigError) as e:
+        print(f"agent: error: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    t0 = time.monotonic()
+    last_print = 0.0
+    print(f"polelink agent: device {cfg.device.id} at {cfg.device.site}, "
+          f"{len(cfg.cameras)} camera(s), {cfg.aggregates.interval_s} s intervals -> "
+          f"{cfg.aggregates.path}", flush=True)
+    try:
+        while not stop.is_set():
+            stop.wait(0.5)
+            for r in agent.tick():
+                where = r.get("line") or r.get("zone")
+                print(f"\n{r['interval_start']} {r['camera']}/{where}: total {r['total']} "
+                      f"{r['counts']} frames {r['frames_analysed']} dropped {r['frames_dropped']}",
+                      flush=True)
+            if live and time.monotonic() - last_print >= 1.0:
+                last_print = time.monotonic()
+                end = "\r" if sys.stdout.isatty() else "\n"
+                print(agent.status_line()[:200].ljust(120), end=end, flush=True)
+            if duration is not None and time.monotonic() - t0 >= duration:
+                break
+            if agent.all_ended():
+                log.info("all sources ended")
+                break
+    finally:
+        agent.stop()
+        print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}")
+    return 0

@@ -1,0 +1,214 @@
+"""Detector backends on real models: the repo's own (ONNX and TFLite), YOLOX-Nano, and small
+ONNX graphs built here to pin down each YOLO head layout's decoding through onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from agent.classes import ROAD_USER_CLASSES
+from agent.detect import ModelError, load_detector
+from agent.detect.base import iou_matrix, preprocess
+from agent.modelcard import load_card, sha256_file
+from agent.yamlfile import ConfigError
+from sim.render import SIM_CLASSES
+from sim.traffic import random_training_frame
+from tests.conftest import MOTORWAY, ROOT, SIMNET, YOLOX, need_shared
+
+SIMNET_SSD = ROOT / "models" / "simnet_ssd.yaml"
+
+
+def recall_on_sim_frames(card: Path, n: int = 40) -> tuple[float, float, float]:
+    """Recall, class accuracy and precision of a detector on freshly rendered frames."""
+    det = load_detector(card, set(SIM_CLASSES))
+    rng = np.random.default_rng(123)
+    found = total = right = false = 0
+    for _ in range(n):
+        img, labels = random_training_frame(rng)
+        d = det.detect(img)
+        # vehicles cut by the frame edge by more than half are not expected
+        labels = [(c, b) for c, b in labels if (b[2] - b[0]) * (b[3] - b[1]) > 150]
+        gt = np.array([b for _, b in labels], np.float32).reshape(-1, 4)
+        iou = iou_matrix(gt, d.boxes)
+        for i, (c, _) in enumerate(labels):
+            total += 1
+            if iou.shape[1] and iou[i].max() >= 0.5:
+                found += 1
+                right += ROAD_USER_CLASSES[d.labels[iou[i].argmax()]] == SIM_CLASSES[c]
+        false += int((iou.max(0) < 0.3).sum()) if iou.shape[0] else len(d)
+    return found / total, right / max(found, 1), 1 - false / max(found + false, 1)
+
+
+@pytest.mark.parametrize("card", [SIMNET, SIMNET_SSD], ids=["onnxruntime", "tflite"])
+def test_repo_model_detects_simulated_vehicles(card: Path) -> None:
+    recall, class_acc, precision = recall_on_sim_frames(card)
+    assert recall >= 0.9, recall
+    assert class_acc >= 0.9, class_acc
+    assert precision >= 0.9, precision
+
+
+def test_both_backends_agree() -> None:
+    rng = np.random.default_rng(5)
+    a, b = load_detector(SIMNET), load_detector(SIMNET_SSD)
+    for _ in range(5):
+        img, _ = random_training_frame(rng)
+        da, db = a.detect(img), b.detect(img)
+        assert len(da) == len(db)
+        if len(da):
+            assert iou_matrix(da.boxes, db.boxes).max(1).min() > 0.95
+
+
+def test_yolox_nano_finds_cars_on_real_footage() -> None:
+    need_shared(MOTORWAY, ROOT.parent / "shared" / "models" / "yolox_nano.onnx")
+    det = load_detector(YOLOX)
+    cap = cv2.VideoCapture(str(MOTORWAY))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    d = det.detect(frame)
+    names = d.class_names()
+    assert names.count("car") >= 4
+    assert set(names) <= {"car", "motorbike", "bus", "truck", "bicycle"}  # no person by default
+    assert (d.boxes[:, 2] <= 320).all() and (d.boxes[:, 3] <= 240).all()
+
+
+def _card(tmp_path: Path, model: Path, fmt: str, nc: int, size: int, **out: object) -> Path:
+    extra = "".join(f"\n  {k}: {v}" for k, v in out.items())
+    text = f"""name: t
+file: {model.name}
+sha256: {sha256_file(model)}
+backend: onnxruntime
+input: {{size: [{size}, {size}], layout: NCHW}}
+output:
+  format: {fmt}{extra}
+num_classes: {nc}
+class_map: {{0: car, 1: motorbike}}
+licence: test
+source: test
+"""
+    p = tmp_path / f"{model.stem}.yaml"
+    p.write_text(text)
+    return p
+
+
+def _const_model(path: Path, out: np.ndarray, size: int = 64) -> Path:
+    """An ONNX model whose output is ``out`` (plus 0 x the input, so the input is used)."""
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    outp = helper.make_tensor_value_info("output", TensorProto.FLOAT, list(out.shape))
+    nodes = [
+        helper.make_node("ReduceSum", ["images"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("Add", ["const", "z"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [inp], [outp], initializer=[
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("const", TensorProto.FLOAT, list(out.shape), out.ravel().tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+FRAME = np.zeros((64, 64, 3), np.uint8)  # same size as the input: no letterbox offset
+
+
+def test_yolov5_head_decoding(tmp_path: Path) -> None:
+    out = np.zeros((1, 3, 5 + 2), np.float32)
+    out[0, 0] = [20, 30, 10, 12, 0.9, 0.1, 0.8]   # motorbike, score 0.72
+    out[0, 1] = [21, 30, 10, 12, 0.9, 0.1, 0.6]   # duplicate: suppressed by NMS
+    out[0, 2] = [50, 50, 8, 8, 0.2, 0.9, 0.1]     # score 0.18: below threshold
+    card = _card(tmp_path, _const_model(tmp_path / "v5.onnx", out), "yolov5", 2, 64)
+    d = load_detector(card, confidence=0.3).detect(FRAME)
+    assert len(d) == 1 and d.class_names() == ["motorbike"]
+    np.testing.assert_allclose(d.boxes[0], [15, 24, 25, 36], atol=1e-4)
+    assert d.scores[0] == pytest.approx(0.72, abs=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_yolov8_head_decoding(tmp_path: Path, transposed: bool) -> None:
+    out = np.zeros((1, 4 + 2, 5), np.float32)
+    out[0, :, 0] = [32, 32, 16, 20, 0.7, 0.1]      # car
+    out[0, :, 1] = [10, 10, 6, 6, 0.05, 0.5]       # motorbike
+    if transposed:
+        out = out.transpose(0, 2, 1).copy()
+    card = _card(tmp_path, _const_model(tmp_path / "v8.onnx", out), "yolov8", 2, 64)
+    d = load_detector(card, confidence=0.3).detect(FRAME)
+    got = sorted(zip(d.class_names(), d.boxes.round(3).tolist()))
+    assert got == [("car", [24.0, 22.0, 40.0, 42.0]), ("motorbike", [7.0, 7.0, 13.0, 13.0])]
+
+
+def test_yolox_raw_grid_decoding(tmp_path: Path) -> None:
+    # 64x64 input, strides 8/16/32: 64 + 16 + 4 anchors
+    n = 64 + 16 + 4
+    out = np.zeros((1, n, 5 + 2), np.float32)
+    k = 64 + 5  # stride-16 grid, cell (x=1, y=1)
+    out[0, k] = [0.5, 0.25, np.log(2.0), 0.0, 0.9, 0.95, 0.0]
+    card = _card(tmp_path, _const_model(tmp_path / "yx.onnx", out), "yolox", 2, 64,
+                 decoded="false", strides="[8, 16, 32]")
+    d = load_detector(card, confidence=0.3).detect(FRAME)
+    assert d.class_names() == ["car"]
+    # centre ((1 + 0.5) * 16, (1 + 0.25) * 16) = (24, 20); w = 2 * 16, h = 1 * 16
+    np.testing.assert_allclose(d.boxes[0], [8, 12, 40, 28], atol=1e-3)
+
+
+def test_letterbox_maps_boxes_back_to_frame(tmp_path: Path) -> None:
+    out = np.zeros((1, 1, 7), np.float32)
+    out[0, 0] = [32, 32, 16, 16, 1, 1, 0]
+    card = _card(tmp_path, _const_model(tmp_path / "lb.onnx", out), "yolov5", 2, 64)
+    # a 128x64 frame letterboxes to scale 0.5 with 16 px of padding top and bottom
+    d = load_detector(card).detect(np.zeros((64, 128, 3), np.uint8))
+    np.testing.assert_allclose(d.boxes[0], [48, 16, 80, 48], atol=1e-3)
+
+
+def test_card_checked_against_real_shapes(tmp_path: Path) -> None:
+    out = np.zeros((1, 3, 7), np.float32)
+    model = _const_model(tmp_path / "m.onnx", out)
+    with pytest.raises(ModelError, match=r"input NCHW \[1, 3, 32, 32\].*\[1, 3, 64, 64\]"):
+        load_detector(_card(tmp_path, model, "yolov5", 2, 32))
+    with pytest.raises(ModelError, match=r"expects \[1, N, 8\].*\[1, 3, 7\]"):
+        load_detector(_card_nc(tmp_path, model, 3))
+
+
+def _card_nc(tmp_path: Path, model: Path, nc: int) -> Path:
+    p = _card(tmp_path, model, "yolov5", 2, 64)
+    p.write_text(p.read_text().replace("num_classes: 2", f"num_classes: {nc}"))
+    return p
+
+
+def test_missing_corrupt_or_altered_model_files(tmp_path: Path) -> None:
+    shutil.copy(SIMNET, tmp_path / "simnet.yaml")
+    with pytest.raises(ModelError, match="model file .*simnet.onnx not found"):
+        load_card(tmp_path / "simnet.yaml")
+    (tmp_path / "simnet.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="sha256 .* the card says"):
+        load_card(tmp_path / "simnet.yaml")
+    card = tmp_path / "simnet.yaml"
+    card.write_text("\n".join(f"sha256: {sha256_file(tmp_path / 'simnet.onnx')}"
+                              if ln.startswith("sha256:") else ln
+                              for ln in SIMNET.read_text().splitlines()))
+    with pytest.raises(ModelError, match="cannot load .* with onnxruntime"):
+        load_detector(card)
+
+
+def test_bad_card_is_a_located_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(SIMNET.read_text().replace("format: yolov8", "format: yolov9"))
+    with pytest.raises(ConfigError) as ei:
+        load_card(p)
+    (prob,) = ei.value.problems
+    assert prob.field == "output.format" and prob.line > 1 and "'yolov8'" in prob.message
+
+
+def test_preprocess_rejects_bad_frames() -> None:
+    spec = load_card(SIMNET).input
+    for bad in (None, np.zeros((10, 10), np.uint8), np.zeros((0, 10, 3), np.uint8)):
+        with pytest.raises(ValueError, match="expected a HxWx3"):
+            preprocess(bad, spec)  # type: ignore[arg-type]
+    x, geo = preprocess(np.zeros((360, 640, 3), np.uint8), spec)
+    assert x.shape == (1, 3, 320, 320) and geo.pad_y == 70
