@@ -140,6 +140,7 @@ class TrackerConfig(Strict):
     match_iou: Annotated[float, Field(gt=0, lt=1)] = 0.2
     lost_s: Annotated[float, Field(gt=0, le=30)] = 1.0
     min_hits: Annotated[int, Field(ge=1, le=10)] = 2
+    class_settle_s: Annotated[float, Field(ge=0, le=10)] = 1.0
 
 
 Point = tuple[float, float]

@@ -12,6 +12,10 @@ Rules (the same as the hand-made ground truth in ``../shared/data``):
   line. A track coasting on its predicted velocity (detection stride, a missed
   detection) can find a crossing but not count it alone, and a track that wobbles back
   before the next detection drops it. The event keeps the frame of the crossing itself;
+- the class of a counted road user is settled after the crossing: the event is emitted
+  ``settle_frames`` measured frames later, or when the track ends (or at :meth:`flush`),
+  with the track's class vote at that time, so a far, small view just before the line
+  does not decide between car, truck and bus alone;
 - a track that is lost and re-found as a new id near where it was lost inherits the
   old track's last position and counted lines: a vehicle lost before the line and
   re-found after it counts once, and one that counted before being lost does not count
@@ -80,6 +84,8 @@ class _State:
     anchors: dict[str, Point] = field(default_factory=dict)  # last point per anchor kind
     counted: set[str] = field(default_factory=set)
     pending: dict[str, tuple[int, int, Point]] = field(default_factory=dict)
+    settling: list[tuple[str, int, int, Point, int]] = field(default_factory=list)
+    track_id: int = 0
     zones: set[str] = field(default_factory=set)
     last_frame: int = 0
     seen_frame: int = 0  # last frame with a measurement
@@ -100,11 +106,13 @@ class Counter:
     """Counts tracks crossing lines and entering zones; see the module docstring."""
 
     def __init__(self, lines: list[Line], zones: list[Zone] | None = None,
-                 handover_frames: int = 30, handover_distance: float = 0.6) -> None:
+                 handover_frames: int = 30, handover_distance: float = 0.6,
+                 settle_frames: int = 0) -> None:
         self.lines = lines
         self.zones = zones or []
         self.handover_frames = handover_frames
         self.handover_distance = handover_distance
+        self.settle_frames = settle_frames
         self.states: dict[int, _State] = {}
         self.lost: dict[int, _State] = {}
         self.id_switches = 0
@@ -132,6 +140,7 @@ class Counter:
             self._step(t, st, frame, events)
         for tid in [k for k in self.states if k not in live]:
             st = self.states.pop(tid)
+            events.extend(self._emit(st, force=True))
             if st.confirmed:
                 self.lost[tid] = st
         for tid in [k for k, s in self.lost.items() if frame - s.last_frame > self.handover_frames]:
@@ -180,6 +189,26 @@ class Counter:
         dist = [abs((bx - ax) * (pt[1] - ay) - (by - ay) * (pt[0] - ax)) / length for pt in (p, q)]
         return min(dist) < 2 * size
 
+    def _emit(self, st: _State, frame: int = 0, force: bool = False) -> list[CountEvent]:
+        out, keep = [], []
+        for item in st.settling:
+            name, sign, f, pt, due = item
+            if force or frame >= due:
+                ln = next(x for x in self.lines if x.name == name)
+                out.append(CountEvent(name, ln.names[0] if sign > 0 else ln.names[1],
+                                      ROAD_USER_CLASSES[st.label], st.track_id, f, pt))
+            else:
+                keep.append(item)
+        st.settling = keep
+        return out
+
+    def flush(self) -> list[CountEvent]:
+        """Emit every count still settling its class (end of stream, shutdown)."""
+        out: list[CountEvent] = []
+        for st in list(self.states.values()) + list(self.lost.values()):
+            out.extend(self._emit(st, force=True))
+        return out
+
     def _truncated(self, box: np.ndarray) -> bool:
         if self.frame_size is None:
             return False
@@ -207,13 +236,16 @@ class Counter:
                     continue
                 st.counted.add(name)
                 del st.pending[name]
-                events.append(CountEvent(name, ln.names[0] if sign > 0 else ln.names[1], cls,
-                                         t.track_id, f, pt))
+                st.settling.append((name, sign, f, pt, frame + self.settle_frames))
             here = self._anchor(t)
             for z in self.zones:
                 if z.name not in st.zones and inside(z.polygon, here):
                     st.zones.add(z.name)
                     events.append(CountEvent(z.name, "inside", cls, t.track_id, frame, here))
+        st.label = t.label
+        st.track_id = t.track_id
+        if t.missed == 0:
+            events.extend(self._emit(st, frame=frame))
         box = t.box
         if whole or not st.anchors:
             st.anchors = self._anchors(t)

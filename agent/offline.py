@@ -86,6 +86,14 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     corrupt = 0
     t_start = time.perf_counter()
     i = 0
+
+    def add(new: list[CountEvent]) -> None:
+        for e in new:
+            events.append(e)
+            if e.line in totals:
+                per = totals[e.line].setdefault(e.direction, {})
+                per[e.cls] = per.get(e.cls, 0) + 1
+
     try:
         while max_frames is None or i < max_frames:
             t0 = time.perf_counter()
@@ -98,11 +106,7 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
                 i += 1
                 continue
             res = pipe.process(frame, i)
-            for e in res.events:
-                events.append(e)
-                if e.line in totals:
-                    per = totals[e.line].setdefault(e.direction, {})
-                    per[e.cls] = per.get(e.cls, 0) + 1
+            add(res.events)
             if annotate is not None:
                 if writer is None:
                     h, w = frame.shape[:2]
@@ -121,6 +125,8 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
         cap.release()
         if writer is not None:
             writer.release()
+    add(pipe.flush())
+    events.sort(key=lambda e: e.frame)
     wall = time.perf_counter() - t_start
     stage = pipe.times.mean_ms()
     stage["decode"] = round(1000 * decode_s / i, 3) if i else 0.0

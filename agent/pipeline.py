@@ -43,6 +43,7 @@ class PipelineSettings:
     match_iou: float = 0.2
     lost_s: float = 1.0
     min_hits: int = 2
+    class_settle_s: float = 1.0
 
 
 @dataclass
@@ -90,7 +91,8 @@ class CameraPipeline:
                                min_hits=settings.min_hits,
                                tentative_frames=max(2, settings.stride + 1))
         self.counter = Counter(settings.lines, settings.zones,
-                               handover_frames=max(round(1.5 * fps), 3 * settings.stride))
+                               handover_frames=max(round(1.5 * fps), 3 * settings.stride),
+                               settle_frames=round(settings.class_settle_s * fps))
         self.keepalive_frames = max(1, round(settings.keepalive_s * fps)) \
             if settings.keepalive_s > 0 else 0
         self.times = StageTimes()
@@ -156,6 +158,10 @@ class CameraPipeline:
         self.frames_detected += 1
         self.detect_seconds += t3 - t0
         return dets
+
+    def flush(self) -> list[CountEvent]:
+        """End of stream: emit the counts still settling their class."""
+        return self.counter.flush()
 
     @property
     def mean_detector_ms(self) -> float:

@@ -38,7 +38,8 @@ def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
                             low_confidence=d.low_confidence, motion=g.motion,
                             motion_threshold=g.motion_threshold, motion_width=g.motion_width,
                             stride=g.stride, keepalive_s=g.keepalive_s, match_iou=t.match_iou,
-                            lost_s=t.lost_s, min_hits=t.min_hits)
+                            lost_s=t.lost_s, min_hits=t.min_hits,
+                            class_settle_s=t.class_settle_s)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class CameraWorker:
             dropped_seen = dropped
             if frame is None:
                 if self.source.ended.is_set():
+                    self._flush(now)
                     return
                 continue
             if self.pipeline is None:
@@ -72,10 +74,18 @@ class CameraWorker:
             det_s = self.pipeline.detect_seconds
             res = self.pipeline.process(frame.image, frame.index)
             self.aggregator.add_frame(now, res.detected, self.pipeline.detect_seconds - det_s)
-            self.aggregator.add_events(now, res.events)
-            for e in res.events:
-                per = self.totals.setdefault(e.line, {}) if self.totals is not None else {}
-                per[e.direction] = per.get(e.direction, 0) + 1
+            self._events(now, res.events)
+        self._flush(time.time())
+
+    def _events(self, now: float, events: list) -> None:
+        self.aggregator.add_events(now, events)
+        for e in events:
+            per = self.totals.setdefault(e.line, {}) if self.totals is not None else {}
+            per[e.direction] = per.get(e.direction, 0) + 1
+
+    def _flush(self, now: float) -> None:
+        if self.pipeline is not None:
+            self._events(now, self.pipeline.flush())
             self.aggregator.add_id_switches(now, self.pipeline.counter.id_switches - switches)
 
 

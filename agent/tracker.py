@@ -97,9 +97,9 @@ class Track:
         """Estimated centre motion in pixels per frame."""
         return float(self.kf.x[4]), float(self.kf.x[5])
 
-    def vote(self, label: int, score: float) -> None:
-        """Add a class observation; the track's class is the score-weighted majority."""
-        self.votes[label] = self.votes.get(label, 0.0) + score
+    def vote(self, label: int, weight: float) -> None:
+        """Add a class observation; the track's class is the weighted majority."""
+        self.votes[label] = self.votes.get(label, 0.0) + weight
         self.label = max(self.votes, key=self.votes.__getitem__)
 
 
@@ -165,7 +165,7 @@ class Tracker:
         t.kf.update(dets.boxes[di])
         t.last_box = dets.boxes[di].copy()
         t.score = float(dets.scores[di])
-        t.vote(int(dets.labels[di]), float(dets.scores[di]))
+        t.vote(int(dets.labels[di]), self._vote_weight(dets, di))
         t.hits += 1
         t.missed = 0
         if t.hits >= self.min_hits:
@@ -224,9 +224,20 @@ class Tracker:
                 return
         t = Track(self._next_id, KalmanBox(box), int(dets.labels[di]), float(dets.scores[di]),
                   confirmed=self.min_hits <= 1, last_box=box.copy())
-        t.vote(int(dets.labels[di]), float(dets.scores[di]))
+        t.vote(int(dets.labels[di]), self._vote_weight(dets, di))
         self._next_id += 1
         self.tracks.append(t)
+
+    def _vote_weight(self, dets: Detections, di: int) -> float:
+        """Class-vote weight: score x sqrt(area), so close, whole views count most; a box cut by
+        the frame border (a half-visible bus looks like a car) counts a tenth."""
+        b = dets.boxes[di]
+        w = float(dets.scores[di]) * float(np.sqrt(max((b[2] - b[0]) * (b[3] - b[1]), 1.0)))
+        if self.frame_size is not None:
+            fw, fh = self.frame_size
+            if b[0] <= 2 or b[1] <= 2 or b[2] >= fw - 3 or b[3] >= fh - 3:
+                w *= 0.1
+        return w
 
     def _drop_outside(self) -> None:
         if self.frame_size is None:

@@ -33,7 +33,7 @@ def run(frames: list[Detections], lines: list[Line] | None = None, tracker: Trac
     for i, d in enumerate(frames):
         tracks = tr.predict((W, H)) if d is None else tr.update(d, (W, H))
         events += co.update(tracks, i, (W, H))
-    return events
+    return events + co.flush()
 
 
 def moving(y0: float, y1: float, n: int, x: float = 300, cls: str = "car", w: float = 30,
