@@ -14,6 +14,8 @@ same code.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,10 +105,13 @@ class CameraPipeline:
         self._since_detect = 10 ** 9
         self._stride_phase = 0
 
-    def process(self, image: np.ndarray, index: int | None = None) -> FrameResult:
-        """Run one frame through gate → detector → tracker → counter."""
-        idx = self.frames if index is None else index
-        self.frames += 1
+    # The frame's journey, in three steps. ``process`` runs them back to back;
+    # ``process_overlapped`` runs ``infer`` for the next frame on a worker thread while
+    # ``finish`` handles this one (onnxruntime and TFLite release the GIL), which keeps the
+    # model busy: the pipeline then runs at nearly the model's own rate.
+
+    def plan(self, image: np.ndarray) -> str:
+        """Decide this frame's fate: ``"detect"``, ``"predict"`` (stride gap) or ``"still"``."""
         t0 = time.perf_counter()
         moving = True
         if self.gate is not None:
@@ -119,45 +124,90 @@ class CameraPipeline:
         keepalive = self.keepalive_frames and self._since_detect >= self.keepalive_frames
         due = self._stride_phase % self.s.stride == 0
         self._stride_phase += 1
-        dets: Detections | None = None
         if due and (moving or keepalive):
-            dets = self._detect(image)
-            t1 = time.perf_counter()
-            tracks = self.tracker.update(dets, (image.shape[1], image.shape[0]))
-            self.times.add("track", time.perf_counter() - t1)
             self._since_detect = 0
-        elif moving:
+            return "detect"
+        self._since_detect += 1
+        if moving:
+            return "predict"
+        self._stride_phase = 0
+        return "still"
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, object, float]:
+        """Pre-process a frame for the model: ``(tensor, geometry, seconds)``."""
+        t0 = time.perf_counter()
+        tensor, geo = self.detector.prepare(image)  # type: ignore[attr-defined]
+        return tensor, geo, time.perf_counter() - t0
+
+    def run_model(self, prepared: tuple[np.ndarray, object, float]
+                  ) -> tuple[object, object, float, float]:
+        """Run the model on a prepared tensor (thread-safe: touches only the model)."""
+        tensor, geo, t_pre = prepared
+        t1 = time.perf_counter()
+        raw = self.detector.infer(tensor)  # type: ignore[attr-defined]
+        return raw, geo, t_pre, time.perf_counter() - t1
+
+    def infer(self, image: np.ndarray) -> tuple[object, object, float, float]:
+        """Pre-process and run the model."""
+        return self.run_model(self.prepare(image))
+
+    def finish(self, image: np.ndarray, idx: int, fate: str,
+               inferred: tuple[object, object, float, float] | None) -> FrameResult:
+        """Decode detections, update the tracker and the counter."""
+        size = (image.shape[1], image.shape[0])
+        dets: Detections | None = None
+        if fate == "detect" and inferred is not None:
+            raw, geo, t_pre, t_inf = inferred
+            t2 = time.perf_counter()
+            dets = self.detector.decode(raw, geo, self.s.low_confidence)  # type: ignore[attr-defined]
+            t3 = time.perf_counter()
+            self.times.add("preprocess", t_pre)
+            self.times.add("inference", t_inf)
+            self.times.add("postprocess", t3 - t2)
+            self.frames_detected += 1
+            self.detect_seconds += t_pre + t_inf + (t3 - t2)
+            tracks = self.tracker.update(dets, size)
+            self.times.add("track", time.perf_counter() - t3)
+        elif fate in ("detect", "predict"):
             # stride gap: nothing measured, the tracks coast on their velocity
             t1 = time.perf_counter()
-            tracks = self.tracker.predict((image.shape[1], image.shape[0]))
+            tracks = self.tracker.predict(size)
             self.times.add("track", time.perf_counter() - t1)
-            self._since_detect += 1
         else:
             # nothing moves: the scene is still, so are the tracks
             tracks = self.tracker.tracks
             self.frames_skipped_motion += 1
-            self._since_detect += 1
-            self._stride_phase = 0
-        t2 = time.perf_counter()
-        events = self.counter.update(tracks, idx, (image.shape[1], image.shape[0]))
-        self.times.add("count", time.perf_counter() - t2)
+        t4 = time.perf_counter()
+        events = self.counter.update(tracks, idx, size)
+        self.times.add("count", time.perf_counter() - t4)
         return FrameResult(idx, dets is not None, dets, tracks, events)
 
-    def _detect(self, image: np.ndarray) -> Detections:
-        d = self.detector
-        t0 = time.perf_counter()
-        tensor, geo = d.prepare(image)  # type: ignore[attr-defined]
-        t1 = time.perf_counter()
-        raw = d.infer(tensor)  # type: ignore[attr-defined]
-        t2 = time.perf_counter()
-        dets = d.decode(raw, geo, self.s.low_confidence)  # type: ignore[attr-defined]
-        t3 = time.perf_counter()
-        self.times.add("preprocess", t1 - t0)
-        self.times.add("inference", t2 - t1)
-        self.times.add("postprocess", t3 - t2)
-        self.frames_detected += 1
-        self.detect_seconds += t3 - t0
-        return dets
+    def process(self, image: np.ndarray, index: int | None = None) -> FrameResult:
+        """Run one frame through gate → detector → tracker → counter."""
+        idx = self.frames if index is None else index
+        self.frames += 1
+        fate = self.plan(image)
+        return self.finish(image, idx, fate, self.infer(image) if fate == "detect" else None)
+
+    def process_overlapped(self, frames: Iterable[tuple[int, np.ndarray]]
+                           ) -> Iterator[tuple[np.ndarray, FrameResult]]:
+        """Like ``process`` over a stream of ``(index, frame)``, with inference of frame k+1
+        overlapping the tracking and counting of frame k. Yields ``(frame, result)`` in order."""
+        pending: tuple[np.ndarray, int, str, Future | None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer") as pool:
+            for idx, image in frames:
+                self.frames += 1
+                fate = self.plan(image)
+                # pre-process here, so the worker thread does nothing but run the model
+                fut = pool.submit(self.run_model, self.prepare(image)) \
+                    if fate == "detect" else None
+                if pending is not None:
+                    img, i, f, pf = pending
+                    yield img, self.finish(img, i, f, pf.result() if pf else None)
+                pending = (image, idx, fate, fut)
+            if pending is not None:
+                img, i, f, pf = pending
+                yield img, self.finish(img, i, f, pf.result() if pf else None)
 
     def flush(self) -> list[CountEvent]:
         """End of stream: emit the counts still settling their class."""

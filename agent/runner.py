@@ -75,6 +75,7 @@ class CameraWorker:
             res = self.pipeline.process(frame.image, frame.index)
             self.aggregator.add_frame(now, res.detected, self.pipeline.detect_seconds - det_s)
             self._events(now, res.events)
+            self.aggregator.add_id_switches(now, self.pipeline.counter.id_switches - switches)
         self._flush(time.time())
 
     def _events(self, now: float, events: list) -> None:
@@ -86,7 +87,6 @@ class CameraWorker:
     def _flush(self, now: float) -> None:
         if self.pipeline is not None:
             self._events(now, self.pipeline.flush())
-            self.aggregator.add_id_switches(now, self.pipeline.counter.id_switches - switches)
 
 
 class Agent:

@@ -11,7 +11,8 @@ Per frame with detections (:meth:`Tracker.update`):
    young track, whose velocity is still unknown, may jump up to ``max_distance`` sizes;
    an established one (3+ hits) only ``settled_distance``;
 4. tracks whose predicted centre has left the frame are dropped (they must not take a
-   newcomer's detection at the edge); unmatched high-confidence detections start tentative tracks, unless they sit on a
+   newcomer's detection at the edge); unmatched high-confidence detections start
+   tentative tracks, unless they sit on a
    live track (centre inside its box, or IoU above ``duplicate_iou``): a second box on
    the same vehicle must not become a second count; tracks unmatched for longer than
    ``lost_frames`` are removed (tentative ones after ``tentative_frames``).
@@ -34,6 +35,12 @@ _F[:4, 4:] = np.eye(4)
 _H = np.eye(4, 8)
 
 
+_Q_SCALE = np.array([0.05] * 4 + [0.1] * 2 + [0.01] * 2) ** 2
+_R_SCALE = np.array([0.05] * 4) ** 2
+_DIAG8 = np.diag_indices(8)
+_I8 = np.eye(8)
+
+
 class KalmanBox:
     """Constant-velocity Kalman filter on (cx, cy, w, h) with noise scaled by box size."""
 
@@ -42,30 +49,36 @@ class KalmanBox:
         self.x = np.array([cx, cy, w, h, 0, 0, 0, 0], float)
         s = max(w, h)
         self.P = np.diag([(0.1 * s) ** 2] * 4 + [(0.5 * s) ** 2] * 2 + [(0.05 * s) ** 2] * 2)
+        self._box: np.ndarray | None = None
 
     def predict(self) -> None:
         """Advance one frame."""
         s = max(self.x[2], self.x[3], 1.0)
-        q = np.array([0.05 * s] * 4 + [0.1 * s] * 2 + [0.01 * s] * 2) ** 2
-        self.x = _F @ self.x
-        self.x[2:4] = np.maximum(self.x[2:4], 1.0)
-        self.P = _F @ self.P @ _F.T + np.diag(q)
+        x = self.x
+        x[:4] += x[4:]
+        np.maximum(x[2:4], 1.0, out=x[2:4])
+        self.P = _F @ self.P @ _F.T
+        self.P[_DIAG8] += _Q_SCALE * (s * s)
+        self._box = None
 
     def update(self, box: np.ndarray) -> None:
         """Correct with a measured box."""
         z = np.array(_xywh(box))
         s = max(self.x[2], self.x[3], 1.0)
-        r = np.diag([0.05 * s] * 4) ** 2
-        y = z - _H @ self.x
-        pht = self.P @ _H.T
-        k = pht @ np.linalg.inv(_H @ pht + r)
+        y = z - self.x[:4]
+        pht = self.P[:, :4]                      # P @ H.T with H = [I 0]
+        cov = self.P[:4, :4] + np.diag(_R_SCALE * (s * s))
+        k = np.linalg.solve(cov, pht.T).T        # P H^T S^-1 (S is symmetric)
         self.x = self.x + k @ y
-        self.P = (np.eye(8) - k @ _H) @ self.P
+        self.P = self.P - k @ self.P[:4, :]
+        self._box = None
 
     def box(self) -> np.ndarray:
         """Current x1 y1 x2 y2 estimate."""
-        cx, cy, w, h = self.x[:4]
-        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        if self._box is None:
+            cx, cy, w, h = self.x[:4]
+            self._box = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        return self._box
 
 
 def _xywh(b: np.ndarray) -> tuple[float, float, float, float]:
@@ -134,7 +147,8 @@ class Tracker:
         self._drop_outside()
         return self._prune()
 
-    def update(self, dets: Detections, frame_size: tuple[int, int] | None = None) -> list[Track]:
+    def update(self, dets: Detections,
+               frame_size: tuple[int, int] | None = None) -> list[Track]:
         """Advance one frame and associate ``dets``; returns the live tracks.
 
         ``frame_size`` (width, height) lets tracks that left the picture be dropped.

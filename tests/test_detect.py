@@ -139,7 +139,7 @@ def test_yolov8_head_decoding(tmp_path: Path, transposed: bool) -> None:
         out = out.transpose(0, 2, 1).copy()
     card = _card(tmp_path, _const_model(tmp_path / "v8.onnx", out), "yolov8", 2, 64)
     d = load_detector(card, confidence=0.3).detect(FRAME)
-    got = sorted(zip(d.class_names(), d.boxes.round(3).tolist()))
+    got = sorted(zip(d.class_names(), d.boxes.round(3).tolist(), strict=True))
     assert got == [("car", [24.0, 22.0, 40.0, 42.0]), ("motorbike", [7.0, 7.0, 13.0, 13.0])]
 
 
@@ -183,16 +183,16 @@ def _card_nc(tmp_path: Path, model: Path, nc: int) -> Path:
 
 def test_missing_corrupt_or_altered_model_files(tmp_path: Path) -> None:
     shutil.copy(SIMNET, tmp_path / "simnet.yaml")
-    with pytest.raises(ModelError, match="model file .*simnet.onnx not found"):
+    with pytest.raises(ModelError, match=r"model file .*simnet.onnx not found"):
         load_card(tmp_path / "simnet.yaml")
     (tmp_path / "simnet.onnx").write_bytes(b"not a model")
-    with pytest.raises(ModelError, match="sha256 .* the card says"):
+    with pytest.raises(ModelError, match=r"sha256 .* the card says"):
         load_card(tmp_path / "simnet.yaml")
     card = tmp_path / "simnet.yaml"
     card.write_text("\n".join(f"sha256: {sha256_file(tmp_path / 'simnet.onnx')}"
                               if ln.startswith("sha256:") else ln
                               for ln in SIMNET.read_text().splitlines()))
-    with pytest.raises(ModelError, match="cannot load .* with onnxruntime"):
+    with pytest.raises(ModelError, match=r"cannot load .* with onnxruntime"):
         load_detector(card)
 
 

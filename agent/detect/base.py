@@ -94,6 +94,51 @@ def preprocess(frame: np.ndarray, spec: InputSpec, buf: np.ndarray | None = None
     return np.ascontiguousarray(x[None]), geo
 
 
+class Letterbox:
+    """:func:`preprocess` for a stream of same-sized frames, without per-frame allocations.
+
+    The padded canvas is filled once per frame size (only the picture area changes), and
+    the float NCHW conversion is done in one pass by OpenCV when the card's
+    normalisation allows it.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        tw, th = spec.size
+        self.canvas = np.full((th, tw, 3), spec.pad_value, np.uint8)
+        self._key: tuple[int, int] | None = None
+        self._geo: Geometry | None = None
+        self._fast = (spec.layout == "NCHW" and spec.dtype == "float32"
+                      and len(set(spec.std)) == 1 and spec.std[0] != 0)
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Frame → batch-of-one input tensor and its geometry."""
+        spec = self.spec
+        if spec.resize != "letterbox" or not self._fast:
+            return preprocess(frame, spec)
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+            raise ValueError(f"expected a HxWx3 BGR frame, got shape "
+                             f"{getattr(frame, 'shape', None)}")
+        h, w = frame.shape[:2]
+        if self._key != (w, h):
+            tw, th = spec.size
+            r = min(tw / w, th / h)
+            nw, nh = round(w * r), round(h * r)
+            left, top = (tw - nw) // 2, (th - nh) // 2
+            self.canvas[:] = spec.pad_value
+            self._geo = Geometry(r, r, left, top, w, h)
+            self._roi = (slice(top, top + nh), slice(left, left + nw), (nw, nh))
+            self._key = (w, h)
+        ys, xs, size = self._roi
+        if size == (w, h):
+            self.canvas[ys, xs] = frame
+        else:
+            cv2.resize(frame, size, dst=self.canvas[ys, xs], interpolation=cv2.INTER_LINEAR)
+        blob = cv2.dnn.blobFromImage(self.canvas, 1.0 / spec.std[0], mean=spec.mean,
+                                     swapRB=spec.channels == "RGB", crop=False)
+        return blob, self._geo  # type: ignore[return-value]
+
+
 def to_frame(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
     """Map x1 y1 x2 y2 boxes from input-tensor pixels back to frame pixels, clipped."""
     out = boxes.astype(np.float32).copy()
@@ -119,17 +164,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices, best first."""
-    order = np.argsort(-scores)
-    keep: list[int] = []
-    while len(order):
-        i = int(order[0])
-        keep.append(i)
-        if len(order) == 1:
-            break
-        ious = iou_matrix(boxes[i:i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou]
-    return np.array(keep, np.int64)
+    """Greedy non-maximum suppression; returns kept indices, best first.
+
+    Runs in OpenCV (C++); the result is the same as the textbook greedy loop.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    xywh = np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0],
+                            boxes[:, 3] - boxes[:, 1]]).astype(np.float64)
+    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float64).tolist(), 0.0, float(iou))
+    keep = np.asarray(keep, np.int64).reshape(-1)
+    return keep[np.argsort(-scores[keep], kind="stable")]
 
 
 def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float,

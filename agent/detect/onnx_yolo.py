@@ -8,9 +8,9 @@ import onnxruntime as ort
 from agent.detect.base import (
     Detections,
     Geometry,
+    Letterbox,
     class_aware_nms,
     map_classes,
-    preprocess,
     to_frame,
 )
 from agent.modelcard import ModelCard, ModelError
@@ -38,9 +38,9 @@ class OnnxYoloDetector:
                              f"{str(e).splitlines()[0]}") from None
         self._check_shapes()
         self.table = map_classes(card, classes)
+        self.wanted = np.flatnonzero(self.table >= 0)  # model ids we keep
         self._grid: np.ndarray | None = None
-        self._buf = np.full((card.input.size[1], card.input.size[0], 3), card.input.pad_value,
-                            np.uint8)
+        self._letterbox = Letterbox(card.input)
 
     def _check_shapes(self) -> None:
         card = self.card
@@ -94,7 +94,7 @@ class OnnxYoloDetector:
 
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Frame → input tensor (and how to map boxes back)."""
-        return preprocess(frame, self.card.input, self._buf)
+        return self._letterbox(frame)
 
     def decode(self, raw: np.ndarray, geo: Geometry, confidence: float | None = None
                ) -> Detections:
@@ -103,28 +103,33 @@ class OnnxYoloDetector:
         fmt = self.card.output.format
         out = raw[0]
         c = self.card.num_classes
+        wanted = self.wanted
         if fmt == "yolov8":
             if out.shape[0] == 4 + c and out.shape[1] != 4 + c:
                 out = out.T
-            boxes_c, cls_scores = out[:, :4], out[:, 4:]
+            cls_scores = out[:, 4:][:, wanted]
+            best = cls_scores.argmax(1)
+            score = cls_scores[np.arange(len(best)), best]
+            m = np.flatnonzero(score >= conf)
+            boxes_c, score, best = out[m, :4], score[m], best[m]
         else:
-            boxes_c = out[:, :4]
-            cls_scores = out[:, 5:] * out[:, 4:5]
+            # score = objectness x class score <= objectness: filter on it first (cheap)
+            m = np.flatnonzero(out[:, 4] >= conf)
+            rows = out[m]
+            cls_scores = rows[:, 5:][:, wanted] * rows[:, 4:5]
+            best = cls_scores.argmax(1) if len(rows) else np.zeros(0, np.int64)
+            score = cls_scores[np.arange(len(best)), best]
+            keep = score >= conf
+            m, rows, score, best = m[keep], rows[keep], score[keep], best[keep]
+            boxes_c = rows[:, :4]
             if fmt == "yolox" and not self.card.output.decoded:
-                grid = self._yolox_grid(len(out))
+                grid = self._yolox_grid(len(out))[m]
                 boxes_c = np.concatenate([(boxes_c[:, :2] + grid[:, :2]) * grid[:, 2:3],
                                           np.exp(np.clip(boxes_c[:, 2:4], -10, 10))
                                           * grid[:, 2:3]], 1)
-        # only classes we count
-        wanted = self.table >= 0
-        cls_scores = cls_scores[:, wanted]
-        ids = np.flatnonzero(wanted)
-        best = cls_scores.argmax(1)
-        score = cls_scores[np.arange(len(best)), best]
-        m = score >= conf
-        if not m.any():
+        if not len(score):
             return Detections.empty()
-        bc, score, mid = boxes_c[m], score[m], ids[best[m]]
+        bc, mid = boxes_c, self.wanted[best]
         xyxy = np.stack([bc[:, 0] - bc[:, 2] / 2, bc[:, 1] - bc[:, 3] / 2,
                          bc[:, 0] + bc[:, 2] / 2, bc[:, 1] + bc[:, 3] / 2], 1)
         labels = self.table[mid]

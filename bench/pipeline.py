@@ -1,0 +1,136 @@
+"""Pipeline throughput as ratios to raw model inference, measured in one run.
+
+    python bench/pipeline.py [--video V --model CARD --line x1,y1,x2,y2] [--repeats 3]
+
+Default: ``../shared/data/motorway-cctv-320x240.avi`` with YOLOX-Nano, onnxruntime on
+one thread (``intra_op_num_threads=1``, like one Raspberry Pi core); without
+``../shared`` it falls back to a simulated clip with the repo's simnet (and says so).
+
+Measures, interleaved ``--repeats`` times so that machine noise hits every mode alike:
+
+- raw: frames/s of ``session.run`` alone on frames pre-processed beforehand;
+- full: decode → pre-process → detect → track → count on every frame;
+- gated: the same with motion gating and detection stride 2, 3 and 5 (at 25 fps,
+  stride 5 still runs the detector 5 times a second);
+
+and prints each rate as a ratio to raw (targets: full ≥ 0.9 × raw, gated ≥ 3 × raw),
+with inference of frame k+1 overlapping tracking of frame k, and decoding on a reader
+thread, as in ``agent count`` (so the pipeline may use a second core; the model one),
+the count each mode produced (accuracy effect; against ground truth when there is one)
+and the process's peak RSS. The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.detect import load_detector  # noqa: E402
+from agent.offline import count_video, lines_from_args  # noqa: E402
+from agent.pipeline import PipelineSettings  # noqa: E402
+
+SHARED_VIDEO = ROOT.parent / "shared" / "data" / "motorway-cctv-320x240.avi"
+SHARED_MODEL = ROOT.parent / "shared" / "models" / "yolox_nano.onnx"
+
+
+def raw_rate(det, frames: list, seconds: float = 6.0) -> float:
+    """Frames/s of the model's session.run alone, on already pre-processed frames."""
+    tensors = [det.prepare(f)[0] for f in frames]
+    det.infer(tensors[0])  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        det.infer(tensors[n % len(tensors)])
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table and the JSON line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--video", type=Path)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--line")
+    p.add_argument("--gt", type=Path)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    source = "given"
+    if a.video is None:
+        if SHARED_VIDEO.exists() and SHARED_MODEL.exists():
+            a.video, a.model, a.line = SHARED_VIDEO, ROOT / "models" / "yolox_nano.yaml", "0,144,319,144"
+            a.gt = SHARED_VIDEO.with_suffix(".gt.json")
+            source = "shared motorway clip + YOLOX-Nano"
+        else:
+            from sim.traffic import SceneConfig, write_clip
+
+            a.video = Path("/tmp/polelink-bench-sim.avi")
+            gt = write_clip(a.video, 40, seed=21, cfg=SceneConfig())
+            a.model, a.line = ROOT / "models" / "simnet.yaml", ",".join(map(str, gt["line"]))
+            a.gt = a.video.with_suffix(".gt.json")
+            source = "../shared absent: simulated clip + simnet"
+    det = load_detector(a.model, threads=1)
+    cap = cv2.VideoCapture(str(a.video))
+    sample = []
+    while len(sample) < 60:
+        ok, f = cap.read()
+        if not ok:
+            break
+        sample.append(f)
+    cap.release()
+    lines = lines_from_args([a.line + ",main"])
+    modes = {"full": {"motion": False, "stride": 1},
+             "gated_stride2": {"motion": True, "stride": 2},
+             "gated_stride3": {"motion": True, "stride": 3},
+             "gated_stride5": {"motion": True, "stride": 5}}
+    rates: dict[str, list[float]] = {"raw": [], **{m: [] for m in modes}}
+    counts: dict[str, int] = {}
+    detected: dict[str, int] = {}
+    for r in range(a.repeats):
+        rates["raw"].append(raw_rate(det, sample))
+        for name, kw in modes.items():
+            res = count_video(a.video, det, PipelineSettings(lines=lines, **kw))
+            rates[name].append(res.processing_fps)
+            counts[name] = sum(sum(per.values()) for per in res.totals["main"].values())
+            detected[name] = res.frames_detected
+        print(f"repeat {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}/s"
+                                                          for k, v in rates.items()),
+              file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = {k: med[k] / med["raw"] for k in modes}
+    gt_total = None
+    if a.gt and a.gt.exists():
+        gt_doc = json.loads(a.gt.read_text())
+        gt_total = sum(1 for e in gt_doc["events"] if e["class"] in
+                       ("car", "motorbike", "bus", "truck", "bicycle", "three_wheeler"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{source}: {a.video.name}, model {det.card.name}, onnxruntime/tflite threads 1")
+    print(f"{'mode':<16}{'frames/s':>10}{'x raw':>8}{'detector runs':>15}{'count':>7}")
+    print(f"{'raw inference':<16}{med['raw']:>10.1f}{1.0:>8.2f}{'':>15}{'':>7}")
+    for k in modes:
+        print(f"{k:<16}{med[k]:>10.1f}{ratio[k]:>8.2f}{detected[k]:>15}{counts[k]:>7}")
+    if gt_total is not None:
+        print(f"ground truth count: {gt_total}")
+    best = max((k for k in modes if k != "full"), key=lambda k: ratio[k])
+    print(f"targets: full >= 0.9 x raw: {'met' if ratio['full'] >= 0.9 else 'NOT met'}; "
+          f"gated >= 3 x raw: {'met' if ratio[best] >= 3 else 'NOT met'} (best: {best})")
+    print(f"peak RSS {peak_mb:.0f} MB; medians of {a.repeats} interleaved repeats")
+    print(json.dumps({"source": source, "video": str(a.video), "model": det.card.name,
+                      "raw_fps": round(med["raw"], 2),
+                      **{f"{k}_fps": round(med[k], 2) for k in modes},
+                      **{f"{k}_ratio": round(ratio[k], 3) for k in modes},
+                      "counts": counts, "detector_runs": detected, "gt_total": gt_total,
+                      "peak_rss_mb": round(peak_mb, 1), "repeats": a.repeats}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
