@@ -1,0 +1,39 @@
+# polelink: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO_CLIP = var/demo/clip.mp4
+
+.PHONY: demo test lint bench clean help
+
+help:
+	@echo "make demo   - set up, render a simulated camera, run the agent with live counts (Ctrl-C stops)"
+	@echo "make test   - lint (ruff) and the whole test suite (pytest)"
+	@echo "make bench  - pipeline and accuracy benchmarks"
+
+$(BIN)/agent: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(DEMO_CLIP): | $(BIN)/agent
+	$(BIN)/python -m sim.traffic --out $(DEMO_CLIP) --seconds 120 --seed 1
+
+demo: $(BIN)/agent $(DEMO_CLIP)
+	$(BIN)/agent validate config/sim-demo.yaml
+	$(BIN)/agent run --config config/sim-demo.yaml $(if $(DURATION),--duration $(DURATION))
+
+lint: $(BIN)/agent
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/agent
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python -m sim.traffic --out var/bench/sim.avi --seconds 120 --seed 5
+	$(BIN)/python bench/accuracy.py var/bench/sim.avi var/bench/sim.gt.json
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache
