@@ -3,7 +3,8 @@
 Each interval ``[start, start + interval_s)`` with ``start`` a multiple of ``interval_s``
 seconds since the Unix epoch (so 60 s intervals start on the minute) yields one record
 per camera and line (and per zone): counts by class and direction, frames analysed,
-frames dropped, mean detector latency, ID switches. Records are kept in memory and
+frames dropped (captured but replaced by newer ones before analysis), frames late
+(analysed more than 0.5 s after capture), mean detector latency, ID switches. Records are kept in memory and
 appended to a JSON-lines file, one object per line, flushed and fsynced when written
 (the MQTT outbox will take them from there).
 """
@@ -39,6 +40,7 @@ class _Bucket:
     frames_analysed: int = 0
     frames_detected: int = 0
     frames_dropped: int = 0
+    frames_late: int = 0
     detector_s: float = 0.0
     id_switches: int = 0
     first_frame_wall: float | None = None
@@ -78,6 +80,12 @@ class IntervalAggregator:
         if n > 0:
             with self._lock:
                 self._current(now).frames_dropped += n
+
+    def add_late(self, now: float, n: int) -> None:
+        """``n`` frames reached the pipeline late (long after capture)."""
+        if n > 0:
+            with self._lock:
+                self._current(now).frames_late += n
 
     def add_id_switches(self, now: float, n: int) -> None:
         """Track hand-overs (ID switches) seen by the counter."""
@@ -128,6 +136,7 @@ class IntervalAggregator:
             "frames_analysed": b.frames_analysed,
             "frames_detected": b.frames_detected,
             "frames_dropped": b.frames_dropped,
+            "frames_late": b.frames_late,
             "detector_latency_ms_mean": round(1000 * b.detector_s / b.frames_detected, 2)
             if b.frames_detected else None,
             "id_switches": b.id_switches,

@@ -20,7 +20,9 @@ Rules (the same as the hand-made ground truth in ``../shared/data``):
   old track's last position and counted lines: a vehicle lost before the line and
   re-found after it counts once, and one that counted before being lost does not count
   again (no double counts from ID switches near the line). Each such hand-over is
-  recorded as an ID switch for the interval's quality figures;
+  recorded as an ID switch for the interval's quality figures. Only tracks lost inside
+  the picture are candidates (one last seen at the border has left), and the new track
+  continues from the old one's last *measured* position, never a coasted guess;
 - a box that touches the frame border is truncated, so its centre is not the vehicle's
   centre: such positions are neither tested for crossings nor remembered, and the next
   whole box is compared with the last whole one (a vehicle leaving the frame beside the
@@ -82,6 +84,7 @@ class Zone:
 class _State:
     last: Point  # centre when last measured (not coasting), used for hand-over
     anchors: dict[str, Point] = field(default_factory=dict)  # last point per anchor kind
+    seen_anchors: dict[str, Point] = field(default_factory=dict)  # ... when last measured
     counted: set[str] = field(default_factory=set)
     pending: dict[str, tuple[int, int, Point]] = field(default_factory=dict)
     settling: list[tuple[str, int, int, Point, int]] = field(default_factory=list)
@@ -89,6 +92,7 @@ class _State:
     zones: set[str] = field(default_factory=set)
     last_frame: int = 0
     seen_frame: int = 0  # last frame with a measurement
+    at_edge: bool = False  # last measured box touched the frame border (leaving the scene)
     box_size: float = 1.0
     velocity: tuple[float, float] = (0.0, 0.0)
     label: int = 0
@@ -141,7 +145,9 @@ class Counter:
         for tid in [k for k in self.states if k not in live]:
             st = self.states.pop(tid)
             events.extend(self._emit(st, force=True))
-            if st.confirmed:
+            # only a track lost inside the picture (occlusion, missed detections) may be
+            # re-found; one last seen at the border has left the scene
+            if st.confirmed and not st.at_edge:
                 self.lost[tid] = st
         for tid in [k for k, s in self.lost.items() if frame - s.last_frame > self.handover_frames]:
             del self.lost[tid]
@@ -170,7 +176,10 @@ class Counter:
         self.id_switches += 1
         if any(self._near_line(old.last, here, ln, size) for ln in self.lines):
             self.id_switches_near_line += 1
-        return _State(last=old.last, anchors=dict(old.anchors), counted=set(old.counted),
+        # continue from where the old track was last *measured*: where it coasted to since
+        # is a guess, and a guess must not become half of a crossing
+        return _State(last=old.last, anchors=dict(old.seen_anchors or old.anchors),
+                      seen_anchors=dict(old.seen_anchors), counted=set(old.counted),
                       pending=dict(old.pending), zones=set(old.zones), last_frame=frame,
                       seen_frame=frame, box_size=size,
                       confirmed=old.confirmed)
@@ -252,6 +261,9 @@ class Counter:
         if t.missed == 0:
             st.last = self._anchor(t)
             st.seen_frame = frame
+            st.at_edge = not whole
+            if whole:
+                st.seen_anchors = self._anchors(t)
         st.last_frame = frame
         st.box_size = float(max(box[2] - box[0], box[3] - box[1], 1.0))
         st.velocity = t.velocity

@@ -28,6 +28,9 @@ from agent.yamlfile import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: A frame analysed more than this long after capture is counted as late.
+LATE_AFTER_S = 0.5
+
 
 def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
     """Pipeline settings from a camera's config section."""
@@ -70,6 +73,8 @@ class CameraWorker:
                 continue
             if self.pipeline is None:
                 self.pipeline = make_pipeline(self.cfg, self.source.stats.fps)
+            if time.monotonic() - frame.monotonic > LATE_AFTER_S:
+                self.aggregator.add_late(now, 1)
             switches = self.pipeline.counter.id_switches
             det_s = self.pipeline.detect_seconds
             res = self.pipeline.process(frame.image, frame.index)

@@ -9,7 +9,8 @@ Per frame with detections (:meth:`Tracker.update`):
    centre distance from the prediction, scaled by box size (fast motorbikes at low frame
    rates can move further than their own length between frames, where IoU is zero). A
    young track, whose velocity is still unknown, may jump up to ``max_distance`` sizes;
-   an established one (3+ hits) only ``settled_distance``;
+   an established one (3+ hits) only ``settled_distance``; a young track's reach grows
+   with the frames since its last measurement (detection stride), up to four times;
 4. tracks whose predicted centre has left the frame are dropped (they must not take a
    newcomer's detection at the edge); unmatched high-confidence detections start
    tentative tracks, unless they sit on a
@@ -216,10 +217,15 @@ class Tracker:
         ratio = np.maximum(tsize[:, None], dsize[None]) / np.maximum(
             np.minimum(tsize[:, None], dsize[None]), 1.0)
         cost = dist + np.where(ratio > 2.0, 100.0, 0.0)
+        # an established track's prediction already carries its velocity across a stride
+        # gap; a young track's velocity is unknown, so its reach grows with the gap
+        limit = np.array([self.settled_distance if self.tracks[i].hits >= 3 else
+                          self.max_distance * min(4.0, max(1.0, (self.tracks[i].missed + 1) / 2))
+                          for i in tis])
         rows, cols = linear_sum_assignment(cost)
         used_t, used_d = set(), set()
-        for r, c in zip(rows, cols, strict=False):
-            if cost[r, c] <= self.max_distance:
+        for r, c in zip(rows, cols, strict=True):
+            if cost[r, c] <= limit[r]:
                 self._apply(tis[r], dis[c], dets, matched_t)
                 used_t.add(r)
                 used_d.add(c)

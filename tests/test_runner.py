@@ -28,6 +28,7 @@ def test_intervals_align_to_the_clock_and_roll() -> None:
     agg.add_frame(t, True, 0.02)
     agg.add_frame(t + 1, False)
     agg.add_dropped(t + 1, 3)
+    agg.add_late(t + 1, 2)
     agg.add_events(t + 2, [ev("main", "up", "motorbike"), ev("main", "up", "motorbike"),
                            ev("main", "down", "car"), ev("z", "inside", "bus")])
     assert agg.roll(t + 40) == []  # still inside the interval
@@ -39,6 +40,7 @@ def test_intervals_align_to_the_clock_and_roll() -> None:
     assert main["counts"] == {"down": {"car": 1}, "up": {"motorbike": 2}} and main["total"] == 3
     assert main["frames_analysed"] == 2 and main["frames_detected"] == 1
     assert main["frames_dropped"] == 3 and main["detector_latency_ms_mean"] == 20.0
+    assert main["frames_late"] == 2
     assert main["partial"] is False and main["schema"].endswith("/1")
     zone = next(r for r in recs if r.get("zone") == "z")
     assert zone["counts"] == {"inside": {"bus": 1}}
@@ -122,3 +124,25 @@ def test_agent_run_refuses_invalid_config(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and f"{cfg}:2:" in r.stderr and "not starting" in r.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_snapshot_command(sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
+    import cv2
+
+    video, gt = sim_clip
+    cfg = write_config(tmp_path, video, gt["line"])
+    out = tmp_path / "snap.png"
+    r = subprocess.run([sys.executable, "-m", "agent", "snapshot", "--config", str(cfg),
+                        "--camera", "cam1", "-o", str(out)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "frame 640x360" in r.stdout and "lines: main" in r.stdout
+    img = cv2.imread(str(out))
+    assert img.shape == (360, 640, 3)
+    y = gt["line"][1]
+    row = img[y]
+    assert ((row[:, 2] > 180) & (row[:, 1] > 180) & (row[:, 0] < 100)).sum() > 200  # the line
+    r = subprocess.run([sys.executable, "-m", "agent", "snapshot", "--config", str(cfg),
+                        "--camera", "nope", "-o", str(out)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 1 and "no camera 'nope'; configured: cam1" in r.stderr
