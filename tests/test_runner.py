@@ -107,9 +107,19 @@ def test_agent_run_command_stops_cleanly_on_sigterm(sim_clip: tuple[Path, dict],
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(6)
+    seen: list[str] = []
+    end = time.monotonic() + 90
+    # wait until it is really running (status lines), however slow the machine is today
+    while time.monotonic() < end:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        seen.append(line)
+        if sum("[cam1 live frames" in x for x in seen) >= 3:
+            break
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    rest, _ = proc.communicate(timeout=30)
+    out = "".join(seen) + rest
     assert proc.returncode == 0, out
     assert "polelink agent: device test-pole" in out and "[cam1 live frames" in out
     assert "aggregate records in" in out
