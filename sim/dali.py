@@ -23,6 +23,7 @@ prints the device path (e.g. ``/dev/pts/5``) and serves until interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import select
@@ -84,7 +85,7 @@ class PoleGear(fakes.Gear):
         # scale 10^0: Wh and W (FakeBank202's layout: 0x04 scale, 0x05-0x0A energy,
         # 0x0B scale, 0x0C-0x0F power)
         bank.set_memory_data([None, None, None, None, 0x00, *wh.to_bytes(6, "big"), 0x00,
-                              *int(round(power)).to_bytes(4, "big")])
+                              *round(power).to_bytes(4, "big")])
 
     def send(self, cmd: Command) -> int | None:
         """Handle one command like real gear would; returns the backward frame or None."""
@@ -155,10 +156,8 @@ class DaliEmulator:
         self._stop.set()
         self._thread.join(timeout=2)
         for fd in (self.master, self._slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def stop(self) -> None:
         """Stop serving and close the pty."""
@@ -190,10 +189,8 @@ class DaliEmulator:
         return out
 
     def _write(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.master, data)
-        except OSError:
-            pass
 
     def _serve(self, req: tuple[int, int, bool] | None) -> None:
         self.stats.requests += 1

@@ -27,7 +27,7 @@ type and status codes are this project's subset, implemented identically by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 ReplyKind = Literal["backward", "none", "collision", "resend", "garbled"]
 
@@ -47,7 +47,7 @@ class HatCodec:
 
     name = "hat"
     baudrate = 19200
-    _prefix = {8: "j", 16: "h", 24: "l", 25: "m"}
+    _prefix: ClassVar[dict[int, str]] = {8: "j", 16: "h", 24: "l", 25: "m"}
 
     def __init__(self) -> None:
         self._buf = b""

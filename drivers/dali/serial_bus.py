@@ -3,7 +3,8 @@
 - One reply per forward frame, read with a deadline (``timeout``); late or missing
   replies raise :class:`BusTimeout`, and stale bytes are flushed before the next frame.
 - Send collisions (``resend``) and receive collisions on queries are retried up to
-  ``retries`` times, then raise :class:`BusCollision`; unparseable replies raise
+  ``retries`` times, then raise :class:`BusCollision` (except yes/no queries, where
+  several gear answering at once means "yes"); unparseable replies raise
   :class:`BusProtocolError` after the same retries.
 - Commands python-dali marks ``sendtwice`` (configuration commands) go out as one
   send-twice request, so the gateway repeats them inside DALI's 100 ms window.
@@ -13,18 +14,22 @@
 
 from __future__ import annotations
 
+import termios
 import threading
 import time
 from typing import Any
 
 import serial
-from dali.command import Command
+from dali.command import Command, YesNoResponse
 from dali.frame import BackwardFrame, BackwardFrameError
 from dali.gear.general import EnableDeviceType
 from dali.sequences import progress, sleep
 
 from drivers.bus import BusCollision, BusDisconnected, BusError, BusProtocolError, BusTimeout
 from drivers.dali.codecs import CODECS, Reply
+
+#: What a vanished port raises from pyserial's calls.
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class SerialDaliBus:
@@ -57,8 +62,11 @@ class SerialDaliBus:
         self.close()
 
     # -- frames -----------------------------------------------------------------------
-    def _exchange(self, bits: int, value: int, twice: bool, want_reply: bool) -> Reply:
-        """Send one frame, wait for its reply; retry on send collisions."""
+    def _exchange(self, bits: int, value: int, twice: bool, want_reply: bool,
+                  yes_no: bool = False) -> Reply:
+        """Send one frame, wait for its reply; retry on send collisions, and on receive
+        collisions unless several answers at once *are* the answer (yes/no queries such as
+        Compare during commissioning, where a collision means "yes")."""
         last: Reply | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -66,7 +74,7 @@ class SerialDaliBus:
             try:
                 self.serial.reset_input_buffer()
                 self.serial.write(self.codec.encode(bits, value, twice))
-            except (serial.SerialException, OSError) as e:
+            except _PORT_ERRORS as e:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             self.stats["frames"] += 1
             reply = self._read_reply()
@@ -76,7 +84,7 @@ class SerialDaliBus:
             if reply.kind == "garbled":
                 self.stats["garbled"] += 1
                 continue
-            if reply.kind == "collision" and want_reply:
+            if reply.kind == "collision" and want_reply and not yes_no:
                 continue
             return reply
         assert last is not None
@@ -90,8 +98,9 @@ class SerialDaliBus:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                data = self.serial.read(64)
-            except (serial.SerialException, OSError) as e:
+                # return as soon as anything arrives (read(n) would wait for n bytes)
+                data = self.serial.read(max(1, self.serial.in_waiting))
+            except _PORT_ERRORS as e:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             if data:
                 replies = self.codec.feed(data)
@@ -110,8 +119,10 @@ class SerialDaliBus:
                 enable = EnableDeviceType(command.devicetype)
                 self._exchange(len(enable.frame), enable.frame.as_integer, False, False)
             f = command.frame
+            yes_no = command.response is not None and issubclass(command.response,
+                                                                  YesNoResponse)
             reply = self._exchange(len(f), f.as_integer, bool(command.sendtwice),
-                                   command.response is not None)
+                                   command.response is not None, yes_no)
             if command.response is None:
                 return None
             if reply.kind == "backward":

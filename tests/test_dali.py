@@ -1,0 +1,202 @@
+"""DALI driver ↔ gateway emulator through real pseudo-terminals, both codecs, with faults."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from dali.address import GearBroadcast, GearGroup, GearShort
+from dali.gear import led
+from dali.gear.general import DAPC, DTR0, QueryActualLevel, QueryMaxLevel, SetMaxLevel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.bus import BusCollision, BusDisconnected, BusProtocolError, BusTimeout
+from drivers.dali import FoxtronCodec, HatCodec, SerialDaliBus, ops
+from sim.dali import DaliEmulator, PoleGear, make_gear
+
+CODEC_NAMES = ["hat", "foxtron"]
+
+
+@pytest.fixture(params=CODEC_NAMES)
+def rig(request: pytest.FixtureRequest):
+    emu = DaliEmulator(make_gear(4), request.param, late_s=0.4).start()
+    bus = SerialDaliBus(emu.path, request.param, timeout=0.2, retries=3)
+    yield emu, bus
+    bus.close()
+    emu.stop()
+
+
+def levels(bus: SerialDaliBus, n: int = 4) -> list[int]:
+    return [bus.send(QueryActualLevel(GearShort(i))).value for i in range(n)]
+
+
+def test_levels_by_short_group_and_broadcast(rig) -> None:
+    emu, bus = rig
+    ops.set_level(bus, GearBroadcast(), 80)
+    assert levels(bus) == [80, 80, 80, 80]
+    ops.set_level(bus, GearGroup(1), 200)             # gear 1 and 3 (groups by parity)
+    assert levels(bus) == [80, 200, 80, 200]
+    ops.set_level(bus, ops.parse_address("short:2"), 254)
+    assert levels(bus) == [80, 200, 254, 200]
+    assert [g.level for g in emu.gear] == [80, 200, 254, 200]
+    st_ = ops.query_gear(bus, 2)
+    assert st_ is not None and st_.lamp_on and not st_.lamp_failure and st_.level == 254
+    assert ops.query_gear(bus, 9) is None             # nobody at 9
+
+
+def test_config_commands_are_sent_twice_and_dt6_enabled_first(rig) -> None:
+    emu, bus = rig
+    bus.send(DTR0(150))
+    bus.send(SetMaxLevel(GearShort(0)))               # a send-twice configuration command
+    assert bus.send(QueryMaxLevel(GearShort(0))).value == 150
+    assert emu.stats.single_config_ignored == 0
+    bus.send(DAPC(GearShort(0), 254))
+    assert emu.gear[0].level == 150                   # clamped by the new maximum
+    # the emulator, like real gear, ignores a configuration command sent only once
+    emu.handle(16, SetMaxLevel(GearShort(1)).frame.as_integer, twice=False)
+    assert emu.stats.single_config_ignored == 1 and emu.gear[1].level_max == 254
+    bus.send(led.QueryGearType(GearShort(0)))         # DT6 command
+    assert emu.stats.commands[-2:] == ["EnableDeviceType(6)", str(led.QueryGearType(GearShort(0)))]
+
+
+def test_scenes_and_lamp_failure(rig) -> None:
+    emu, bus = rig
+    ops.store_scene(bus, GearBroadcast(), 5, 123)
+    ops.go_to_scene(bus, GearGroup(0), 5)
+    assert levels(bus) == [123, 0, 123, 0]
+    emu.gear[2].lamp_failure = True
+    s = ops.query_gear(bus, 2)
+    assert s is not None and s.lamp_failure and not s.lamp_on
+
+
+def test_d4i_energy_and_power_grow_with_level_and_time(rig) -> None:
+    emu, bus = rig
+    emu.gear[1].rated_w = 3600.0                      # 1 Wh per second at full output
+    ops.set_level(bus, GearShort(1), 254)
+    r1 = ops.read_d4i(bus, 1)
+    time.sleep(1.2)
+    r2 = ops.read_d4i(bus, 1)
+    assert r1.active_power_w == pytest.approx(3600, rel=0.01)
+    assert r2.active_energy_wh is not None and r1.active_energy_wh is not None
+    assert 0.8 <= r2.active_energy_wh - r1.active_energy_wh <= 3
+    assert r2.operating_time_s == 3600 and r2.gear_temperature_c == 30.0
+    assert r2.light_source_temperature_c == 100.0 and r2.overall_failure_count == 1
+    ops.set_level(bus, GearShort(1), 0)
+    assert ops.read_d4i(bus, 1).active_power_w == 0
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_commissioning_gives_unique_addresses_despite_clashing_random_addresses(codec: str
+                                                                                ) -> None:
+    rng = random.Random(3)
+    clash = 0x5A5A5A
+    gear = [PoleGear(None, random_preload=[clash if i < 3 else rng.randrange(1 << 24),
+                                           rng.randrange(1 << 24)]) for i in range(8)]
+    emu = DaliEmulator(gear, codec).start()
+    try:
+        with SerialDaliBus(emu.path, codec) as bus:
+            found = ops.commission(bus)
+        assert sorted(g.shortaddr for g in gear) == list(range(8))
+        assert found == list(range(8))
+    finally:
+        emu.stop()
+
+
+@pytest.mark.parametrize("fault", ["collision", "resend", "garbled"])
+def test_transient_faults_are_retried(rig, fault: str) -> None:
+    emu, bus = rig
+    ops.set_level(bus, GearShort(0), 77)
+    emu.inject(fault, fault)                          # twice, then fine
+    assert bus.send(QueryActualLevel(GearShort(0))).value == 77
+    assert bus.stats["retries"] == 2
+
+
+def test_persistent_faults_end_in_typed_errors_in_bounded_time(rig) -> None:
+    emu, bus = rig
+    cases = [("collision", BusCollision), ("resend", BusCollision),
+             ("garbled", BusProtocolError)]
+    for fault, exc in cases:
+        emu.inject(*[fault] * 4)
+        t0 = time.monotonic()
+        with pytest.raises(exc):
+            bus.send(QueryActualLevel(GearShort(0)))
+        assert time.monotonic() - t0 < 2
+    emu.inject("silent")
+    t0 = time.monotonic()
+    with pytest.raises(BusTimeout):
+        bus.send(QueryActualLevel(GearShort(0)))
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_late_reply_times_out_and_does_not_poison_the_next_command(rig) -> None:
+    emu, bus = rig
+    ops.set_level(bus, GearShort(3), 99)
+    emu.inject("late")
+    with pytest.raises(BusTimeout):
+        bus.send(QueryActualLevel(GearShort(3)))
+    time.sleep(0.5)                                   # the late reply arrives now
+    ops.set_level(bus, GearShort(3), 120)
+    assert bus.send(QueryActualLevel(GearShort(3))).value == 120
+
+
+def test_unplugged_gateway_is_a_typed_error(rig) -> None:
+    emu, bus = rig
+    emu.unplug()
+    t0 = time.monotonic()
+    with pytest.raises((BusDisconnected, BusTimeout)):
+        bus.send(QueryActualLevel(GearShort(0)))
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(BusDisconnected, match="cannot open"):
+        SerialDaliBus("/dev/does-not-exist", "hat")
+
+
+def test_random_faults_never_hang_or_crash() -> None:
+    emu = DaliEmulator(make_gear(2), "hat", fault_rate=0.3, seed=9, late_s=0.3).start()
+    ok = errors = 0
+    try:
+        with SerialDaliBus(emu.path, "hat", timeout=0.15, retries=2) as bus:
+            t0 = time.monotonic()
+            for i in range(60):
+                try:
+                    ops.set_level(bus, GearShort(i % 2), i)
+                    bus.send(QueryActualLevel(GearShort(i % 2)))
+                    ok += 1
+                except (BusCollision, BusProtocolError, BusTimeout):
+                    errors += 1
+            assert time.monotonic() - t0 < 60
+    finally:
+        emu.stop()
+    assert ok > 20 and emu.stats.faults_injected > 10
+
+
+def test_foxtron_checksum_matches_the_published_example() -> None:
+    # Foxtron's protocol document: data 01 00 10 FF 10 has checksum DF
+    assert FoxtronCodec.wrap(bytes([0x01, 0x00, 0x10, 0xFF, 0x10])) == b"\x01010010FF10DF\x17"
+    # and broadcast DAPC 254 as 16 bits: 01 00 10 FE FE, checksum F2
+    assert FoxtronCodec().encode(16, 0xFEFE) == b"\x01010010FEFEF2\x17"
+    assert HatCodec().encode(16, 0xFEFE) == b"hFEFE\n"
+    assert HatCodec().encode(16, 0x0381, twice=True) == b"t0381\n"
+    assert HatCodec().encode(24, 0x123456) == b"l123456\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_reply_parsers_survive_any_bytes(data: bytes) -> None:
+    for codec in (HatCodec(), FoxtronCodec()):
+        for r in codec.feed(data):
+            assert r.kind in ("backward", "none", "collision", "resend", "garbled")
+            if r.kind == "backward":
+                assert 0 <= (r.value or 0) <= 255
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([8, 16, 24, 25]), st.integers(min_value=0), st.booleans())
+def test_request_round_trip(bits: int, value: int, twice: bool) -> None:
+    value %= 1 << bits
+    fox = FoxtronCodec()
+    assert fox.feed_requests(fox.encode(bits, value, twice)) == [(bits, value, twice)]
+    hat = HatCodec()
+    tw = twice and bits == 16
+    assert hat.parse_request(hat.encode(bits, value, tw).strip()) == (bits, value, tw)
