@@ -157,7 +157,7 @@ class ModbusEmulator:
             return
         if function_code == 4:  # input registers: 0 power (0.1 W), 1-2 energy (Wh)
             wh = int(self.energy_wh)
-            live = {0: int(round(self.power_w * 10)) & 0xFFFF, 1: (wh >> 16) & 0xFFFF,
+            live = {0: round(self.power_w * 10) & 0xFFFF, 1: (wh >> 16) & 0xFFFF,
                     2: wh & 0xFFFF}
             for a, v in live.items():
                 i = a - start_address
