@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a frame (15)")
     s.set_defaults(func=cmd_snapshot)
 
+    from agent.lights_cli import add_parser as add_lights
+
+    add_lights(sub)
+
     r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -221,12 +221,115 @@ class AggregatesConfig(Strict):
         return _resolve(v, info)
 
 
+class ModbusRegisters(Strict):
+    """Where a Modbus dimmer keeps its values (see drivers/modbus.py)."""
+
+    level_register: Annotated[int, Field(ge=0, le=65535)] = 0
+    level_scale: Annotated[int, Field(ge=1, le=65535)] = 1000
+    onoff_coil: Annotated[int, Field(ge=0, le=65535)] | None = 0
+    power_register: Annotated[int, Field(ge=0, le=65535)] | None = 0
+    power_scale_w: Annotated[float, Field(gt=0)] = 0.1
+    energy_register: Annotated[int, Field(ge=0, le=65534)] | None = 1
+    energy_scale_wh: Annotated[float, Field(gt=0)] = 1.0
+
+
+class DaliBusConfig(Strict):
+    """A DALI bus behind a serial gateway."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    kind: Literal["dali"]
+    port: str = "/dev/ttyS0"
+    codec: Literal["hat", "foxtron"] = "hat"
+    timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.2
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
+class ModbusBusConfig(Strict):
+    """A Modbus RTU lighting controller on RS-485."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    kind: Literal["modbus"]
+    port: str = "/dev/ttyUSB0"
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 19200
+    unit: Annotated[int, Field(ge=1, le=247)] = 1
+    timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.3
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    registers: ModbusRegisters = ModbusRegisters()
+
+
+LightingBusConfig = Annotated[DaliBusConfig | ModbusBusConfig, Field(discriminator="kind")]
+
+
+class LuminaireGroupConfig(Strict):
+    """Luminaires dimmed together, and the limits of their dimming."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    bus: str
+    address: str = "broadcast"
+    design_class: Literal["M1", "M2", "M3", "M4", "M5", "M6"] = "M3"
+    design_peak_vph: Annotated[float, Field(gt=0, le=20000)] = 1200.0
+    cameras: list[str] = Field(default_factory=list)
+    luminaires: Annotated[int, Field(ge=1, le=64)] = 1
+    rated_power_w: Annotated[float, Field(gt=0, le=2000)] = 100.0
+    floor_pct: Annotated[float, Field(gt=0, le=100)] | None = None
+    ceiling_pct: Annotated[float, Field(gt=0, le=100)] = 100.0
+    safe_pct: Annotated[float, Field(gt=0, le=100)] = 100.0
+    ramp_down_pct_per_min: Annotated[float, Field(gt=0, le=100)] = 10.0
+    ramp_up_pct_per_min: Annotated[float, Field(gt=0, le=1000)] = 100.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from drivers.dali.ops import parse_address
+
+        parse_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> LuminaireGroupConfig:
+        if self.floor_pct is not None and self.floor_pct > self.ceiling_pct:
+            raise ValueError(f"floor_pct ({self.floor_pct}) must not exceed ceiling_pct "
+                             f"({self.ceiling_pct})")
+        return self
+
+
+class LightingConfig(Strict):
+    """The pole's luminaires, buses and dimming."""
+
+    latitude: Annotated[float, Field(ge=-90, le=90)]
+    longitude: Annotated[float, Field(ge=-180, le=180)]
+    model: Path = Field(default=Path("../models/dimming.md"), validate_default=True)
+    camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    buses: Annotated[list[LightingBusConfig], Field(min_length=1)]
+    groups: Annotated[list[LuminaireGroupConfig], Field(min_length=1)]
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _refs(self) -> LightingConfig:
+        buses = {b.name: b for b in self.buses}
+        if len(buses) != len(self.buses):
+            raise ValueError("bus names must be unique")
+        for g in self.groups:
+            if g.bus not in buses:
+                raise ValueError(f"group {g.name!r}: bus {g.bus!r} is not defined; buses: "
+                                 f"{', '.join(buses)}")
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError("group names must be unique")
+        return self
+
+
 class AgentConfig(Strict):
     """The whole provisioning file."""
 
     device: DeviceConfig
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
     aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    lighting: LightingConfig | None = None
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:
@@ -234,6 +337,12 @@ class AgentConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        if self.lighting:
+            for g in self.lighting.groups:
+                bad = [c for c in g.cameras if c not in names]
+                if bad:
+                    raise ValueError(f"lighting group {g.name!r} names unknown camera(s) "
+                                     f"{', '.join(bad)}; cameras: {', '.join(names)}")
         return self
 
     def camera(self, name: str) -> CameraConfig:

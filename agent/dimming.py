@@ -120,7 +120,7 @@ class ClockGuard:
         """True when ``wall`` (epoch seconds) can be trusted at monotonic time ``mono``."""
         if datetime.fromtimestamp(wall, UTC).year < self.min_year:
             self._bad_until = mono + self.hold_s
-            self.last_reason = "wall clock not set (year before %d)" % self.min_year
+            self.last_reason = f"wall clock not set (year before {self.min_year})"
         elif self._last is not None:
             w0, m0 = self._last
             jump = (wall - w0) - (mono - m0)
