@@ -164,8 +164,9 @@ class DimmingPolicy:
 
     def __init__(self, card_path: Path, latitude: float, longitude: float,
                  group: GroupSettings, camera_stale_s: float = 300.0,
-                 clock: ClockGuard | None = None) -> None:
+                 clock: ClockGuard | None = None, dark_lux: float = 50.0) -> None:
         self.lat, self.lon = latitude, longitude
+        self.dark_lux = dark_lux
         self.group = group
         self.camera_stale_s = camera_stale_s
         self.clock = clock or ClockGuard()
@@ -180,13 +181,23 @@ class DimmingPolicy:
 
     def decide(self, flow: TrafficFlow | None, wall: float | None = None,
                mono: float | None = None, override_pct: float | None = None,
-               override_until_monotonic: float | None = None) -> Decision:
-        """This interval's decision for the group."""
+               override_until_monotonic: float | None = None,
+               ambient_lux: float | None = None) -> Decision:
+        """This interval's decision for the group.
+
+        ``ambient_lux`` (a light sensor, when the pole has one) can only switch the lamps
+        *on* against the sun's position (a storm at noon: full design level), never off:
+        a faulty sensor reading "bright" at night must not darken the street.
+        """
         wall = time.time() if wall is None else wall
         mono = time.monotonic() if mono is None else mono
         clock_ok = self.clock.check(wall, mono)
         when = datetime.fromtimestamp(wall, UTC)
         sun = solar_elevation(self.lat, self.lon, when) if clock_ok else None
+        env = self.envelope.s
+        if sun is not None and ambient_lux is not None and ambient_lux < self.dark_lux \
+                and sun >= env.dark_below_deg:
+            sun = (env.dark_below_deg + env.dim_below_deg) / 2  # dark by day: lit, not dimmed
         camera_ok = flow is not None and mono - flow.updated_monotonic <= self.camera_stale_s
         proposal, model_ok = None, self.model is not None
         if model_ok and camera_ok and sun is not None and flow is not None:
