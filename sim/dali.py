@@ -48,6 +48,7 @@ from dali.tests.test_memory import (
 )
 
 from drivers.dali.codecs import CODECS, Reply
+from sim.serve import serve_until_interrupted
 
 FAULTS = ("collision", "resend", "silent", "garbled", "late")
 
@@ -260,16 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     emu = DaliEmulator(make_gear(a.gear, a.seed, not a.unaddressed), a.codec, a.fault_rate,
                        a.seed).start()
-    print(emu.path, flush=True)
-    print(f"{a.codec} gateway with {a.gear} gear on {emu.path}; Ctrl-C stops", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
-    return 0
+    return serve_until_interrupted(emu, f"{a.codec} gateway with {a.gear} gear")
 
 
 if __name__ == "__main__":

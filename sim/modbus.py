@@ -33,6 +33,8 @@ from collections import deque
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from sim.serve import serve_until_interrupted
+
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 DEFAULT_MAP = {"level_register": 0, "level_scale": 1000, "onoff_coil": 0,
@@ -203,16 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rated-w", type=float, default=150.0)
     a = p.parse_args(argv)
     emu = ModbusEmulator(a.unit, a.rated_w).start()
-    print(emu.path, flush=True)
-    print(f"Modbus RTU dimmer, unit {a.unit}, on {emu.path}; Ctrl-C stops", file=sys.stderr)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
-    return 0
+    return serve_until_interrupted(emu, f"Modbus RTU dimmer, unit {a.unit}")
 
 
 if __name__ == "__main__":
