@@ -43,6 +43,8 @@ class _Bucket:
     frames_late: int = 0
     detector_s: float = 0.0
     id_switches: int = 0
+    blinded_frames: int = 0
+    frozen_frames: int = 0
     first_frame_wall: float | None = None
 
 
@@ -57,6 +59,7 @@ class IntervalAggregator:
         self.interval_s = interval_s
         self._bucket: _Bucket | None = None
         self._lock = threading.Lock()
+        self.fps: float | None = None  # the source's frame rate, for frames expected
 
     def _current(self, now: float) -> _Bucket:
         start = interval_start(now, self.interval_s)
@@ -80,6 +83,14 @@ class IntervalAggregator:
         if n > 0:
             with self._lock:
                 self._current(now).frames_dropped += n
+
+    def add_health(self, now: float, blinded: bool, frozen: bool) -> None:
+        """One analysed frame's camera health."""
+        if blinded or frozen:
+            with self._lock:
+                b = self._current(now)
+                b.blinded_frames += int(blinded)
+                b.frozen_frames += int(frozen)
 
     def add_late(self, now: float, n: int) -> None:
         """``n`` frames reached the pipeline late (long after capture)."""
@@ -123,6 +134,14 @@ class IntervalAggregator:
         with self._lock:
             return json.loads(json.dumps(self._bucket.counts)) if self._bucket else {}
 
+    def _expected(self, b: _Bucket, end: float | None) -> int | None:
+        """Frames the source should have delivered in the part of the interval the agent ran."""
+        if not self.fps:
+            return None
+        stop = b.start + self.interval_s if end is None else min(end, b.start + self.interval_s)
+        begin = max(b.start, b.first_frame_wall or b.start)
+        return max(0, round(self.fps * (stop - begin)))
+
     def _records(self, b: _Bucket, partial: bool, end: float | None = None) -> list[dict]:
         common = {
             "schema": SCHEMA,
@@ -140,6 +159,9 @@ class IntervalAggregator:
             "detector_latency_ms_mean": round(1000 * b.detector_s / b.frames_detected, 2)
             if b.frames_detected else None,
             "id_switches": b.id_switches,
+            "frames_expected": self._expected(b, end),
+            "camera_blinded": b.blinded_frames > b.frames_analysed / 2,
+            "camera_frozen": b.frozen_frames > 0,
         }
         out = []
         for name, dirs in self.lines.items():

@@ -323,6 +323,46 @@ class LightingConfig(Strict):
         return self
 
 
+class MqttTls(Strict):
+    """TLS to the broker: the CA that signs it; our certificate and key for mutual TLS."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return None
+        p = _resolve(v, info)
+        if not p.is_file():
+            raise ValueError(f"file {p} does not exist")
+        return p
+
+
+class MqttConfig(Strict):
+    """The city uplink. Credentials come from ``secrets_file`` or the environment
+    (POLELINK_MQTT_USERNAME / POLELINK_MQTT_PASSWORD), never from this file."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_/-]{0,62}$")] = "polelink"
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    tls: MqttTls | None = None
+    secrets_file: Path | None = None
+    outbox_path: Path = Field(default=Path("var/outbox.db"), validate_default=True)
+    outbox_max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+
+    @field_validator("outbox_path", "secrets_file")
+    @classmethod
+    def _rel(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
+
+
 class AgentConfig(Strict):
     """The whole provisioning file."""
 
@@ -330,6 +370,7 @@ class AgentConfig(Strict):
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
     aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     lighting: LightingConfig | None = None
+    mqtt: MqttConfig | None = None
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:

@@ -15,16 +15,20 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.aggregates import IntervalAggregator, JsonLinesSink
 from agent.camera import CameraSource, describe
+from agent.city import CityLink
+from agent.commands import CommandError
 from agent.config import AgentConfig, CameraConfig, load_config
 from agent.counter import Line, Zone
 from agent.detect import ModelError, load_detector
+from agent.motion import CameraHealth
 from agent.pipeline import CameraPipeline, PipelineSettings
 from agent.yamlfile import ConfigError
+from drivers.bus import BusError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class CameraWorker:
     pipeline: CameraPipeline | None = None
     thread: threading.Thread | None = None
     totals: dict[str, dict[str, int]] | None = None  # line -> direction -> count since start
+    health: CameraHealth = field(default_factory=CameraHealth)
 
     def run(self, stop: threading.Event, make_pipeline) -> None:
         """Consume frames until ``stop``; never blocks longer than half a second."""
@@ -73,6 +78,8 @@ class CameraWorker:
                 continue
             if self.pipeline is None:
                 self.pipeline = make_pipeline(self.cfg, self.source.stats.fps)
+                self.aggregator.fps = self.cfg.fps_limit or self.source.stats.fps or None
+            self.aggregator.add_health(now, *self.health.check(frame.image))
             if time.monotonic() - frame.monotonic > LATE_AFTER_S:
                 self.aggregator.add_late(now, 1)
             switches = self.pipeline.counter.id_switches
@@ -97,8 +104,10 @@ class CameraWorker:
 class Agent:
     """The running agent: workers, aggregation clock, sink."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.reload_requested = threading.Event()
         self.stop_event = threading.Event()
         self.sink = JsonLinesSink(cfg.aggregates.path)
         self.detectors = {}
@@ -115,6 +124,34 @@ class Agent:
                                      [z.name for z in cam.zones], cfg.aggregates.interval_s)
             self.workers.append(CameraWorker(cam, CameraSource(cam.source, cam.name), agg))
         self.records: list[dict] = []
+        # lighting buses and the uplink last: a bus that will not open stops the start here
+        self.city = CityLink(cfg, self._reload, self._snapshot)
+
+    def _reload(self) -> str:
+        """The ``reload_config`` command: validate the file; the main loop restarts on it."""
+        if self.config_path is None:
+            raise CommandError("this agent was not started from a config file")
+        try:
+            load_config(self.config_path)
+        except ConfigError as e:
+            raise CommandError("config is invalid, nothing changed: "
+                               + "; ".join(str(p) for p in e.problems[:5])) from None
+        self.reload_requested.set()
+        return "valid; restarting the pipelines with it"
+
+    def _snapshot(self, camera: str | None) -> dict:
+        """The ``request_snapshot`` command: an annotated frame written on the pole."""
+        from agent.snapshot import SnapshotError, take_snapshot
+
+        if self.config_path is None:
+            raise CommandError("this agent was not started from a config file")
+        name = camera or self.cfg.cameras[0].name
+        out = self.cfg.aggregates.path.parent / "snapshots" / f"{name}-{int(time.time())}.png"
+        try:
+            info = take_snapshot(self.config_path, name, out, timeout=10)
+        except (SnapshotError, ConfigError) as e:
+            raise CommandError(str(e)) from None
+        return {"camera": name, "path": str(out), **info}
 
     def _make_pipeline(self, cam: CameraConfig, source_fps: float) -> CameraPipeline:
         fps = cam.fps_limit or source_fps or 15.0
@@ -137,7 +174,13 @@ class Agent:
             out.extend(w.aggregator.roll(now))
         self.sink.write(out)
         self.records.extend(out)
+        if out:
+            self.city.on_interval(out, self.camera_states())
         return out
+
+    def camera_states(self) -> dict[str, str]:
+        """Each camera's source state (live, reconnecting, ended, error...)."""
+        return {w.cfg.name: w.source.stats.state for w in self.workers}
 
     def stop(self) -> list[dict]:
         """Stop cameras and workers; write the open interval as partial."""
@@ -153,6 +196,13 @@ class Agent:
             tail.extend(w.aggregator.flush(now))
         self.sink.write(tail)
         self.records.extend(tail)
+        if tail:
+            self.city.on_interval(tail, self.camera_states())
+        if self.city.uplink is not None and self.city.outbox is not None:
+            end = time.monotonic() + 3  # a short grace to send what is queued; the rest waits
+            while len(self.city.outbox) and time.monotonic() < end:
+                time.sleep(0.05)
+        self.city.close()
         return out + tail
 
     def all_ended(self) -> bool:
@@ -184,8 +234,8 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
         print(f"{config}: INVALID, not starting", file=sys.stderr)
         return 1
     try:
-        agent = Agent(cfg)
-    except (ModelError, ConfigError) as e:
+        agent = Agent(cfg, config)
+    except (ModelError, ConfigError, BusError) as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return 1
     stop = threading.Event()
@@ -219,6 +269,12 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
             if agent.all_ended():
                 log.info("all sources ended")
                 break
+            if agent.reload_requested.is_set():
+                log.info("reloading %s", config)
+                agent.stop()
+                cfg = load_config(config)
+                agent = Agent(cfg, config)
+                agent.start()
     finally:
         agent.stop()
         print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}")
