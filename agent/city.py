@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -302,10 +303,9 @@ def system_health() -> dict[str, Any]:
     except (OSError, KeyError, ValueError):
         pass
     temp = None
-    try:
-        temp = int(open("/sys/class/thermal/thermal_zone0/temp").read()) / 1000  # noqa: SIM115
-    except (OSError, ValueError):
-        pass
+    zone = Path("/sys/class/thermal/thermal_zone0/temp")
+    with contextlib.suppress(OSError, ValueError):
+        temp = int(zone.read_text()) / 1000
     du = shutil.disk_usage("/")
     import cv2
     import onnxruntime

@@ -71,8 +71,13 @@ class Collector:
         self.c.loop_start()
 
     def _on(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(msg.payload)
+        except (UnicodeDecodeError, ValueError):
+            body = {"_raw": msg.payload.hex()}     # e.g. a garbage command sent by a test
         with self.lock:
-            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+            self.messages.append((msg.topic, body if isinstance(body, dict) else {"_v": body},
+                                  bool(msg.retain)))
 
     def where(self, pred) -> list[dict]:
         with self.lock:
