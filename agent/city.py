@@ -66,9 +66,27 @@ def open_groups(lighting: LightingConfig) -> tuple[dict[str, GroupController], l
                                GroupSettings(cls, g.design_peak_vph, env),
                                lighting.camera_stale_s)
         kind, bus = buses[g.bus]
-        target = GroupTarget(kind, bus, g.address)
+        target = GroupTarget(kind, bus, g.address,
+                             dali_members(bus, g.address) if kind == "dali" else ())
         groups[g.name] = GroupController(g.name, policy, target, g.rated_power_w, g.luminaires)
     return groups, [b for _, b in buses.values()]
+
+
+def dali_members(bus: Any, address: str) -> tuple[int, ...]:
+    """The short addresses a DALI address reaches (for read-back): scanned once at start."""
+    from dali.address import GearShort
+    from dali.sequences import QueryGroups
+
+    from drivers.dali import ops
+
+    a = ops.parse_address(address)
+    if isinstance(a, GearShort):
+        return (a.address,)
+    found = ops.scan(bus)
+    if address.strip().lower().startswith(("group", "g:")):
+        n = a.group  # type: ignore[union-attr]
+        return tuple(s for s in found if n in bus.run_sequence(QueryGroups(GearShort(s))))
+    return tuple(found)
 
 
 class CityLink:
@@ -171,8 +189,7 @@ class CityLink:
 
     def _rebirth(self, _args: dict[str, Any]) -> dict:
         if self.uplink is not None:
-            self.uplink.publish_direct(self.uplink.topic("status"),
-                                       self.uplink._status("online"), retain=True)
+            self.uplink.rebirth()
         return {"bdSeq": self.uplink.boot if self.uplink else None}
 
     # -- each interval ------------------------------------------------------------------

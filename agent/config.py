@@ -298,7 +298,8 @@ class LightingConfig(Strict):
 
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
-    model: Path = Field(default=Path("../models/dimming.md"), validate_default=True)
+    model: Path = Field(default=Path(__file__).resolve().parents[1] / "models" / "dimming.md",
+                        validate_default=True)
     camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     buses: Annotated[list[LightingBusConfig], Field(min_length=1)]
     groups: Annotated[list[LuminaireGroupConfig], Field(min_length=1)]
@@ -306,7 +307,10 @@ class LightingConfig(Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: Path, info: ValidationInfo) -> Path:
-        return _resolve(v, info)
+        p = _resolve(v, info)
+        if not p.is_file():
+            raise ValueError(f"dimming model card {p} does not exist")
+        return p
 
     @model_validator(mode="after")
     def _refs(self) -> LightingConfig:

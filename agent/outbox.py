@@ -68,17 +68,6 @@ class Outbox:
             self.db.execute("COMMIT")
             return boots
 
-    def stamp(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Give ``body`` the next ``seq`` and its ``msg_id`` (persisted) without queueing it.
-
-        For messages the broker holds rather than the outbox (birth, last will).
-        """
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            seq = self._bump()
-            self.db.execute("COMMIT")
-        return {**body, "seq": seq, "msg_id": f"{self.device}:{seq}"}
-
     def _bump(self) -> int:
         self.db.execute("UPDATE meta SET value=value+1 WHERE key='seq'")
         return self._meta("seq")

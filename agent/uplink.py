@@ -143,18 +143,24 @@ class Uplink:
         """Block until connected (True) or ``timeout``."""
         return self._connected.wait(timeout)
 
-    def publish_direct(self, topic: str, body: dict[str, Any], retain: bool = False) -> bool:
-        """Publish now, outside the outbox (command responses); False when offline."""
+    def rebirth(self) -> bool:
+        """Republish the retained birth (the ``rebirth`` command); False when offline."""
         c = self._client
         if c is None or not self._connected.is_set():
             return False
-        info = c.publish(topic, json.dumps(self.outbox.stamp(body)), qos=1, retain=retain)
+        info = c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1,
+                         retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     # -- network thread ---------------------------------------------------------------
     def _status(self, state: str) -> dict[str, Any]:
+        """A birth/death message. It does not take a data ``seq`` (a last will that is never
+        sent must not look like a gap): ``seq`` is the last data seq so far, and ``msg_id``
+        is ``device:bd<bdSeq>-<state>``, stable for this life of the device."""
         return {"schema": "polelink/status/1", "device": self.device, "site": self.site,
-                "ts": now_iso(), "state": state, "bdSeq": self.boot}
+                "ts": now_iso(), "state": state, "bdSeq": self.boot,
+                "seq": max(1, self.outbox.last_seq),
+                "msg_id": f"{self.device}:bd{self.boot}-{state}"}
 
     def _new_client(self) -> mqtt.Client:
         s = self.s
@@ -170,7 +176,7 @@ class Uplink:
             if s.tls.cert:
                 ctx.load_cert_chain(str(s.tls.cert), str(s.tls.key) if s.tls.key else None)
             c.tls_set_context(ctx)
-        will = json.dumps(self.outbox.stamp(self._status("offline")))
+        will = json.dumps(self._status("offline"))
         c.will_set(self.topic("status"), will, qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -191,8 +197,7 @@ class Uplink:
         self.stats.connects += 1
         self.stats.protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
         self.stats.connected_since = time.time()
-        c.publish(self.topic("status"), json.dumps(self.outbox.stamp(self._status("online"))),
-                  qos=1, retain=True)
+        c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
         c.subscribe(self.topic("cmd"), qos=1)
         self._connected.set()
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.s.host, self.s.port,
@@ -249,8 +254,7 @@ class Uplink:
             if self._stop.is_set():
                 if self._connected.is_set():
                     info = client.publish(self.topic("status"),
-                                          json.dumps(self.outbox.stamp(self._status("offline"))),
-                                          qos=1, retain=True)
+                                          json.dumps(self._status("offline")), qos=1, retain=True)
                     t_end = time.monotonic() + 2
                     while not info.is_published() and time.monotonic() < t_end:
                         client.loop(0.05)

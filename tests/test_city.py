@@ -19,7 +19,7 @@ from agent.contract import errors, kind_of
 from agent.runner import Agent
 from drivers.dali.ops import percent_to_arc
 from sim.dali import DaliEmulator, make_gear
-from tests.conftest import SIMNET
+from tests.conftest import ROOT, SIMNET
 from tests.mqtt_broker import Broker, Collector, wait_until
 
 
@@ -34,6 +34,7 @@ cameras:
     lines: [{{name: main, points: [[{x1}, {y1}], [{x2}, {y2}]]}}]
 aggregates: {{interval_s: 10, path: {tmp / 'agg.jsonl'}}}
 lighting:
+  model: {ROOT / 'models' / 'dimming.md'}
   latitude: 21.03
   longitude: 105.85
   buses: [{{name: dali1, kind: dali, port: {dali}, codec: hat}}]

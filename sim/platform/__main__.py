@@ -1,0 +1,38 @@
+"""``python -m sim.platform --broker HOST:PORT [--http HOST:PORT] [--db FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from sim.platform import PlatformSim
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the platform simulator until interrupted."""
+    p = argparse.ArgumentParser(prog="python -m sim.platform",
+                                description="City platform simulator: subscriber, store, dashboard")
+    p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
+    p.add_argument("--prefix", default="polelink")
+    p.add_argument("--http", default="127.0.0.1:8080", help="dashboard HOST:PORT (loopback)")
+    p.add_argument("--db", default=":memory:", help="SQLite file for received messages")
+    a = p.parse_args(argv)
+    bh, _, bp = a.broker.rpartition(":")
+    hh, _, hp = a.http.rpartition(":")
+    sim = PlatformSim(bh or "127.0.0.1", int(bp), a.prefix, a.db, hh or "127.0.0.1", int(hp))
+    sim.start()
+    print(f"platform: subscribed to {a.prefix}/# on {a.broker}; dashboard "
+          f"http://{hh or '127.0.0.1'}:{sim.http_port}/", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
