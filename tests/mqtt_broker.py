@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,9 @@ class Broker:
         self.exe = exe
         self.port = free_port()
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # run as root, mosquitto would switch to its own user, who cannot read our temp files
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                              f"persistence false\n{extra}")
         self.proc: subprocess.Popen | None = None
 
