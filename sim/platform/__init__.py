@@ -32,9 +32,15 @@ class PlatformSim:
         self.prefix = prefix
         self.store = Store(db)
         self.invalid_log: list[tuple[str, list[str]]] = []
+        # a persistent MQTT 5 session (as a real platform should have): while the platform
+        # is away, the broker keeps its QoS 1 messages for it
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"polelink-platform-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{prefix}/#", qos=1)
+                                  client_id=f"polelink-platform-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.subscribed = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.5, 5)
         self.host, self.port = host, port
@@ -43,7 +49,12 @@ class PlatformSim:
 
     def start(self) -> PlatformSim:
         """Connect and serve the dashboard."""
-        self.client.connect_async(self.host, self.port)
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
         self.client.loop_start()
         threading.Thread(target=self.http.serve_forever, daemon=True, name="platform-http").start()
         return self
@@ -53,6 +64,11 @@ class PlatformSim:
         self.client.loop_stop()
         self.client.disconnect()
         self.http.shutdown()
+
+    def _on_connect(self, c: mqtt.Client, _u: object, _f: object, _rc: object,
+                    _p: object) -> None:
+        self.subscribed.clear()
+        c.subscribe(f"{self.prefix}/#", qos=1)
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         outcome, probs = self.store.add(msg.topic, msg.payload, time.time())
