@@ -7,7 +7,8 @@ One network thread owns a paho-mqtt 2.x client:
   status topic and, once connected, a retained **birth** ``online`` (both carry the boot
   counter ``bdSeq``, after Sparkplug B);
 - publish the outbox's pending messages with QoS 1, a bounded number in flight, and
-  delete each one from the outbox only on its PUBACK;
+  delete each one from the outbox only after its PUBACK (in one transaction per network
+  pass: a power cut in between only means a repeat with the same ``msg_id``);
 - on any disconnect, drop the client and its in-flight state, wait with exponential
   back-off and jitter, and connect a fresh client; sending restarts from the oldest
   unacknowledged message, so a message may arrive twice, always with the same ``msg_id``.
@@ -117,6 +118,7 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, int] = {}          # paho mid → outbox id
+        self._acked: list[int] = []                   # PUBACKed, not yet deleted
         self._sent_up_to = 0                          # outbox id last handed to paho
         self._lock = threading.Lock()
         self._protocol = mqtt.MQTTv311 if settings.protocol == "3.1.1" else mqtt.MQTTv5
@@ -215,8 +217,7 @@ class Uplink:
         with self._lock:
             oid = self._inflight.pop(mid, None)
         if oid is not None and not getattr(reason, "is_failure", False):
-            self.outbox.ack(oid)
-            self.stats.acked += 1
+            self._acked.append(oid)  # deleted in a batch after this network pass
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if self.on_command is not None:
@@ -244,6 +245,7 @@ class Uplink:
             deadline = time.monotonic() + 10
             while not self._stop.is_set():
                 rc = client.loop(timeout=0.05)
+                self._flush_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 if self._connected.is_set():
@@ -258,6 +260,7 @@ class Uplink:
                     t_end = time.monotonic() + 2
                     while not info.is_published() and time.monotonic() < t_end:
                         client.loop(0.05)
+                    self._flush_acks()
                 client.disconnect()
                 self._connected.clear()
                 break
@@ -266,6 +269,16 @@ class Uplink:
             self._client = None
             self._sleep_backoff(backoff)
             backoff = min(backoff * 2, self.s.reconnect_max_s)
+
+    def _flush_acks(self) -> None:
+        """Delete the messages PUBACKed during the last network pass, in one transaction.
+
+        A power cut before this runs only means those messages are sent again (same msg_id).
+        """
+        if self._acked:
+            done, self._acked = self._acked, []
+            self.outbox.ack_many(done)
+            self.stats.acked += len(done)
 
     def _sleep_backoff(self, backoff: float) -> None:
         self._stop.wait(backoff * random.uniform(0.5, 1.5))  # jitter: poles must not stampede
