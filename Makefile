@@ -7,7 +7,7 @@ DEMO_CLIP = var/demo/clip.mp4
 .PHONY: demo test lint bench clean help
 
 help:
-	@echo "make demo   - set up, render a simulated camera, run the agent with live counts (Ctrl-C stops)"
+	@echo "make demo   - set up and run everything on the simulator: camera, DALI bus, broker, dashboard, agent"
 	@echo "make test   - lint (ruff) and the whole test suite (pytest)"
 	@echo "make bench  - pipeline and accuracy benchmarks"
 
@@ -21,8 +21,7 @@ $(DEMO_CLIP): | $(BIN)/agent
 	$(BIN)/python -m sim.traffic --out $(DEMO_CLIP) --seconds 120 --seed 1
 
 demo: $(BIN)/agent $(DEMO_CLIP)
-	$(BIN)/agent validate config/sim-demo.yaml
-	$(BIN)/agent run --config config/sim-demo.yaml $(if $(DURATION),--duration $(DURATION))
+	$(BIN)/python -m sim.demo $(if $(DURATION),--duration $(DURATION))
 
 lint: $(BIN)/agent
 	$(BIN)/ruff check .

@@ -221,6 +221,14 @@ class Agent:
             lat = f"{p.mean_detector_ms:.0f}ms" if p and p.frames_detected else "-"
             parts.append(f"[{w.cfg.name} {st.state} frames {st.frames_read} drop {st.frames_dropped}"
                          f" det {lat}] {c}")
+        for name, ctl in self.city.groups.items():
+            lvl = ctl.last_level_pct
+            parts.append(f"lamps {name} {'-' if lvl is None else f'{lvl:.0f}%'}"
+                         f" {self.city._modes.get(name, '')}".rstrip())
+        up = self.city.uplink
+        if up is not None:
+            q = len(self.city.outbox) if self.city.outbox else 0
+            parts.append(f"mqtt {'up' if up.connected_event.is_set() else 'DOWN'} queued {q}")
         return " | ".join(parts)
 
 
@@ -263,7 +271,7 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
             if live and time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
                 end = "\r" if sys.stdout.isatty() else "\n"
-                print(agent.status_line()[:200].ljust(120), end=end, flush=True)
+                print(agent.status_line()[:240].ljust(120), end=end, flush=True)
             if duration is not None and time.monotonic() - t0 >= duration:
                 break
             if agent.all_ended():
