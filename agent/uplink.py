@@ -209,8 +209,9 @@ class Uplink:
                        _props: object) -> None:
         if self._connected.is_set():
             self.stats.disconnects += 1
+            self.stats.last_error = f"disconnected: {reason}"
+        # (a refused connection keeps its clearer reason, e.g. "Not authorized")
         self._connected.clear()
-        self.stats.last_error = f"disconnected: {reason}"
 
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: Any,
                     _props: object) -> None:
