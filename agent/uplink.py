@@ -244,16 +244,24 @@ class Uplink:
                 self._inflight.clear()
                 self._sent_up_to = 0
             deadline = time.monotonic() + 10
+            was_connected = False
             while not self._stop.is_set():
                 rc = client.loop(timeout=0.05)
                 self._flush_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 if self._connected.is_set():
+                    was_connected = True
                     backoff = self.s.reconnect_min_s
                     self._pump(client)
                 elif time.monotonic() > deadline:
                     break  # no CONNACK (or a refusal): start again
+            if not was_connected and not self._stop.is_set() and self.s.protocol == "auto" \
+                    and self._protocol == mqtt.MQTTv5 and "refused" not in self.stats.last_error:
+                # the socket opened but an MQTT 5 CONNECT got no CONNACK at all: brokers that
+                # only speak 3.1.1 (amqtt, old appliances) just drop it
+                log.info("mqtt: no answer to MQTT 5, trying 3.1.1")
+                self._protocol = mqtt.MQTTv311
             if self._stop.is_set():
                 if self._connected.is_set():
                     info = client.publish(self.topic("status"),

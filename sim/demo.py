@@ -2,7 +2,8 @@
 
 Starts, in this order:
 1. the simulated traffic camera (a rendered clip played in a loop, in real time);
-2. a mosquitto broker on a free loopback port;
+2. a mosquitto broker on a free loopback port (without mosquitto: the embedded amqtt
+   broker, pure Python, MQTT 3.1.1; the agent falls back to 3.1.1 by itself);
 3. the DALI gateway emulator on a pty (4 luminaires);
 4. the city platform simulator with its dashboard on http://127.0.0.1:8080/ (or a free
    port);
@@ -45,12 +46,61 @@ def night_longitude(now: datetime) -> float:
     return round(lon, 2)
 
 
-def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen:
-    """mosquitto on 127.0.0.1:port (clear error when it is not installed)."""
+class EmbeddedBroker:
+    """amqtt (a pure-Python MQTT 3.1.1 broker) on a thread: the fallback without mosquitto."""
+
+    def __init__(self, port: int) -> None:
+        import asyncio
+        import threading
+
+        from amqtt.broker import Broker
+
+        self.loop = asyncio.new_event_loop()
+        self.broker = Broker({"listeners": {"default": {"type": "tcp",
+                                                        "bind": f"127.0.0.1:{port}"}},
+                              "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                                          {"allow_anonymous": True}}}, loop=self.loop)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.broker.start())
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True, name="amqtt").start()
+        if not ready.wait(10):
+            raise SystemExit("the embedded amqtt broker did not start")
+
+    def kill(self) -> None:
+        """Stop the broker."""
+        import asyncio
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.broker.shutdown(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def wait(self) -> None:
+        """(Popen-like.)"""
+
+
+def start_broker(workdir: Path, port: int) -> subprocess.Popen | EmbeddedBroker:
+    """mosquitto on 127.0.0.1:port; without it, the embedded amqtt broker."""
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                         if Path("/usr/sbin/mosquitto").exists() else None)
     if exe is None:
-        raise SystemExit("the demo needs the mosquitto broker: sudo apt-get install mosquitto")
+        try:
+            import amqtt  # noqa: F401
+        except ImportError:
+            raise SystemExit("the demo needs an MQTT broker: sudo apt-get install mosquitto "
+                             "(or pip install amqtt)") from None
+        print("mosquitto not found: using the embedded amqtt broker (MQTT 3.1.1)", flush=True)
+        return EmbeddedBroker(port)
+    return start_mosquitto(workdir, port, exe)
+
+
+def start_mosquitto(workdir: Path, port: int, exe: str) -> subprocess.Popen:
+    """mosquitto on 127.0.0.1:port."""
     conf = workdir / "mosquitto.conf"
     user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\n"
@@ -110,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from sim.platform import PlatformSim
 
     mqtt_port = free_port(0)
-    broker = start_mosquitto(work, mqtt_port)
+    broker = start_broker(work, mqtt_port)
     emu = DaliEmulator(make_gear(4), "hat").start()
     platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port)).start()
     lon = night_longitude(datetime.now(UTC))

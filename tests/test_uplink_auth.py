@@ -76,3 +76,23 @@ def test_falls_back_to_311_when_the_broker_refuses_mqtt5(tmp_path: Path) -> None
     up._on_connect(None, None, None, refused, None)  # type: ignore[arg-type]
     assert "refused" in up.stats.last_error
     assert up._protocol == 4  # MQTTv311: the next connection attempt uses it
+
+
+def test_auto_protocol_reaches_a_311_only_broker(tmp_path: Path) -> None:
+    """amqtt speaks only MQTT 3.1.1 and drops an MQTT 5 CONNECT without a CONNACK."""
+    pytest.importorskip("amqtt")
+    from sim.demo import EmbeddedBroker, free_port
+
+    port = free_port(0)
+    broker = EmbeddedBroker(port)
+    try:
+        ob = Outbox(tmp_path / "o.db", "p")
+        up = Uplink(UplinkSettings(port=port, reconnect_min_s=0.1, reconnect_max_s=0.3),
+                    "p", "city", ob).start()
+        assert up.wait_connected(30), up.stats.last_error
+        assert up.stats.protocol == "3.1.1"
+        ob.put(up.topic("event"), {"x": 1})
+        assert wait_until(lambda: len(ob) == 0, 10)
+        up.stop()
+    finally:
+        broker.kill()
