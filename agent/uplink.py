@@ -256,6 +256,13 @@ class Uplink:
                     self._pump(client)
                 elif time.monotonic() > deadline:
                     break  # no CONNACK (or a refusal): start again
+            if not was_connected and not self._stop.is_set() \
+                    and "refused" not in self.stats.last_error:
+                self.stats.last_error = (
+                    "the broker closed the connection before answering (no CONNACK): "
+                    + ("a client certificate may be required (mutual TLS), or "
+                       if self.s.tls else "") + "it may not speak this MQTT version")
+                log.warning("mqtt: %s", self.stats.last_error)
             if not was_connected and not self._stop.is_set() and self.s.protocol == "auto" \
                     and self._protocol == mqtt.MQTTv5 and "refused" not in self.stats.last_error:
                 # the socket opened but an MQTT 5 CONNECT got no CONNACK at all: brokers that
