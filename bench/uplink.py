@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.aggregates import JsonLinesSink
 from agent.outbox import Outbox
 from agent.uplink import Uplink, UplinkSettings
+from sim.demo import free_port, start_mosquitto
 
 RECORD = {"schema": "polelink/traffic/1", "device": "bench", "site": "lab", "camera": "cam1",
           "line": "main", "ts": "2026-11-22T23:00:00Z",
@@ -49,22 +48,10 @@ RECORD = {"schema": "polelink/traffic/1", "device": "bench", "site": "lab", "cam
 
 
 def broker(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """mosquitto on a free loopback port (the demo's starter)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = tmp / "m.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_inflight_messages 100\nmax_queued_messages 100000\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
+    port = free_port(0)
+    return start_mosquitto(tmp, port, exe), port
 
 
 def baseline(port: int, n: int) -> float:

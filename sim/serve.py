@@ -7,20 +7,21 @@ import time
 from typing import Protocol
 
 
-class PtyEmulator(Protocol):
-    """An emulator serving on a pseudo-terminal."""
-
-    path: str
+class Stoppable(Protocol):
+    """Something serving in the background."""
 
     def stop(self) -> None:
-        """Stop serving and close the pty."""
+        """Stop serving."""
         ...
 
 
-def serve_until_interrupted(emu: PtyEmulator, what: str) -> int:
-    """Print the device path (stdout, for scripts) and a banner (stderr); serve until Ctrl-C."""
-    print(emu.path, flush=True)
-    print(f"{what} on {emu.path}; Ctrl-C stops", file=sys.stderr)
+def serve_until_interrupted(emu: Stoppable, what: str) -> int:
+    """Announce and serve until Ctrl-C. An emulator with a ``path`` (a pty) prints it on
+    stdout first, for scripts; the banner goes to stderr."""
+    path = getattr(emu, "path", None)
+    if path:
+        print(path, flush=True)
+    print(f"{what}{f' on {path}' if path else ''}; Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(1)

@@ -15,11 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, wait_until  # noqa: F401 (re-exported for tests)
 
 
 class Broker:
@@ -89,12 +85,3 @@ class Collector:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
-
-
-def wait_until(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False

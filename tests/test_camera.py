@@ -3,7 +3,6 @@ reconnection when a real HTTP MJPEG camera server is killed and restarted mid-ru
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -15,12 +14,7 @@ import pytest
 from agent.camera import CameraSource, Frame, FrameQueue
 from agent.config import FileSource, StreamSource
 from tests.conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, wait_until
 
 
 def start_server(port: int) -> subprocess.Popen:
@@ -29,15 +23,6 @@ def start_server(port: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "serving" in proc.stdout.readline()
     return proc
-
-
-def wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_file_source_delivers_every_frame(sim_clip: tuple[Path, dict]) -> None:
@@ -99,19 +84,19 @@ def test_stream_reconnects_after_server_killed_and_restarted() -> None:
     src = CameraSource(cfg, "test").start()
     try:
         frames = []
-        assert wait_for(lambda: (f := src.get(0.2)) is not None and frames.append(f) is None
+        assert wait_until(lambda: (f := src.get(0.2)) is not None and frames.append(f) is None
                         and len(frames) >= 10, 20), "no frames from the live server"
         assert frames[0].image.shape == (180, 320, 3)
         server.kill()
         server.wait()
         # the consumer keeps getting control back while the camera is down
-        assert wait_for(lambda: src.stats.state == "reconnecting", 10)
+        assert wait_until(lambda: src.stats.state == "reconnecting", 10)
         t0 = time.monotonic()
         src.get(timeout=0.3)  # may still hold one frame from before; must not block
         assert time.monotonic() - t0 < 1.0
         before = src.stats.frames_read
         server = start_server(port)
-        assert wait_for(lambda: src.stats.state == "live" and src.stats.frames_read > before + 10,
+        assert wait_until(lambda: src.stats.state == "live" and src.stats.frames_read > before + 10,
                         20), f"did not resume: {src.stats}"
         assert src.stats.reconnects >= 1
         assert "reconnecting" in src.stats.history and src.stats.history[-1] == "live"
@@ -128,7 +113,7 @@ def test_unreachable_stream_backs_off_and_counts_failures() -> None:
                        reconnect_initial_s=0.1, reconnect_max_s=0.4, stall_timeout_s=1.0)
     src = CameraSource(cfg).start()
     try:
-        assert wait_for(lambda: src.stats.open_failures >= 3, 15)
+        assert wait_until(lambda: src.stats.open_failures >= 3, 15)
         assert src.stats.state == "reconnecting" and src.stats.frames_read == 0
     finally:
         src.stop()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from sim.platform import PlatformSim
+from sim.serve import serve_until_interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,16 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     hh, _, hp = a.http.rpartition(":")
     sim = PlatformSim(bh or "127.0.0.1", int(bp), a.prefix, a.db, hh or "127.0.0.1", int(hp))
     sim.start()
-    print(f"platform: subscribed to {a.prefix}/# on {a.broker}; dashboard "
-          f"http://{hh or '127.0.0.1'}:{sim.http_port}/", flush=True)
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-    return 0
+    return serve_until_interrupted(
+        sim, f"platform: subscribed to {a.prefix}/# on {a.broker}; dashboard "
+             f"http://{hh or '127.0.0.1'}:{sim.http_port}/")
 
 
 if __name__ == "__main__":
