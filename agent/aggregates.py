@@ -129,11 +129,6 @@ class IntervalAggregator:
             b, self._bucket = self._bucket, None
             return self._records(b, partial=True, end=now) if b else []
 
-    def peek(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Counts so far in the open interval (for live display)."""
-        with self._lock:
-            return json.loads(json.dumps(self._bucket.counts)) if self._bucket else {}
-
     def _expected(self, b: _Bucket, end: float | None) -> int | None:
         """Frames the source should have delivered in the part of the interval the agent ran."""
         if not self.fps:

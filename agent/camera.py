@@ -123,7 +123,6 @@ class CameraSource:
         self.name = name
         self.stats = CameraStats()
         live = not isinstance(cfg, FileSource) or cfg.realtime
-        self.live = live
         self.queue = FrameQueue(queue_size if live else 8, keep_newest=live)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -228,7 +228,7 @@ class Agent:
         up = self.city.uplink
         if up is not None:
             q = len(self.city.outbox) if self.city.outbox else 0
-            parts.append(f"mqtt {'up' if up.connected_event.is_set() else 'DOWN'} queued {q}")
+            parts.append(f"mqtt {'up' if up.connected else 'DOWN'} queued {q}")
         return " | ".join(parts)
 
 

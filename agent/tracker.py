@@ -95,7 +95,6 @@ class Track:
     label: int
     score: float
     hits: int = 1
-    age: int = 0
     missed: int = 0
     confirmed: bool = False
     votes: dict[int, float] = field(default_factory=dict)
@@ -135,7 +134,6 @@ class Tracker:
         self.settled_distance = settled_distance
         self.frame_size: tuple[int, int] | None = None
         self.tracks: list[Track] = []
-        self.removed: list[Track] = []
         self._next_id = 1
 
     def predict(self, frame_size: tuple[int, int] | None = None) -> list[Track]:
@@ -143,7 +141,6 @@ class Tracker:
         self.frame_size = frame_size or self.frame_size
         for t in self.tracks:
             t.kf.predict()
-            t.age += 1
             t.missed += 1
         self._drop_outside()
         return self._prune()
@@ -157,7 +154,6 @@ class Tracker:
         self.frame_size = frame_size or self.frame_size
         for t in self.tracks:
             t.kf.predict()
-            t.age += 1
         self._drop_outside()
         high = np.flatnonzero(dets.scores >= self.high)
         low = np.flatnonzero((dets.scores >= self.low) & (dets.scores < self.high))
@@ -271,10 +267,10 @@ class Tracker:
         self.tracks = keep
 
     def _prune(self) -> list[Track]:
-        keep, gone = [], []
+        keep = []
         for t in self.tracks:
             limit = self.lost_frames if t.confirmed else min(self.tentative_frames, self.lost_frames)
-            (gone if t.missed > limit else keep).append(t)
+            if t.missed <= limit:
+                keep.append(t)
         self.tracks = keep
-        self.removed = gone
         return keep

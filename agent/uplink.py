@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,6 @@ class UplinkStats:
     acked: int = 0
     last_error: str = ""
     protocol: str = ""
-    connected_since: float | None = None
-    history: list[str] = field(default_factory=list)
 
 
 def now_iso() -> str:
@@ -122,7 +120,6 @@ class Uplink:
         self._sent_up_to = 0                          # outbox id last handed to paho
         self._lock = threading.Lock()
         self._protocol = mqtt.MQTTv311 if settings.protocol == "3.1.1" else mqtt.MQTTv5
-        self.connected_event = self._connected
 
     # -- public ---------------------------------------------------------------------
     def topic(self, kind: str, name: str | None = None) -> str:
@@ -140,6 +137,11 @@ class Uplink:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker right now."""
+        return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected (True) or ``timeout``."""
@@ -198,7 +200,6 @@ class Uplink:
             return
         self.stats.connects += 1
         self.stats.protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
-        self.stats.connected_since = time.time()
         c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
         c.subscribe(self.topic("cmd"), qos=1)
         self._connected.set()
