@@ -175,19 +175,8 @@ class DaliEmulator:
                 data = os.read(self.master, 1024)
             except OSError:
                 return
-            for req in self._requests(data):
+            for req in self.codec.feed_requests(data):
                 self._serve(req)
-
-    def _requests(self, data: bytes) -> list[tuple[int, int, bool] | None]:
-        if hasattr(self.codec, "feed_requests"):
-            return self.codec.feed_requests(data)
-        out = []
-        self._linebuf = getattr(self, "_linebuf", b"") + data
-        while b"\n" in self._linebuf:
-            line, self._linebuf = self._linebuf.split(b"\n", 1)
-            if line.strip():
-                out.append(self.codec.parse_request(line.strip()))
-        return out
 
     def _write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):

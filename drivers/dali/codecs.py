@@ -65,19 +65,25 @@ class HatCodec:
         digits = (bits + 3) // 4
         return f"{prefix}{value:0{digits}X}\n".encode()
 
-    def feed(self, data: bytes) -> list[Reply]:
-        """Add received bytes; return every complete reply."""
+    def _lines(self, data: bytes) -> list[tuple[bytes, bool]]:
+        """Add received bytes; return ``(line, complete)`` for each line, where an
+        incomplete one is a long run without newline (line noise), dropped."""
         self._buf += data
         out = []
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             line = line.strip(b"\r ")
             if line:
-                out.append(self.parse_line(line))
-        if len(self._buf) > 256:  # no newline in a long run: line noise
-            out.append(Reply("garbled", raw=self._buf[:64]))
+                out.append((line, True))
+        if len(self._buf) > 256:
+            out.append((self._buf[:64], False))
             self._buf = b""
         return out
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Add received bytes; return every complete reply."""
+        return [self.parse_line(line) if complete else Reply("garbled", raw=line)
+                for line, complete in self._lines(data)]
 
     @staticmethod
     def parse_line(line: bytes) -> Reply:
@@ -96,6 +102,12 @@ class HatCodec:
         return Reply("garbled", raw=line)
 
     # emulator side -----------------------------------------------------------------
+    def feed_requests(self, data: bytes) -> list[tuple[int, int, bool] | None]:
+        """Add received bytes; return each complete request as ``(bits, value, twice)``
+        (None for a malformed one)."""
+        return [self.parse_request(line) if complete else None
+                for line, complete in self._lines(data)]
+
     def parse_request(self, line: bytes) -> tuple[int, int, bool] | None:
         """A request line → ``(bits, value, twice)``, or None if malformed."""
         if not line:
