@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from numpy.typing import ArrayLike
 
 from agent.envelope import Decision, EnvelopeSettings, Inputs, SafetyEnvelope
 from agent.sun import local_hour, solar_elevation
@@ -95,13 +96,17 @@ class DimmingModel:
                                 {self.input_name: features.astype(np.float32)})[0][:, 0]
 
 
-def features(hour: float, sun_elev: float, vph: float, peak_vph: float, heavy: float,
-             moto: float, design_class: int) -> np.ndarray:
-    """One feature row, as in ``models/train_dimming.py`` and ``models/dimming.md``."""
-    return np.array([[math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24),
-                      sun_elev / 90, min(max(vph / peak_vph, 0.0), 2.0),
-                      math.log1p(max(vph, 0.0)) / math.log1p(5000), heavy, moto,
-                      design_class / 6]], np.float32)
+def features(hour: ArrayLike, sun_elev: ArrayLike, vph: ArrayLike, peak_vph: ArrayLike,
+             heavy: ArrayLike, moto: ArrayLike, design_class: ArrayLike) -> np.ndarray:
+    """The model's input rows ``[N, 8]`` (see ``models/dimming.md``), for scalars (one row)
+    or arrays; ``models/train_dimming.py`` trains on exactly this function."""
+    hour, sun_elev, vph, peak_vph, heavy, moto, design_class = (
+        np.atleast_1d(np.asarray(v, np.float64))
+        for v in (hour, sun_elev, vph, peak_vph, heavy, moto, design_class))
+    return np.stack([np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
+                     sun_elev / 90, np.clip(vph / peak_vph, 0.0, 2.0),
+                     np.log1p(np.maximum(vph, 0.0)) / np.log1p(5000), heavy, moto,
+                     design_class / 6], 1).astype(np.float32)
 
 
 class ClockGuard:

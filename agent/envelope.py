@@ -21,9 +21,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-#: Lowest level (percent of the design level) per design M class: the next class down
-#: twice removed is the deepest adaptive step the standard's practice allows here.
-DEFAULT_FLOOR_PCT = {1: 37.5, 2: 33.3, 3: 30.0, 4: 40.0, 5: 60.0, 6: 100.0}
+#: Average road-surface luminance (cd/m²) of the M lighting classes, EN 13201-2 Table 1.
+LUMINANCE = {1: 2.0, 2: 1.5, 3: 1.0, 4: 0.75, 5: 0.5, 6: 0.3}
+
+#: The deepest adaptive step: at most this many M classes below the design class (never
+#: below M6); see models/dimming.md.
+MAX_STEPS = 3
+
+#: Lowest level (percent of the design level) per design M class: the luminance of the
+#: class ``MAX_STEPS`` below it (M1 37.5, M2 33.3, M3 30, M4 40, M5 60, M6 100).
+DEFAULT_FLOOR_PCT = {c: round(100 * LUMINANCE[min(6, c + MAX_STEPS)] / LUMINANCE[c], 1)
+                     for c in LUMINANCE}
 
 
 @dataclass

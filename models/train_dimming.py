@@ -21,17 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from agent.dimming import FEATURES, features
+from agent.envelope import LUMINANCE, MAX_STEPS
 
-#: Average road-surface luminance (cd/m²) of the M classes, EN 13201-2 Table 1.
-LUMINANCE = {1: 2.0, 2: 1.5, 3: 1.0, 4: 0.75, 5: 0.5, 6: 0.3}
+HERE = Path(__file__).resolve().parent
 
 #: Relative hourly volume (vehicles/h ÷ design peak) → M-class steps down from the design
 #: class, after CEN/TR 13201-1's traffic-volume parameter bands.
-VOLUME_STEPS = ((0.45, 0), (0.15, 1), (0.07, 2), (0.0, 3))
-
-FEATURES = ("hour_sin", "hour_cos", "sun_elevation", "relative_volume", "log_volume",
-            "heavy_share", "motorbike_share", "design_class")
+VOLUME_STEPS = ((0.45, 0), (0.15, 1), (0.07, 2), (0.0, MAX_STEPS))
 
 
 def target_level(design: int, rel_volume: float, heavy: float, moto: float) -> float:
@@ -42,14 +39,6 @@ def target_level(design: int, rel_volume: float, heavy: float, moto: float) -> f
     if moto >= 0.6:         # mostly motorbikes (vulnerable riders): one step less reduction
         steps = max(0, steps - 1)
     return LUMINANCE[min(6, design + steps)] / LUMINANCE[design]
-
-
-def features(hour: np.ndarray, sun_elev: np.ndarray, vph: np.ndarray, peak: np.ndarray,
-             heavy: np.ndarray, moto: np.ndarray, design: np.ndarray) -> np.ndarray:
-    """The model's input vector (same code as the agent's, see agent/dimming.py)."""
-    return np.stack([np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
-                     sun_elev / 90, np.clip(vph / peak, 0, 2), np.log1p(vph) / np.log1p(5000),
-                     heavy, moto, design / 6], 1).astype(np.float32)
 
 
 def dataset(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
