@@ -34,6 +34,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _require_unique(what: str, names: list[str], where: str = "") -> None:
+    """ValueError naming the duplicated ``what`` names, if any."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique{where}: {', '.join(dup)}")
+
+
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     return path if path.is_absolute() or base is None else (Path(base) / path).resolve()
@@ -192,10 +199,7 @@ class CameraConfig(Strict):
     @model_validator(mode="after")
     def _unique(self) -> CameraConfig:
         for what, items in (("line", self.lines), ("zone", self.zones)):
-            names = [i.name for i in items]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"{what} names must be unique within a camera: {', '.join(dup)}")
+            _require_unique(what, [i.name for i in items], " within a camera")
         if not self.lines and not self.zones:
             raise ValueError("a camera needs at least one counting line or zone")
         return self
@@ -314,16 +318,13 @@ class LightingConfig(Strict):
 
     @model_validator(mode="after")
     def _refs(self) -> LightingConfig:
+        _require_unique("bus", [b.name for b in self.buses])
+        _require_unique("group", [g.name for g in self.groups])
         buses = {b.name: b for b in self.buses}
-        if len(buses) != len(self.buses):
-            raise ValueError("bus names must be unique")
         for g in self.groups:
             if g.bus not in buses:
                 raise ValueError(f"group {g.name!r}: bus {g.bus!r} is not defined; buses: "
                                  f"{', '.join(buses)}")
-        names = [g.name for g in self.groups]
-        if len(set(names)) != len(names):
-            raise ValueError("group names must be unique")
         return self
 
 
@@ -379,9 +380,7 @@ class AgentConfig(Strict):
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:
         names = [c.name for c in self.cameras]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        _require_unique("camera", names)
         if self.lighting:
             for g in self.lighting.groups:
                 bad = [c for c in g.cameras if c not in names]

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -85,7 +85,7 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     n_total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     if fps > 0 and abs(settings.fps - fps) > 1e-6:
-        settings = PipelineSettings(**{**settings.__dict__, "fps": fps})
+        settings = replace(settings, fps=fps)
     pipe = CameraPipeline(detector, settings)
     writer = None
     totals: dict[str, dict[str, dict[str, int]]] = {
