@@ -42,3 +42,24 @@ def sim_clip_5fps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def load_json(path: Path) -> dict:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def city_stack(tmp_path: Path, sim_clip: tuple[Path, dict]):
+    """A mosquitto, a DALI emulator, the platform simulator and a pole config tying them
+    to the simulated clip: ``(broker, emulator, platform, config path)``; stopped after."""
+    from sim.dali import DaliEmulator, make_gear
+    from sim.platform import PlatformSim
+    from tests.mqtt_broker import Broker
+    from tests.test_city import config_text
+
+    broker = Broker(tmp_path).start()
+    emu = DaliEmulator(make_gear(2), "hat").start()
+    platform = PlatformSim(port=broker.port).start()
+    video, gt = sim_clip
+    cfg = tmp_path / "pole.yaml"
+    cfg.write_text(config_text(tmp_path, video, gt["line"], broker.port, emu.path))
+    yield broker, emu, platform, cfg
+    platform.stop()
+    emu.stop()
+    broker.stop()

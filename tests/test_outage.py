@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.dali import DaliEmulator, make_gear
-from sim.platform import PlatformSim
 from tests.conftest import ROOT
-from tests.mqtt_broker import Broker, wait_until
-from tests.test_city import config_text
+from tests.mqtt_broker import wait_until
 
 
 def start_agent(cfg: Path, log: Path) -> subprocess.Popen:
@@ -33,13 +30,8 @@ def aggregates(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, sim_clip) -> None:
-    broker = Broker(tmp_path).start()
-    emu = DaliEmulator(make_gear(2), "hat").start()
-    platform = PlatformSim(port=broker.port).start()
-    video, gt = sim_clip
-    cfg = tmp_path / "pole.yaml"
-    cfg.write_text(config_text(tmp_path, video, gt["line"], broker.port, emu.path))
+def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, city_stack) -> None:
+    broker, _, platform, cfg = city_stack
     agg = tmp_path / "agg.jsonl"
     log = tmp_path / "agent.log"
     proc = start_agent(cfg, log)
@@ -72,6 +64,3 @@ def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, sim_cli
     finally:
         proc.kill()
         proc.wait()
-        platform.stop()
-        emu.stop()
-        broker.stop()

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.platform import PlatformSim
 from sim.platform.store import Store
-from tests.mqtt_broker import Broker, wait_until
-from tests.test_city import config_text
+from tests.mqtt_broker import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -41,19 +39,13 @@ def test_store_counts_gaps_duplicates_and_invalid() -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, sim_clip) -> None:
+def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, city_stack) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs the Debian package)")
     from agent.config import load_config
     from agent.runner import Agent
-    from sim.dali import DaliEmulator, make_gear
 
-    broker = Broker(tmp_path).start()
-    emu = DaliEmulator(make_gear(2), "hat").start()
-    platform = PlatformSim(port=broker.port).start()
-    video, gt = sim_clip
-    cfg = tmp_path / "pole.yaml"
-    cfg.write_text(config_text(tmp_path, video, gt["line"], broker.port, emu.path))
+    _, _, platform, cfg = city_stack
     agent = Agent(load_config(cfg), cfg)
     agent.start()
     try:
@@ -99,6 +91,3 @@ def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, sim_cl
         shutil.copy(png, Path("/tmp/polelink-dashboard.png"))
     finally:
         agent.stop()
-        platform.stop()
-        emu.stop()
-        broker.stop()
