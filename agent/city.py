@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.aggregates import iso
-from agent.commands import CommandDispatcher, CommandError
-from agent.config import AgentConfig, LightingConfig, MqttConfig
-from agent.contract import event_message, lighting_message, response_message, traffic_message
-from agent.dimming import DimmingPolicy, GroupSettings, TrafficFlow
-from agent.envelope import DEFAULT_FLOOR_PCT, EnvelopeSettings
-from agent.lighting import GroupController, GroupTarget
-from agent.outbox import Outbox
-from agent.uplink import Uplink, UplinkSettings, credentials, now_iso
+from agent.lighting.controller import GroupController, GroupTarget
+from agent.lighting.dimming import DimmingPolicy, GroupSettings, TrafficFlow
+from agent.lighting.envelope import DEFAULT_FLOOR_PCT, EnvelopeSettings
+from agent.settings.schema import AgentConfig, LightingConfig, MqttConfig
+from agent.uplink.commands import CommandDispatcher, CommandError
+from agent.uplink.contract import event_message, lighting_message, response_message, traffic_message
+from agent.uplink.mqtt import Uplink, UplinkSettings, credentials, now_iso
+from agent.uplink.outbox import Outbox
+from agent.vision.aggregates import iso
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class CityLink:
 
     # -- uplink -------------------------------------------------------------------------
     def _start_uplink(self, m: MqttConfig) -> None:
-        from agent.uplink import TlsSettings
+        from agent.uplink.mqtt import TlsSettings
 
         user, pw = credentials(m.secrets_file)
         self.outbox = Outbox(m.outbox_path, self.device, m.outbox_max_messages)

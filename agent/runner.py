@@ -18,16 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.aggregates import IntervalAggregator, JsonLinesSink
-from agent.camera import CameraSource, describe
 from agent.city import CityLink
-from agent.commands import CommandError
-from agent.config import AgentConfig, CameraConfig, load_config
-from agent.counter import Line, Zone
-from agent.detect import ModelError, load_detector
-from agent.motion import CameraHealth
-from agent.pipeline import CameraPipeline, PipelineSettings
-from agent.yamlfile import ConfigError
+from agent.settings.schema import AgentConfig, CameraConfig, load_config
+from agent.settings.yamlfile import ConfigError
+from agent.uplink.commands import CommandError
+from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
+from agent.vision.camera import CameraSource, describe
+from agent.vision.counter import Line, Zone
+from agent.vision.detect import ModelError, load_detector
+from agent.vision.motion import CameraHealth
+from agent.vision.pipeline import CameraPipeline, PipelineSettings
 from drivers.bus import BusError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Agent:
 
     def _snapshot(self, camera: str | None) -> dict:
         """The ``request_snapshot`` command: an annotated frame written on the pole."""
-        from agent.snapshot import SnapshotError, take_snapshot
+        from agent.vision.snapshot import SnapshotError, take_snapshot
 
         if self.config_path is None:
             raise CommandError("this agent was not started from a config file")

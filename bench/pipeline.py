@@ -35,9 +35,9 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.detect import load_detector  # noqa: E402
-from agent.offline import count_video, lines_from_args  # noqa: E402
-from agent.pipeline import PipelineSettings  # noqa: E402
+from agent.vision.detect import load_detector  # noqa: E402
+from agent.vision.offline import count_video, lines_from_args  # noqa: E402
+from agent.vision.pipeline import PipelineSettings  # noqa: E402
 
 SHARED_VIDEO = ROOT.parent / "shared" / "data" / "motorway-cctv-320x240.avi"
 SHARED_MODEL = ROOT.parent / "shared" / "models" / "yolox_nano.onnx"

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.aggregates import JsonLinesSink
-from agent.outbox import Outbox
-from agent.uplink import Uplink, UplinkSettings
+from agent.uplink.mqtt import Uplink, UplinkSettings
+from agent.uplink.outbox import Outbox
+from agent.vision.aggregates import JsonLinesSink
 from sim.demo import free_port, start_mosquitto
 
 RECORD = {"schema": "polelink/traffic/1", "device": "bench", "site": "lab", "camera": "cam1",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.dimming import FEATURES, features
-from agent.envelope import LUMINANCE, MAX_STEPS
+from agent.lighting.dimming import FEATURES, features
+from agent.lighting.envelope import LUMINANCE, MAX_STEPS
 
 HERE = Path(__file__).resolve().parent
 

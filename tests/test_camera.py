@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.camera import CameraSource, Frame, FrameQueue
-from agent.config import FileSource, StreamSource
+from agent.settings.schema import FileSource, StreamSource
+from agent.vision.camera import CameraSource, Frame, FrameQueue
 from tests.conftest import ROOT
 from tests.helpers import free_port, wait_until
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import load_config
-from agent.contract import errors, kind_of
 from agent.runner import Agent
+from agent.settings.schema import load_config
+from agent.uplink.contract import errors, kind_of
 from drivers.dali.ops import percent_to_arc
 from sim.dali import DaliEmulator, make_gear
 from tests.conftest import ROOT, SIMNET

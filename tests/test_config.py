@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.yamlfile import ConfigError
+from agent.settings.schema import load_config
+from agent.settings.yamlfile import ConfigError
 from tests.conftest import ROOT
 
 GOOD = """\

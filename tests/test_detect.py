@@ -12,11 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from agent.classes import ROAD_USER_CLASSES
-from agent.detect import ModelError, load_detector
-from agent.detect.base import iou_matrix, preprocess
-from agent.modelcard import load_card, sha256_file
-from agent.yamlfile import ConfigError
+from agent.settings.modelcard import load_card, sha256_file
+from agent.settings.yamlfile import ConfigError
+from agent.vision.classes import ROAD_USER_CLASSES
+from agent.vision.detect import ModelError, load_detector
+from agent.vision.detect.base import iou_matrix, preprocess
 from sim.render import SIM_CLASSES
 from sim.traffic import random_training_frame
 from tests.conftest import MOTORWAY, ROOT, SIMNET, YOLOX, need_shared

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dimming import (
+from agent.lighting.astro import solar_elevation
+from agent.lighting.dimming import (
     ClockGuard,
     DimmingModel,
     DimmingModelError,
@@ -19,8 +20,7 @@ from agent.dimming import (
     TrafficFlow,
     energy_saved_wh,
 )
-from agent.envelope import EnvelopeSettings, Inputs, SafetyEnvelope
-from agent.sun import solar_elevation
+from agent.lighting.envelope import EnvelopeSettings, Inputs, SafetyEnvelope
 from tests.conftest import ROOT
 
 CARD = ROOT / "models" / "dimming.md"

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from agent.dimming import DimmingPolicy, GroupSettings, TrafficFlow
-from agent.envelope import EnvelopeSettings
-from agent.lighting import GroupController, GroupTarget
+from agent.lighting.controller import GroupController, GroupTarget
+from agent.lighting.dimming import DimmingPolicy, GroupSettings, TrafficFlow
+from agent.lighting.envelope import EnvelopeSettings
 from drivers.dali import SerialDaliBus
 from drivers.modbus import ModbusLightingController, RegisterMap
 from sim.dali import DaliEmulator, make_gear

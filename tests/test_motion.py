@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.detect import load_detector
-from agent.motion import MotionGate
-from agent.offline import lines_from_args
-from agent.pipeline import CameraPipeline, PipelineSettings
+from agent.vision.detect import load_detector
+from agent.vision.motion import MotionGate
+from agent.vision.offline import lines_from_args
+from agent.vision.pipeline import CameraPipeline, PipelineSettings
 from sim.traffic import SceneConfig, TrafficScene
 from tests.conftest import SIMNET
 

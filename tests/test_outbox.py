@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.outbox import Outbox
+from agent.uplink.outbox import Outbox
 from tests.conftest import ROOT
 
 
@@ -48,7 +48,7 @@ def test_bounded_with_counted_loss(tmp_path: Path) -> None:
 WRITER = """
 import sys, time
 from pathlib import Path
-from agent.outbox import Outbox
+from agent.uplink.outbox import Outbox
 ob = Outbox(Path(sys.argv[1]), "p")
 i = 0
 while True:

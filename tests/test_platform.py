@@ -42,8 +42,8 @@ def test_store_counts_gaps_duplicates_and_invalid() -> None:
 def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, city_stack) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs the Debian package)")
-    from agent.config import load_config
     from agent.runner import Agent
+    from agent.settings.schema import load_config
 
     _, _, platform, cfg = city_stack
     agent = Agent(load_config(cfg), cfg)

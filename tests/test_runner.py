@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from agent.aggregates import IntervalAggregator, JsonLinesSink, interval_start
-from agent.config import load_config
-from agent.counter import CountEvent
 from agent.runner import Agent
+from agent.settings.schema import load_config
+from agent.vision.aggregates import IntervalAggregator, JsonLinesSink, interval_start
+from agent.vision.counter import CountEvent
 from tests.conftest import ROOT, SIMNET
 
 

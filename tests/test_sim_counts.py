@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.detect import load_detector
-from agent.offline import count_video, lines_from_args
-from agent.pipeline import PipelineSettings
+from agent.vision.detect import load_detector
+from agent.vision.offline import count_video, lines_from_args
+from agent.vision.pipeline import PipelineSettings
 from sim.traffic import SceneConfig, ground_truth, run_scene
 from tests.conftest import ROOT, SIMNET
 

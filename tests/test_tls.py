@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
-from agent.uplink import TlsSettings, Uplink, UplinkSettings
+from agent.uplink.mqtt import TlsSettings, Uplink, UplinkSettings
+from agent.uplink.outbox import Outbox
 from tests.mqtt_broker import Broker, wait_until
 
 OPENSSL = shutil.which("openssl")

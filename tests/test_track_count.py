@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.classes import class_id
-from agent.counter import Counter, Line, Zone
-from agent.detect.base import Detections
-from agent.geometry import crosses, image_directions, inside
-from agent.tracker import Tracker
+from agent.vision.classes import class_id
+from agent.vision.counter import Counter, Line, Zone
+from agent.vision.detect.base import Detections
+from agent.vision.geometry import crosses, image_directions, inside
+from agent.vision.tracker import Tracker
 
 W, H = 640, 360
 HLINE = Line.make("main", ((100, 180), (540, 180)))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
-from agent.uplink import Uplink, UplinkSettings
+from agent.uplink.mqtt import Uplink, UplinkSettings
+from agent.uplink.outbox import Outbox
 from tests.conftest import ROOT
 from tests.mqtt_broker import Broker, Collector, wait_until
 
@@ -83,8 +83,8 @@ def test_broker_outage_loses_nothing(broker: Broker, tmp_path: Path) -> None:
 AGENT = """
 import sys, time
 from pathlib import Path
-from agent.outbox import Outbox
-from agent.uplink import Uplink, UplinkSettings
+from agent.uplink.outbox import Outbox
+from agent.uplink.mqtt import Uplink, UplinkSettings
 ob = Outbox(Path(sys.argv[2]), "p3")
 up = Uplink(UplinkSettings(port=int(sys.argv[1]), keepalive_s=2), "p3", "city", ob).start()
 up.wait_connected(10)

@@ -11,8 +11,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.outbox import Outbox
-from agent.uplink import Uplink, UplinkSettings, credentials
+from agent.uplink.mqtt import Uplink, UplinkSettings, credentials
+from agent.uplink.outbox import Outbox
 from tests.mqtt_broker import Broker, wait_until
 
 

@@ -1,7 +1,7 @@
 """City platform simulator: stands in for the operations centre.
 
 Subscribes to everything under ``<prefix>/#``, validates each message against the
-contract (``agent/schemas``), detects gaps (missing ``seq``) and duplicates (repeated
+contract (``agent/uplink/schemas``), detects gaps (missing ``seq``) and duplicates (repeated
 ``msg_id``), stores messages in SQLite, serves a live dashboard on localhost and sends
 commands. ``python -m sim.platform --broker 127.0.0.1:1883 --http 127.0.0.1:8080``.
 """

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.contract import errors, kind_of
+from agent.uplink.contract import errors, kind_of
 
 
 @dataclass

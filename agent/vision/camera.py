@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from agent.config import DeviceSource, FileSource, StreamSource
+from agent.settings.schema import DeviceSource, FileSource, StreamSource
 
 log = logging.getLogger(__name__)
 

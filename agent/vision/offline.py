@@ -2,7 +2,7 @@
 
 Decodes every frame of the file in order (no drops) on a reader thread, as the live
 agent's camera thread does, so decoding overlaps inference; runs it through the same
-:class:`agent.pipeline.CameraPipeline` as the live agent, and returns totals per line,
+:class:`agent.vision.pipeline.CameraPipeline` as the live agent, and returns totals per line,
 class and direction with frame counts, rates and per-stage timings. Optionally writes
 an annotated video (boxes, track ids, lines, running counts).
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.annotate import draw_overlay
-from agent.counter import CountEvent, Line
-from agent.detect.base import Detector
-from agent.pipeline import CameraPipeline, PipelineSettings
+from agent.vision.annotate import draw_overlay
+from agent.vision.counter import CountEvent, Line
+from agent.vision.detect.base import Detector
+from agent.vision.pipeline import CameraPipeline, PipelineSettings
 
 
 class VideoError(Exception):

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from agent.classes import RoadUserClass
-from agent.yamlfile import ConfigError, Problem, validate_file
+from agent.settings.yamlfile import ConfigError, Problem, validate_file
+from agent.vision.classes import RoadUserClass
 
 
 class ModelError(Exception):

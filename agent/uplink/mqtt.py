@@ -13,7 +13,7 @@ One network thread owns a paho-mqtt 2.x client:
   back-off and jitter, and connect a fresh client; sending restarts from the oldest
   unacknowledged message, so a message may arrive twice, always with the same ``msg_id``.
 
-Topic tree: ``<prefix>/<site>/<device>/<kind>[/<name>]``; see ``agent/schemas/``.
+Topic tree: ``<prefix>/<site>/<device>/<kind>[/<name>]``; see ``agent/uplink/schemas/``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.outbox import Outbox
+from agent.uplink.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.classes import ROAD_USER_CLASSES
-from agent.geometry import Point, crosses, image_directions, inside, side
-from agent.tracker import Track
+from agent.vision.classes import ROAD_USER_CLASSES
+from agent.vision.geometry import Point, crosses, image_directions, inside, side
+from agent.vision.tracker import Track
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from agent.classes import ROAD_USER_CLASSES
-from agent.modelcard import InputSpec, ModelCard
+from agent.settings.modelcard import InputSpec, ModelCard
+from agent.vision.classes import ROAD_USER_CLASSES
 
 
 @dataclass
 class Detections:
     """Detections in frame pixels: ``boxes`` (N, 4) x1 y1 x2 y2, ``scores`` (N,), ``labels``
-    (N,) indices into :data:`agent.classes.ROAD_USER_CLASSES`."""
+    (N,) indices into :data:`agent.vision.classes.ROAD_USER_CLASSES`."""
 
     boxes: np.ndarray
     scores: np.ndarray

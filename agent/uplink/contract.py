@@ -1,6 +1,6 @@
-"""The MQTT contract in code: message builders and validation against ``agent/schemas``.
+"""The MQTT contract in code: message builders and validation against ``agent/uplink/schemas``.
 
-The JSON Schemas and ``agent/schemas/asyncapi.yaml`` are the documentation the city
+The JSON Schemas and ``agent/uplink/schemas/asyncapi.yaml`` are the documentation the city
 platform reads; every builder here produces messages that validate against them (tests
 check every published message), and :func:`validate` is what the platform simulator uses.
 """
@@ -41,7 +41,7 @@ def kind_of(message: dict[str, Any]) -> str | None:
 
 
 def traffic_message(rec: dict[str, Any], device: str, site: str, ts: str) -> dict[str, Any]:
-    """An interval aggregate record (``agent.aggregates``) as a TALQ-style traffic message."""
+    """An interval aggregate record (``agent.vision.aggregates``) as a TALQ-style traffic message."""
     counts = [{"roadUserType": cls, "direction": d, "count": n}
               for d, per in sorted(rec["counts"].items()) for cls, n in sorted(per.items())]
     msg: dict[str, Any] = {
@@ -67,7 +67,7 @@ def traffic_message(rec: dict[str, Any], device: str, site: str, ts: str) -> dic
 
 def lighting_message(rec: dict[str, Any], device: str, site: str, ts: str, start: str,
                      safe_pct: float) -> dict[str, Any]:
-    """A group controller record (``agent.lighting``) as a TALQ-style lighting message."""
+    """A group controller record (``agent.lighting.controller``) as a TALQ-style lighting message."""
     return {
         "schema": "polelink/lighting/1", "device": device, "site": site, "ts": ts,
         "group": rec["group"],

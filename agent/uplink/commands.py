@@ -1,7 +1,7 @@
 """Remote commands from the city platform: validate, act, answer.
 
 A command arrives on ``<prefix>/<site>/<device>/cmd`` (the only command topic the agent
-subscribes to), is parsed as JSON and validated against ``agent/schemas/command.schema.json``.
+subscribes to), is parsed as JSON and validated against ``agent/uplink/schemas/command.schema.json``.
 Its handler runs, and a response with the same ``correlation_id`` goes to
 ``.../cmd/response``. Anything wrong (not JSON, fails the schema, unknown group, a handler
 that refuses) gets an ``error`` response and changes nothing. Handlers must check
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.contract import errors
+from agent.uplink.contract import errors
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.counter import CountEvent
+from agent.vision.counter import CountEvent
 
 SCHEMA = "polelink/traffic-aggregate/1"
 

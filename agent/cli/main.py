@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.yamlfile import ConfigError
+from agent.settings.yamlfile import ConfigError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 
@@ -24,8 +24,8 @@ def _err(msg: str) -> None:
 
 def cmd_validate(a: argparse.Namespace) -> int:
     """``agent validate FILE``: check a provisioning file; list every problem."""
-    from agent.config import load_config
-    from agent.detect import ModelError, load_detector
+    from agent.settings.schema import load_config
+    from agent.vision.detect import ModelError, load_detector
 
     rc = EXIT_OK
     for path in a.files:
@@ -54,9 +54,9 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 def cmd_count(a: argparse.Namespace) -> int:
     """``agent count VIDEO``: count a video file offline and print totals."""
-    from agent.detect import ModelError, load_detector
-    from agent.offline import VideoError, count_video, lines_from_args, stderr_progress
-    from agent.pipeline import PipelineSettings
+    from agent.vision.detect import ModelError, load_detector
+    from agent.vision.offline import VideoError, count_video, lines_from_args, stderr_progress
+    from agent.vision.pipeline import PipelineSettings
 
     try:
         lines = lines_from_args(a.line)
@@ -103,7 +103,7 @@ def cmd_count(a: argparse.Namespace) -> int:
 
 def cmd_snapshot(a: argparse.Namespace) -> int:
     """``agent snapshot``: one annotated frame from a configured camera."""
-    from agent.snapshot import SnapshotError, take_snapshot
+    from agent.vision.snapshot import SnapshotError, take_snapshot
 
     try:
         info = take_snapshot(Path(a.config), a.camera, Path(a.output), a.timeout)
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a frame (15)")
     s.set_defaults(func=cmd_snapshot)
 
-    from agent.lights_cli import add_parser as add_lights
+    from agent.cli.lights import add_parser as add_lights
 
     add_lights(sub)
 

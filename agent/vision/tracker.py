@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from agent.detect.base import Detections, iou_matrix
+from agent.vision.detect.base import Detections, iou_matrix
 
 _F = np.eye(8)
 _F[:4, 4:] = np.eye(4)

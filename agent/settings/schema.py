@@ -2,7 +2,7 @@
 
 One YAML file per pole (see ``config/example-pole.yaml`` for every key with comments).
 Unknown keys are errors; relative paths are relative to the config file's folder.
-Load with :func:`load_config`, which raises :class:`agent.yamlfile.ConfigError` whose
+Load with :func:`load_config`, which raises :class:`agent.settings.yamlfile.ConfigError` whose
 problems name the file, line, field path and what would be valid.
 """
 
@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from agent.classes import DEFAULT_COUNTED, RoadUserClass
-from agent.yamlfile import validate_file
+from agent.settings.yamlfile import validate_file
+from agent.vision.classes import DEFAULT_COUNTED, RoadUserClass
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_HELP = "lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 63"
@@ -163,7 +163,7 @@ class LineConfig(Strict):
 
     @model_validator(mode="after")
     def _geometry(self) -> LineConfig:
-        from agent.geometry import image_directions
+        from agent.vision.geometry import image_directions
 
         (x1, y1), (x2, y2) = self.points
         if (x1, y1) == (x2, y2):
@@ -302,7 +302,7 @@ class LightingConfig(Strict):
 
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
-    model: Path = Field(default=Path(__file__).resolve().parents[1] / "models" / "dimming.md",
+    model: Path = Field(default=Path(__file__).resolve().parents[2] / "models" / "dimming.md",
                         validate_default=True)
     camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     buses: Annotated[list[LightingBusConfig], Field(min_length=1)]

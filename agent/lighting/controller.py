@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agent.aggregates import iso
-from agent.dimming import DimmingPolicy, TrafficFlow, energy_saved_wh
+from agent.lighting.dimming import DimmingPolicy, TrafficFlow, energy_saved_wh
+from agent.vision.aggregates import iso
 from drivers.bus import BusError
 
 log = logging.getLogger(__name__)

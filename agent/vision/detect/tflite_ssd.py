@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.detect.base import (
+from agent.settings.modelcard import ModelCard, ModelError
+from agent.vision.detect.base import (
     Detections,
     Geometry,
     class_aware_nms,
@@ -12,7 +13,6 @@ from agent.detect.base import (
     preprocess,
     to_frame,
 )
-from agent.modelcard import ModelCard, ModelError
 
 
 def _interpreter(path: str, threads: int):

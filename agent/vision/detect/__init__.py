@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.classes import DEFAULT_COUNTED
-from agent.detect.base import Detections, Detector
-from agent.modelcard import ModelError, load_card
+from agent.settings.modelcard import ModelError, load_card
+from agent.vision.classes import DEFAULT_COUNTED
+from agent.vision.detect.base import Detections, Detector
 
 __all__ = ["Detections", "Detector", "ModelError", "load_detector"]
 
@@ -18,9 +18,9 @@ def load_detector(card_path: Path, classes: set[str] | None = None, confidence: 
     card = load_card(Path(card_path))
     wanted = set(classes or DEFAULT_COUNTED)
     if card.backend == "onnxruntime":
-        from agent.detect.onnx_yolo import OnnxYoloDetector
+        from agent.vision.detect.onnx_yolo import OnnxYoloDetector
 
         return OnnxYoloDetector(card, wanted, confidence, nms_iou, merge_iou, threads)
-    from agent.detect.tflite_ssd import TfliteSsdDetector
+    from agent.vision.detect.tflite_ssd import TfliteSsdDetector
 
     return TfliteSsdDetector(card, wanted, confidence, nms_iou, merge_iou, threads)

@@ -64,7 +64,7 @@ def _open(a: argparse.Namespace) -> tuple[str, Any]:
         from drivers.dali import SerialDaliBus
 
         return "dali", SerialDaliBus(a.port, a.codec)
-    from agent.config import load_config
+    from agent.settings.schema import load_config
 
     cfg = load_config(Path(a.config))
     if cfg.lighting is None:
@@ -87,7 +87,7 @@ def _open(a: argparse.Namespace) -> tuple[str, Any]:
 
 def run(a: argparse.Namespace) -> int:
     """Execute an ``agent lights`` action."""
-    from agent.yamlfile import ConfigError
+    from agent.settings.yamlfile import ConfigError
     from drivers.dali import ops
 
     try:

@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 from numpy.typing import ArrayLike
 
-from agent.envelope import Decision, EnvelopeSettings, Inputs, SafetyEnvelope
-from agent.sun import local_hour, solar_elevation
+from agent.lighting.astro import local_hour, solar_elevation
+from agent.lighting.envelope import Decision, EnvelopeSettings, Inputs, SafetyEnvelope
 
 log = logging.getLogger(__name__)
 

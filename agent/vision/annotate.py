@@ -7,10 +7,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.classes import ROAD_USER_CLASSES
-from agent.counter import Line, Zone
-from agent.detect.base import Detections
-from agent.tracker import Track
+from agent.vision.classes import ROAD_USER_CLASSES
+from agent.vision.counter import Line, Zone
+from agent.vision.detect.base import Detections
+from agent.vision.tracker import Track
 
 _COLOURS = [(0, 200, 255), (255, 160, 0), (0, 0, 255), (200, 0, 200), (0, 255, 0), (255, 255, 0)]
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.counter import Counter, CountEvent, Line, Zone
-from agent.detect.base import Detections, Detector
-from agent.motion import MotionGate
-from agent.tracker import Track, Tracker
+from agent.vision.counter import Counter, CountEvent, Line, Zone
+from agent.vision.detect.base import Detections, Detector
+from agent.vision.motion import MotionGate
+from agent.vision.tracker import Track, Tracker
 
 STAGES = ("preprocess", "inference", "postprocess", "motion", "track", "count")
 

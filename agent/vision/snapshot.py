@@ -11,11 +11,11 @@ from pathlib import Path
 
 import cv2
 
-from agent.annotate import draw_detections, draw_lines
-from agent.camera import CameraSource, describe
-from agent.config import FileSource, load_config
-from agent.counter import Line, Zone
-from agent.detect import ModelError, load_detector
+from agent.settings.schema import FileSource, load_config
+from agent.vision.annotate import draw_detections, draw_lines
+from agent.vision.camera import CameraSource, describe
+from agent.vision.counter import Line, Zone
+from agent.vision.detect import ModelError, load_detector
 
 
 class SnapshotError(Exception):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from agent.detect.base import (
+from agent.settings.modelcard import ModelCard, ModelError
+from agent.vision.detect.base import (
     Detections,
     Geometry,
     Letterbox,
@@ -13,7 +14,6 @@ from agent.detect.base import (
     map_classes,
     to_frame,
 )
-from agent.modelcard import ModelCard, ModelError
 
 
 class OnnxYoloDetector:

@@ -1,0 +1,1 @@
+"""Settings: the provisioning file's schema, located YAML errors and model cards."""

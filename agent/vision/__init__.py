@@ -1,0 +1,1 @@
+"""Vision: camera sources → motion gate → detector → tracker → counter → interval aggregates."""
