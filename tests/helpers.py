@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,3 +23,48 @@ def wait_until(cond: Callable[[], object], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class NudgeClock:
+    """The system clock, which a test can move forward at once (wall and monotonic
+    together, so it is not a jump): ``skip(10)`` closes a 10 s interval now."""
+
+    name = "nudge"
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(max(0.0, seconds))
+
+    def skip(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class Running:
+    """An in-process Agent with its main loop on a thread (as ``agent run`` runs it)."""
+
+    def __init__(self, agent: object) -> None:
+        self.agent = agent
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="test-main-loop")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self.agent.step()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Running:
+        self.agent.start()  # type: ignore[attr-defined]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.agent.stop()  # type: ignore[attr-defined]
