@@ -2,8 +2,14 @@
 
 The register map comes from the config (:class:`RegisterMap`): level holding register and
 its full-scale value, optional on/off coil, optional power and energy input registers with
-their scales. Transport faults become the same typed errors as the DALI driver's
-(:mod:`drivers.bus`); every call has a deadline.
+their scales, and, where the controller has them, a status input register with a lamp
+failure bit and holding registers for the level the controller falls back to by itself
+(on losing the Modbus master: ``failsafe_level_register``; after a mains cycle:
+``power_on_level_register``). Transport faults become the same typed errors as the DALI
+driver's (:mod:`drivers.bus`); every call has a deadline. The port is held exclusively
+(:class:`drivers.portlock.PortLock`).
+
+:class:`ModbusGroup` is the controller as a :class:`drivers.bus.LuminaireGroup`.
 """
 
 from __future__ import annotations
@@ -12,11 +18,21 @@ import logging
 import struct
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.bus import BusDisconnected, BusProtocolError, BusTimeout
+from drivers.bus import (
+    BusDisconnected,
+    BusProtocolError,
+    BusTimeout,
+    EnergyReading,
+    GroupReading,
+    LampStatus,
+    LuminaireDiagnostics,
+)
+from drivers.portlock import PortLock, in_use, lock_holder
 
 # pymodbus logs every retry and packet; the driver reports faults as typed errors instead
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -34,6 +50,10 @@ class RegisterMap:
     power_scale_w: float = 0.1       # W per count
     energy_register: int | None = 1  # two input registers, high word first
     energy_scale_wh: float = 1.0     # Wh per count
+    status_register: int | None = None          # input register with a lamp-failure bit
+    lamp_failure_bit: int = 0
+    failsafe_level_register: int | None = None  # holding: level on losing the master
+    power_on_level_register: int | None = None  # holding: level after a mains cycle
 
 
 @dataclass
@@ -44,6 +64,16 @@ class ControllerReading:
     on: bool | None
     power_w: float | None
     energy_wh: float | None
+    lamp_failure: bool | None = None
+
+
+def _lockable(port: str) -> bool:
+    """True when nobody holds ``port`` (we could lock it)."""
+    try:
+        PortLock(port).release()
+    except BusDisconnected:
+        return False
+    return True
 
 
 class ModbusLightingController:
@@ -54,9 +84,13 @@ class ModbusLightingController:
         self.map = regmap or RegisterMap()
         self.port = port
         self._lock = threading.Lock()
+        # pymodbus opens the port with pyserial's exclusive=True: the same flock the DALI
+        # driver's PortLock takes, so the two refuse each other's port too
         self.client = ModbusSerialClient(port, framer="rtu", baudrate=baudrate, timeout=timeout,
                                          retries=retries, reconnect_delay=0)
         if not self.client.connect():
+            if lock_holder(port) or (Path(port).exists() and not _lockable(port)):
+                raise in_use(port)
             raise BusDisconnected(f"cannot open {port}")
 
     def close(self) -> None:
@@ -126,4 +160,72 @@ class ModbusLightingController:
             hi, lo = self._registers("energy read", self.client.read_input_registers,
                                      m.energy_register, 2)
             energy = ((hi << 16) | lo) * m.energy_scale_wh
-        return ControllerReading(100 * lvl / m.level_scale, on, power, energy)
+        failed = None
+        if m.status_register is not None:
+            (st,) = self._registers("status read", self.client.read_input_registers,
+                                    m.status_register, 1)
+            failed = bool(st >> m.lamp_failure_bit & 1)
+        return ControllerReading(100 * lvl / m.level_scale, on, power, energy, failed)
+
+    def ensure_levels(self, percent: float) -> list[str]:
+        """The controller's own fallback levels (failsafe, power-on) = ``percent``, where the
+        register map names them; writes only what differs. Returns what changed, and what
+        the map cannot do."""
+        m = self.map
+        want = round(percent / 100 * m.level_scale)
+        out = []
+        for what, reg in (("failsafe level", m.failsafe_level_register),
+                          ("power-on level", m.power_on_level_register)):
+            if reg is None:
+                out.append(f"unit:{m.unit} {what}: not in the register map (the controller's "
+                           f"own default applies)")
+                continue
+            (have,) = self._registers(f"{what} read", self.client.read_holding_registers, reg, 1)
+            if have != want:
+                self._call(f"{what} write", self.client.write_register, reg, want)
+                out.append(f"unit:{m.unit} {what} {100 * have / m.level_scale:g} % → "
+                           f"{percent:g} %")
+        return out
+
+
+class ModbusGroup:
+    """A Modbus controller's output as a :class:`drivers.bus.LuminaireGroup`."""
+
+    def __init__(self, name: str, controller: ModbusLightingController) -> None:
+        self.name = name
+        self.controller = controller
+        self.address = f"unit:{controller.map.unit}"
+
+    def discover(self) -> tuple[str, ...]:
+        """The controller is the one luminaire output; reading it proves it answers."""
+        self.controller.read()
+        return (self.address,)
+
+    def set_level(self, percent: float) -> None:
+        """Command the output."""
+        self.controller.set_level(min(100.0, max(0.0, percent)))
+
+    def read_status(self) -> GroupReading:
+        """Level, lamp failure (where the map has a status register) and power."""
+        r = self.controller.read()
+        state = "lamp_failure" if r.lamp_failure else "ok"
+        return GroupReading(r.level_percent if r.on is not False else 0.0,
+                            (LampStatus(self.address, state, r.level_percent),), r.power_w)
+
+    def read_energy(self) -> EnergyReading:
+        """The energy register (one counter, stepping by the map's scale)."""
+        r = self.controller.read()
+        return EnergyReading(r.energy_wh, 1 if r.energy_wh is not None else 0,
+                             self.controller.map.energy_scale_wh)
+
+    def read_diagnostics(self) -> list[LuminaireDiagnostics]:
+        """A plain dimmer has no diagnostics registers in its map."""
+        return []
+
+    def rated_power_w(self) -> float | None:
+        """Not declared by a Modbus dimmer."""
+        return None
+
+    def ensure_failsafe(self, safe_pct: float, fade_s: float) -> list[str]:
+        """See :meth:`ModbusLightingController.ensure_levels` (no fade time on Modbus)."""
+        return self.controller.ensure_levels(safe_pct)

@@ -8,6 +8,7 @@ timeouts, bounded retries and EnableDeviceType before DT6/DT8 commands;
 """
 
 from drivers.dali.codecs import CODECS, FoxtronCodec, HatCodec, Reply
+from drivers.dali.group import DaliGroup
 from drivers.dali.serial_bus import SerialDaliBus
 
-__all__ = ["CODECS", "FoxtronCodec", "HatCodec", "Reply", "SerialDaliBus"]
+__all__ = ["CODECS", "DaliGroup", "FoxtronCodec", "HatCodec", "Reply", "SerialDaliBus"]

@@ -20,11 +20,17 @@ from dali.gear.general import (
     GoToScene,
     QueryActualLevel,
     QueryControlGearPresent,
+    QueryFadeTimeFadeRate,
     QueryLampFailure,
+    QueryPowerOnLevel,
     QueryStatus,
+    QuerySystemFailureLevel,
+    SetFadeTime,
+    SetPowerOnLevel,
     SetScene,
+    SetSystemFailureLevel,
 )
-from dali.memory import diagnostics, energy
+from dali.memory import diagnostics, energy, info, oem
 from dali.sequences import Commissioning
 
 from drivers.bus import BusError, LightingBus
@@ -50,11 +56,13 @@ def parse_address(text: str) -> Address:
 
 
 def percent_to_arc(percent: float) -> int:
-    """Light output in percent → arc power level (logarithmic curve; 0 % → 0 = off)."""
+    """Light output in percent → the lowest arc power level giving at least that much
+    (logarithmic curve; 0 % → 0 = off)."""
     if percent <= 0:
         return 0
     p = min(100.0, max(0.1, percent))
-    return max(1, min(254, round(1 + (253 / 3) * (math.log10(p) + 1))))
+    # rounded up: the light is never darker than asked (a safe level stays safe)
+    return max(1, min(254, math.ceil(1 + (253 / 3) * (math.log10(p) + 1) - 1e-9)))
 
 
 def arc_to_percent(level: int) -> float:
@@ -132,14 +140,14 @@ class D4iReadings:
     light_source_on_time_s: int | None
 
 
-def _read(bus: LightingBus, value_class: Any, addr: GearShort) -> Any:
+def _read(bus: LightingBus, value_class: Any, addr: GearShort, text: bool = False) -> Any:
     try:
         v = bus.run_sequence(value_class.read(addr))
     except BusError:
         raise
     except Exception:  # MemoryLocationNotImplemented, ResponseError: bank not there
         return None
-    if isinstance(v, Decimal | int | float):
+    if isinstance(v, Decimal | int | float) or (text and isinstance(v, str)):
         return v
     return None  # a FlagValue (MASK, TMASK, Invalid): no reading
 
@@ -161,6 +169,54 @@ def read_d4i(bus: LightingBus, short: int) -> D4iReadings:
                                         a), int),
         light_source_on_time_s=num(_read(bus, diagnostics.LightSourceOnTime, a), int),
     )
+
+
+def read_inventory(bus: LightingBus, short: int) -> dict[str, Any]:
+    """Bank 0 (GTIN, serial number, firmware) and bank 1 (nominal input power) of one gear."""
+    a = GearShort(short)
+    gtin, serial = _read(bus, info.GTIN, a), _read(bus, info.IdentificationNumber, a)
+    power = _read(bus, oem.InputPowerNominal, a)
+    return {"gtin": None if gtin is None else int(gtin),
+            "serial": None if serial is None else int(serial),
+            "firmware": _read(bus, info.FirmwareVersion, a, text=True),
+            "nominal_power_w": None if power is None else float(power)}
+
+
+def fade_code(seconds: float) -> int:
+    """DALI FADE TIME code (0-15) nearest ``seconds``: T = 0.5·√(2ⁿ) s, 0 = no fade."""
+    if seconds <= 0.35:
+        return 0
+    return min(range(1, 16), key=lambda n: abs(0.5 * math.sqrt(2 ** n) - seconds))
+
+
+def fade_seconds(code: int) -> float:
+    """Seconds of a FADE TIME code."""
+    return 0.0 if code <= 0 else round(0.5 * math.sqrt(2 ** code), 2)
+
+
+def ensure_failsafe(bus: LightingBus, short: int, safe_arc: int, fade: int) -> list[str]:
+    """Make one gear safe without us: POWER ON LEVEL and SYSTEM FAILURE LEVEL = ``safe_arc``,
+    FADE TIME = ``fade``. Reads each first and writes only what differs (configuration
+    commands go out sent twice); returns what changed. None answered → nothing to do."""
+    a = GearShort(short)
+    changes = []
+    for what, query, store, want in (
+            ("power-on level", QueryPowerOnLevel, SetPowerOnLevel, safe_arc),
+            ("system failure level", QuerySystemFailureLevel, SetSystemFailureLevel, safe_arc),
+            ("fade time", QueryFadeTimeFadeRate, SetFadeTime, fade)):
+        r = bus.send(query(a))
+        if r is None or r.raw_value is None:
+            continue                             # gear not there (reported by status reads)
+        have = r.raw_value.as_integer >> 4 if query is QueryFadeTimeFadeRate \
+            else r.raw_value.as_integer
+        if have != want:
+            bus.send(DTR0(want))
+            bus.send(store(a))
+            shown = (f"{fade_seconds(have)} s → {fade_seconds(want)} s" if what == "fade time"
+                     else f"{round(arc_to_percent(have), 1) if have != 255 else 'MASK'} % → "
+                          f"{round(arc_to_percent(want), 1)} %")
+            changes.append(f"short:{short} {what} {shown}")
+    return changes
 
 
 def commission(bus: LightingBus, readdress: bool = False,

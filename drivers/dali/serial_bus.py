@@ -1,7 +1,11 @@
 """DALI through a serial gateway (HAT or Foxtron codec) on pyserial.
 
-- One reply per forward frame, read with a deadline (``timeout``); late or missing
-  replies raise :class:`BusTimeout`, and stale bytes are flushed before the next frame.
+- The port is held exclusively (:class:`drivers.portlock.PortLock`) while open.
+- The gateway answers each transmitted frame (two for a send-twice request); every
+  answer is read, each with a deadline (``timeout``), so a second ``N`` is never taken
+  for the answer to the next query. Late or missing replies raise :class:`BusTimeout`,
+  and stale bytes are flushed before the next frame. Gateway events (bus power, frames
+  of other masters) are recorded, not taken for answers.
 - Send collisions (``resend``) and receive collisions on queries are retried up to
   ``retries`` times, then raise :class:`BusCollision` (except yes/no queries, where
   several gear answering at once means "yes"); unparseable replies raise
@@ -27,6 +31,7 @@ from dali.sequences import progress, sleep
 
 from drivers.bus import BusCollision, BusDisconnected, BusError, BusProtocolError, BusTimeout
 from drivers.dali.codecs import CODECS, Reply
+from drivers.portlock import PortLock
 
 #: What a vanished port raises from pyserial's calls.
 _PORT_ERRORS = (serial.SerialException, OSError, termios.error)
@@ -36,7 +41,7 @@ class SerialDaliBus:
     """A DALI bus behind a serial gateway."""
 
     def __init__(self, port: str, codec: str = "hat", timeout: float = 0.2, retries: int = 3,
-                 baudrate: int | None = None) -> None:
+                 baudrate: int | None = None, parity: str = "N") -> None:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         self.codec = CODECS[codec]()
@@ -44,16 +49,23 @@ class SerialDaliBus:
         self.retries = retries
         self.port = port
         self._lock = threading.RLock()
-        self.stats = {"frames": 0, "retries": 0, "timeouts": 0, "garbled": 0}
+        self.stats = {"frames": 0, "retries": 0, "timeouts": 0, "garbled": 0, "events": 0}
+        self.power: str | None = None          # the gateway's last bus power report
+        self._pending: list[Reply] = []
+        self.port_lock = PortLock(port)
         try:
             self.serial = serial.Serial(port, baudrate or self.codec.baudrate, timeout=0.01,
-                                        write_timeout=timeout)
-        except (serial.SerialException, OSError) as e:
+                                        write_timeout=timeout, parity=parity)
+        except (serial.SerialException, OSError, ValueError) as e:
+            self.port_lock.release()
             raise BusDisconnected(f"cannot open {port}: {e}") from None
 
     def close(self) -> None:
-        """Release the port."""
-        self.serial.close()
+        """Release the port (and its lock)."""
+        try:
+            self.serial.close()
+        finally:
+            self.port_lock.release()
 
     def __enter__(self) -> SerialDaliBus:
         return self
@@ -64,29 +76,38 @@ class SerialDaliBus:
     # -- frames -----------------------------------------------------------------------
     def _exchange(self, bits: int, value: int, twice: bool, want_reply: bool,
                   yes_no: bool = False) -> Reply:
-        """Send one frame, wait for its reply; retry on send collisions, and on receive
-        collisions unless several answers at once *are* the answer (yes/no queries such as
-        Compare during commissioning, where a collision means "yes")."""
+        """Send one frame, read its answers; retry on transmit collisions, garbled or
+        mismatched answers, and on receive collisions unless several answers at once *are*
+        the answer (yes/no queries such as Compare during commissioning, where a
+        collision means "yes")."""
         last: Reply | None = None
+        expected = self.codec.replies_per_frame(twice)
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats["retries"] += 1
             try:
-                self.serial.reset_input_buffer()
+                self._drain()
                 self.serial.write(self.codec.encode(bits, value, twice))
             except _PORT_ERRORS as e:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             self.stats["frames"] += 1
-            reply = self._read_reply()
-            last = reply
-            if reply.kind == "resend":
+            answers: list[Reply] = []
+            while len(answers) < expected:
+                answers.append(self._read_reply())
+                if answers[-1].kind == "resend":    # the frame never went out: no more
+                    break
+            last = answers[-1]
+            if any(a.kind == "resend" for a in answers):
                 continue
-            if reply.kind == "garbled":
+            if any(a.kind == "garbled" for a in answers):
                 self.stats["garbled"] += 1
+                last = next(a for a in answers if a.kind == "garbled")
                 continue
-            if reply.kind == "collision" and want_reply and not yes_no:
+            if len({(a.kind, a.value) for a in answers}) > 1:   # the two answers differ
                 continue
-            return reply
+            if last.kind == "collision" and want_reply and not yes_no:
+                continue
+            return last
         assert last is not None
         if last.kind == "garbled":
             raise BusProtocolError(f"{self.port}: unreadable replies from the gateway "
@@ -95,21 +116,68 @@ class SerialDaliBus:
                            f"(frame {value:0{(bits + 3) // 4}X})")
 
     def _read_reply(self) -> Reply:
+        """The next answer (gateway events are recorded and skipped)."""
         deadline = time.monotonic() + self.timeout
         while True:
+            while self._pending:
+                r = self._pending.pop(0)
+                if r.is_answer:
+                    return r
+                self._event(r)
             try:
                 # return as soon as anything arrives (read(n) would wait for n bytes)
                 data = self.serial.read(max(1, self.serial.in_waiting))
             except _PORT_ERRORS as e:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             if data:
-                replies = self.codec.feed(data)
-                if replies:
-                    return replies[0]
+                self._pending.extend(self.codec.feed(data))
+                continue
             if time.monotonic() > deadline:
                 self.stats["timeouts"] += 1
                 raise BusTimeout(f"{self.port}: no reply from the gateway within "
                                  f"{self.timeout * 1000:.0f} ms")
+
+    def _drain(self) -> None:
+        """Before a new request: take what arrived unasked (gateway events are kept,
+        late answers to earlier frames are dropped) and forget any partial message."""
+        data = self.serial.read(self.serial.in_waiting) if self.serial.in_waiting else b""
+        for r in [*self._pending, *self.codec.feed(data)]:
+            if not r.is_answer:
+                self._event(r)
+        self._pending.clear()
+        self.codec.reset()
+
+    def _event(self, r: Reply) -> None:
+        self.stats["events"] += 1
+        if r.info.startswith("bus_power:"):
+            self.power = r.info.split(":", 1)[1]
+
+    def query_bus_power(self) -> str | None:
+        """Ask the gateway for the bus power state (``ok``, ``lost``…); None when the
+        gateway has no such query (Foxtron reports it unasked, see :attr:`power`)."""
+        query = getattr(self.codec, "encode_status_query", None)
+        if query is None:
+            return self.power
+        with self._lock:
+            try:
+                self._drain()
+                self.serial.write(query())
+            except _PORT_ERRORS as e:
+                raise BusDisconnected(f"{self.port}: {e}") from None
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                try:
+                    data = self.serial.read(max(1, self.serial.in_waiting))
+                except _PORT_ERRORS as e:
+                    raise BusDisconnected(f"{self.port}: {e}") from None
+                for r in self.codec.feed(data):
+                    if not r.is_answer:
+                        self._event(r)
+                        if r.info.startswith("bus_power:"):
+                            return self.power
+            self.stats["timeouts"] += 1
+            raise BusTimeout(f"{self.port}: no bus power status within "
+                             f"{self.timeout * 1000:.0f} ms")
 
     # -- commands ---------------------------------------------------------------------
     def send(self, command: Command) -> Any:
