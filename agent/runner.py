@@ -1,239 +1,423 @@
-"""``agent run``: every configured camera, live, into wall-clock aggregates.
+"""``agent run``: the one place that wires the parts together.
 
-One worker thread per camera pulls the newest frame from its :class:`CameraSource`,
-runs it through its :class:`CameraPipeline` and feeds the camera's
-:class:`IntervalAggregator`. The main thread closes intervals on the clock, writes them
-to the JSON-lines file, and shows a live status line. A camera that stalls only stalls
-its own worker (which keeps waiting with a timeout); SIGINT/SIGTERM close the open
-interval as ``partial`` and exit cleanly.
+    cameras ──► vision workers (one thread each) ──► interval aggregates ─┐
+                        │ last good frame                                 │ records
+                        ▼                                                 ▼
+    clock ──► lighting service (its own thread, its own ticks) ──► reporter ──► outbox ──► uplink
+                        ▲ overrides, reloads                              ▲
+                        └──────────── main loop: commands, health ────────┘
+
+The main loop (:meth:`Agent.step`, a few times a second on the wall clock) closes the
+traffic intervals of every camera, frames or not; hands their counts to the lighting
+service; notices cameras that are lost or back; runs the platform's commands (which the
+MQTT thread only queues); answers commands whose work the lighting thread has finished;
+and publishes health on its own period. The lighting service decides and drives the
+lamps on its own ticks whatever the cameras and the network do.
+
+Starting never waits on hardware: a camera whose model fails to load is reported (its
+intervals close with no frames) while the others and the lighting run; a bus that will
+not open is retried by the lighting service while its groups are reported; an outbox that
+cannot be opened disables the uplink, not the lamps. Stopping (SIGTERM, SIGINT, the end
+of ``--duration``, or a crash unwinding the loop) closes the open intervals as
+``partial`` and leaves every reachable lamp at its safe level.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agent.city import CityLink
-from agent.settings.schema import AgentConfig, CameraConfig, load_config
+from agent.clock import Clock, SystemClock, from_environment
+from agent.handlers import CommandHandlers
+from agent.health import system_health
+from agent.lighting.flow import TrafficSample
+from agent.lighting.service import LightingService
+from agent.records import EventRecord, HealthRecord, TrafficRecord
+from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
 from agent.settings.yamlfile import ConfigError
-from agent.uplink.commands import CommandError
+from agent.uplink.commands import CommandDispatcher, CommandError
+from agent.uplink.mqtt import TlsSettings, Uplink, UplinkSettings, credentials
+from agent.uplink.outbox import Outbox
+from agent.uplink.report import Reporter
 from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
 from agent.vision.camera import CameraSource, describe
-from agent.vision.counter import Line, Zone
+from agent.vision.counter import Line
 from agent.vision.detect import ModelError, load_detector
-from agent.vision.motion import CameraHealth
-from agent.vision.pipeline import CameraPipeline, PipelineSettings
-from drivers.bus import BusError
+from agent.vision.worker import CameraWorker
 
 log = logging.getLogger(__name__)
 
-#: A frame analysed more than this long after capture is counted as late.
-LATE_AFTER_S = 0.5
-
-
-def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
-    """Pipeline settings from a camera's config section."""
-    lines = [Line.make(ln.name, ln.points, ln.directions, ln.anchor) for ln in cam.lines]
-    zones = [Zone(z.name, list(z.polygon)) for z in cam.zones]
-    g, t, d = cam.gating, cam.tracker, cam.detector
-    return PipelineSettings(lines=lines, zones=zones, fps=fps, confidence=d.confidence,
-                            low_confidence=d.low_confidence, motion=g.motion,
-                            motion_threshold=g.motion_threshold, motion_width=g.motion_width,
-                            stride=g.stride, keepalive_s=g.keepalive_s, match_iou=t.match_iou,
-                            lost_s=t.lost_s, min_hits=t.min_hits,
-                            class_settle_s=t.class_settle_s)
+#: How long a command's work on the lighting thread may take before the answer says so.
+COMMAND_TIMEOUT_S = 30.0
 
 
 @dataclass
-class CameraWorker:
-    """One camera's source, pipeline and aggregator, run on a thread."""
+class Pending:
+    """A command whose work is running on another thread."""
 
-    cfg: CameraConfig
-    source: CameraSource
-    aggregator: IntervalAggregator
-    pipeline: CameraPipeline | None = None
-    thread: threading.Thread | None = None
-    totals: dict[str, dict[str, int]] | None = None  # line -> direction -> count since start
-    health: CameraHealth = field(default_factory=CameraHealth)
-
-    def run(self, stop: threading.Event, make_pipeline) -> None:
-        """Consume frames until ``stop``; never blocks longer than half a second."""
-        dropped_seen = 0
-        self.totals = {}
-        while not stop.is_set():
-            frame = self.source.get(timeout=0.5)
-            now = time.time()
-            dropped = self.source.stats.frames_dropped
-            self.aggregator.add_dropped(now, dropped - dropped_seen)
-            dropped_seen = dropped
-            if frame is None:
-                if self.source.ended.is_set():
-                    self._flush(now)
-                    return
-                continue
-            if self.pipeline is None:
-                self.pipeline = make_pipeline(self.cfg, self.source.stats.fps)
-                self.aggregator.fps = self.cfg.fps_limit or self.source.stats.fps or None
-            self.aggregator.add_health(now, *self.health.check(frame.image))
-            if time.monotonic() - frame.monotonic > LATE_AFTER_S:
-                self.aggregator.add_late(now, 1)
-            switches = self.pipeline.counter.id_switches
-            det_s = self.pipeline.detect_seconds
-            res = self.pipeline.process(frame.image, frame.index)
-            self.aggregator.add_frame(now, res.detected, self.pipeline.detect_seconds - det_s)
-            self._events(now, res.events)
-            self.aggregator.add_id_switches(now, self.pipeline.counter.id_switches - switches)
-        self._flush(time.time())
-
-    def _events(self, now: float, events: list) -> None:
-        self.aggregator.add_events(now, events)
-        for e in events:
-            per = self.totals.setdefault(e.line, {}) if self.totals is not None else {}
-            per[e.direction] = per.get(e.direction, 0) + 1
-
-    def _flush(self, now: float) -> None:
-        if self.pipeline is not None:
-            self._events(now, self.pipeline.flush())
+    correlation_id: str | None
+    command: str
+    future: Future
+    deadline: float
 
 
 class Agent:
-    """The running agent: workers, aggregation clock, sink."""
+    """The running agent; see the module docstring."""
 
-    def __init__(self, cfg: AgentConfig, config_path: Path | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, config_path: Path | None = None,
+                 clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.reload_requested = threading.Event()
+        self.clock = clock or SystemClock()
+        self.started = self.clock.monotonic()
         self.stop_event = threading.Event()
         self.sink = JsonLinesSink(cfg.aggregates.path)
-        self.detectors = {}
-        # load every model before starting anything: nothing starts half-configured
-        for cam in cfg.cameras:
-            d = cam.detector
-            self.detectors[cam.name] = load_detector(d.model, set(d.classes), d.confidence,
-                                                     d.nms_iou, d.merge_iou, d.threads)
-        self.workers: list[CameraWorker] = []
-        for cam in cfg.cameras:
-            agg = IntervalAggregator(cfg.device.id, cfg.device.site, cam.name,
-                                     {ln.name: Line.make(ln.name, ln.points, ln.directions).names
-                                      for ln in cam.lines},
-                                     [z.name for z in cam.zones], cfg.aggregates.interval_s)
-            self.workers.append(CameraWorker(cam, CameraSource(cam.source, cam.name), agg))
-        self.records: list[dict] = []
-        # lighting buses and the uplink last: a bus that will not open stops the start here
-        self.city = CityLink(cfg, self._reload, self._snapshot)
+        self.outbox, self.uplink, self.uplink_problem = self._open_uplink(cfg.mqtt)
+        self.reporter = Reporter(cfg.device.id, cfg.device.site, self.clock, self.outbox,
+                                 self.uplink)
+        self.workers = {c.name: self._make_worker(c) for c in cfg.cameras}
+        self.lighting = self._make_lighting(cfg)
+        self.handlers = CommandHandlers(self)
+        self.dispatcher = CommandDispatcher(self.handlers.table())
+        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self.pending: list[Pending] = []
+        self.current_command: str | None = None
+        self.records: list[TrafficRecord] = []
+        self._camera_ok: dict[str, bool] = {}
+        self._storage_failing = False
+        self._next_health: float | None = None
 
-    def _reload(self) -> str:
-        """The ``reload_config`` command: validate the file; the main loop restarts on it."""
+    # -- building -----------------------------------------------------------------------
+    def _open_uplink(self, m: MqttConfig | None) -> tuple[Outbox | None, Uplink | None, str]:
+        if m is None:
+            return None, None, ""
+        try:
+            user, pw = credentials(m.secrets_file)
+            outbox = Outbox(m.outbox_path, self.cfg.device.id, m.outbox_max_messages)
+        except Exception as e:  # sqlite3 (read-only, corrupt, disk full), OSError, YAML
+            problem = f"uplink disabled: {type(e).__name__}: {e}"
+            log.error("%s (lighting and counting go on)", problem)
+            return None, None, problem
+        tls = TlsSettings(m.tls.ca, m.tls.cert, m.tls.key) if m.tls else None
+        uplink = Uplink(UplinkSettings(m.host, m.port, m.prefix, m.protocol, m.keepalive_s,
+                                       m.reconnect_min_s, m.reconnect_max_s, username=user,
+                                       password=pw, tls=tls),
+                        self.cfg.device.id, self.cfg.device.site, outbox, self.on_command)
+        return outbox, uplink, ""
+
+    def _make_worker(self, cam: CameraConfig, strict: bool = False) -> CameraWorker:
+        """A camera's worker; its model is loaded here (a failure: the camera is reported,
+        or with ``strict`` raised, for a reload)."""
+        detector, error = None, ""
+        d = cam.detector
+        try:
+            detector = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou,
+                                     d.merge_iou, d.threads)
+        except (ModelError, ConfigError) as e:
+            if strict:
+                raise
+            error = str(e).splitlines()[0]
+            log.error("camera %s: model unusable, camera not started: %s", cam.name, error)
+        lines = {ln.name: Line.make(ln.name, ln.points, ln.directions).names for ln in cam.lines}
+        agg = IntervalAggregator(self.cfg.device.id, self.cfg.device.site, cam.name, lines,
+                                 [z.name for z in cam.zones], self.cfg.aggregates.interval_s,
+                                 self.clock.time(), self.clock.monotonic())
+        return CameraWorker(cam, CameraSource(cam.source, cam.name), agg, self.clock,
+                            detector, error)
+
+    def _make_lighting(self, cfg: AgentConfig) -> LightingService | None:
+        if cfg.lighting is None:
+            return None
+        return LightingService(cfg.lighting, cfg.clock, self.clock, self.reporter.publish,
+                               [c.name for c in cfg.cameras], cfg.aggregates.interval_s,
+                               liveness=self.liveness)
+
+    def liveness(self) -> dict[str, float | None]:
+        """Each camera's last good frame (monotonic), for the lighting service."""
+        return {n: w.last_good_mono for n, w in self.workers.items()}
+
+    # -- running ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the lighting first (the lamps matter most), then the uplink and cameras."""
+        if self.lighting is not None:
+            self.lighting.start()
+        if self.uplink is not None:
+            self.uplink.start()
+        for w in self.workers.values():
+            if w.detector is None:
+                continue
+            log.info("camera %s: %s", w.name, describe(w.cfg.source))
+            w.start(self.stop_event)
+
+    def on_command(self, topic: str, payload: bytes) -> None:
+        """From the MQTT thread: queue the command for the main loop, nothing more."""
+        if self.uplink is None or topic != self.uplink.topic("cmd"):
+            return
+        try:
+            self.commands.put_nowait((topic, payload))
+        except queue.Full:
+            log.warning("command queue full: command dropped")
+
+    def step(self) -> list[TrafficRecord]:
+        """One pass of the main loop (see the module docstring); returns closed records."""
+        now, mono = self.clock.time(), self.clock.monotonic()
+        closed: list[TrafficRecord] = []
+        for w in self.workers.values():
+            closed += w.aggregator.roll(now, mono, w.state)
+        self._deliver(closed, mono)
+        self._watch_cameras(mono)
+        self._run_commands()
+        self._settle_pending()
+        if self._next_health is None:
+            self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
+                * self.cfg.aggregates.interval_s
+        elif now >= self._next_health:
+            self.publish_health()
+            self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
+                * self.cfg.aggregates.interval_s
+        return closed
+
+    def _deliver(self, records: list[TrafficRecord], mono: float) -> None:
+        """Closed intervals: to the JSON-lines file, the platform and the lighting."""
+        if not records:
+            return
+        self.records.extend(records)
+        del self.records[:-5000]
+        try:
+            self.sink.write(records)
+            if self._storage_failing:
+                self._storage_failing = False
+                self.reporter.publish(EventRecord("storage_error", "info", "aggregates",
+                                                  {"recovered": True}))
+        except OSError as e:
+            log.error("cannot write %s: %s", self.sink.path, e)
+            if not self._storage_failing:
+                self._storage_failing = True
+                self.reporter.publish(EventRecord("storage_error", "alarm", "aggregates",
+                                                  {"path": str(self.sink.path), "error": str(e)}))
+        for r in records:
+            self.reporter.publish(r)
+        if self.lighting is not None:
+            samples = []
+            for cam in {r.camera for r in records}:
+                lines = [r for r in records if r.camera == cam and r.line is not None]
+                busiest = max(lines, key=lambda r: r.total, default=None)
+                if busiest is None:
+                    continue
+                counts: dict[str, int] = {}
+                for per in busiest.counts.values():
+                    for cls, n in per.items():
+                        counts[cls] = counts.get(cls, 0) + n
+                samples.append(TrafficSample(cam, mono, busiest.covered_s, counts))
+            lighting = self.lighting
+            if samples:
+                lighting.submit(lambda: lighting.add_traffic(samples))
+
+    def _watch_cameras(self, mono: float) -> None:
+        """``camera_lost`` / ``camera_restored`` on changes (after a start-up grace)."""
+        for name, w in self.workers.items():
+            grace = max(10.0, 2 * w.cfg.source.stall_timeout_s)
+            fresh = w.last_good_mono is not None and mono - w.last_good_mono <= grace
+            if w.state == "live" and fresh:
+                ok: bool | None = True
+            elif w.detector is None or mono - self.started > grace:
+                ok = False
+            else:
+                ok = None                       # still starting
+            before = self._camera_ok.get(name)
+            if ok is None or ok == before:
+                continue
+            if ok:
+                self.reporter.publish(EventRecord("camera_restored", "info", name,
+                                                  {"state": w.state}))
+            else:
+                self.reporter.publish(EventRecord("camera_lost", "alarm", name, {
+                    "state": w.state, "error": w.model_error or w.source.stats.last_error,
+                    "last_good_frame_s_ago": None if w.last_good_mono is None
+                    else round(mono - w.last_good_mono, 1)}))
+            self._camera_ok[name] = ok
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                _topic, payload = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            cid = None
+            try:
+                body = json.loads(payload)
+                cid = body.get("correlation_id") if isinstance(body, dict) else None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass
+            self.current_command = cid if isinstance(cid, str) else None
+            cid, cmd, error, data = self.dispatcher.handle(payload)
+            self.current_command = None
+            if isinstance(data, Future):
+                self.pending.append(Pending(cid, cmd or "", data,
+                                            time.monotonic() + COMMAND_TIMEOUT_S))
+                continue
+            self._answer(cid, cmd, error, data)
+
+    def _answer(self, cid: str | None, cmd: str | None, error: str | None,
+                data: dict[str, Any] | None) -> None:
+        if error:
+            self.reporter.publish(EventRecord("command_rejected", "warning", "cmd",
+                                              {"error": error[:500], "command": cmd}))
+        self.reporter.respond(cid, cmd, error, data)
+
+    def _settle_pending(self) -> None:
+        still = []
+        for p in self.pending:
+            if p.future.done():
+                try:
+                    self._answer(p.correlation_id, p.command, None, p.future.result())
+                except (CommandError, ValueError, OSError) as e:
+                    self._answer(p.correlation_id, p.command, str(e), None)
+                except Exception as e:
+                    log.exception("command %s failed", p.command)
+                    self._answer(p.correlation_id, p.command,
+                                 f"command failed: {type(e).__name__}: {e}", None)
+            elif time.monotonic() > p.deadline:
+                self._answer(p.correlation_id, p.command, "not confirmed within "
+                             f"{COMMAND_TIMEOUT_S:.0f} s (the lighting thread is busy); it "
+                             "may still take effect", None)
+            else:
+                still.append(p)
+        self.pending = still
+
+    def publish_health(self) -> None:
+        """Queue a health message (and an overflow event when the outbox dropped data)."""
+        trust = self.lighting.trust_state if self.lighting else None
+        self.reporter.publish(HealthRecord(
+            system=system_health(self.cfg.aggregates.path.parent),
+            uptime_s=self.clock.monotonic() - self.started,
+            outbox={"queued": len(self.outbox) if self.outbox else 0,
+                    "dropped": self.outbox.dropped if self.outbox else 0},
+            cameras={n: w.state for n, w in self.workers.items()},
+            clock={"trusted": trust.trusted, "reasons": trust.reasons, "votes": trust.votes}
+            if trust else {"trusted": True, "reasons": ["no lighting: not checked"]},
+            lighting=self.lighting.summary() if self.lighting else {}))
+
+    # -- reload ---------------------------------------------------------------------------
+    def reload(self) -> dict[str, Any]:
+        """Reload the provisioning file transactionally: build and check everything new
+        (models, buses) first, then swap; on any failure the running config stays and
+        the error is the answer."""
         if self.config_path is None:
             raise CommandError("this agent was not started from a config file")
         try:
-            load_config(self.config_path)
+            new = load_config(self.config_path)
         except ConfigError as e:
             raise CommandError("config is invalid, nothing changed: "
                                + "; ".join(str(p) for p in e.problems[:5])) from None
-        self.reload_requested.set()
-        return "valid; restarting the pipelines with it"
-
-    def _snapshot(self, camera: str | None) -> dict:
-        """The ``request_snapshot`` command: an annotated frame written on the pole."""
-        from agent.vision.snapshot import SnapshotError, take_snapshot
-
-        if self.config_path is None:
-            raise CommandError("this agent was not started from a config file")
-        name = camera or self.cfg.cameras[0].name
-        out = self.cfg.aggregates.path.parent / "snapshots" / f"{name}-{int(time.time())}.png"
+        if new.device != self.cfg.device:
+            raise CommandError("device id and site cannot change by reload, nothing changed: "
+                               "restart the agent")
+        if new.mqtt != self.cfg.mqtt or new.aggregates != self.cfg.aggregates:
+            raise CommandError("mqtt or aggregates settings changed: these need a restart "
+                               "of the agent; nothing changed")
+        old_cams = {c.name: c for c in self.cfg.cameras}
+        changed = [c for c in new.cameras if old_cams.get(c.name) != c]
         try:
-            info = take_snapshot(self.config_path, name, out, timeout=10)
-        except (SnapshotError, ConfigError) as e:
-            raise CommandError(str(e)) from None
-        return {"camera": name, "path": str(out), **info}
+            fresh = {c.name: self._make_worker(c, strict=True) for c in changed}
+        except (ModelError, ConfigError) as e:
+            raise CommandError(f"a camera's model failed, nothing changed: "
+                               f"{str(e).splitlines()[0]}") from None
+        notes: list[str] = []
+        lighting_changed = new.lighting != self.cfg.lighting or (
+            new.lighting is not None and new.clock != self.cfg.clock)
+        if lighting_changed:
+            if self.lighting is not None and new.lighting is not None \
+                    and new.clock == self.cfg.clock:
+                lighting = self.lighting
+                fut = lighting.submit(lambda: lighting.reload(new.lighting,  # type: ignore[arg-type]
+                                                              [c.name for c in new.cameras]))
+                try:
+                    notes += fut.result(timeout=COMMAND_TIMEOUT_S)
+                except Exception as e:
+                    raise CommandError(f"lighting failed, nothing changed: {e}") from None
+            else:
+                raise CommandError("adding or removing the lighting section, or changing the "
+                                   "clock sources, needs a restart; nothing changed")
+        removed = [n for n in old_cams if n not in {c.name for c in new.cameras}]
+        now, mono = self.clock.time(), self.clock.monotonic()
+        for name in [*removed, *fresh]:
+            old = self.workers.pop(name, None)
+            if old is not None:
+                old.stop()
+                old._flush()
+                self._deliver(old.aggregator.flush(now, mono, old.state), mono)
+        self.cfg = new
+        for name, w in fresh.items():
+            self.workers[name] = w
+            w.start(self.stop_event)
+        summary = {"cameras_restarted": sorted(fresh), "cameras_removed": removed,
+                   "lighting": notes}
+        self.reporter.publish(EventRecord("config_reloaded", "info", "config", summary))
+        return summary
 
-    def _make_pipeline(self, cam: CameraConfig, source_fps: float) -> CameraPipeline:
-        fps = cam.fps_limit or source_fps or 15.0
-        return CameraPipeline(self.detectors[cam.name], settings_for(cam, fps))
-
-    def start(self) -> None:
-        """Start every camera and its worker."""
-        for w in self.workers:
-            log.info("camera %s: %s", w.cfg.name, describe(w.cfg.source))
-            w.source.start()
-            w.thread = threading.Thread(target=w.run, args=(self.stop_event, self._make_pipeline),
-                                        name=f"pipeline-{w.cfg.name}", daemon=True)
-            w.thread.start()
-
-    def tick(self, now: float | None = None) -> list[dict]:
-        """Close finished intervals and write them; returns the records written."""
-        now = time.time() if now is None else now
-        out: list[dict] = []
-        for w in self.workers:
-            out.extend(w.aggregator.roll(now))
-        self.sink.write(out)
-        self.records.extend(out)
-        if out:
-            self.city.on_interval(out, self.camera_states())
-        return out
-
-    def camera_states(self) -> dict[str, str]:
-        """Each camera's source state (live, reconnecting, ended, error...)."""
-        return {w.cfg.name: w.source.stats.state for w in self.workers}
-
-    def stop(self) -> list[dict]:
-        """Stop cameras and workers; write the open interval as partial."""
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self) -> list[TrafficRecord]:
+        """Stop cameras, close the open intervals as partial, leave the lamps safe, give the
+        uplink a short grace to send what is queued, close."""
         self.stop_event.set()
-        for w in self.workers:
-            w.source.stop()
-            if w.thread:
-                w.thread.join(timeout=5)
-        now = time.time()
-        out = self.tick(now)
-        tail: list[dict] = []
-        for w in self.workers:
-            tail.extend(w.aggregator.flush(now))
-        self.sink.write(tail)
-        self.records.extend(tail)
-        if tail:
-            self.city.on_interval(tail, self.camera_states())
-        if self.city.uplink is not None and self.city.outbox is not None:
-            end = time.monotonic() + 3  # a short grace to send what is queued; the rest waits
-            while len(self.city.outbox) and time.monotonic() < end:
+        for w in self.workers.values():
+            w.stop()
+        now, mono = self.clock.time(), self.clock.monotonic()
+        out = self.step()
+        tail: list[TrafficRecord] = []
+        for w in self.workers.values():
+            tail += w.aggregator.flush(now, mono, w.state)
+        self._deliver(tail, mono)
+        if self.lighting is not None:
+            self.lighting.stop()
+        if self.uplink is not None and self.outbox is not None:
+            end = time.monotonic() + 3
+            while self.uplink.connected and len(self.outbox) and time.monotonic() < end:
                 time.sleep(0.05)
-        self.city.close()
+            self.uplink.stop()
         return out + tail
 
     def all_ended(self) -> bool:
-        """True when every source has ended (files without loop)."""
-        return all(w.source.ended.is_set() and not (w.thread and w.thread.is_alive())
-                   for w in self.workers)
+        """True when every camera's source has ended (files without loop) or never started."""
+        return all(w.detector is None or (w.source.ended.is_set()
+                                           and not (w.thread and w.thread.is_alive()))
+                   for w in self.workers.values())
 
     def status_line(self) -> str:
-        """One line: per camera, state, frames, detector latency and counts since start."""
-        parts = []
-        for w in self.workers:
-            st = w.source.stats
-            p = w.pipeline
-            c = " ".join(f"{line}: " + " ".join(f"{d} {n}" for d, n in dirs.items())
-                         for line, dirs in (w.totals or {}).items()) or "no crossings yet"
-            lat = f"{p.mean_detector_ms:.0f}ms" if p and p.frames_detected else "-"
-            parts.append(f"[{w.cfg.name} {st.state} frames {st.frames_read} drop {st.frames_dropped}"
-                         f" det {lat}] {c}")
-        for name, ctl in self.city.groups.items():
-            lvl = ctl.last_level_pct
-            parts.append(f"lamps {name} {'-' if lvl is None else f'{lvl:.0f}%'}"
-                         f" {self.city._modes.get(name, '')}".rstrip())
-        up = self.city.uplink
-        if up is not None:
-            q = len(self.city.outbox) if self.city.outbox else 0
-            parts.append(f"mqtt {'up' if up.connected else 'DOWN'} queued {q}")
+        """One line: cameras, lamps, uplink."""
+        parts = [w.status() for w in self.workers.values()]
+        if self.lighting is not None:
+            s = self.lighting.summary()
+            if not s["clockTrusted"]:
+                parts.append("CLOCK UNTRUSTED")
+            for name, g in s["groups"].items():
+                lvl = g["levelPct"]
+                parts.append(f"lamps {name} {'-' if lvl is None else f'{lvl:.0f}%'} "
+                             f"{g['mode'] or ''}".rstrip())
+            for name, b in s["buses"].items():
+                if b["state"] != "up":
+                    parts.append(f"bus {name} {b['state'].upper()}")
+        if self.uplink is not None:
+            q = len(self.outbox) if self.outbox else 0
+            parts.append(f"mqtt {'up' if self.uplink.connected else 'DOWN'} queued {q}")
+        elif self.uplink_problem:
+            parts.append("mqtt DISABLED")
         return " | ".join(parts)
 
 
 def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:
-    """Load the config, run until stopped (or ``duration``), return an exit code."""
+    """Load the config, run until stopped (or ``duration`` real seconds), return an exit
+    code: 0 stopped, 1 invalid config, 2 bad environment, 3 internal error."""
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -242,10 +426,11 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
         print(f"{config}: INVALID, not starting", file=sys.stderr)
         return 1
     try:
-        agent = Agent(cfg, config)
-    except (ModelError, ConfigError, BusError) as e:
+        clock = from_environment()
+    except ValueError as e:
         print(f"agent: error: {e}", file=sys.stderr)
-        return 1
+        return 2
+    agent = Agent(cfg, config, clock)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -257,33 +442,35 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
     agent.start()
     t0 = time.monotonic()
     last_print = 0.0
+    rc = 0
     print(f"polelink agent: device {cfg.device.id} at {cfg.device.site}, "
           f"{len(cfg.cameras)} camera(s), {cfg.aggregates.interval_s} s intervals -> "
-          f"{cfg.aggregates.path}", flush=True)
+          f"{cfg.aggregates.path}"
+          + (f"; lighting: {len(cfg.lighting.groups)} group(s)" if cfg.lighting else ""),
+          flush=True)
     try:
         while not stop.is_set():
-            stop.wait(0.5)
-            for r in agent.tick():
-                where = r.get("line") or r.get("zone")
-                print(f"\n{r['interval_start']} {r['camera']}/{where}: total {r['total']} "
-                      f"{r['counts']} frames {r['frames_analysed']} dropped {r['frames_dropped']}",
-                      flush=True)
+            stop.wait(0.25)
+            for r in agent.step():
+                where = r.line or r.zone
+                print(f"\n{r.to_json()['interval_start']} {r.camera}/{where}: total {r.total} "
+                      f"{r.counts} frames {r.frames_analysed} dropped {r.frames_dropped} "
+                      f"camera {r.camera_state}", flush=True)
             if live and time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
                 end = "\r" if sys.stdout.isatty() else "\n"
                 print(agent.status_line()[:240].ljust(120), end=end, flush=True)
             if duration is not None and time.monotonic() - t0 >= duration:
                 break
-            if agent.all_ended():
+            if agent.all_ended() and agent.lighting is None:
                 log.info("all sources ended")
                 break
-            if agent.reload_requested.is_set():
-                log.info("reloading %s", config)
-                agent.stop()
-                cfg = load_config(config)
-                agent = Agent(cfg, config)
-                agent.start()
+    except Exception:
+        log.exception("internal error in the main loop; stopping with the lamps at their "
+                      "safe level")
+        rc = 3
     finally:
         agent.stop()
-        print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}")
-    return 0
+        print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}"
+              + ("; lamps left at their safe level" if agent.lighting else ""), flush=True)
+    return rc

@@ -22,24 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.lighting.dimming import FEATURES, features
-from agent.lighting.envelope import LUMINANCE, MAX_STEPS
+from agent.lighting.rule import rule_share
 
 HERE = Path(__file__).resolve().parent
-
-#: Relative hourly volume (vehicles/h ÷ design peak) → M-class steps down from the design
-#: class, after CEN/TR 13201-1's traffic-volume parameter bands.
-VOLUME_STEPS = ((0.45, 0), (0.15, 1), (0.07, 2), (0.0, MAX_STEPS))
-
-
-def target_level(design: int, rel_volume: float, heavy: float, moto: float) -> float:
-    """The rule the model learns: share of the design class's luminance to light at."""
-    steps = next(s for thr, s in VOLUME_STEPS if rel_volume >= thr)
-    if heavy >= 0.25:       # many buses/lorries: one step less reduction
-        steps = max(0, steps - 1)
-    if moto >= 0.6:         # mostly motorbikes (vulnerable riders): one step less reduction
-        steps = max(0, steps - 1)
-    return LUMINANCE[min(6, design + steps)] / LUMINANCE[design]
-
 
 def dataset(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random night situations and the rule's level for each."""
@@ -52,7 +37,7 @@ def dataset(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     moto = rng.beta(2, 2, n)
     design = rng.integers(1, 6, n)  # M1..M5 (M6 cannot step down)
     x = features(hour, sun, vph, peak, heavy, moto, design)
-    y = np.array([target_level(int(d), float(r), float(h), float(m))
+    y = np.array([rule_share(int(d), float(r), float(h), float(m))
                   for d, r, h, m in zip(design, rel, heavy, moto, strict=True)], np.float32)
     return x, y[:, None]
 

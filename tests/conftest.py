@@ -51,7 +51,7 @@ def city_stack(tmp_path: Path, sim_clip: tuple[Path, dict]):
     from sim.dali import DaliEmulator, make_gear
     from sim.platform import PlatformSim
     from tests.mqtt_broker import Broker
-    from tests.test_city import config_text
+    from tests.test_agent_mqtt import config_text
 
     broker = Broker(tmp_path).start()
     emu = DaliEmulator(make_gear(2), "hat").start()

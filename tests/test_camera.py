@@ -63,16 +63,28 @@ def test_live_queue_keeps_newest_and_counts_drops() -> None:
     assert q.get(0.2) is None and time.monotonic() - t0 < 0.5
 
 
-def test_missing_file_ends_with_error_and_never_blocks(tmp_path: Path) -> None:
-    cfg = FileSource.model_construct(kind="file", path=tmp_path / "gone.mp4", loop=False,
+def test_missing_file_is_retried_never_blocks_and_comes_back(tmp_path: Path,
+                                                              sim_clip: tuple[Path, dict]) -> None:
+    """A deleted camera file is an outage, not the end of the camera."""
+    import shutil
+
+    gone = tmp_path / "gone.avi"
+    cfg = FileSource.model_construct(kind="file", path=gone, loop=True,
                                      realtime=False, reconnect_initial_s=0.1,
                                      reconnect_max_s=0.2, stall_timeout_s=1.0)
     src = CameraSource(cfg).start()
-    t0 = time.monotonic()
-    assert src.get(timeout=1.0) is None
-    assert time.monotonic() - t0 < 1.5
-    assert src.ended.wait(2) and src.stats.state == "error" and "cannot open" in src.stats.last_error
-    src.stop()
+    try:
+        t0 = time.monotonic()
+        assert src.get(timeout=1.0) is None
+        assert time.monotonic() - t0 < 1.5
+        assert wait_until(lambda: src.stats.open_failures >= 3, 5)     # retried with back-off
+        assert not src.ended.is_set() and src.stats.state == "error"
+        assert "cannot open" in src.stats.last_error
+        shutil.copy(sim_clip[0], gone)                                 # the file is back
+        assert wait_until(lambda: src.get(timeout=0.2) is not None, 10)
+        assert src.stats.state == "live"
+    finally:
+        src.stop()
 
 
 @pytest.mark.slow

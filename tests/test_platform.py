@@ -44,20 +44,20 @@ def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, city_s
         pytest.skip("chromium is not installed (CI installs the Debian package)")
     from agent.runner import Agent
     from agent.settings.schema import load_config
+    from tests.helpers import NudgeClock, Running
 
     _, _, platform, cfg = city_stack
-    agent = Agent(load_config(cfg), cfg)
-    agent.start()
-    try:
-        w = agent.workers[0]
+    clock = NudgeClock()
+    agent = Agent(load_config(cfg), cfg, clock)
+    with Running(agent):
+        w = agent.workers["cam1"]
         assert wait_until(lambda: w.pipeline is not None and w.pipeline.frames > 10, 30)
         t_end = time.monotonic() + 60                 # until vehicles have been counted
-        k = 0
         while time.monotonic() < t_end and not any(
-                m.get("totalCount") for kind, m in agent.city.published if kind == "traffic"):
+                m.get("totalCount") for kind, m in list(agent.reporter.published)
+                if kind == "traffic"):
             time.sleep(1.5)
-            k += 1
-            agent.tick(time.time() + 10 * k)          # close an interval now
+            clock.skip(10)                            # close an interval now
         assert wait_until(lambda: "pole-7" in platform.state()["devices"]
                           and platform.state()["devices"]["pole-7"]["lighting"], 20)
         # a command from the platform, answered by the agent
@@ -89,5 +89,4 @@ def test_dashboard_renders_live_data_in_headless_chromium(tmp_path: Path, city_s
                 & (img[:, :, 2] < 100)).sum()
         assert blue > 50                              # the bar chart is drawn
         shutil.copy(png, Path("/tmp/polelink-dashboard.png"))
-    finally:
-        agent.stop()
+

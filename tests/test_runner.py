@@ -1,14 +1,20 @@
-"""Aggregates on the wall clock, and ``agent run`` end to end on a simulated camera."""
+"""Aggregates on the wall clock (each rule of agent/vision/aggregates.py), and ``agent run``
+end to end on a simulated camera."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.runner import Agent
 from agent.settings.schema import load_config
@@ -16,46 +22,119 @@ from agent.vision.aggregates import IntervalAggregator, JsonLinesSink, interval_
 from agent.vision.counter import CountEvent
 from tests.conftest import ROOT, SIMNET
 
+T0 = 1_699_999_980.0                     # on a minute boundary
+
 
 def ev(line: str, d: str, cls: str) -> CountEvent:
     return CountEvent(line, d, cls, 1, 0, (0.0, 0.0))
 
 
-def test_intervals_align_to_the_clock_and_roll() -> None:
+def agg(now: float = T0 + 10, interval: int = 60) -> IntervalAggregator:
+    a = IntervalAggregator("p1", "s1", "cam", {"main": ("down", "up")}, ["z"], interval,
+                           now, 1000.0)
+    a.fps = 10.0
+    return a
+
+
+def test_intervals_align_to_the_clock_and_the_first_one_is_partial_from_the_start() -> None:
     assert interval_start(1_700_000_059.9, 60) == 1_700_000_040
-    agg = IntervalAggregator("p1", "s1", "cam", {"main": ("down", "up")}, ["z"], 60)
-    t = 1_699_999_980 + 10.0  # 10 s into an interval starting on a minute edge
-    agg.add_frame(t, True, 0.02)
-    agg.add_frame(t + 1, False)
-    agg.add_dropped(t + 1, 3)
-    agg.add_late(t + 1, 2)
-    agg.add_events(t + 2, [ev("main", "up", "motorbike"), ev("main", "up", "motorbike"),
-                           ev("main", "down", "car"), ev("z", "inside", "bus")])
-    assert agg.roll(t + 40) == []  # still inside the interval
-    recs = agg.roll(t + 50.5)      # past its end
+    a = agg()                                  # started 10 s into an interval
+    a.add_frame(True, 0.02)
+    a.add_frame(False)
+    a.add_dropped(3)
+    a.add_late(2)
+    a.add_events([ev("main", "up", "motorbike"), ev("main", "up", "motorbike"),
+                  ev("main", "down", "car"), ev("z", "inside", "bus")])
+    assert a.roll(T0 + 40, 1030, "live") == []           # still inside the interval
+    recs = a.roll(T0 + 60.5, 1050.5, "live")             # past its end
     assert len(recs) == 2
-    main = next(r for r in recs if r.get("line") == "main")
-    assert main["interval_start"] == "2023-11-14T22:13:00Z"
-    assert main["interval_end"] == "2023-11-14T22:14:00Z"
-    assert main["counts"] == {"down": {"car": 1}, "up": {"motorbike": 2}} and main["total"] == 3
-    assert main["frames_analysed"] == 2 and main["frames_detected"] == 1
-    assert main["frames_dropped"] == 3 and main["detector_latency_ms_mean"] == 20.0
-    assert main["frames_late"] == 2
-    assert main["partial"] is False and main["schema"].endswith("/1")
-    zone = next(r for r in recs if r.get("zone") == "z")
-    assert zone["counts"] == {"inside": {"bus": 1}}
-    # next interval starts empty; a shutdown flush marks it partial
-    agg.add_frame(t + 55, True, 0.01)
-    (flushed, _) = agg.flush(t + 56)
-    assert flushed["partial"] is True and flushed["total"] == 0 and flushed["frames_analysed"] == 1
+    main = next(r for r in recs if r.line == "main")
+    j = main.to_json()
+    assert j["interval_start"] == "2023-11-14T22:13:10Z"  # when the agent started ...
+    assert j["interval_end"] == "2023-11-14T22:14:00Z"    # ... to the boundary
+    assert main.partial and main.frames_expected == 500   # 50 s at 10 fps, not 60 s
+    assert main.counts == {"down": {"car": 1}, "up": {"motorbike": 2}} and main.total == 3
+    assert main.frames_analysed == 2 and main.frames_detected == 1
+    assert main.frames_dropped == 3 and main.detector_latency_ms_mean == 20.0
+    assert main.frames_late == 2 and main.camera_state == "live"
+    zone = next(r for r in recs if r.zone == "z")
+    assert zone.counts == {"inside": {"bus": 1}}
+    nxt = a.roll(T0 + 120.2, 1110.2, "live")             # the next one is whole
+    assert not nxt[0].partial and nxt[0].to_json()["interval_start"] == "2023-11-14T22:14:00Z"
+
+
+def test_an_interval_without_frames_still_closes_with_the_camera_state() -> None:
+    a = agg(T0)
+    recs = a.roll(T0 + 61, 1061, "reconnecting")
+    assert [r.frames_analysed for r in recs] == [0, 0]
+    assert recs[0].camera_state == "reconnecting" and recs[0].covered_s == 0
+    assert recs[0].to_json()["total"] == 0
+
+
+def test_a_stop_and_a_restart_within_an_interval_do_not_overlap() -> None:
+    a = agg(T0 + 5)
+    a.add_frame(True)
+    (first, _) = a.flush(T0 + 20, 1015, "live")           # SIGTERM 20 s in
+    b = agg(T0 + 25)                                      # restarted 5 s later
+    b.add_frame(True)
+    (second, _) = b.roll(T0 + 61, 1036, "live")
+    assert first.partial and second.partial
+    assert first.end <= second.start                       # [5, 20] then [25, 60]
+    assert (first.start, first.end, second.start, second.end) == (T0 + 5, T0 + 20, T0 + 25, T0 + 60)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 0.05), min_size=50, max_size=400))
+def test_adds_racing_with_rolls_never_emit_an_interval_twice(gaps: list[float]) -> None:
+    """The worker adds while the main loop rolls (the 3 % duplicate race)."""
+    a = agg(T0, interval=1)
+    stop = threading.Event()
+    added = [0]
+
+    def worker() -> None:
+        while not stop.is_set():
+            a.add_frame(True)
+            a.add_events([ev("main", "up", "car")])
+            added[0] += 1
+
+    t = threading.Thread(target=worker)
+    t.start()
+    records = []
+    now = T0
+    for g in gaps:
+        now += g
+        records += a.roll(now, 1000 + now - T0, "live")
+    stop.set()
+    t.join()
+    records += a.flush(now + 0.001, 1000.0 + now - T0, "live")
+    mains = [r for r in records if r.line == "main"]
+    starts = [r.start for r in mains]
+    assert len(starts) == len(set(starts)), "an interval was emitted twice"
+    assert all(x.end <= y.start for x, y in itertools.pairwise(mains))
+    assert sum(r.total for r in mains) == added[0]          # every count exactly once
+    assert sum(r.frames_analysed for r in mains) == added[0]
+
+
+def test_clock_jumps_forward_and_back() -> None:
+    a = agg(T0)
+    a.add_frame(True)
+    (r, _) = a.roll(T0 + 8 * 3600, 1030, "live")            # +8 h
+    assert r.end == T0 + 60 and r.frames_analysed == 1      # the open one, at its true end
+    assert a.roll(T0 + 8 * 3600 + 10, 1040, "live") == []   # no burst of empty records
+    (r2, _) = a.roll(T0 + 8 * 3600 + 61, 1091, "live")
+    assert r2.partial and r2.start == T0 + 8 * 3600          # began at the jump, partial
+    a.add_frame(True)
+    (back, _) = a.roll(T0 + 100, 1121, "live")              # someone sets it 8 h back
+    assert back.partial and back.end - back.start == 31.0   # what it really covered
 
 
 def test_jsonl_sink_appends_durably(tmp_path: Path) -> None:
+    a = agg()
     sink = JsonLinesSink(tmp_path / "deep" / "agg.jsonl")
-    sink.write([{"a": 1}])
-    sink.write([{"a": 2}, {"a": 3}])
+    sink.write(a.roll(T0 + 61, 1061, "live"))
+    sink.write(a.roll(T0 + 121, 1121, "live"))
     lines = (tmp_path / "deep" / "agg.jsonl").read_text().splitlines()
-    assert [json.loads(x)["a"] for x in lines] == [1, 2, 3] and sink.written == 3
+    assert [json.loads(x)["camera_state"] for x in lines] == ["live"] * 4 and sink.written == 4
 
 
 def write_config(tmp_path: Path, video: Path, line: list[int], interval: int = 10,
@@ -80,14 +159,11 @@ aggregates: {{interval_s: {interval}, path: {tmp_path / 'agg.jsonl'}}}
 
 def test_agent_counts_a_file_into_aggregates(sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
     video, gt = sim_clip
-    # one hour-long interval stays open through the run, so stop() must write it as partial
-    # (with 10 s intervals, a tick could close the last one between the last frame and
-    # stop(), leaving nothing open: a race, not a fault)
     agent = Agent(load_config(write_config(tmp_path, video, gt["line"], interval=3600)))
     agent.start()
     end = time.monotonic() + 120
     while not agent.all_ended() and time.monotonic() < end:
-        agent.tick()
+        agent.step()
         time.sleep(0.2)
     agent.stop()
     recs = [json.loads(x) for x in (tmp_path / "agg.jsonl").read_text().splitlines()]
@@ -130,13 +206,19 @@ def test_agent_run_command_stops_cleanly_on_sigterm(sim_clip: tuple[Path, dict],
     assert recs[-1]["partial"] is True and recs[-1]["frames_analysed"] > 0
 
 
-def test_agent_run_refuses_invalid_config(tmp_path: Path) -> None:
+def test_agent_run_refuses_invalid_config_and_a_bad_clock_spec(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("device: {id: x, site: y}\ncameras: []\n")
     r = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and f"{cfg}:2:" in r.stderr and "not starting" in r.stderr
     assert not (tmp_path / "var").exists()
+    good = write_config(tmp_path, SIMNET, [0, 1, 2, 3])    # any existing file will do here
+    r = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(good)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env={**os.environ, "POLELINK_SIM_CLOCK": "start=yesterday"})
+    assert r.returncode == 2 and "POLELINK_SIM_CLOCK: start='yesterday'" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_snapshot_command(sim_clip: tuple[Path, dict], tmp_path: Path) -> None:

@@ -1,10 +1,18 @@
-"""``agent lights scan|set|query|commission``: the technician's lighting commands.
+"""``agent lights scan|set|query|commission|schedule``: the technician's lighting commands.
 
 A bus is named either by ``--config FILE [--bus NAME]`` (the pole's provisioning file;
 the first bus by default) or directly by ``--port PORT [--codec hat|foxtron]`` for DALI
-or ``--port PORT --modbus [--unit N]`` for a Modbus dimmer. Every command prints a
-readable report, or one JSON document with ``--json``. Bus faults exit 3 with the typed
-error's message; bad arguments exit 2; a bad config exits 1.
+or ``--port PORT --modbus [--unit N]`` for a Modbus dimmer; either way the bus is opened
+by the same factory as ``agent run``'s (``agent.lighting.buses``), exclusively: while the
+agent runs, a command on its bus is refused with "in use by the running agent" rather
+than mixing frames with the agent's. Every command prints a readable report, or one JSON
+document with ``--json``. Bus faults exit 3 with the typed error's message; bad arguments
+exit 2; a bad config exits 1.
+
+``commission`` also makes the gear safe without the agent: power-on and system failure
+level = the safe level (``--safe-pct``, or the largest ``safe_pct`` of the config's groups
+on that bus), fade time ``--fade-s``. ``schedule --config FILE [--date D]`` prints the
+night's steps at the pole's place, read-only.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from drivers.bus import BusError
+from drivers.bus import BusError, BusInUse
 
 EXIT_INVALID, EXIT_USAGE, EXIT_BUS = 1, 2, 3
 
@@ -49,23 +57,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--address", type=int, metavar="N", help="one DALI short address (all)")
     p.add_argument("--no-d4i", action="store_true", help="skip memory-bank reads (faster)")
-    p = lsub.add_parser("commission", help="give every DALI gear a unique short address")
+    p = lsub.add_parser("commission", help="give every DALI gear a unique short address and "
+                        "its fail-safe levels")
     common(p)
     p.add_argument("--readdress", action="store_true",
                    help="clear all short addresses first (re-number the whole bus)")
+    p.add_argument("--safe-pct", type=float, metavar="PERCENT",
+                   help="power-on / system failure level (default: the config's safe_pct, "
+                        "else 100)")
+    p.add_argument("--fade-s", type=float, default=2.0, help="fade time in seconds (2.0)")
+    p = lsub.add_parser("schedule", help="print a night's lighting steps for each group")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="the evening to show (default: today)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=run_schedule)
 
 
-def _open(a: argparse.Namespace) -> tuple[str, Any]:
+def _open(a: argparse.Namespace) -> tuple[str, Any, float | None]:
+    """``(kind, open bus, safe level from the config)`` through the shared factory."""
+    from agent.lighting.buses import open_bus
+    from agent.settings.schema import DaliBusConfig, ModbusBusConfig, load_config
+
     if a.port:
         if a.modbus:
-            from drivers.modbus import ModbusLightingController, RegisterMap
-
-            return "modbus", ModbusLightingController(a.port, RegisterMap(unit=a.unit))
-        from drivers.dali import SerialDaliBus
-
-        return "dali", SerialDaliBus(a.port, a.codec)
-    from agent.settings.schema import load_config
-
+            return "modbus", open_bus(ModbusBusConfig(name="cli", kind="modbus", port=a.port,
+                                                      unit=a.unit)), None
+        return "dali", open_bus(DaliBusConfig(name="cli", kind="dali", port=a.port,
+                                              codec=a.codec)), None
     cfg = load_config(Path(a.config))
     if cfg.lighting is None:
         raise ValueError(f"{a.config} has no lighting section")
@@ -73,16 +91,8 @@ def _open(a: argparse.Namespace) -> tuple[str, Any]:
     name = a.bus or cfg.lighting.buses[0].name
     if name not in buses:
         raise ValueError(f"no bus {name!r} in {a.config}; buses: {', '.join(buses)}")
-    b = buses[name]
-    if b.kind == "modbus":
-        from drivers.modbus import ModbusLightingController, RegisterMap
-
-        return "modbus", ModbusLightingController(
-            b.port, RegisterMap(unit=b.unit, **b.registers.model_dump()), b.baudrate,
-            b.timeout_s, b.retries)
-    from drivers.dali import SerialDaliBus
-
-    return "dali", SerialDaliBus(b.port, b.codec, b.timeout_s, b.retries)
+    safe = max((g.safe_pct for g in cfg.lighting.groups if g.bus == name), default=None)
+    return buses[name].kind, open_bus(buses[name]), safe
 
 
 def run(a: argparse.Namespace) -> int:
@@ -91,7 +101,7 @@ def run(a: argparse.Namespace) -> int:
     from drivers.dali import ops
 
     try:
-        kind, bus = _open(a)
+        kind, bus, config_safe = _open(a)
     except ConfigError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
@@ -99,6 +109,9 @@ def run(a: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except BusInUse as e:
+        print(f"agent: bus in use: {e}", file=sys.stderr)
+        return EXIT_BUS
     except BusError as e:
         print(f"agent: bus error: {e}", file=sys.stderr)
         return EXIT_BUS
@@ -147,6 +160,14 @@ def run(a: argparse.Namespace) -> int:
                     print(f"  {p}", file=sys.stderr, flush=True)
 
             out["addresses"] = ops.commission(bus, readdress=a.readdress, on_progress=progress)
+            safe = a.safe_pct if a.safe_pct is not None else config_safe or 100.0
+            if not 0 < safe <= 100 or not 0 <= a.fade_s <= 90:
+                print("agent: error: --safe-pct must be 1-100 and --fade-s 0-90", file=sys.stderr)
+                return EXIT_USAGE
+            out["failsafe"] = {"safe_pct": safe, "fade_s": ops.fade_seconds(
+                ops.fade_code(a.fade_s)), "changes": [
+                c for s_ in out["addresses"] for c in ops.ensure_failsafe(
+                    bus, s_, ops.percent_to_arc(safe), ops.fade_code(a.fade_s))]}
     except BusError as e:
         print(f"agent: bus error: {e}", file=sys.stderr)
         return EXIT_BUS
@@ -168,8 +189,13 @@ def _human(out: dict[str, Any]) -> str:
                 f"power {c['power_w']} W, energy {c['energy_wh']} Wh")
     if act in ("scan", "commission"):
         n = len(out["addresses"])
-        return f"{n} gear answer{'s' if n == 1 else ''}: short address(es) " \
+        text = f"{n} gear answer{'s' if n == 1 else ''}: short address(es) " \
                f"{', '.join(map(str, out['addresses'])) or 'none'}"
+        if "failsafe" in out:
+            f = out["failsafe"]
+            text += (f"\nfail-safe: power-on and system failure level {f['safe_pct']:g} %, "
+                     f"fade {f['fade_s']:g} s: " + ("; ".join(f["changes"]) or "all set already"))
+        return text
     if act == "set":
         return f"set {out['address']} to arc level {out['arc_level']} ({out['percent']} %)"
     lines = []
@@ -187,3 +213,47 @@ def _human(out: dict[str, Any]) -> str:
                      f"gear {d['gear_temperature_c']} °C, on-time {d['light_source_on_time_s']} s")
         lines.append(line)
     return "\n".join(lines) or "no gear"
+
+
+def run_schedule(a: argparse.Namespace) -> int:
+    """``agent lights schedule``: the night's steps for each group, at the pole's place."""
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from agent.lighting.service import make_schedule
+    from agent.settings.schema import load_config
+    from agent.settings.yamlfile import ConfigError
+
+    try:
+        cfg = load_config(Path(a.config))
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return EXIT_INVALID
+    if cfg.lighting is None:
+        print(f"agent: error: {a.config} has no lighting section", file=sys.stderr)
+        return EXIT_INVALID
+    tz = ZoneInfo(cfg.lighting.timezone or "UTC")
+    try:
+        day = date.fromisoformat(a.date) if a.date else datetime.now(tz).date()
+    except ValueError:
+        print(f"agent: error: --date must be YYYY-MM-DD, got {a.date!r}", file=sys.stderr)
+        return EXIT_USAGE
+    out: dict[str, Any] = {"date": day.isoformat(), "timezone": str(tz), "groups": {}}
+    for g in cfg.lighting.groups:
+        sched = make_schedule(cfg.lighting, g)
+        steps = [(t, st, prog) for d in (day, day + timedelta(days=1))
+                 for t, st, prog in sched.steps_on(d)]
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=tz).timestamp()
+        steps = [x for x in steps if noon <= x[0] < noon + 86400]
+        out["groups"][g.name] = [{"time": datetime.fromtimestamp(t, tz).strftime(
+            "%Y-%m-%d %H:%M"), "program": prog, "step": st.describe()} for t, st, prog in steps]
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"night of {day} ({tz}), noon to noon:")
+    for name, steps in out["groups"].items():
+        print(f"  group {name}:")
+        for s_ in steps:
+            print(f"    {s_['time']}  {s_['step']}  [{s_['program']}]")
+    return 0

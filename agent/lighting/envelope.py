@@ -1,19 +1,36 @@
-"""The safety envelope around every dimming decision, whatever the model says.
+"""The safety envelope: every lighting decision, whatever the model, the schedule or the
+platform asks for.
 
-Rules, in order (``SafetyEnvelope.apply``):
+:meth:`SafetyEnvelope.decide` applies these rules, in order:
 
-1. **Fail-safe:** when the camera, the model or the clock is not trustworthy, the output
-   is the safe level (default 100 %) at once, without ramping. The reasons are reported.
-2. **Override:** an operator's override (with an expiry) replaces the proposal until it
-   expires; it is still clamped to the class floor and 100 %.
-3. **Day:** with the sun above ``dark_below_deg`` the lamps are off (0 %).
-4. **Twilight:** between ``dark_below_deg`` and ``dim_below_deg`` the lamps burn at the
-   ceiling. Dimming is for deep night only.
-5. **Clamp** to the lighting class's floor and ceiling (dark: never below the floor, so a
-   lamp is never switched off by the policy at night).
-6. **Ramp:** the level falls by at most ``ramp_down_pct_per_min`` and rises by at most
-   ``ramp_up_pct_per_min`` per minute of elapsed time (both measured on a monotonic
-   clock); dark rules 5 and 6 can only raise the result to the floor, never below.
+1. **Clock not trusted** → the safe level (mode ``failsafe``), day or night, at once. Only
+   an override *brighter* than the safe level is honoured.
+2. **Override** (highest priority, unexpired) → its level (mode ``override``).
+3. **Schedule step** (the step in force at this time):
+
+   - a fixed step → its level (mode ``schedule``; 0 = off);
+   - an adaptive step, with the dimming model unusable → the safe level (``failsafe``);
+   - an adaptive step, with traffic not trusted (camera stale, too little data) → the
+     step's fallback level (mode ``fallback``, by default the step's maximum);
+   - an adaptive step, with trusted traffic → the model's proposal, **never below the
+     adaptive rule's level for the measured hourly volume** (:mod:`agent.lighting.rule`),
+     nor the step's minimum, nor the class floor; at most the step's maximum
+     (mode ``adaptive``).
+
+4. **Ambient light:** a light sensor reading dark while the step says off (a storm at
+   noon) → the ceiling (mode ``ambient``). A sensor can switch lamps on, never off.
+5. **Dark floor:** while it is dark (sun below -6°) no rule, step or override goes below
+   the class floor; such a level is raised to it and the reason reported.
+6. **Ramp:** levels fall by at most ``ramp_down_pct_per_min`` and rise by at most
+   ``ramp_up_pct_per_min`` (overrides included: no flicker). Switching on from off or
+   off from on is a step, not a ramp. The ramp never holds a level below the least this
+   decision requires (:attr:`Decision.min_pct`: the safe level, the fallback level, the
+   rule's level, the dark floor): the way *up* to it is immediate, since more light is
+   the safe side.
+
+The envelope only remembers the last output for the ramp; at start it is seeded with
+the level the lamps were last commanded to (the safe level), so a start at night ramps
+down instead of jumping to the floor.
 """
 
 from __future__ import annotations
@@ -21,20 +38,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-#: Average road-surface luminance (cd/m²) of the M lighting classes, EN 13201-2 Table 1.
-LUMINANCE = {1: 2.0, 2: 1.5, 3: 1.0, 4: 0.75, 5: 0.5, 6: 0.3}
+from agent.lighting.schedule import ActiveStep
 
-#: The deepest adaptive step: at most this many M classes below the design class (never
-#: below M6); see models/dimming.md.
-MAX_STEPS = 3
-
-#: Lowest level (percent of the design level) per design M class: the luminance of the
-#: class ``MAX_STEPS`` below it (M1 37.5, M2 33.3, M3 30, M4 40, M5 60, M6 100).
-DEFAULT_FLOOR_PCT = {c: round(100 * LUMINANCE[min(6, c + MAX_STEPS)] / LUMINANCE[c], 1)
-                     for c in LUMINANCE}
+MODES = ("failsafe", "override", "schedule", "fallback", "adaptive", "ambient")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EnvelopeSettings:
     """Limits for one luminaire group."""
 
@@ -43,89 +52,115 @@ class EnvelopeSettings:
     safe_pct: float = 100.0
     ramp_down_pct_per_min: float = 10.0
     ramp_up_pct_per_min: float = 100.0
-    dark_below_deg: float = -0.833
-    dim_below_deg: float = -6.0
 
     def __post_init__(self) -> None:
         if not 0 < self.floor_pct <= self.ceiling_pct <= 100:
             raise ValueError(f"need 0 < floor ({self.floor_pct}) <= ceiling "
                              f"({self.ceiling_pct}) <= 100")
-        if not 0 < self.safe_pct <= 100:
-            raise ValueError(f"safe level must be in (0, 100], got {self.safe_pct}")
+        if not self.floor_pct <= self.safe_pct <= 100:
+            raise ValueError(f"safe level must be between the floor ({self.floor_pct}) and "
+                             f"100, got {self.safe_pct}")
         if self.ramp_down_pct_per_min <= 0 or self.ramp_up_pct_per_min <= 0:
             raise ValueError("ramp limits must be positive")
 
 
-@dataclass
-class Inputs:
-    """What the envelope needs to know this interval."""
+@dataclass(frozen=True)
+class Situation:
+    """Everything the envelope needs to know at one tick."""
 
-    proposal_pct: float | None        # the model's level (None: no usable proposal)
-    sun_elevation_deg: float | None   # None when the clock is not trusted
     now_monotonic: float
-    camera_ok: bool = True
-    model_ok: bool = True
-    clock_ok: bool = True
-    override_pct: float | None = None
-    override_until_monotonic: float | None = None
+    clock_trusted: bool
+    clock_reasons: tuple[str, ...] = ()
+    step: ActiveStep | None = None          # None when the clock is not trusted
+    dark: bool = True                       # sun below -6° (True when unknown)
+    traffic_reason: str = ""                # why traffic is not trusted ("" = trusted)
+    rule_pct: float | None = None           # the adaptive rule's level for the traffic
+    proposal_pct: float | None = None       # the model's level (None: no proposal)
+    model_error: str = ""                   # why the model is unusable ("" = usable)
+    override_pct: float | None = None       # the winning override, if any
+    ambient_dark: bool | None = None        # a light sensor's view (None: none/stale)
 
 
 @dataclass
 class Decision:
-    """The level to apply and why."""
+    """The level to command and why."""
 
     level_pct: float
-    mode: str                               # failsafe | override | day | twilight | model
+    mode: str
     reasons: list[str] = field(default_factory=list)
+    step: str = ""                           # the schedule step in force, described
+    min_pct: float = 0.0                     # the least this decision may output now
 
 
 class SafetyEnvelope:
-    """Stateful (it remembers the last output for the ramp); one per luminaire group."""
+    """One per luminaire group; see the module docstring."""
 
-    def __init__(self, settings: EnvelopeSettings) -> None:
+    def __init__(self, settings: EnvelopeSettings, start_pct: float | None = None) -> None:
         self.s = settings
-        self.last_pct: float | None = None
+        self.last_pct: float | None = start_pct
         self.last_t: float | None = None
 
-    def apply(self, x: Inputs) -> Decision:
-        """The level for this interval; see the module docstring for the rules."""
+    def decide(self, x: Situation) -> Decision:
+        """The level for this tick."""
         s = self.s
-        reasons = []
-        if not x.camera_ok:
-            reasons.append("camera not trustworthy")
-        if not x.clock_ok or x.sun_elevation_deg is None \
-                or not math.isfinite(x.sun_elevation_deg):
-            reasons.append("clock not trustworthy")
-        if not x.model_ok:
-            reasons.append("model not trustworthy")
-        elif not reasons and (x.proposal_pct is None or not math.isfinite(x.proposal_pct)):
-            reasons.append("no usable model proposal")
-        override = x.override_pct is not None and (
-            x.override_until_monotonic is None or x.now_monotonic < x.override_until_monotonic)
-        if reasons and not (override and x.clock_ok):
-            return self._emit(s.safe_pct, "failsafe", x.now_monotonic, reasons, ramp=False)
-        dark = x.sun_elevation_deg is None or x.sun_elevation_deg < s.dark_below_deg
-        if override:
-            assert x.override_pct is not None
-            level = min(100.0, max(s.floor_pct if dark else 0.0, float(x.override_pct)))
-            return self._emit(level, "override", x.now_monotonic, reasons, ramp=False)
-        assert x.sun_elevation_deg is not None and x.proposal_pct is not None
-        if not dark:
-            return self._emit(0.0, "day", x.now_monotonic, reasons, ramp=False)
-        if x.sun_elevation_deg >= s.dim_below_deg:
-            return self._emit(s.ceiling_pct, "twilight", x.now_monotonic, reasons, ramp=True)
-        level = min(s.ceiling_pct, max(s.floor_pct, float(x.proposal_pct)))
-        return self._emit(level, "model", x.now_monotonic, reasons, ramp=True)
+        if not x.clock_trusted or x.step is None:
+            reasons = list(x.clock_reasons) or ["clock not trustworthy"]
+            if x.override_pct is not None and _finite(x.override_pct) \
+                    and x.override_pct > s.safe_pct:
+                return self._emit(Decision(min(100.0, x.override_pct), "override", reasons,
+                                           min_pct=s.safe_pct), x, ramp=False)
+            return self._emit(Decision(s.safe_pct, "failsafe", reasons, min_pct=s.safe_pct),
+                              x, ramp=False)
+        step = x.step.step
+        d = Decision(0.0, "schedule", [], step.describe())
+        if x.override_pct is not None and _finite(x.override_pct):
+            d.level_pct, d.mode = min(100.0, max(0.0, x.override_pct)), "override"
+        elif step.adaptive is None:
+            d.level_pct = float(step.level_pct or 0.0)
+        elif x.model_error:
+            d.level_pct = d.min_pct = s.safe_pct
+            d.mode = "failsafe"
+            d.reasons.append(x.model_error)
+        elif x.traffic_reason or x.rule_pct is None:
+            d.level_pct = d.min_pct = step.adaptive.fallback
+            d.mode = "fallback"
+            d.reasons.append(x.traffic_reason or "no traffic figures")
+        else:
+            a = step.adaptive
+            lo = max(a.min_pct, s.floor_pct, x.rule_pct)
+            hi = max(min(a.max_pct, s.ceiling_pct), lo)     # the rule beats the ceiling
+            proposal = x.proposal_pct if x.proposal_pct is not None \
+                and _finite(x.proposal_pct) else hi
+            d.level_pct, d.min_pct, d.mode = min(max(proposal, lo), hi), lo, "adaptive"
+            if proposal < lo:
+                d.reasons.append(f"model's {proposal:.0f} % raised to {lo:.0f} % "
+                                 f"(rule {x.rule_pct:.0f} %, floor {s.floor_pct:g} %)")
+        if d.level_pct <= 0 and x.ambient_dark:
+            d.level_pct = d.min_pct = s.ceiling_pct
+            d.mode = "ambient"
+            d.reasons.append("light sensor reads dark")
+        if x.dark:
+            if d.level_pct < s.floor_pct:
+                d.reasons.append(f"{d.level_pct:g} % raised to the class floor "
+                                 f"{s.floor_pct:g} %: it is dark")
+                d.level_pct = s.floor_pct
+            d.min_pct = max(d.min_pct, s.floor_pct)
+        return self._emit(d, x, ramp=True)
 
-    def _emit(self, level: float, mode: str, now: float, reasons: list[str],
-              ramp: bool) -> Decision:
-        s = self.s
-        if ramp and self.last_pct is not None and self.last_t is not None and self.last_pct > 0:
-            minutes = max(0.0, now - self.last_t) / 60
-            lo = self.last_pct - s.ramp_down_pct_per_min * minutes
-            hi = self.last_pct + s.ramp_up_pct_per_min * minutes
-            level = min(max(level, lo), hi)
-            level = max(level, s.floor_pct)  # in the dark, never below the floor
-            level = min(level, 100.0)
+    def _emit(self, d: Decision, x: Situation, ramp: bool) -> Decision:
+        s, now = self.s, x.now_monotonic
+        level = d.level_pct
+        last = self.last_pct
+        if ramp and last is not None and last > 0 and level > 0:
+            minutes = 0.0 if self.last_t is None else max(0.0, now - self.last_t) / 60
+            level = min(max(level, last - s.ramp_down_pct_per_min * minutes),
+                        last + s.ramp_up_pct_per_min * minutes)
+            level = max(level, d.min_pct)
+        level = round(min(100.0, max(0.0, level)), 3)
         self.last_pct, self.last_t = level, now
-        return Decision(round(level, 3), mode, reasons)
+        d.level_pct = level
+        return d
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)

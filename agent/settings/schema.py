@@ -9,6 +9,7 @@ problems name the file, line, field path and what would be valid.
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -235,6 +236,10 @@ class ModbusRegisters(Strict):
     power_scale_w: Annotated[float, Field(gt=0)] = 0.1
     energy_register: Annotated[int, Field(ge=0, le=65534)] | None = 1
     energy_scale_wh: Annotated[float, Field(gt=0)] = 1.0
+    status_register: Annotated[int, Field(ge=0, le=65535)] | None = None
+    lamp_failure_bit: Annotated[int, Field(ge=0, le=15)] = 0
+    failsafe_level_register: Annotated[int, Field(ge=0, le=65535)] | None = None
+    power_on_level_register: Annotated[int, Field(ge=0, le=65535)] | None = None
 
 
 class DaliBusConfig(Strict):
@@ -244,6 +249,7 @@ class DaliBusConfig(Strict):
     kind: Literal["dali"]
     port: str = "/dev/ttyS0"
     codec: Literal["hat", "foxtron"] = "hat"
+    parity: Literal["N", "E", "O"] = "N"
     timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.2
     retries: Annotated[int, Field(ge=0, le=10)] = 3
 
@@ -280,6 +286,20 @@ class LuminaireGroupConfig(Strict):
     safe_pct: Annotated[float, Field(gt=0, le=100)] = 100.0
     ramp_down_pct_per_min: Annotated[float, Field(gt=0, le=100)] = 10.0
     ramp_up_pct_per_min: Annotated[float, Field(gt=0, le=1000)] = 100.0
+    program: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+
+    @property
+    def class_number(self) -> int:
+        """The design class as a number (M3 → 3)."""
+        return int(self.design_class[1])
+
+    @property
+    def floor(self) -> float:
+        """The effective floor: ``floor_pct``, or the class's deepest adaptive step."""
+        from agent.lighting.rule import DEFAULT_FLOOR_PCT
+
+        return self.floor_pct if self.floor_pct is not None \
+            else DEFAULT_FLOOR_PCT[self.class_number]
 
     @field_validator("address")
     @classmethod
@@ -291,22 +311,160 @@ class LuminaireGroupConfig(Strict):
 
     @model_validator(mode="after")
     def _limits(self) -> LuminaireGroupConfig:
-        if self.floor_pct is not None and self.floor_pct > self.ceiling_pct:
-            raise ValueError(f"floor_pct ({self.floor_pct}) must not exceed ceiling_pct "
-                             f"({self.ceiling_pct})")
+        from agent.lighting.rule import DEFAULT_FLOOR_PCT, MAX_STEPS
+
+        lowest = DEFAULT_FLOOR_PCT[self.class_number]
+        if self.floor_pct is not None and self.floor_pct < lowest:
+            raise ValueError(f"@floor_pct: {self.floor_pct:g} % is darker than any level the "
+                             f"adaptive rule allows for {self.design_class} ({MAX_STEPS} "
+                             f"classes down = {lowest:g} %); use at least {lowest:g}")
+        if self.floor > self.ceiling_pct:
+            raise ValueError(f"@floor_pct: the floor ({self.floor:g} %) must not exceed "
+                             f"ceiling_pct ({self.ceiling_pct:g} %)")
+        if self.safe_pct < self.floor:
+            raise ValueError(f"@safe_pct: the safe level ({self.safe_pct:g} %) must not be "
+                             f"below the class floor ({self.floor:g} % for "
+                             f"{self.design_class}): the fail-safe would under-light the road")
         return self
 
 
+WEEKDAY_NAMES = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ASTRO_EVENTS = ("sunrise", "sunset", "dawn", "dusk")
+
+
+class AdaptiveConfig(Strict):
+    """Traffic-adaptive dimming between ``min`` and ``max`` percent."""
+
+    min: Annotated[float, Field(ge=0, le=100)] = 0.0
+    max: Annotated[float, Field(gt=0, le=100)] = 100.0
+    fallback: Annotated[float, Field(gt=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> AdaptiveConfig:
+        if self.min > self.max:
+            raise ValueError(f"@min: min ({self.min:g}) must not exceed max ({self.max:g})")
+        return self
+
+
+class StepConfig(Strict):
+    """A control-program step (TALQ FixedTimeStep or AstroClockStep)."""
+
+    at: str | int = Field(description="'HH:MM' local time, or sunset, sunrise, dusk, dawn")
+    offset_min: Annotated[float, Field(ge=-720, le=720)] = 0.0
+    level: Annotated[float, Field(ge=0, le=100)] | None = None
+    adaptive: AdaptiveConfig | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: str | int) -> str:
+        from agent.lighting.schedule import parse_time_of_day
+
+        if isinstance(v, str) and v.strip().lower() in ASTRO_EVENTS:
+            return v.strip().lower()
+        return parse_time_of_day(v)
+
+    @model_validator(mode="after")
+    def _one(self) -> StepConfig:
+        if (self.level is None) == (self.adaptive is None):
+            raise ValueError("a step needs exactly one of 'level' (percent, 0 = off) or "
+                             "'adaptive' ({min, max, fallback})")
+        return self
+
+
+class CalendarRuleConfig(Strict):
+    """Which days a program runs (TALQ Calendar); the first matching rule wins."""
+
+    program: Annotated[str, Field(pattern=NAME_PATTERN)]
+    dates: list[str | date] = Field(default_factory=list)
+    weekdays: list[WEEKDAY_NAMES] = Field(default_factory=list)
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default_factory=list)
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, v: list[str | date]) -> list[str | date]:
+        for d in v:
+            if isinstance(d, date):
+                continue
+            m = re.fullmatch(r"(\d{4}-)?(\d{2})-(\d{2})", str(d).strip())
+            try:
+                if not m:
+                    raise ValueError
+                date(int(m.group(1)[:4]) if m.group(1) else 2024, int(m.group(2)),
+                     int(m.group(3)))
+            except ValueError:
+                raise ValueError(f"dates must be 'MM-DD' (every year) or 'YYYY-MM-DD'; "
+                                 f"got {d!r}") from None
+        return v
+
+
+class GnssClockConfig(Strict):
+    """A GNSS receiver's NMEA output on a serial port."""
+
+    port: str
+    baudrate: Literal[4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    tolerance_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class RtcClockConfig(Strict):
+    """A battery-backed RTC, read through sysfs."""
+
+    path: Path = Path("/sys/class/rtc/rtc0/since_epoch")
+    tolerance_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+
+class ClockConfig(Strict):
+    """Which time sources may vouch for the wall clock (see agent/lighting/clocktrust.py)."""
+
+    sources: Annotated[list[Literal["kernel", "gnss", "rtc", "assume_synced"]],
+                       Field(min_length=1)] = Field(default_factory=lambda: ["kernel"])
+    max_error_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    max_jump_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    kernel_rejoin_s: Annotated[float, Field(ge=0, le=86400)] = 3600.0
+    gnss: GnssClockConfig | None = None
+    rtc: RtcClockConfig | None = None
+
+    @model_validator(mode="after")
+    def _sources(self) -> ClockConfig:
+        _require_unique("source", list(self.sources))
+        if "gnss" in self.sources and self.gnss is None:
+            raise ValueError("@sources: 'gnss' needs a gnss section ({port: /dev/ttyAMA0})")
+        return self
+
+
+class AmbientConfig(Strict):
+    """An ambient-light reading in a file (lux), rewritten by a sensor daemon."""
+
+    kind: Literal["file"] = "file"
+    path: Path = Path("/run/polelink/lux")
+    dark_below_lux: Annotated[float, Field(gt=0, le=10000)] = 50.0
+    max_age_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+
+
 class LightingConfig(Strict):
-    """The pole's luminaires, buses and dimming."""
+    """The pole's luminaires, buses, schedules and dimming."""
 
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
+    timezone: str | None = None
     model: Path = Field(default=Path(__file__).resolve().parents[2] / "models" / "dimming.md",
                         validate_default=True)
     camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    traffic_window_s: Annotated[float, Field(ge=60, le=86400)] = 3600.0
+    traffic_min_coverage_s: Annotated[float, Field(ge=0, le=86400)] = 600.0
+    tick_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    refresh_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    status_period_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    energy_period_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    diagnostics_period_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    fade_s: Annotated[float, Field(ge=0, le=90)] = 2.0
+    configure_gear: bool = True
+    overrides_path: Path = Field(default=Path("var/overrides.json"), validate_default=True)
+    ambient: AmbientConfig | None = None
     buses: Annotated[list[LightingBusConfig], Field(min_length=1)]
     groups: Annotated[list[LuminaireGroupConfig], Field(min_length=1)]
+    programs: dict[Annotated[str, Field(pattern=NAME_PATTERN)],
+                   Annotated[list[StepConfig], Field(min_length=1)]] = Field(default_factory=dict)
+    calendar: list[CalendarRuleConfig] = Field(default_factory=list)
 
     @field_validator("model")
     @classmethod
@@ -316,15 +474,76 @@ class LightingConfig(Strict):
             raise ValueError(f"dimming model card {p} does not exist")
         return p
 
+    @field_validator("overrides_path")
+    @classmethod
+    def _rel(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolve(v, info)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            import difflib
+
+            hint = difflib.get_close_matches(v, sorted(available_timezones()), n=1)
+            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as "
+                             f"Asia/Ho_Chi_Minh" + (f" (did you mean {hint[0]!r}?)"
+                                                     if hint else "")) from None
+        return v
+
     @model_validator(mode="after")
     def _refs(self) -> LightingConfig:
         _require_unique("bus", [b.name for b in self.buses])
         _require_unique("group", [g.name for g in self.groups])
         buses = {b.name: b for b in self.buses}
-        for g in self.groups:
+        used: dict[str, str] = {}
+        for i, g in enumerate(self.groups):
             if g.bus not in buses:
-                raise ValueError(f"group {g.name!r}: bus {g.bus!r} is not defined; buses: "
+                raise ValueError(f"@groups[{i}].bus: bus {g.bus!r} is not defined; buses: "
                                  f"{', '.join(buses)}")
+            if buses[g.bus].kind == "modbus" and g.bus in used:
+                raise ValueError(f"@groups[{i}].bus: modbus bus {g.bus!r} drives one controller "
+                                 f"output and already belongs to group {used[g.bus]!r}")
+            used[g.bus] = g.name
+            if g.program is not None and g.program not in self.programs:
+                raise ValueError(f"@groups[{i}].program: no program {g.program!r}; programs: "
+                                 f"{', '.join(self.programs) or 'none'}")
+        for i, rule in enumerate(self.calendar):
+            if rule.program not in self.programs:
+                raise ValueError(f"@calendar[{i}].program: no program {rule.program!r}; "
+                                 f"programs: {', '.join(self.programs) or 'none'}")
+        if self.programs and not self.calendar and len(self.programs) > 1 \
+                and any(g.program is None for g in self.groups):
+            raise ValueError("@calendar: with several programs, a calendar must say which "
+                             "runs when (the last rule, with no dates, is the default)")
+        for name, steps in self.programs.items():
+            seen = set()
+            for k, st in enumerate(steps):
+                key = (st.at, st.offset_min)
+                if key in seen:
+                    raise ValueError(f"@programs.{name}[{k}].at: two steps start at "
+                                     f"{st.at}{st.offset_min:+g} min")
+                seen.add(key)
+                if st.at not in ASTRO_EVENTS and self.timezone is None:
+                    raise ValueError(f"@programs.{name}[{k}].at: a fixed-time step "
+                                     f"({st.at}) needs lighting.timezone (e.g. Asia/Ho_Chi_Minh)")
+                for g in self.groups:
+                    if st.level is not None and 0 < st.level < g.floor:
+                        raise ValueError(
+                            f"@programs.{name}[{k}].level: {st.level:g} % is below the class "
+                            f"floor of group {g.name!r} ({g.floor:g} %, {g.design_class}); it "
+                            f"would be raised to the floor at night: use 0 (off) or at least "
+                            f"{g.floor:g}")
+                    if st.adaptive is not None and st.adaptive.max < g.floor:
+                        raise ValueError(
+                            f"@programs.{name}[{k}].adaptive.max: {st.adaptive.max:g} % is "
+                            f"below the class floor of group {g.name!r} ({g.floor:g} %)")
         return self
 
 
@@ -374,6 +593,7 @@ class AgentConfig(Strict):
     device: DeviceConfig
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
     aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     lighting: LightingConfig | None = None
     mqtt: MqttConfig | None = None
 

@@ -10,6 +10,7 @@ last) are reported as errors here.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -141,6 +142,22 @@ def _unwrap(tp: Any, node: Any) -> Any:
             return tp
 
 
+#: A validator that checks several fields together names the one at fault by starting its
+#: message with ``@relative.path: `` (e.g. ``@programs.standard[1].level: …``).
+_DEEPER = re.compile(r"^(?:Value error, )?@([A-Za-z0-9_.\[\]-]+): ")
+
+
+def _deeper(err: dict[str, Any]) -> Loc:
+    """The relative location a validator named in its message (see :data:`_DEEPER`)."""
+    m = _DEEPER.match(str(err.get("msg", "")))
+    if not m:
+        return ()
+    parts: list[Any] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", m.group(1)):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
 def _explain(err: dict[str, Any], model: type[BaseModel], data: Any, loc: Loc) -> str:
     etype = err["type"]
     msg = str(err["msg"])
@@ -161,6 +178,7 @@ def _explain(err: dict[str, Any], model: type[BaseModel], data: Any, loc: Loc) -
     given = err.get("input")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    msg = _DEEPER.sub("", msg)
     if given is not None and not isinstance(given, dict | list) and etype != "value_error":
         return f"{msg} (got {given!r})"
     return msg
@@ -205,7 +223,7 @@ def validate_file(path: Path, model: type[M], context: dict[str, Any] | None = N
     except ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
-            loc = _data_path(data, tuple(err["loc"]))
+            loc = _data_path(data, tuple(err["loc"]) + _deeper(err))
             if err["type"] == "extra_forbidden" and loc in key_marks:
                 line, col = key_marks[loc]
             else:

@@ -14,8 +14,18 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
+from agent.records import (
+    DiagnosticsRecord,
+    EventRecord,
+    HealthRecord,
+    LightingRecord,
+    TrafficRecord,
+    iso,
+)
+
 SCHEMA_DIR = Path(__file__).with_name("schemas")
-KINDS = ("status", "traffic", "lighting", "health", "event", "command", "response")
+KINDS = ("status", "traffic", "lighting", "health", "event", "command", "response",
+         "diagnostics")
 
 
 @cache
@@ -40,54 +50,78 @@ def kind_of(message: dict[str, Any]) -> str | None:
     return None
 
 
-def traffic_message(rec: dict[str, Any], device: str, site: str, ts: str) -> dict[str, Any]:
-    """An interval aggregate record (``agent.vision.aggregates``) as a TALQ-style traffic message."""
+def traffic_message(rec: TrafficRecord, ts: str) -> dict[str, Any]:
+    """An interval's traffic record as a TALQ-style traffic message."""
     counts = [{"roadUserType": cls, "direction": d, "count": n}
-              for d, per in sorted(rec["counts"].items()) for cls, n in sorted(per.items())]
+              for d, per in sorted(rec.counts.items()) for cls, n in sorted(per.items())]
     msg: dict[str, Any] = {
-        "schema": "polelink/traffic/1", "device": device, "site": site, "ts": ts,
-        "camera": rec["camera"],
-        "samplingPeriod": {"start": rec["interval_start"], "end": rec["interval_end"],
-                           "seconds": rec["interval_s"], "partial": rec["partial"]},
-        "roadUserCounts": counts, "totalCount": rec["total"],
-        "quality": {"framesAnalysed": rec["frames_analysed"],
-                    "framesExpected": rec.get("frames_expected"),
-                    "framesDetected": rec["frames_detected"],
-                    "framesDropped": rec["frames_dropped"], "framesLate": rec.get("frames_late", 0),
-                    "detectorLatencyMs": rec["detector_latency_ms_mean"],
-                    "idSwitches": rec["id_switches"],
-                    "cameraBlinded": bool(rec.get("camera_blinded", False)),
-                    "cameraFrozen": bool(rec.get("camera_frozen", False))}}
-    if "line" in rec:
-        msg["line"] = rec["line"]
+        "schema": "polelink/traffic/1", "device": rec.device, "site": rec.site, "ts": ts,
+        "camera": rec.camera,
+        "samplingPeriod": {"start": iso(rec.start), "end": iso(rec.end),
+                           "seconds": rec.interval_s, "partial": rec.partial},
+        "roadUserCounts": counts, "totalCount": rec.total,
+        "quality": {"framesAnalysed": rec.frames_analysed, "framesExpected": rec.frames_expected,
+                    "framesDetected": rec.frames_detected, "framesGood": rec.frames_good,
+                    "framesDropped": rec.frames_dropped, "framesLate": rec.frames_late,
+                    "detectorLatencyMs": rec.detector_latency_ms_mean,
+                    "idSwitches": rec.id_switches, "cameraBlinded": rec.camera_blinded,
+                    "cameraFrozen": rec.camera_frozen, "cameraState": rec.camera_state}}
+    if rec.line is not None:
+        msg["line"] = rec.line
     else:
-        msg["zone"] = rec["zone"]
+        msg["zone"] = rec.zone
     return msg
 
 
-def lighting_message(rec: dict[str, Any], device: str, site: str, ts: str, start: str,
-                     safe_pct: float) -> dict[str, Any]:
-    """A group controller record (``agent.lighting.controller``) as a TALQ-style lighting message."""
+_FAILURE_NAMES = {"lamp_failure": "lamp", "gear_failure": "gear", "no_answer": "no answer"}
+
+
+def lighting_message(rec: LightingRecord, device: str, site: str, ts: str) -> dict[str, Any]:
+    """A group's lighting record as a TALQ-style lighting message."""
+    o = rec.override
     return {
         "schema": "polelink/lighting/1", "device": device, "site": site, "ts": ts,
-        "group": rec["group"],
-        "samplingPeriod": {"start": start, "end": rec["time"], "seconds": rec["interval_s"],
-                           "partial": False},
-        "lampActuator": {"targetLightState": rec["target_level_pct"],
-                         "actualLightState": rec.get("actual_level_pct"),
-                         "defaultLightState": safe_pct, "mode": rec["mode"],
-                         "reasons": list(rec["reasons"])},
-        "lampMonitor": {"activePower": rec.get("power_w"), "activeEnergy": rec.get("energy_wh"),
-                        "lampFailures": list(rec.get("lamp_failures", []))},
-        "energySavedWh": rec["energy_saved_wh"], "energySavedSource": rec["energy_saved_source"],
-        "busError": rec["bus_error"]}
+        "group": rec.group,
+        "samplingPeriod": {"start": iso(rec.start), "end": iso(rec.end),
+                           "seconds": round(max(0.0, rec.end - rec.start), 3),
+                           "partial": rec.partial},
+        "lampActuator": {"targetLightState": rec.target_pct, "actualLightState": rec.actual_pct,
+                         "defaultLightState": rec.safe_pct, "mode": rec.mode,
+                         "reasons": list(rec.reasons), "step": rec.step,
+                         "override": {"levelPct": o["level_pct"], "priority": o["priority"],
+                                      "until": iso(o["until"])} if o else None},
+        "lampMonitor": {"activePower": rec.power_w, "activeEnergy": rec.energy_wh,
+                        "lampFailures": [{"address": lamp.address,
+                                          "failure": _FAILURE_NAMES[lamp.state]}
+                                         for lamp in rec.lamps if lamp.state != "ok"],
+                        "lamps": [{"address": lamp.address, "state": lamp.state,
+                                   "levelPct": lamp.level_pct} for lamp in rec.lamps]},
+        "energySavedWh": rec.energy_saved_wh, "energySavedSource": rec.energy_saved_source,
+        "energySavedTotalWh": rec.energy_saved_total_wh,
+        "energySavedUncertaintyWh": rec.energy_saved_uncertainty_wh,
+        "busError": rec.bus_error, "clockTrusted": rec.clock_trusted}
 
 
-def event_message(event: str, severity: str, subject: str, device: str, site: str, ts: str,
-                  **detail: Any) -> dict[str, Any]:
+def diagnostics_message(rec: DiagnosticsRecord, device: str, site: str, ts: str
+                        ) -> dict[str, Any]:
+    """A group's luminaire diagnostics (D4i) as a diagnostics message."""
+    return {"schema": "polelink/diagnostics/1", "device": device, "site": site, "ts": ts,
+            "group": rec.group,
+            "luminaires": [{"address": d.address, **d.values} for d in rec.luminaires]}
+
+
+def event_message(rec: EventRecord, device: str, site: str, ts: str) -> dict[str, Any]:
     """An event message."""
     return {"schema": "polelink/event/1", "device": device, "site": site, "ts": ts,
-            "event": event, "severity": severity, "subject": subject, "detail": detail}
+            "event": rec.event, "severity": rec.severity, "subject": rec.subject,
+            "detail": rec.detail}
+
+
+def health_message(rec: HealthRecord, device: str, site: str, ts: str) -> dict[str, Any]:
+    """A health message."""
+    return {"schema": "polelink/health/1", "device": device, "site": site, "ts": ts,
+            **rec.system, "uptimeS": round(rec.uptime_s, 1), "outbox": rec.outbox,
+            "cameras": rec.cameras, "clock": rec.clock, "lighting": rec.lighting}
 
 
 def response_message(device: str, site: str, ts: str, correlation_id: str | None,

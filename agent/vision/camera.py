@@ -7,10 +7,11 @@
 
 Live sources (streams, devices, paced files) put frames into a queue that keeps the
 newest and counts what it had to drop, so a slow detector never lags behind real time.
-A source that fails to open, stops delivering or stalls longer than ``stall_timeout_s``
-is released and reopened with exponential backoff (``reconnect_initial_s`` doubling up to
-``reconnect_max_s``). Nothing here blocks the caller: :meth:`CameraSource.get` waits at
-most its timeout.
+A source that fails to open (a file included: a deleted file is retried, not taken for
+the end of the video), stops delivering or stalls longer than ``stall_timeout_s`` is
+released and reopened with exponential backoff (``reconnect_initial_s`` doubling up to
+``reconnect_max_s``). Only a file without ``loop`` that was read to its end ends.
+Nothing here blocks the caller: :meth:`CameraSource.get` waits at most its timeout.
 """
 
 from __future__ import annotations
@@ -186,10 +187,10 @@ class CameraSource:
             if not cap.isOpened():
                 cap.release()
                 self.stats.open_failures += 1
-                if isinstance(self.cfg, FileSource):
-                    self._set_state("error", f"cannot open {describe(self.cfg)}")
-                    break
-                self._set_state("reconnecting", f"cannot open {describe(self.cfg)}")
+                # a file that went away may come back (a remount, a copy in progress):
+                # retried like a stream, never silently the end of the camera
+                self._set_state("error" if isinstance(self.cfg, FileSource) else
+                                "reconnecting", f"cannot open {describe(self.cfg)}")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.reconnect_max_s)
                 continue
@@ -224,12 +225,15 @@ class CameraSource:
             if self._stop.is_set():
                 break
             if isinstance(self.cfg, FileSource):
-                if self.cfg.loop and got_any:
+                if not self.cfg.loop:
+                    self._set_state("ended")
+                    break
+                if got_any:
                     continue
-                self._set_state("ended")
-                break
             self.stats.stalls += 1
-            self._set_state("reconnecting", "stream ended or read timed out")
+            self._set_state("error" if isinstance(self.cfg, FileSource) else "reconnecting",
+                            "no frame could be read" if isinstance(self.cfg, FileSource)
+                            else "stream ended or read timed out")
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
         self.queue.close()

@@ -1,6 +1,6 @@
 """The whole agent against a real mosquitto, a simulated camera and an emulated DALI bus:
-every published message validates against the contract; commands work and bad ones change
-nothing."""
+every published message validates against the contract; commands work (posted to the main
+loop and the lighting thread, never run on the MQTT thread) and bad ones change nothing."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from agent.uplink.contract import errors, kind_of
 from drivers.dali.ops import percent_to_arc
 from sim.dali import DaliEmulator, make_gear
 from tests.conftest import ROOT, SIMNET
+from tests.helpers import NudgeClock, Running
 from tests.mqtt_broker import Broker, Collector, wait_until
 
 
@@ -33,10 +34,13 @@ cameras:
     detector: {{model: {SIMNET}}}
     lines: [{{name: main, points: [[{x1}, {y1}], [{x2}, {y2}]]}}]
 aggregates: {{interval_s: 10, path: {tmp / 'agg.jsonl'}}}
+clock: {{sources: [assume_synced]}}
 lighting:
   model: {ROOT / 'models' / 'dimming.md'}
   latitude: 21.03
   longitude: 105.85
+  tick_s: 0.5
+  overrides_path: {tmp / 'overrides.json'}
   buses: [{{name: dali1, kind: dali, port: {dali}, codec: hat}}]
   groups: [{{name: street, bus: dali1, address: broadcast, cameras: [cam1]}}]
 mqtt:
@@ -54,11 +58,11 @@ def rig(tmp_path: Path, sim_clip):
     cfg_path = tmp_path / "pole.yaml"
     cfg_path.write_text(config_text(tmp_path, video, gt["line"], broker.port, emu.path))
     col = Collector(broker.port, "polelink/#")
-    agent = Agent(load_config(cfg_path), cfg_path)
-    agent.start()
-    assert agent.city.uplink is not None and agent.city.uplink.wait_connected(10)
-    yield agent, emu, col, broker
-    agent.stop()
+    clock = NudgeClock()
+    agent = Agent(load_config(cfg_path), cfg_path, clock)
+    with Running(agent):
+        assert agent.uplink is not None and agent.uplink.wait_connected(10)
+        yield agent, emu, col, broker, clock
     col.close()
     emu.stop()
     broker.stop()
@@ -79,14 +83,15 @@ def responses(col: Collector) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_interval_messages_validate_and_commands_work(rig) -> None:
-    agent, emu, col, broker = rig
-    w = agent.workers[0]
+def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> None:
+    agent, emu, col, broker, clock = rig
+    w = agent.workers["cam1"]
     assert wait_until(lambda: w.pipeline is not None and w.pipeline.frames > 10, 30)
-    assert agent.tick(time.time() + 10)        # close the first interval now
+    clock.skip(10)                                # close the first interval now
+    assert wait_until(lambda: col.where(lambda t, m, r: "/traffic/" in t), 15)
     assert wait_until(lambda: col.where(lambda t, m, r: "/lighting/" in t), 15)
-    assert wait_until(lambda: col.where(lambda t, m, r: "/traffic/" in t), 5)
-    assert wait_until(lambda: col.where(lambda t, m, r: t.endswith("/health")), 5)
+    assert wait_until(lambda: col.where(lambda t, m, r: t.endswith("/health")), 15)
+    assert wait_until(lambda: col.where(lambda t, m, r: "/diagnostics/" in t), 15)
     for topic, msg, _ in list(col.messages):
         if topic.endswith("/cmd"):
             continue                            # the platform's commands, not ours
@@ -95,16 +100,25 @@ def test_interval_messages_validate_and_commands_work(rig) -> None:
         assert errors(kind, msg) == [], (topic, msg)
         assert topic.startswith(f"polelink/lab/pole-7/{'cmd/response' if kind == 'response' else kind}")
     light = col.where(lambda t, m, r: "/lighting/" in t)[-1]
-    assert light["lampActuator"]["mode"] in ("model", "day", "twilight", "failsafe")
+    assert light["lampActuator"]["mode"] in ("adaptive", "schedule", "fallback", "failsafe")
+    diag = col.where(lambda t, m, r: "/diagnostics/" in t)[-1]
+    assert [d["address"] for d in diag["luminaires"]] == ["short:0", "short:1"]
+    assert diag["luminaires"][0]["serial"] == 1000 and diag["luminaires"][0]["nominalPowerW"]
 
+    [g.level for g in emu.gear]
     command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c1",
                           "command": "set_override",
                           "args": {"group": "street", "level_pct": 40, "expires_in_s": 600}})
     assert wait_until(lambda: any(r["correlation_id"] == "c1" for r in responses(col)), 10)
     r = next(r for r in responses(col) if r["correlation_id"] == "c1")
-    assert r["result"] == "ok" and errors("response", r) == []
-    assert all(g.level == percent_to_arc(40) for g in emu.gear)  # DALI log curve
-    before = [g.level for g in emu.gear]
+    assert r["result"] == "ok" and errors("response", r) == [], r
+    assert r["data"]["level_pct"] == 40 and r["data"]["priority"] == 5
+    assert json.loads((tmp_path / "overrides.json").read_text())["street"][0]["level_pct"] == 40
+    # ramped towards 40 %, not jumped (no flicker): 10 %/min down
+    street = agent.lighting.summary()["groups"]["street"]
+    assert street["mode"] == "override" and 40 < street["commandedPct"] <= 100
+    assert all(g.level > percent_to_arc(40) for g in emu.gear)
+    [g.level for g in emu.gear]
 
     command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c2",
                           "command": "set_override",
@@ -112,14 +126,25 @@ def test_interval_messages_validate_and_commands_work(rig) -> None:
     command(broker.port, b"\xff not json")
     command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c3",
                           "command": "ping"})
-    assert wait_until(lambda: any(r["correlation_id"] == "c3" for r in responses(col)), 10)
+    command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c4",
+                          "command": "request_snapshot"})
+    assert wait_until(lambda: any(r["correlation_id"] == "c4" for r in responses(col)), 10)
     by_id = {r["correlation_id"]: r for r in responses(col)}
     assert by_id["c2"]["result"] == "error" and "no luminaire group 'nope'" in by_id["c2"]["error"]
     assert any(r["correlation_id"] is None and "not UTF-8 JSON" in r["error"]
                for r in responses(col))
     assert by_id["c3"]["result"] == "ok" and "pong" in by_id["c3"]["data"]
-    assert [g.level for g in emu.gear] == before   # invalid commands changed nothing
+    snap = by_id["c4"]
+    assert snap["result"] == "ok" and snap["data"]["width"] == 640, snap
+    assert Path(snap["data"]["path"]).is_file()
     assert col.where(lambda t, m, r: m.get("event") == "command_rejected")
+    for i in range(8):                           # snapshots are cleaned up: 5 are kept
+        command(broker.port, {"schema": "polelink/command/1", "correlation_id": f"s{i}",
+                              "command": "request_snapshot"})
+        time.sleep(0.05)
+    assert wait_until(lambda: sum(r["correlation_id"].startswith("s") for r in responses(col)
+                                  if r["correlation_id"]) == 8, 15)
+    assert len(list(Path(snap["data"]["path"]).parent.glob("cam1-*.png"))) <= 5
 
 
 garbage = st.one_of(
@@ -154,28 +179,32 @@ def is_invalid(payload: bytes) -> bool:
 
 
 @pytest.mark.slow
-def test_a_thousand_malformed_commands_change_nothing(rig) -> None:
-    agent, emu, col, broker = rig
+def test_a_thousand_malformed_commands_change_nothing(rig, tmp_path: Path) -> None:
+    agent, emu, col, broker, _clock = rig
+    time.sleep(1.5)
     levels = [g.level for g in emu.gear]
-    overrides = dict(agent.city.overrides)
     seen: list[bytes] = []
+    topic = agent.uplink.topic("cmd")  # type: ignore[union-attr]
 
     @settings(max_examples=1000, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(garbage.filter(is_invalid))
     def feed(payload: bytes) -> None:
         seen.append(payload)
-        agent.city._on_command(agent.city.uplink.topic("cmd"), payload)  # type: ignore[union-attr]
+        agent.on_command(topic, payload)
+        while agent.commands.qsize() > 500:
+            time.sleep(0.01)
 
     feed()
+    assert wait_until(lambda: agent.commands.empty() and not agent.pending, 30)
     assert len(seen) >= 1000
-    assert agent.city.dispatcher.accepted == 0
-    assert agent.city.dispatcher.rejected >= 1000
-    assert not agent.reload_requested.is_set()
+    assert agent.dispatcher.accepted == 0
+    assert agent.dispatcher.rejected >= 1000
     assert [g.level for g in emu.gear] == levels
-    assert agent.city.overrides == overrides
+    assert not (tmp_path / "overrides.json").exists()
     # and a few through the real broker, to the real response topic
+    n = len(responses(col))
     for i in range(20):
         command(broker.port, seen[i * 37 % len(seen)])
-    assert wait_until(lambda: len(responses(col)) >= 20, 15)
+    assert wait_until(lambda: len(responses(col)) >= n + 20, 15)
     assert all(errors("response", r) == [] for r in responses(col))

@@ -1,0 +1,162 @@
+"""One camera, live: source → pipeline → aggregator, on a thread of its own.
+
+:class:`CameraWorker` pulls the newest frame from its :class:`CameraSource`, checks the
+camera's health (blinded, frozen), runs the frame through its :class:`CameraPipeline`
+and feeds its :class:`IntervalAggregator`. It never blocks longer than half a second, so a
+stalled camera only stalls itself. It keeps what others ask about, each readable from any
+thread: the source's state, the monotonic time of the last *good* frame (the lighting
+service's camera liveness), the last frame and its detections (live snapshots), and the
+counts since the start (the status line).
+
+A camera whose model failed to load still gets a worker: its source is not started, its
+state is ``model_error``, and its intervals close with ``frames_analysed: 0``, so the
+camera is reported, not the pole.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.clock import Clock
+from agent.settings.schema import CameraConfig
+from agent.vision.aggregates import IntervalAggregator
+from agent.vision.camera import CameraSource
+from agent.vision.counter import Line, Zone
+from agent.vision.detect.base import Detections, Detector
+from agent.vision.motion import CameraHealth
+from agent.vision.pipeline import CameraPipeline, PipelineSettings
+
+#: A frame analysed more than this long after capture is counted as late.
+LATE_AFTER_S = 0.5
+
+
+def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
+    """Pipeline settings from a camera's config section."""
+    lines = [Line.make(ln.name, ln.points, ln.directions, ln.anchor) for ln in cam.lines]
+    zones = [Zone(z.name, list(z.polygon)) for z in cam.zones]
+    g, t, d = cam.gating, cam.tracker, cam.detector
+    return PipelineSettings(lines=lines, zones=zones, fps=fps, confidence=d.confidence,
+                            low_confidence=d.low_confidence, motion=g.motion,
+                            motion_threshold=g.motion_threshold, motion_width=g.motion_width,
+                            stride=g.stride, keepalive_s=g.keepalive_s, match_iou=t.match_iou,
+                            lost_s=t.lost_s, min_hits=t.min_hits,
+                            class_settle_s=t.class_settle_s)
+
+
+@dataclass
+class LastFrame:
+    """The newest analysed frame and what the detector saw in it (for snapshots)."""
+
+    image: np.ndarray
+    wall: float
+    detections: Detections | None
+
+
+@dataclass
+class CameraWorker:
+    """See the module docstring."""
+
+    cfg: CameraConfig
+    source: CameraSource
+    aggregator: IntervalAggregator
+    clock: Clock
+    detector: Detector | None = None
+    model_error: str = ""
+    pipeline: CameraPipeline | None = None
+    thread: threading.Thread | None = None
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)  # line → dir → since start
+    health: CameraHealth = field(default_factory=CameraHealth)
+    last_good_mono: float | None = None
+    last: LastFrame | None = None
+
+    @property
+    def name(self) -> str:
+        """The camera's name."""
+        return self.cfg.name
+
+    @property
+    def state(self) -> str:
+        """``model_error``, or the source's state (live, reconnecting, error, ended…)."""
+        return "model_error" if self.detector is None else self.source.stats.state
+
+    def start(self, stop: threading.Event) -> None:
+        """Start the source and this worker's thread (not for a camera without a model)."""
+        if self.detector is None:
+            return
+        self.source.start()
+        self.thread = threading.Thread(target=self.run, args=(stop,),
+                                       name=f"pipeline-{self.cfg.name}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the source and wait for the thread."""
+        self.source.stop()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume frames until ``stop`` or the source ends; never blocks long."""
+        dropped_seen = 0
+        while not stop.is_set():
+            frame = self.source.get(timeout=0.5)
+            dropped = self.source.stats.frames_dropped
+            self.aggregator.add_dropped(dropped - dropped_seen)
+            dropped_seen = dropped
+            if frame is None:
+                if self.source.ended.is_set():
+                    break
+                continue
+            self.process(frame.image, frame.index, frame.monotonic)
+        self._flush()
+
+    def process(self, image: np.ndarray, index: int, captured_mono: float) -> None:
+        """One frame: health, pipeline, aggregator (``captured_mono``: ``time.monotonic``
+        at capture, for lateness)."""
+        if self.pipeline is None:
+            assert self.detector is not None
+            fps = self.cfg.fps_limit or self.source.stats.fps or 15.0
+            self.pipeline = CameraPipeline(self.detector, settings_for(self.cfg, fps))
+            self.aggregator.fps = self.cfg.fps_limit or self.source.stats.fps or None
+        blinded, frozen = self.health.check(image)
+        self.aggregator.add_health(blinded, frozen)
+        if time.monotonic() - captured_mono > LATE_AFTER_S:
+            self.aggregator.add_late(1)
+        switches = self.pipeline.counter.id_switches
+        det_s = self.pipeline.detect_seconds
+        res = self.pipeline.process(image, index)
+        good = not (blinded or frozen)
+        self.aggregator.add_frame(res.detected, self.pipeline.detect_seconds - det_s, good)
+        self._count(res.events)
+        self.aggregator.add_id_switches(self.pipeline.counter.id_switches - switches)
+        if good:
+            self.last_good_mono = self.clock.monotonic()
+        self.last = LastFrame(image, self.clock.time(),
+                              res.detections if res.detections is not None
+                              else self.last.detections if self.last else None)
+
+    def _count(self, events: list) -> None:
+        self.aggregator.add_events(events)
+        for e in events:
+            per = self.totals.setdefault(e.line, {})
+            per[e.direction] = per.get(e.direction, 0) + 1
+
+    def _flush(self) -> None:
+        if self.pipeline is not None:
+            self._count(self.pipeline.flush())
+
+    def status(self) -> str:
+        """``[name state frames drop det] counts`` for the status line."""
+        st, p = self.source.stats, self.pipeline
+        c = " ".join(f"{line}: " + " ".join(f"{d} {n}" for d, n in dirs.items())
+                     for line, dirs in self.totals.items()) or "no crossings yet"
+        lat = f"{p.mean_detector_ms:.0f}ms" if p and p.frames_detected else "-"
+        return f"[{self.name} {self.state} frames {st.frames_read} drop {st.frames_dropped} " \
+               f"det {lat}] {c}"
+
+
+WorkerFactory = Callable[[CameraConfig], CameraWorker]
