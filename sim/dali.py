@@ -73,7 +73,7 @@ from dali.tests.test_memory import (
 
 from agent.clock import Clock, SystemClock
 from drivers.dali.codecs import CODECS, Reply
-from sim.serve import serve_until_interrupted
+from sim.serve import drop_link, point_link, serve_until_interrupted
 
 FAULTS = ("collision", "resend", "silent", "garbled", "late")
 
@@ -214,12 +214,7 @@ class DaliEmulator:
         tty.setraw(self._slave)
         tty.setraw(self.master)
         self.pty = os.ttyname(self._slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self.pty)
-            tmp.replace(self.link)
+        point_link(self.link, self.pty)
         self._stop = threading.Event()
 
     @property
@@ -250,9 +245,7 @@ class DaliEmulator:
         for fd in (self.master, self._slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
+        drop_link(self.link)
 
     def replug(self) -> None:
         """Plug the cable back in: a new pty (the link, if any, now points at it)."""

@@ -126,10 +126,15 @@ cameras:
         points: [[115, 198], [524, 198]]
         directions: {{up: northbound, down: southbound}}
 aggregates: {{interval_s: 10, path: {work}/aggregates.jsonl}}
+# a demo machine may have no NTP: trust its clock (a pole never does this; see the README)
+clock: {{sources: [assume_synced]}}
 lighting:
   latitude: 21.03
   longitude: {lon}        # where it is night now, so that dimming shows
   camera_stale_s: 60
+  traffic_min_coverage_s: 30  # dim after 30 s of traffic (a pole: 10 minutes)
+  tick_s: 1
+  overrides_path: {work}/overrides.json
   buses: [{{name: dali1, kind: dali, port: {pty}, codec: hat}}]
   groups:
     - {{name: street, bus: dali1, address: broadcast, design_class: M3,
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         (work / stale).unlink(missing_ok=True)
     print(f"\n  dashboard:  http://127.0.0.1:{platform.http_port}/   (counts every 10 s)\n"
           f"  MQTT:       mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'polelink/#' -v\n"
-          f"  DALI bus:   {emu.path}   (agent lights query --port {emu.path})\n"
+          f"  DALI bus:   {emu.path}   (held by the agent while it runs)\n"
+          f"  schedule:   agent lights schedule --config {cfg}\n"
           f"  config:     {cfg}\n", flush=True)
     try:
         return run_agent(cfg, duration=a.duration)

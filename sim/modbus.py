@@ -39,7 +39,7 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.clock import Clock, SystemClock
-from sim.serve import serve_until_interrupted
+from sim.serve import drop_link, point_link, serve_until_interrupted
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -94,12 +94,7 @@ class ModbusEmulator:
         for fd in (self._ma, self._sa):
             tty.setraw(fd)
         self.pty = os.ttyname(self._sa)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self.pty)
-            tmp.replace(self.link)
+        point_link(self.link, self.pty)
         self._bridge_stop = threading.Event()
 
     @property
@@ -157,9 +152,7 @@ class ModbusEmulator:
         for fd in (self._ma, self._sa):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
+        drop_link(self.link)
 
     def replug(self) -> None:
         """Plug the cable back in: a new driver-side pty (the link follows it)."""

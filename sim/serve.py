@@ -1,9 +1,12 @@
-"""Shared command-line plumbing for the pty emulators (``python -m sim.dali|modbus --pty``)."""
+"""Shared plumbing for the pty emulators (``python -m sim.dali|modbus|gnss --pty``): the
+command-line serve loop, and the stable link names that follow a re-plugged pty."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -30,3 +33,22 @@ def serve_until_interrupted(emu: Stoppable, what: str) -> int:
     finally:
         emu.stop()
     return 0
+
+
+def point_link(link: Path | None, target: str) -> None:
+    """Make ``link`` a symlink to ``target`` atomically (a stable name for a pty that
+    changes on every re-plug, as udev's ``/dev/serial/by-id`` names are)."""
+    if link is None:
+        return
+    tmp = link.with_name(link.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
+def drop_link(link: Path | None) -> None:
+    """Remove ``link`` (an unplugged cable: the name dangles away)."""
+    if link is not None:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()

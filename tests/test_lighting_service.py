@@ -99,16 +99,25 @@ def level_pct(emu: DaliEmulator, i: int = 0) -> float:
     return round(ops.arc_to_percent(emu.gear[i].level), 1)
 
 
+def dali_pole(tmp: Path, start: float, groups: str, extra: str = ISSUE_PROGRAM, gear: int = 1,
+              report_s: int = 600, link: bool = False
+              ) -> tuple[ManualClock, DaliEmulator, Recorder, Path, LightingService]:
+    """A manual clock, the DALI emulator on it (gear on the same clock), a pole config for
+    one bus ``d`` with ``groups``, and the lighting service (not ticked yet)."""
+    clock = ManualClock(start)
+    emu = DaliEmulator(make_gear(gear, clock=clock), "hat",
+                       link=tmp / "dali0" if link else None).start()
+    rec = Recorder()
+    cfg = pole_config(tmp, f"[{{name: d, kind: dali, port: {emu.path}}}]", groups, extra)
+    return clock, emu, rec, cfg, service(cfg, clock, rec, report_s)
+
+
 def test_a_night_runs_in_seconds_and_the_lamps_follow_the_schedule(tmp_path: Path) -> None:
     """16:00 to 08:00 in Hanoi on the issue's example program, one tick a minute, with
     traffic that is busy in the evening and quiet after midnight."""
-    clock = ManualClock(local(2026, 11, 23, 16))
-    emu = DaliEmulator(make_gear(2, clock=clock), "hat").start()
-    rec = Recorder()
-    cfg = pole_config(tmp_path, f"[{{name: d, kind: dali, port: {emu.path}}}]",
-                      "[{name: street, bus: d, address: broadcast, cameras: [cam1], "
-                      "design_peak_vph: 1200, ramp_down_pct_per_min: 5}]", ISSUE_PROGRAM)
-    svc = service(cfg, clock, rec)
+    clock, emu, rec, _, svc = dali_pole(
+        tmp_path, local(2026, 11, 23, 16), "[{name: street, bus: d, address: broadcast, "
+        "cameras: [cam1], design_peak_vph: 1200, ramp_down_pct_per_min: 5}]", gear=2)
     day = datetime(2026, 11, 23, tzinfo=UTC).timestamp()
     sunset = event_time("sunset", LAT, LON, day)
     sunrise = event_time("sunrise", LAT, LON, day + 86400)
@@ -200,12 +209,9 @@ def test_energy_saved_is_exact_within_the_counter_step(tmp_path: Path) -> None:
 
 
 def test_bus_unplugged_then_back_is_reopened_with_backoff_and_alarms_once(tmp_path: Path) -> None:
-    clock = ManualClock(local(2026, 11, 24, 1))
-    emu = DaliEmulator(make_gear(2, clock=clock), "hat", link=tmp_path / "dali0").start()
-    rec = Recorder()
-    cfg = pole_config(tmp_path, f"[{{name: d, kind: dali, port: {emu.path}}}]",
-                      "[{name: street, bus: d, cameras: [cam1]}]", ISSUE_PROGRAM)
-    svc = service(cfg, clock, rec)
+    clock, emu, rec, _, svc = dali_pole(tmp_path, local(2026, 11, 24, 1),
+                                        "[{name: street, bus: d, cameras: [cam1]}]", gear=2,
+                                        link=True)
     try:
         svc.tick()
         assert svc.buses["d"].state == "up" and level_pct(emu) == 100   # no traffic: fallback
@@ -229,15 +235,11 @@ def test_bus_unplugged_then_back_is_reopened_with_backoff_and_alarms_once(tmp_pa
 
 
 def test_gear_is_made_safe_without_us_and_bus_power_loss_lights_the_road(tmp_path: Path) -> None:
-    clock = ManualClock(local(2026, 11, 24, 12))              # noon: lamps off
-    emu = DaliEmulator(make_gear(3, clock=clock), "hat").start()
+    clock, emu, rec, _, svc = dali_pole(                       # noon: lamps off
+        tmp_path, local(2026, 11, 24, 12), "[{name: street, bus: d, cameras: [cam1], "
+        "safe_pct: 90}]", ISSUE_PROGRAM + "  fade_s: 2.8\n", gear=3)
     for g in emu.gear:
         g.power_on_level, g.system_failure_level = 0, 0      # factory set to "off": unsafe
-    rec = Recorder()
-    cfg = pole_config(tmp_path, f"[{{name: d, kind: dali, port: {emu.path}}}]",
-                      "[{name: street, bus: d, cameras: [cam1], safe_pct: 90}]",
-                      ISSUE_PROGRAM + "  fade_s: 2.8\n")
-    svc = service(cfg, clock, rec)
     try:
         svc.tick()
         arc = ops.percent_to_arc(90)
@@ -295,12 +297,8 @@ def test_modbus_controller_fallback_levels_and_lamp_failure(tmp_path: Path) -> N
 
 
 def test_overrides_are_durable_rate_limited_and_expire(tmp_path: Path) -> None:
-    clock = ManualClock(local(2026, 11, 24, 1))
-    emu = DaliEmulator(make_gear(1, clock=clock), "hat").start()
-    rec = Recorder()
-    cfg = pole_config(tmp_path, f"[{{name: d, kind: dali, port: {emu.path}}}]",
-                      "[{name: street, bus: d, cameras: [cam1]}]", ISSUE_PROGRAM)
-    svc = service(cfg, clock, rec)
+    clock, emu, rec, cfg, svc = dali_pole(tmp_path, local(2026, 11, 24, 1),
+                                          "[{name: street, bus: d, cameras: [cam1]}]")
     try:
         svc.tick()
         assert level_pct(emu) == 100
@@ -329,12 +327,9 @@ def test_overrides_are_durable_rate_limited_and_expire(tmp_path: Path) -> None:
 
 
 def test_untrusted_clock_keeps_lamps_at_the_safe_level_by_day(tmp_path: Path) -> None:
-    clock = ManualClock(local(2026, 11, 24, 12))
-    emu = DaliEmulator(make_gear(1, clock=clock), "hat").start()
-    rec = Recorder()
-    cfg = pole_config(tmp_path, f"[{{name: d, kind: dali, port: {emu.path}}}]",
-                      "[{name: street, bus: d, cameras: [cam1], safe_pct: 80}]", ISSUE_PROGRAM)
-    svc = service(cfg, clock, rec)
+    clock, emu, rec, _, svc = dali_pole(tmp_path, local(2026, 11, 24, 12),
+                                        "[{name: street, bus: d, cameras: [cam1], "
+                                        "safe_pct: 80}]")
     try:
         svc.tick()
         assert level_pct(emu) == 0                             # trusted: noon is off
@@ -373,3 +368,52 @@ def test_config_refuses_unsafe_lighting(tmp_path: Path) -> None:
         assert words in text, text
         assert f"{cfg}:" in text and ":1:1:" not in text       # located, not at the top
     assert timedelta(0) == timedelta(0)
+
+
+def test_ambient_light_switches_on_in_a_storm_and_never_off_at_night(tmp_path: Path) -> None:
+    import os
+
+    lux = tmp_path / "lux"
+    extra = ISSUE_PROGRAM + f"  ambient: {{path: {lux}, dark_below_lux: 50, max_age_s: 120}}\n"
+    cfg = pole_config(tmp_path, "[{name: d, kind: dali, port: PORT}]",
+                      "[{name: street, bus: d, cameras: [cam1]}]", extra)
+
+    def run(start: float) -> tuple[ManualClock, DaliEmulator, LightingService]:
+        clock = ManualClock(start)
+        emu = DaliEmulator(make_gear(1, clock=clock), "hat").start()
+        text = cfg.read_text().replace("port: PORT", f"port: {emu.path}")
+        (tmp_path / "run.yaml").write_text(text)
+        return clock, emu, service(tmp_path / "run.yaml", clock, Recorder())
+
+    def reading(clock: ManualClock, value: str) -> None:
+        lux.write_text(value)
+        os.utime(lux, (clock.time(), clock.time()))       # written "now" on the agent's clock
+
+    clock, emu, svc = run(local(2026, 11, 24, 12))
+    try:
+        reading(clock, "800")
+        svc.tick()
+        assert level_pct(emu) == 0                          # a bright noon: off
+        reading(clock, "3")                                 # a storm at noon
+        clock.advance(60)
+        svc.tick()
+        assert svc.groups["street"].decision.mode == "ambient" and level_pct(emu) == 100
+        clock.advance(600)                                  # the sensor stops writing
+        svc.tick()
+        assert level_pct(emu) == 0 and "old" in svc.ambient.problem
+        reading(clock, "-5")                                # nonsense is no reading
+        clock.advance(60)
+        svc.tick()
+        assert level_pct(emu) == 0 and "bad reading" in svc.ambient.problem
+    finally:
+        svc.shutdown()
+        emu.stop()
+    clock, emu, svc = run(local(2026, 11, 24, 23))
+    try:
+        reading(clock, "900")                               # "bright" at night: a failed sensor
+        svc.tick()
+        assert level_pct(emu) == 100                        # not off (fallback: no camera)
+        assert svc.groups["street"].decision.mode == "fallback"
+    finally:
+        svc.shutdown()
+        emu.stop()

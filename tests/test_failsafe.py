@@ -1,0 +1,308 @@
+"""The fail-safe chain, row by row, through the real ``agent run`` process: a DALI emulator
+on a pty, a real mosquitto, real cameras (a live MJPEG server, a file, an unreachable
+stream). Each test reads the emulator's lamp levels and the events and records on MQTT,
+and states the bound it holds the lamps to. With POLELINK_FAILSAFE_TIMES set, each
+measured fault → safe time is recorded (``bench/failsafe.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sim.gnss import GnssEmulator
+from sim.traffic import SceneConfig, write_clip
+from tests.conftest import ROOT, SIMNET
+from tests.helpers import free_port, wait_until
+from tests.pole_rig import PoleRig, record_time
+
+pytestmark = pytest.mark.slow
+
+DEAD_CAMERA = '{kind: stream, url: "rtsp://127.0.0.1:9/none", stall_timeout_s: 2}'
+FLOOR = 30.0                                   # M3's class floor
+STARTUP_S = 25.0                               # a cold Python start on a busy 2-core machine
+
+
+def live_camera() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sim.traffic", "--serve", f"127.0.0.1:{port}",
+                             "--fps", "15", "--density", "40"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert "serving" in proc.stdout.readline()  # type: ignore[union-attr]
+    return proc, (f'{{kind: stream, url: "http://127.0.0.1:{port}/stream.mjpg", '
+                  f'stall_timeout_s: 2, reconnect_initial_s: 0.5}}')
+
+
+def all_at_least(level: float):
+    return lambda levels: all(v >= level - 0.01 for v in levels)
+
+
+def command(rig: PoleRig, body: dict) -> None:
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="platform-t")
+    c.connect("127.0.0.1", rig.broker.port)
+    c.loop_start()
+    c.publish("polelink/lab/pole-9/cmd", json.dumps({"schema": "polelink/command/1", **body}),
+              qos=1).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+def response(rig: PoleRig, cid: str) -> dict | None:
+    found = rig.col.where(lambda t, m, r: t.endswith("/cmd/response")
+                          and m.get("correlation_id") == cid)
+    return found[-1] if found else None
+
+
+def started_and_lit(rig: PoleRig, row: str, pred=None) -> None:
+    """Start the agent; the lamps must reach ``pred`` (default: 100 %) within the start-up
+    budget; the time it took is recorded for ``row``."""
+    t0 = rig.start()
+    t = rig.wait_levels(pred or all_at_least(100), STARTUP_S)
+    assert t is not None, rig.output()[-3000:]
+    record_time(f"{row} (from process start)", t - t0, STARTUP_S)
+
+
+def dimmed(rig: PoleRig, timeout: float = 90) -> bool:
+    """Wait until the lamps are dimmed by traffic (mode adaptive, below 100 %)."""
+    return wait_until(lambda: any(m["lampActuator"]["mode"] == "adaptive"
+                                  for m in rig.lighting())
+                      and all(v < 99 for v in rig.levels()), timeout)
+
+
+def test_camera_never_reachable_lights_the_road_on_schedule(tmp_path: Path) -> None:
+    """Row 1: the lamps, off before the start, go to the schedule's level at night."""
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        assert rig.levels() == [0.0, 0.0]
+        started_and_lit(rig, "camera never reachable")
+        assert wait_until(lambda: rig.events("camera_lost"), 20), rig.output()[-2000:]
+        ev = rig.events("failsafe_entered")[0]
+        assert ev["detail"]["mode"] == "fallback" and "cam1" in ev["detail"]["reasons"][0]
+        assert wait_until(lambda: rig.lighting(), 15)
+        lt = rig.lighting()[-1]
+        assert lt["lampActuator"]["mode"] == "fallback" and lt["clockTrusted"] is True
+        assert wait_until(lambda: any(r["frames_analysed"] == 0 for r in rig.aggregates()), 15)
+        rec = rig.aggregates()[-1]
+        assert rec["camera_state"] in ("reconnecting", "starting") and rec["frames_analysed"] == 0
+        assert all(v >= FLOOR for v in rig.levels())
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+
+
+def test_camera_dying_mid_run_returns_to_the_schedule_level(tmp_path: Path) -> None:
+    """Row 2: dimmed by traffic, then the camera dies: back to the step's fallback level
+    within camera_stale_s (6 s) and a tick."""
+    server, source = live_camera()
+    rig = PoleRig(tmp_path, source, group=", ramp_down_pct_per_min: 100")
+    try:
+        rig.start()
+        assert dimmed(rig), rig.output()[-3000:]
+        server.kill()
+        server.wait()
+        t_dead = time.monotonic()
+        t = rig.wait_levels(all_at_least(100), 30)
+        assert t is not None, rig.output()[-3000:]
+        # bound: camera_stale_s + a tick, plus this loop's 50 ms polling and a bus round trip
+        record_time("camera dies mid-run (from the last frame)", t - t_dead, 6.6)
+        assert t - t_dead <= 6.0 + 0.5 + 3.0           # stale bound + a tick + MJPEG buffering
+        ev = rig.events("failsafe_entered")[-1]
+        assert "no traffic data from camera cam1" in ev["detail"]["reasons"][0]
+        assert wait_until(lambda: rig.events("camera_lost"), 20)
+        # no interval twice, none overlapping
+        recs = rig.aggregates()
+        keys = [(r["camera"], r["line"], r["interval_start"]) for r in recs]
+        assert len(keys) == len(set(keys))
+        assert all(a["interval_end"] <= b["interval_start"] for a, b in itertools.pairwise(recs))
+        assert rig.signal() == 0
+    finally:
+        server.kill()
+        rig.close()
+
+
+def test_camera_file_removed_keeps_the_agent_running(tmp_path: Path) -> None:
+    """Row 3: the video file is deleted: the agent keeps running, the lamps go back to the
+    schedule level once the camera is stale."""
+    clip = tmp_path / "cam.avi"
+    write_clip(clip, 12, seed=4, cfg=SceneConfig(vehicles_per_minute=60))
+    rig = PoleRig(tmp_path, f"{{kind: file, path: {clip}, loop: true, realtime: true, "
+                            f"reconnect_initial_s: 0.5}}", group=", ramp_down_pct_per_min: 100")
+    try:
+        rig.start()
+        assert dimmed(rig), rig.output()[-3000:]
+        clip.unlink()
+        t_gone = time.monotonic()
+        # the open file plays to its end (at most 12 s), then the camera is stale after 6 s
+        t = rig.wait_levels(all_at_least(100), 40)
+        assert t is not None, rig.output()[-3000:]
+        record_time("camera file removed (from the deletion)", t - t_gone, 12 + 6.5)
+        assert rig.alive()
+        # the outage shows as data: intervals keep closing, without frames, state error
+        assert wait_until(lambda: rig.aggregates()[-1]["camera_state"] == "error"
+                          and rig.aggregates()[-1]["frames_analysed"] == 0, 25)
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+
+
+def test_bus_unplugged_and_back_is_reopened_with_one_alarm(tmp_path: Path) -> None:
+    """Row 4: the DALI cable is pulled for 8 s, the lamps are reset meanwhile, the cable
+    comes back: reopened with back-off, bus_restored, the level sent again."""
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        rig.start()
+        assert rig.wait_levels(all_at_least(100), STARTUP_S)
+        rig.emu.unplug()
+        assert wait_until(lambda: rig.events("bus_fault"), 10), rig.output()[-2000:]
+        time.sleep(8)
+        for g in rig.emu.gear:
+            g.level = 0                                  # the luminaires lost their level
+        rig.emu.replug()
+        t_back = time.monotonic()
+        t = rig.wait_levels(all_at_least(100), 30)
+        assert t is not None, rig.output()[-3000:]
+        record_time("bus unplugged, then back (from the replug)", t - t_back, 16.5)
+        assert wait_until(lambda: rig.events("bus_restored"), 10)
+        assert len(rig.events("bus_fault")) == 1         # one alarm, not one per tick
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+
+
+def test_missing_dimming_model_is_the_safe_level(tmp_path: Path) -> None:
+    """Row 5: a dimming model card whose model file is missing: the safe level."""
+    card = tmp_path / "dimming.md"
+    shutil.copy(ROOT / "models" / "dimming.md", card)        # without dimming.onnx beside it
+    rig = PoleRig(tmp_path, DEAD_CAMERA, lighting=f"  model: {card}",
+                  group=", safe_pct: 90")
+    rig.cfg.write_text(rig.cfg.read_text().replace(
+        f"  model: {ROOT / 'models' / 'dimming.md'}\n", ""))
+    try:
+        started_and_lit(rig, "dimming model missing", lambda lv: all(90 <= v < 95 for v in lv))
+        assert wait_until(lambda: rig.lighting(), 15)
+        la = rig.lighting()[-1]["lampActuator"]
+        assert la["mode"] == "failsafe" and "dimming.onnx" in " ".join(la["reasons"])
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+
+
+def test_untrusted_clock_keeps_lamps_on_by_day(tmp_path: Path) -> None:
+    """Row 6: at noon, a GNSS receiver says the clock is 8 h off: the clock is not trusted,
+    so the lamps burn at the safe level (never dimmed, never off)."""
+    gnss = GnssEmulator(offset_s=-8 * 3600, period_s=0.5).start()
+    rig = PoleRig(tmp_path, DEAD_CAMERA, night=False,
+                  clock=f"{{sources: [gnss], gnss: {{port: {gnss.path}}}}}")
+    try:
+        started_and_lit(rig, "clock untrusted")
+        assert wait_until(lambda: rig.events("clock_untrusted"), 15)
+        assert wait_until(lambda: any("+28800 s off GNSS" in " ".join(m["lampActuator"]["reasons"])
+                                      for m in rig.lighting()), 20)
+        lt = rig.lighting()[-1]
+        assert lt["clockTrusted"] is False and lt["lampActuator"]["mode"] == "failsafe"
+        gnss.offset_s = 0                                # GNSS agrees again: noon, lamps off
+        assert rig.wait_levels(lambda lv: all(v == 0 for v in lv), 20), rig.output()[-2000:]
+        assert wait_until(lambda: rig.events("clock_trusted"), 10)
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+        gnss.stop()
+
+
+def test_sigterm_and_sigint_leave_the_safe_level_and_restarts_never_overlap(tmp_path: Path
+                                                                             ) -> None:
+    """Row 7: a fixed 50 % step at night; SIGTERM leaves the lamps at the safe level; a
+    restart within the same interval, then SIGINT: the same, and the records of the two
+    runs do not overlap."""
+    rig = PoleRig(tmp_path, DEAD_CAMERA, interval_s=3600, lighting="""  timezone: UTC
+  programs:
+    fixed: [{at: sunset, level: 50}, {at: sunrise, level: 0}]""",
+                  group=", ramp_down_pct_per_min: 100")
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            rig.start()
+            # a start at night ramps down from the safe level (100 %/min here) towards 50 %
+            assert rig.wait_levels(lambda lv: all(50 <= v < 95 for v in lv), STARTUP_S + 10), \
+                rig.output()[-3000:]
+            t_sig = time.monotonic()
+            assert rig.signal(sig) == 0
+            record_time(f"{signal.Signals(sig).name} (from the signal to the exit)",
+                        time.monotonic() - t_sig, 10)
+            assert all(v == 100 for v in rig.levels()), rig.levels()
+            assert "lamps left at their safe level" in rig.output()
+            for g in rig.emu.gear:
+                g.level = 0
+        recs = rig.aggregates()
+        # each run's first record begins at its start and its last ends at its stop (both
+        # partial); whatever boundary the runs straddle, no two records overlap
+        assert len(recs) >= 2 and recs[0]["partial"] and recs[-1]["partial"]
+        assert all(a["interval_end"] <= b["interval_start"]
+                   for a, b in itertools.pairwise(recs)), recs
+    finally:
+        rig.close()
+
+
+def test_a_camera_whose_model_fails_is_reported_and_lighting_runs(tmp_path: Path) -> None:
+    """Row 8: a camera's model card points at a missing file: the camera is reported
+    (model_error), the pole runs and lights."""
+    card = tmp_path / "broken.yaml"
+    shutil.copy(SIMNET, card)                                   # its simnet.onnx is not here
+    server, source = live_camera()
+    rig = PoleRig(tmp_path, source, detector=card)
+    try:
+        started_and_lit(rig, "a camera's model fails to load")
+        assert wait_until(lambda: rig.events("camera_lost"), 15)
+        assert rig.events("camera_lost")[0]["detail"]["state"] == "model_error"
+        assert wait_until(lambda: rig.aggregates(), 15)
+        assert rig.aggregates()[-1]["camera_state"] == "model_error"
+        assert rig.alive()
+        assert rig.signal() == 0
+    finally:
+        server.kill()
+        rig.close()
+
+
+def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_path: Path
+                                                                        ) -> None:
+    """A reload whose new bus cannot open is refused as a whole (the old config keeps
+    running); a technician command on the agent's port is refused clearly."""
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        rig.start()
+        assert rig.wait_levels(all_at_least(100), STARTUP_S)
+        r = subprocess.run([sys.executable, "-m", "agent", "lights", "query", "--port",
+                            rig.emu.path], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 3 and "in use by the running agent" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        good = rig.cfg.read_text()
+        rig.cfg.write_text(good.replace("codec: hat, timeout_s: 0.1}]", "codec: hat, timeout_s: "
+                                        "0.1}, {name: dali2, kind: dali, port: /dev/no-such-port}]"))
+        command(rig, {"correlation_id": "r1", "command": "reload_config"})
+        assert wait_until(lambda: response(rig, "r1"), 30), rig.output()[-2000:]
+        bad = response(rig, "r1")
+        assert bad["result"] == "error" and "nothing changed" in bad["error"], bad
+        assert "/dev/no-such-port" in bad["error"]
+        command(rig, {"correlation_id": "o1", "command": "set_override",
+                      "args": {"level_pct": 60, "expires_in_s": 600}})
+        assert wait_until(lambda: response(rig, "o1"), 15)
+        assert response(rig, "o1")["result"] == "ok"           # the old config still runs
+        assert wait_until(lambda: any(m["lampActuator"]["mode"] == "override"
+                                      and m["lampActuator"]["targetLightState"] < 100
+                                      for m in rig.lighting()), 20)  # ramping down to 60 %
+        rig.cfg.write_text(good.replace("design_peak_vph: 20000", "design_peak_vph: 15000"))
+        command(rig, {"correlation_id": "r2", "command": "reload_config"})
+        assert wait_until(lambda: response(rig, "r2"), 30)
+        assert response(rig, "r2")["result"] == "ok", response(rig, "r2")
+        assert wait_until(lambda: rig.events("config_reloaded"), 10)
+        assert rig.signal() == 0
+    finally:
+        rig.close()
