@@ -348,6 +348,9 @@ class Agent:
             else:
                 raise CommandError("adding or removing the lighting section, or changing the "
                                    "clock sources, needs a restart; nothing changed")
+        if self.lighting is not None and not lighting_changed:
+            lighting, names = self.lighting, [c.name for c in new.cameras]
+            lighting.submit(lambda: setattr(lighting, "all_cameras", names))
         removed = [n for n in old_cams if n not in {c.name for c in new.cameras}]
         now, mono = self.clock.time(), self.clock.monotonic()
         for name in [*removed, *fresh]:

@@ -417,3 +417,36 @@ def test_ambient_light_switches_on_in_a_storm_and_never_off_at_night(tmp_path: P
     finally:
         svc.shutdown()
         emu.stop()
+
+
+def test_a_bus_silent_during_discovery_is_retried_and_new_gear_is_configured(tmp_path: Path
+                                                                           ) -> None:
+    from sim.dali import PoleGear
+
+    clock, emu, rec, _, svc = dali_pole(tmp_path, local(2026, 11, 24, 1),
+                                        "[{name: street, bus: d, cameras: [cam1], "
+                                        "safe_pct: 90}]")      # diagnostics every 2 h
+    try:
+        emu.inject("silent")                         # the gateway answers nothing at first
+        svc.tick()
+        assert svc.buses["d"].state == "down" and rec.events("bus_fault")
+        clock.advance(2)                             # past the first back-off (1 s)
+        svc.tick()
+        assert svc.buses["d"].state == "up" and rec.events("bus_restored")
+        assert svc.groups["street"].members == ("short:0",)
+        new = PoleGear(1, clock=clock, serial=77)    # a luminaire replaced / powered later
+        new.power_on_level = new.system_failure_level = 0
+        emu.gear.append(new)
+        clock.advance(3600)
+        svc.tick()
+        assert svc.groups["street"].members == ("short:0",)     # not looked for yet
+        clock.advance(3700)
+        svc.tick()
+        assert svc.groups["street"].members == ("short:0", "short:1")
+        arc = ops.percent_to_arc(90)
+        assert (new.power_on_level, new.system_failure_level) == (arc, arc)
+        assert any("short:1" in c for e in rec.events("gear_configured")
+                   for c in e.detail["changes"])
+    finally:
+        svc.shutdown()
+        emu.stop()

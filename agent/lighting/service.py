@@ -153,6 +153,8 @@ class GroupRuntime:
     power_w: float | None = None
     energy_wh: float | None = None
     lamp_states: dict[str, str] = field(default_factory=dict)
+    members: tuple[str, ...] = ()
+    discovered_at: float = -math.inf
     mode: str | None = None
     due: dict[str, float] = field(default_factory=dict)
     report_start: float | None = None
@@ -388,6 +390,8 @@ class LightingService:
                 g.energy.reading(e.energy_wh, e.counters, e.quantum_wh, self._rated(g), mono)
                 g.due["energy"] = mono + self.cfg.energy_period_s
             if mono >= g.due.get("diagnostics", -math.inf):
+                if mono - g.discovered_at >= self.cfg.diagnostics_period_s:
+                    self._rediscover(g, mono)
                 diags = g.group.read_diagnostics()
                 g.due["diagnostics"] = mono + self.cfg.diagnostics_period_s
                 if diags:
@@ -395,6 +399,20 @@ class LightingService:
             self._bus_ok(bus)
         except BusError as e:
             self._bus_failed(bus, e, mono)
+
+    def _rediscover(self, g: GroupRuntime, mono: float) -> None:
+        """Look for the group's luminaires again (a replaced or newly powered one); new
+        gear gets the fail-safe settings at once."""
+        assert g.group is not None
+        before = g.members
+        g.members, g.discovered_at = g.group.discover(), mono
+        if g.members != before:
+            log.info("group %s: luminaires now %s", g.cfg.name, ", ".join(g.members) or "none")
+            if self.cfg.configure_gear:
+                changes = g.group.ensure_failsafe(g.cfg.safe_pct, self.cfg.fade_s)
+                if changes:
+                    self._event("gear_configured", "info", g.cfg.name, changes=changes,
+                                luminaires=list(g.members))
 
     def _read_status(self, g: GroupRuntime) -> None:
         assert g.group is not None
@@ -433,16 +451,14 @@ class LightingService:
 
     # -- buses ------------------------------------------------------------------------------
     def _open(self, b: BusRuntime, mono: float) -> None:
+        """Open, find the luminaires, make the gear safe; any failure closes the port again
+        and retries with back-off (a port that opens over a dead bus is not "up")."""
         try:
             b.handle = open_bus(b.cfg)
-        except BusError as e:
-            self._bus_failed(b, e, mono)
-            return
-        log.info("bus %s: opened %s", b.cfg.name, b.cfg.port)
-        try:
+            log.info("bus %s: opened %s", b.cfg.name, b.cfg.port)
             self._bring_up(b)
         except BusError as e:
-            self._bus_failed(b, e, mono)
+            self._bus_failed(b, e, mono, reopen=True)
             return
         self._bus_ok(b)
 
@@ -454,6 +470,7 @@ class LightingService:
                 continue
             group = make_group(g.cfg, b.cfg, b.handle)
             members = group.discover()
+            g.members, g.discovered_at = members, self.clock.monotonic()
             g.group, g.commanded, g.due = group, None, {}
             if self.cfg.configure_gear:
                 changes = group.ensure_failsafe(g.cfg.safe_pct, self.cfg.fade_s)
@@ -469,14 +486,14 @@ class LightingService:
                 log.info("bus %s: restored", b.cfg.name)
             b.state, b.error, b.backoff = "up", "", BACKOFF_MIN_S
 
-    def _bus_failed(self, b: BusRuntime, e: BusError, mono: float) -> None:
+    def _bus_failed(self, b: BusRuntime, e: BusError, mono: float, reopen: bool = False) -> None:
         text = f"{type(e).__name__}: {e}"
         if not b.error:
             log.error("bus %s: %s (luminaires keep their level; the gear's own failure "
                       "level applies if the bus loses power)", b.cfg.name, text)
             self._event("bus_fault", "alarm", b.cfg.name, port=b.cfg.port, error=text[:300])
         b.error = text
-        if isinstance(e, BusDisconnected) or b.handle is None:
+        if reopen or isinstance(e, BusDisconnected) or b.handle is None:
             _close(b.handle)
             b.handle, b.state = None, "down"
             for g in self.groups.values():
