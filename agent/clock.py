@@ -23,6 +23,7 @@ vouches for itself as a time source (``agent.lighting.clocktrust``), and ``jump=
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -139,7 +140,7 @@ class ScaledClockSpec:
             raise ValueError(f"{ENV_VAR}: 'start' (an ISO-8601 UTC time) is required")
         try:
             start = datetime.fromisoformat(fields["start"].replace("Z", "+00:00"))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"{ENV_VAR}: start={fields['start']!r} is not an ISO-8601 "
                              f"time such as 2026-11-23T10:00:00Z") from None
         if start.tzinfo is None:
@@ -155,6 +156,17 @@ class ScaledClockSpec:
                              f"(got {text!r})") from None
         if not 0 < speed <= 100_000:
             raise ValueError(f"{ENV_VAR}: speed must be in (0, 100000], got {speed:g}")
+        if not 1971 <= start.year <= 2199:
+            raise ValueError(f"{ENV_VAR}: start must be between 1971 and 2199, got "
+                             f"{fields['start']!r}")
+        century = 100 * 365.25 * 86400
+        if not (math.isfinite(anchor) and abs(anchor - time.time()) <= century):
+            raise ValueError(f"{ENV_VAR}: anchor must be a real epoch time within a century of "
+                             f"now, got {fields.get('anchor')!r}")
+        for r, j in jumps:
+            if not (math.isfinite(r) and r >= 0 and math.isfinite(j) and abs(j) <= century):
+                raise ValueError(f"{ENV_VAR}: jump=R:+S needs R >= 0 real seconds and "
+                                 f"|S| <= a century, got {r:g}:{j:+g}")
         synced = fields.get("synced", "1")
         if synced not in ("0", "1"):
             raise ValueError(f"{ENV_VAR}: synced must be 0 or 1, got {synced!r}")

@@ -259,8 +259,13 @@ class Agent:
             except (ValueError, UnicodeDecodeError, RecursionError):
                 pass
             self.current_command = cid if isinstance(cid, str) else None
-            cid, cmd, error, data = self.dispatcher.handle(payload)
-            self.current_command = None
+            try:
+                cid, cmd, error, data = self.dispatcher.handle(payload)
+            except Exception as e:          # never the end of the main loop
+                log.exception("command handling failed")
+                cid, cmd, error, data = None, None, f"command failed: {type(e).__name__}", {}
+            finally:
+                self.current_command = None
             if isinstance(data, Future):
                 self.pending.append(Pending(cid, cmd or "", data,
                                             time.monotonic() + COMMAND_TIMEOUT_S))
@@ -371,24 +376,31 @@ class Agent:
     # -- stopping ----------------------------------------------------------------------------
     def stop(self) -> list[TrafficRecord]:
         """Stop cameras, close the open intervals as partial, leave the lamps safe, give the
-        uplink a short grace to send what is queued, close."""
+        uplink a short grace to send what is queued, close. The lamps are reached even when
+        closing the intervals fails (the fault that stopped the loop may strike again)."""
         self.stop_event.set()
-        for w in self.workers.values():
-            w.stop()
-        now, mono = self.clock.time(), self.clock.monotonic()
-        out = self.step()
-        tail: list[TrafficRecord] = []
-        for w in self.workers.values():
-            tail += w.aggregator.flush(now, mono, w.state)
-        self._deliver(tail, mono)
-        if self.lighting is not None:
-            self.lighting.stop()
-        if self.uplink is not None and self.outbox is not None:
-            end = time.monotonic() + 3
-            while self.uplink.connected and len(self.outbox) and time.monotonic() < end:
-                time.sleep(0.05)
-            self.uplink.stop()
-        return out + tail
+        out: list[TrafficRecord] = []
+        try:
+            for w in self.workers.values():
+                w.stop()
+            now, mono = self.clock.time(), self.clock.monotonic()
+            out = self.step()
+            tail: list[TrafficRecord] = []
+            for w in self.workers.values():
+                tail += w.aggregator.flush(now, mono, w.state)
+            self._deliver(tail, mono)
+            out += tail
+        except Exception:
+            log.exception("stopping: the open intervals could not be closed")
+        finally:
+            if self.lighting is not None:
+                self.lighting.stop()
+            if self.uplink is not None and self.outbox is not None:
+                end = time.monotonic() + 3
+                while self.uplink.connected and len(self.outbox) and time.monotonic() < end:
+                    time.sleep(0.05)
+                self.uplink.stop()
+        return out
 
     def all_ended(self) -> bool:
         """True when every camera's source has ended (files without loop) or never started."""
@@ -473,7 +485,11 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
                       "safe level")
         rc = 3
     finally:
-        agent.stop()
+        try:
+            agent.stop()
+        except Exception:
+            log.exception("internal error while stopping")
+            rc = 3
         print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}"
               + ("; lamps left at their safe level" if agent.lighting else ""), flush=True)
     return rc

@@ -194,7 +194,12 @@ def test_clock_spec_errors_are_clear() -> None:
                        ("start=2026-01-01T00:00Z,speed=0", "speed must be"),
                        ("start=2026-01-01T00:00Z,pace=3", "keys start"),
                        ("start=2026-01-01T00:00Z,synced=yes", "synced must be 0 or 1"),
-                       ("start=2026-01-01T00:00Z,jump=x", "numbers")]:
+                       ("start=2026-01-01T00:00Z,jump=x", "numbers"),
+                       ("start=2026-01-01T00:00Z,anchor=nan", "anchor must be"),
+                       ("start=2026-01-01T00:00Z,anchor=-1e20", "anchor must be"),
+                       ("start=2026-01-01T00:00Z,jump=1:nan", "jump=R:.S needs"),
+                       ("start=2026-01-01T00:00Z,jump=1:1e300", "jump=R:.S needs"),
+                       ("start=9999-12-31T23:59:59Z", "between 1971 and 2199")]:
         with pytest.raises(ValueError, match=words):
             from_environment({"POLELINK_SIM_CLOCK": bad})
 

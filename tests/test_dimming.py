@@ -192,6 +192,9 @@ def test_rolling_flow_is_hourly_and_knows_when_not_to_be_trusted() -> None:
         f.add(TrafficSample("cam", 630 + 10.0 * k, 0.0, {}))
     assert "for 400 s (stale after 300 s)" in f.reading(["cam"], 1020).reason
     assert f.reading([], 0).reason == "no camera feeds this group"
+    zero = RollingFlow(window_s=3600, min_coverage_s=0, stale_s=300)
+    zero.seen("cam", 10)                                     # live, no interval closed yet
+    assert "only 0 s of traffic data" in zero.reading(["cam"], 11).reason
 
 
 # -- the policy with the real model ---------------------------------------------------------

@@ -303,6 +303,10 @@ def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_pat
         assert wait_until(lambda: response(rig, "r2"), 30)
         assert response(rig, "r2")["result"] == "ok", response(rig, "r2")
         assert wait_until(lambda: rig.events("config_reloaded"), 10)
+        for g in rig.emu.gear:                       # after a reload the lamps are still driven
+            g.level = 0
+        assert rig.wait_levels(lambda lv: all(v > 50 for v in lv), 70), rig.output()[-2000:]
         assert rig.signal() == 0
+        assert all(v == 100 for v in rig.levels())   # and SIGTERM still reaches them
     finally:
         rig.close()

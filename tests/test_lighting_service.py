@@ -359,6 +359,25 @@ def test_config_refuses_unsafe_lighting(tmp_path: Path) -> None:
          "needs lighting.timezone"),
         ("[{name: s, bus: d}]", "  timezone: Asia/Hanoi_City\n", "unknown time zone"),
         ("[{name: s, bus: d, program: nope}]", "", "no program 'nope'"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM.replace("{min: 50, max: 100}",
+                                                      "{min: 50, max: 100, fallback: 1}"),
+         "must lie between min (50) and max (100): losing the camera"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM.replace("{min: 50, max: 100}",
+                                                      "{min: 0, max: 100, fallback: 20}"),
+         "fallback: 20 % is below the class floor of group 's'"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM + '      - {at: "21:00", offset_min: 60, level: 0}\n',
+         "starts at the same time as step 1 of program 'standard'"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM.replace('"05:00"', "5"),
+         "got the number 5: write the time quoted"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM.replace('"22:00"', "22:00:00"),
+         "got the number 79200"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM.replace('"05:00"', "yes"), "got True"),
+        ("[{name: s, bus: d, design_class: M6, ceiling_pct: 80}]", "",
+         "ceiling_pct (80 %) is below the floor (100 %, the class floor of M6)"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM + '  calendar: [{dates: ["02-30", "2026-13-01", '
+         '"12-24"], program: standard}]\n', "not: '02-30', '2026-13-01'"),
+        ("[{name: s, bus: d}]", ISSUE_PROGRAM + "  calendar: [{dates: [2026-02-30], "
+         "program: standard}]\n", "cannot read the value '2026-02-30' (day is out of range"),
     ]
     for groups, extra, words in cases:
         cfg = pole_config(tmp_path, "[{name: d, kind: dali, port: /dev/null}]", groups, extra)
@@ -405,6 +424,12 @@ def test_ambient_light_switches_on_in_a_storm_and_never_off_at_night(tmp_path: P
         clock.advance(60)
         svc.tick()
         assert level_pct(emu) == 0 and "bad reading" in svc.ambient.problem
+        lux.unlink()
+        os.mkfifo(lux)                                      # a FIFO with no writer: no hang
+        clock.advance(60)
+        svc.tick()
+        assert "not a regular file" in svc.ambient.problem
+        lux.unlink()
     finally:
         svc.shutdown()
         emu.stop()
@@ -450,3 +475,56 @@ def test_a_bus_silent_during_discovery_is_retried_and_new_gear_is_configured(tmp
     finally:
         svc.shutdown()
         emu.stop()
+
+
+def test_reloads_keep_driving_the_lamps_and_a_failed_one_changes_nothing(tmp_path: Path
+                                                                       ) -> None:
+    from drivers.bus import BusError
+    from drivers.portlock import PortLock
+
+    group = "[{name: street, bus: d, cameras: [cam1], ramp_down_pct_per_min: 100}]"
+    clock, emu, _rec, cfg, svc = dali_pole(tmp_path, local(2026, 11, 24, 1), group)
+    silent = DaliEmulator(make_gear(1, clock=clock), "hat").start()
+
+    def reload(text: str) -> list[str]:
+        (tmp_path / "new.yaml").write_text(text)
+        new = load_config(tmp_path / "new.yaml")
+        assert new.lighting is not None
+        return svc.reload(new.lighting, ["cam1"])
+
+    try:
+        svc.tick()
+        assert level_pct(emu) == 100                               # fallback: no camera
+        base = cfg.read_text()
+        reload(base.replace("ramp_down_pct_per_min: 100", "ramp_down_pct_per_min: 99"))
+        svc.set_override(["street"], Override(40, 5, clock.time() + 3600))
+        for _ in range(2):
+            clock.advance(60)
+            svc.tick()
+        assert level_pct(emu) < 45                                 # still driven after it
+        # a bus setting changed on the same port: the old port is freed, then reopened
+        reload(base.replace("port: " + emu.path + "}", "port: " + emu.path + ", timeout_s: 0.15}"))
+        assert svc.buses["d"].cfg.timeout_s == 0.15 and svc.buses["d"].state == "up"
+        clock.advance(60)
+        svc.tick()
+        assert level_pct(emu) < 45
+        # a new bus whose gateway never answers: refused as a whole
+        silent.inject(*["silent"] * 200)
+        before = svc.cfg
+        broken = base.replace(f"[{{name: d, kind: dali, port: {emu.path}}}]",
+                              f"[{{name: d, kind: dali, port: {emu.path}}}, {{name: d2, kind: "
+                              f"dali, port: {silent.path}, timeout_s: 0.05}}]").replace(
+            "[{name: street,", "[{name: side, bus: d2}, {name: street,")
+        with pytest.raises(BusError, match="d2"):
+            reload(broken)
+        assert svc.cfg is before and list(svc.groups) == ["street"]
+        PortLock(silent.path).release()                            # its port was let go
+        emu.gear[0].level = 0                                      # still driven: repaired
+        clock.advance(61)
+        svc.tick()
+        assert level_pct(emu) > 0
+    finally:
+        svc.shutdown()
+        silent.stop()
+    assert level_pct(emu) == 100                                   # stop: the safe level
+    emu.stop()

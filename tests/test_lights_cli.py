@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from drivers.dali.ops import percent_to_arc
 from sim.dali import DaliEmulator, PoleGear, make_gear
 from sim.modbus import ModbusEmulator
@@ -115,3 +117,39 @@ def test_schedule_preview(tmp_path: Path) -> None:
                      "sunrise-10min → 0 %"], r.stdout
     assert "2026-11-23 17:14" in r.stdout and "2026-11-24 06:0" in r.stdout
     assert agent("schedule", "--config", str(cfg), "--date", "23/11").returncode == 2
+
+
+@pytest.mark.parametrize("args, words", [
+    (("set", "nan", "--arc"), "level must be a number"),
+    (("set", "inf"), "level must be a number"),
+    (("set", "150"), "level must be 0-100 %"),
+    (("set", "300", "--arc"), "--arc takes a whole arc level 0-254"),
+    (("set", "40.5", "--arc"), "--arc takes a whole arc level 0-254"),
+    (("set", "50", "--address", "short:99"), "address must be short:0-63"),
+    (("set", "50", "--modbus", "--arc"), "--arc is for DALI"),
+    (("query", "--address", "99"), "--address takes a short address 0-63"),
+    (("query", "--address", "-1"), "--address takes a short address 0-63"),
+    (("commission", "--safe-pct", "0"), "--safe-pct must be 1-100"),
+    (("commission", "--fade-s", "nan"), "--fade-s must be 0-90"),
+    (("set", "50", "--modbus", "--unit", "0"), "--unit: Input should be greater than or equal to 1"),
+])
+def test_bad_arguments_are_refused_before_the_bus_is_touched(args: tuple[str, ...],
+                                                             words: str) -> None:
+    emu = DaliEmulator(make_gear(1), "hat").start()
+    try:
+        r = agent(*args, "--port", emu.path)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert emu.stats.requests == 0                     # nothing was sent on the bus
+    finally:
+        emu.stop()
+
+
+def test_schedule_refuses_a_date_out_of_range(tmp_path: Path) -> None:
+    cfg = pole_yaml(tmp_path, """  latitude: 21.03
+  longitude: 105.85
+  buses: [{name: dali1, kind: dali, port: /dev/null}]
+  groups: [{name: street, bus: dali1}]
+""")
+    r = agent("schedule", "--config", str(cfg), "--date", "9999-12-31")
+    assert r.returncode == 2 and "between 1971 and 2199" in r.stderr and "Traceback" not in r.stderr

@@ -241,3 +241,35 @@ def test_snapshot_command(sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
                         "--camera", "nope", "-o", str(out)], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 1 and "no camera 'nope'; configured: cam1" in r.stderr
+
+
+def test_a_failed_write_leaves_whole_lines_and_a_torn_line_is_closed(tmp_path: Path) -> None:
+    """A full disk (here RLIMIT_FSIZE: writes past it fail with EFBIG, in a subprocess)
+    takes back the whole batch; a line torn before (a power cut) is closed first."""
+    out = tmp_path / "agg.jsonl"
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+a = IntervalAggregator("p1", "s1", "cam", {{"main": ("down", "up")}}, ["z"], 60, {T0}, 1000.0)
+sink = JsonLinesSink({str(out)!r})
+sink.write(a.roll({T0} + 61, 1061, "live"))
+size = sink.path.stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 300, size + 300))
+try:
+    sink.write(a.roll({T0} + 121, 1121, "live") + a.roll({T0} + 181, 1181, "live"))
+except OSError as e:
+    print("refused", e.errno)
+print(sink.path.stat().st_size == size)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "refused 27" in r.stdout and r.stdout.strip().endswith("True")   # EFBIG, taken back
+    with out.open("ab") as f:
+        f.write(b'{"torn":')                                # a power cut mid-line
+    a = agg()
+    JsonLinesSink(out).write(a.roll(T0 + 61, 1061, "live"))
+    lines = out.read_text().splitlines()
+    assert lines[-3] == '{"torn":'
+    assert all(json.loads(x)["schema"] for x in lines[:2] + lines[-2:])

@@ -149,3 +149,38 @@ def test_time_of_day_parsing() -> None:
     for bad in ("24:00", "22:60", "10pm", "", "22:0", -1, 1440, True):
         with pytest.raises(ValueError):
             parse_time_of_day(bad)  # type: ignore[arg-type]
+
+
+def test_the_astro_steps_of_a_local_day_fall_on_that_day_east_of_the_date_line() -> None:
+    """Samoa (UTC+13 at 172° W): the local date runs a day ahead of the UTC date of its
+    solar noon; the local evening's sunset must still be that local evening's."""
+    s = Schedule({"p": [Step("sunset", level_pct=100), Step("sunrise", level_pct=0)]},
+                 [CalendarRule("p")], -13.83, -171.76, "Pacific/Apia")
+    for d in (date(2026, 12, 23), date(2026, 12, 24), date(2026, 6, 10)):
+        times = {st.at: datetime.fromtimestamp(t, ZoneInfo("Pacific/Apia"))
+                 for t, st, _ in s.steps_on(d)}
+        assert times["sunset"].date() == d and 17 <= times["sunset"].hour <= 20, times
+        assert times["sunrise"].date() == d and 5 <= times["sunrise"].hour <= 8, times
+
+
+def test_polar_day_and_night_follow_the_sun() -> None:
+    from agent.lighting.clocktrust import TrustState
+    from agent.lighting.envelope import EnvelopeSettings
+    from agent.lighting.flow import FlowReading
+    from agent.lighting.policy import GroupPolicy, GroupSettings
+
+    tromso = (69.65, 18.96)
+    s = Schedule({"dusk_to_dawn": default_program(30)}, [], *tromso, "Europe/Oslo")
+    p = GroupPolicy(GroupSettings("g", envelope=EnvelopeSettings(floor_pct=30)), s, *tromso,
+                    None, "no model")
+    trusted, no_flow = TrustState(True), FlowReading(None, "no camera")
+    day = p.decide(datetime(2026, 6, 21, 12, tzinfo=UTC).timestamp(), 10, trusted, no_flow)
+    assert (day.mode, day.level_pct) == ("schedule", 0.0) and "polar" in day.reasons[0]
+    svalbard = (78.22, 15.65)                  # in December the sun stays below -6°
+    s2 = Schedule({"dusk_to_dawn": default_program(30)}, [], *svalbard, "Arctic/Longyearbyen")
+    p2 = GroupPolicy(GroupSettings("g", envelope=EnvelopeSettings(floor_pct=30)), s2,
+                     *svalbard, None, "no model")
+    night = p2.decide(datetime(2026, 12, 21, 12, tzinfo=UTC).timestamp(), 20, trusted, no_flow)
+    assert (night.mode, night.level_pct) == ("schedule", 100.0) and "polar" in night.reasons[0]
+    # not "clock not trustworthy": the clock is trusted
+    assert not any("clock" in r for r in day.reasons + night.reasons)

@@ -97,15 +97,25 @@ def _open(a: argparse.Namespace) -> tuple[str, Any, float | None]:
 
 def run(a: argparse.Namespace) -> int:
     """Execute an ``agent lights`` action."""
+    from pydantic import ValidationError
+
     from agent.settings.yamlfile import ConfigError
     from drivers.dali import ops
 
+    problem = _check_arguments(a)
+    if problem:
+        print(f"agent: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         kind, bus, config_safe = _open(a)
     except ConfigError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
         return EXIT_INVALID
+    except ValidationError as e:       # --unit and the like, through the bus settings
+        err = e.errors(include_url=False)[0]
+        print(f"agent: error: --{err['loc'][-1]}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -127,16 +137,8 @@ def run(a: argparse.Namespace) -> int:
         elif a.lights_command == "scan":
             out["addresses"] = ops.scan(bus)
         elif a.lights_command == "set":
-            try:
-                addr = ops.parse_address(a.address)
-            except ValueError as e:
-                print(f"agent: error: {e}", file=sys.stderr)
-                return EXIT_USAGE
+            addr = ops.parse_address(a.address)
             arc = int(a.level) if a.arc else ops.percent_to_arc(a.level)
-            if not 0 <= arc <= 254 or (not a.arc and not 0 <= a.level <= 100):
-                print("agent: error: level must be 0-100 % (or 0-254 with --arc)",
-                      file=sys.stderr)
-                return EXIT_USAGE
             ops.set_level(bus, addr, arc)
             out.update({"address": a.address, "arc_level": arc,
                         "percent": round(ops.arc_to_percent(arc), 2)})
@@ -161,9 +163,6 @@ def run(a: argparse.Namespace) -> int:
 
             out["addresses"] = ops.commission(bus, readdress=a.readdress, on_progress=progress)
             safe = a.safe_pct if a.safe_pct is not None else config_safe or 100.0
-            if not 0 < safe <= 100 or not 0 <= a.fade_s <= 90:
-                print("agent: error: --safe-pct must be 1-100 and --fade-s 0-90", file=sys.stderr)
-                return EXIT_USAGE
             out["failsafe"] = {"safe_pct": safe, "fade_s": ops.fade_seconds(
                 ops.fade_code(a.fade_s)), "changes": [
                 c for s_ in out["addresses"] for c in ops.ensure_failsafe(
@@ -178,6 +177,35 @@ def run(a: argparse.Namespace) -> int:
     else:
         print(_human(out))
     return 0
+
+
+def _check_arguments(a: argparse.Namespace) -> str:
+    """What is wrong with the arguments, before any bus is touched ('' when nothing)."""
+    import math
+
+    from drivers.dali import ops
+
+    if a.lights_command == "set":
+        if getattr(a, "modbus", False) and a.arc:
+            return "--arc is for DALI arc levels, not a Modbus dimmer"
+        if not math.isfinite(a.level):
+            return f"level must be a number, got {a.level}"
+        if a.arc and not (float(a.level).is_integer() and 0 <= a.level <= 254):
+            return f"--arc takes a whole arc level 0-254, got {a.level:g}"
+        if not a.arc and not 0 <= a.level <= 100:
+            return f"level must be 0-100 % (or 0-254 with --arc), got {a.level:g}"
+        try:
+            ops.parse_address(a.address)
+        except ValueError as e:
+            return str(e)
+    if a.lights_command == "query" and a.address is not None and not 0 <= a.address <= 63:
+        return f"--address takes a short address 0-63, got {a.address}"
+    if a.lights_command == "commission":
+        if a.safe_pct is not None and not (math.isfinite(a.safe_pct) and 0 < a.safe_pct <= 100):
+            return f"--safe-pct must be 1-100, got {a.safe_pct}"
+        if not (math.isfinite(a.fade_s) and 0 <= a.fade_s <= 90):
+            return f"--fade-s must be 0-90 seconds, got {a.fade_s}"
+    return ""
 
 
 def _human(out: dict[str, Any]) -> str:
@@ -236,8 +264,11 @@ def run_schedule(a: argparse.Namespace) -> int:
     tz = ZoneInfo(cfg.lighting.timezone or "UTC")
     try:
         day = date.fromisoformat(a.date) if a.date else datetime.now(tz).date()
+        if not 1971 <= day.year <= 2199:
+            raise ValueError
     except ValueError:
-        print(f"agent: error: --date must be YYYY-MM-DD, got {a.date!r}", file=sys.stderr)
+        print(f"agent: error: --date must be YYYY-MM-DD between 1971 and 2199, got {a.date!r}",
+              file=sys.stderr)
         return EXIT_USAGE
     out: dict[str, Any] = {"date": day.isoformat(), "timezone": str(tz), "groups": {}}
     for g in cfg.lighting.groups:
@@ -256,4 +287,8 @@ def run_schedule(a: argparse.Namespace) -> int:
         print(f"  group {name}:")
         for s_ in steps:
             print(f"    {s_['time']}  {s_['step']}  [{s_['program']}]")
+        if not steps:
+            print("    (no step this night: its astro events do not happen here on this date, "
+                  "e.g. polar day or night; the lamps then follow the sun: at the ceiling "
+                  "while it is below the horizon, off above)")
     return 0

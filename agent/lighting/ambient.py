@@ -3,8 +3,10 @@
 The reading comes from a file holding one number, the illuminance in lux, that a sensor
 daemon (a BH1750/TSL2591 reader, a DALI-2 light sensor bridge, a photocell on a GPIO)
 rewrites regularly: ``/run/polelink/lux`` by default. The lighting service reads it each
-tick: dark below ``dark_below_lux``. A missing, unparsable, negative or stale file
-(older than ``max_age_s``) gives no opinion, and the schedule alone decides.
+tick (only the first 64 bytes, and only from a regular file: a FIFO or a device would
+block the lighting thread): dark below ``dark_below_lux``. A missing, unparsable,
+negative or stale file (older than ``max_age_s``) gives no opinion, and the schedule
+alone decides.
 
 A sensor can only switch lamps *on* against the schedule (a storm at noon), never off at
 night: a sensor that reads "bright" at night (failed, dirty, lit by the lamp itself) must
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 
@@ -32,7 +35,10 @@ class AmbientFile:
         """True (dark), False (bright) or None (no trustworthy reading) at wall time ``wall``."""
         try:
             st = os.stat(self.path)
-            text = self.path.read_text(encoding="ascii", errors="replace")[:64].strip()
+            if not stat.S_ISREG(st.st_mode):     # a FIFO or a device would block the tick
+                raise ValueError(f"{self.path} is not a regular file")
+            with self.path.open("rb") as f:
+                text = f.read(64).decode("ascii", "replace").strip()
             lux = float(text)
         except (OSError, ValueError) as e:
             self.problem, self.last_lux = f"ambient light: {e}", None

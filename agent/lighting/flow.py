@@ -91,7 +91,7 @@ class RollingFlow:
             window = [s for s in self._samples.get(cam, ()) if s.mono_end >= now_mono
                       - self.window_s]
             covered = sum(s.covered_s for s in window)
-            if covered < self.min_coverage_s:
+            if covered <= 0 or covered < self.min_coverage_s:
                 return FlowReading(None, f"camera {cam}: only {covered:.0f} s of traffic data "
                                          f"in the last {self.window_s:g} s (dimming needs "
                                          f"{self.min_coverage_s:g} s)")

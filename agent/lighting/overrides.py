@@ -55,7 +55,7 @@ class OverrideStore:
                     self._by_group.setdefault(str(group), {})[o.priority] = o
         except FileNotFoundError:
             return
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             self._by_group = {}
             self.problem = f"overrides file {self.path} unreadable ({e}); starting without"
             log.error("%s", self.problem)
@@ -67,15 +67,23 @@ class OverrideStore:
                 for g, ov in self._by_group.items() if ov}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                json.dump(data, f, allow_nan=False)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def set(self, groups: list[str], o: Override) -> None:
         """Set ``o`` on every group (replacing the same priority); durable on return
-        (OSError when the file cannot be written: nothing changed then)."""
+        (OSError when the file cannot be written, ValueError for a level that is not a
+        finite 0-100 or a priority outside 1-9: nothing changed then)."""
+        if not (math.isfinite(o.level_pct) and 0 <= o.level_pct <= 100
+                and o.priority in PRIORITIES and math.isfinite(o.until)):
+            raise ValueError(f"invalid override {o}")
         before = {g: dict(v) for g, v in self._by_group.items()}
         for g in groups:
             self._by_group.setdefault(g, {})[o.priority] = o

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent.lighting.astro import NIGHT_BELOW_DEG, elevation_at, local_hour
+from agent.lighting.astro import EVENTS, NIGHT_BELOW_DEG, elevation_at, local_hour
 from agent.lighting.clocktrust import TrustState
 from agent.lighting.dimming import DimmingModel, propose_pct
 from agent.lighting.envelope import Decision, EnvelopeSettings, SafetyEnvelope, Situation
 from agent.lighting.flow import FlowReading
 from agent.lighting.rule import rule_level_pct
-from agent.lighting.schedule import Schedule
+from agent.lighting.schedule import ActiveStep, Schedule, Step
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,15 @@ class GroupPolicy:
                                                   override_pct=override_pct))
         active = self.schedule.active(wall)
         sun = elevation_at(self.lat, self.lon, wall)
+        if active is None or wall - active.since > 86400:
+            # no step for a day or more: the program's astro events do not happen here now
+            # (polar day or night, or the way into them); the sun decides, lit at the
+            # ceiling below the horizon
+            dark = sun < EVENTS["sunset"][0]
+            step = Step("sunset" if dark else "sunrise",
+                        level_pct=self.s.envelope.ceiling_pct if dark else 0.0)
+            active = ActiveStep(step, "(by the sun: no schedule step in force here now)",
+                                wall, None)
         rule = proposal = None
         model_error = "" if self.model is not None else self.model_error
         if active is not None and active.step.adaptive is not None and flow.flow is not None:

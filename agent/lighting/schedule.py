@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.lighting.astro import EVENTS, event_time
+from agent.lighting.astro import EVENTS, event_time, solar_noon
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -155,12 +155,20 @@ class Schedule:
 
     def _start(self, step: Step, day: date) -> float | None:
         if step.is_astro:
-            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-            t = event_time(step.at, self.latitude, self.longitude, midnight)
+            t = event_time(step.at, self.latitude, self.longitude, self._solar_day(day))
             return None if t is None else t + step.offset_min * 60
         hh, mm = (int(x) for x in step.at.split(":"))
         local = datetime(day.year, day.month, day.day, hh, mm, tzinfo=self._tz)
         return local.timestamp() + step.offset_min * 60
+
+    def _solar_day(self, day: date) -> float:
+        """The UTC midnight whose solar day is the local calendar day ``day``: the one
+        whose solar noon lies nearest local noon (in Samoa, UTC+13 at 172° W, the local
+        date runs a day ahead of the UTC date of its solar noon)."""
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=self._tz).timestamp()
+        base = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        return min((base + k * 86400 for k in (-1, 0, 1)),
+                   key=lambda m: abs(solar_noon(self.longitude, m) - noon))
 
     def active(self, t: float) -> ActiveStep | None:
         """The step in force at epoch ``t`` (None only for a program with no usable step

@@ -291,40 +291,64 @@ class LightingService:
         return n
 
     def reload(self, cfg: LightingConfig, cameras: list[str]) -> list[str]:
-        """Swap to ``cfg`` transactionally: open every new or changed bus first; if one
-        fails, close what was opened and raise (the old config keeps running). Returns
-        what changed."""
-        keep = {n: b for n, b in self.buses.items()}
-        built = self._build(cfg, keep)
-        opened = []
+        """Swap to ``cfg`` transactionally. Everything that talks to the hardware happens
+        before the swap: new or changed buses are opened (a changed bus's old port is freed
+        first), and every group of the new config finds its luminaires on its bus. If any
+        of that fails, what was opened is closed, freed ports are reopened by the usual
+        retry with the old settings, and BusError is raised: the old config keeps running.
+        Returns what changed."""
+        mono = self.clock.monotonic()
+        keep = dict(self.buses)
+        buses, groups, model_error = self._build(cfg, keep)
+        fresh = [b for n, b in buses.items() if b is not keep.get(n)]
+        ports = {b.cfg.port for b in fresh}
+        freed = [o for n, o in keep.items()
+                 if buses.get(n) is not o and o.handle is not None and o.cfg.port in ports]
+        opened: list[BusRuntime] = []
         try:
-            for name, b in built[0].items():
-                if b is not keep.get(name):
-                    b.handle = open_bus(b.cfg)
-                    opened.append(b)
+            for o in freed:                      # the same port, other settings: free it
+                _close(o.handle)
+                o.handle, o.state, o.retry_at = None, "down", -math.inf
+                for g in self.groups.values():
+                    if g.cfg.bus == o.cfg.name:
+                        g.group = None
+            for b in fresh:
+                b.handle = open_bus(b.cfg)
+                opened.append(b)
+            for g in groups.values():
+                b = buses[g.cfg.bus]
+                if b.handle is not None:         # a kept bus that is down: its retry will
+                    g.group = make_group(g.cfg, b.cfg, b.handle)
+                    g.members, g.discovered_at = g.group.discover(), mono
         except BusError as e:
             for b in opened:
                 _close(b.handle)
-            raise BusError(f"bus {b.cfg.name}: {e}") from None
-        old_buses = self.buses
-        for g in built[1].values():
+            name = opened[-1].cfg.name if opened else "?"
+            raise BusError(f"bus {name}: {e}") from None
+        for g in groups.values():                # keep the lamps' state and the accounts
             old = self.groups.get(g.cfg.name)
-            if old is not None:             # keep the lamps' state and the energy account
+            if old is not None:
                 g.policy.envelope.last_pct = old.policy.envelope.last_pct
                 g.policy.envelope.last_t = old.policy.envelope.last_t
                 g.energy, g.report_start = old.energy, old.report_start
                 g.saved_at_report, g.lamp_states = old.saved_at_report, old.lamp_states
-                g.mode, g.commanded = old.mode, None
-        self._apply_config(cfg, built)
+                g.mode = old.mode
+        old_buses = self.buses
+        self._apply_config(cfg, (buses, groups, model_error))
         self.all_cameras = list(cameras)
         for b in opened:
-            self._bring_up(b)
             b.state, b.error = "up", ""
         for name, b in old_buses.items():
             if self.buses.get(name) is not b:
                 _close(b.handle)
+        for g in self.groups.values():           # the gear's own fail-safe (safe_pct may
+            if g.group is not None and self.cfg.configure_gear:      # have changed)
+                try:
+                    self._configure(g)
+                except BusError as e:
+                    self._bus_failed(self.buses[g.cfg.bus], e, mono)
         self.tick(force=True)
-        return [f"buses: {', '.join(b.cfg.name for b in opened) or 'unchanged'}",
+        return [f"buses opened: {', '.join(b.cfg.name for b in opened) or 'none'}",
                 f"groups: {', '.join(self.groups)}"]
 
     # -- one tick --------------------------------------------------------------------------
@@ -409,10 +433,7 @@ class LightingService:
         if g.members != before:
             log.info("group %s: luminaires now %s", g.cfg.name, ", ".join(g.members) or "none")
             if self.cfg.configure_gear:
-                changes = g.group.ensure_failsafe(g.cfg.safe_pct, self.cfg.fade_s)
-                if changes:
-                    self._event("gear_configured", "info", g.cfg.name, changes=changes,
-                                luminaires=list(g.members))
+                self._configure(g)
 
     def _read_status(self, g: GroupRuntime) -> None:
         assert g.group is not None
@@ -468,16 +489,20 @@ class LightingService:
         for g in self.groups.values():
             if g.cfg.bus != b.cfg.name:
                 continue
-            group = make_group(g.cfg, b.cfg, b.handle)
-            members = group.discover()
-            g.members, g.discovered_at = members, self.clock.monotonic()
-            g.group, g.commanded, g.due = group, None, {}
+            g.group = make_group(g.cfg, b.cfg, b.handle)
+            g.members, g.discovered_at = g.group.discover(), self.clock.monotonic()
+            g.commanded, g.due = None, {}
             if self.cfg.configure_gear:
-                changes = group.ensure_failsafe(g.cfg.safe_pct, self.cfg.fade_s)
-                if changes:
-                    log.info("group %s: gear fail-safe settings: %s", g.cfg.name, changes)
-                    self._event("gear_configured", "info", g.cfg.name, changes=changes,
-                                luminaires=list(members))
+                self._configure(g)
+
+    def _configure(self, g: GroupRuntime) -> None:
+        """The gear's own power-on and failure levels and fade time (only what differs)."""
+        assert g.group is not None
+        changes = g.group.ensure_failsafe(g.cfg.safe_pct, self.cfg.fade_s)
+        if changes:
+            log.info("group %s: gear fail-safe settings: %s", g.cfg.name, changes)
+            self._event("gear_configured", "info", g.cfg.name, changes=changes,
+                        luminaires=list(g.members))
 
     def _bus_ok(self, b: BusRuntime) -> None:
         if b.state != "up":

@@ -319,8 +319,11 @@ class LuminaireGroupConfig(Strict):
                              f"adaptive rule allows for {self.design_class} ({MAX_STEPS} "
                              f"classes down = {lowest:g} %); use at least {lowest:g}")
         if self.floor > self.ceiling_pct:
-            raise ValueError(f"@floor_pct: the floor ({self.floor:g} %) must not exceed "
-                             f"ceiling_pct ({self.ceiling_pct:g} %)")
+            where = "floor_pct" if self.floor_pct is not None else "ceiling_pct"
+            raise ValueError(f"@{where}: ceiling_pct ({self.ceiling_pct:g} %) is below the floor "
+                             f"({self.floor:g} %"
+                             + ("" if self.floor_pct is not None else
+                                f", the class floor of {self.design_class}") + ")")
         if self.safe_pct < self.floor:
             raise ValueError(f"@safe_pct: the safe level ({self.safe_pct:g} %) must not be "
                              f"below the class floor ({self.floor:g} % for "
@@ -343,6 +346,10 @@ class AdaptiveConfig(Strict):
     def _order(self) -> AdaptiveConfig:
         if self.min > self.max:
             raise ValueError(f"@min: min ({self.min:g}) must not exceed max ({self.max:g})")
+        if self.fallback is not None and not self.min <= self.fallback <= self.max:
+            raise ValueError(f"@fallback: the level without trustworthy traffic "
+                             f"({self.fallback:g}) must lie between min ({self.min:g}) and "
+                             f"max ({self.max:g}): losing the camera must not darken the road")
         return self
 
 
@@ -354,13 +361,21 @@ class StepConfig(Strict):
     level: Annotated[float, Field(ge=0, le=100)] | None = None
     adaptive: AdaptiveConfig | None = None
 
-    @field_validator("at")
+    @field_validator("at", mode="before")
     @classmethod
-    def _at(cls, v: str | int) -> str:
+    def _at(cls, v: object) -> str:
         from agent.lighting.schedule import parse_time_of_day
 
         if isinstance(v, str) and v.strip().lower() in ASTRO_EVENTS:
             return v.strip().lower()
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError(f"expected a time 'HH:MM' (quoted) or one of "
+                             f"{', '.join(ASTRO_EVENTS)}; got {v!r}")
+        if isinstance(v, int) and not 60 <= v < 24 * 60:
+            # YAML reads an unquoted 22:00 as 1320 (minutes); 5 or 79200 (22:00:00) are not
+            # times anyone meant: ask for quotes
+            raise ValueError(f"got the number {v}: write the time quoted, e.g. at: \"05:00\" "
+                             f"(YAML reads unquoted times with colons as numbers)")
         return parse_time_of_day(v)
 
     @model_validator(mode="after")
@@ -382,6 +397,7 @@ class CalendarRuleConfig(Strict):
     @field_validator("dates")
     @classmethod
     def _dates(cls, v: list[str | date]) -> list[str | date]:
+        bad = []
         for d in v:
             if isinstance(d, date):
                 continue
@@ -392,8 +408,10 @@ class CalendarRuleConfig(Strict):
                 date(int(m.group(1)[:4]) if m.group(1) else 2024, int(m.group(2)),
                      int(m.group(3)))
             except ValueError:
-                raise ValueError(f"dates must be 'MM-DD' (every year) or 'YYYY-MM-DD'; "
-                                 f"got {d!r}") from None
+                bad.append(repr(d))
+        if bad:
+            raise ValueError(f"dates must be 'MM-DD' (every year) or 'YYYY-MM-DD' and exist; "
+                             f"not: {', '.join(bad)}")
         return v
 
 
@@ -523,13 +541,17 @@ class LightingConfig(Strict):
             raise ValueError("@calendar: with several programs, a calendar must say which "
                              "runs when (the last rule, with no dates, is the default)")
         for name, steps in self.programs.items():
-            seen = set()
+            seen: dict[object, int] = {}
             for k, st in enumerate(steps):
-                key = (st.at, st.offset_min)
+                if st.at in ASTRO_EVENTS:
+                    key: object = (st.at, st.offset_min)
+                else:                            # 21:00 + 60 min is 22:00
+                    hh, mm = (int(x) for x in st.at.split(":"))
+                    key = round(hh * 60 + mm + st.offset_min) % 1440
                 if key in seen:
-                    raise ValueError(f"@programs.{name}[{k}].at: two steps start at "
-                                     f"{st.at}{st.offset_min:+g} min")
-                seen.add(key)
+                    raise ValueError(f"@programs.{name}[{k}].at: starts at the same time as "
+                                     f"step {seen[key]} of program {name!r}")
+                seen[key] = k
                 if st.at not in ASTRO_EVENTS and self.timezone is None:
                     raise ValueError(f"@programs.{name}[{k}].at: a fixed-time step "
                                      f"({st.at}) needs lighting.timezone (e.g. Asia/Ho_Chi_Minh)")
@@ -544,6 +566,12 @@ class LightingConfig(Strict):
                         raise ValueError(
                             f"@programs.{name}[{k}].adaptive.max: {st.adaptive.max:g} % is "
                             f"below the class floor of group {g.name!r} ({g.floor:g} %)")
+                    fb = st.adaptive.fallback if st.adaptive is not None else None
+                    if fb is not None and fb < g.floor:
+                        raise ValueError(
+                            f"@programs.{name}[{k}].adaptive.fallback: {fb:g} % is below the "
+                            f"class floor of group {g.name!r} ({g.floor:g} %): losing the "
+                            f"camera must not darken the road")
         return self
 
 

@@ -184,6 +184,27 @@ def _explain(err: dict[str, Any], model: type[BaseModel], data: Any, loc: Loc) -
     return msg
 
 
+def _unconstructable(text: str) -> yaml.ScalarNode | None:
+    """The first scalar PyYAML cannot turn into a value (e.g. an impossible date)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    stack = [root] if root is not None else []
+    while stack:
+        n = stack.pop(0)
+        if isinstance(n, yaml.ScalarNode):
+            try:
+                yaml.SafeLoader("").construct_object(n, deep=True)
+            except (ValueError, OverflowError, yaml.YAMLError):
+                return n
+        elif isinstance(n, yaml.MappingNode):
+            stack = [x for kv in n.value for x in kv] + stack
+        elif isinstance(n, yaml.SequenceNode):
+            stack = list(n.value) + stack
+    return None
+
+
 def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tuple[int, int]]]:
     """Parse ``path``; return ``(data, value marks, key marks)`` or raise :class:`ConfigError`."""
     file = str(path)
@@ -201,6 +222,14 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tu
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         raise ConfigError([Problem(file, line, col, "", f"YAML syntax error: {e.problem}"
                                    + (f" ({e.context})" if e.context else ""))]) from None
+    except (ValueError, OverflowError, RecursionError) as e:
+        # PyYAML's constructors raise without a mark (an unquoted 2026-02-30 is read as a
+        # date that does not exist): find the scalar that fails, for its line
+        bad = _unconstructable(text)
+        line, col = (bad.start_mark.line + 1, bad.start_mark.column + 1) if bad else (0, 0)
+        what = f"{bad.value!r} " if bad is not None else ""
+        raise ConfigError([Problem(file, line, col, "", f"cannot read the value {what}({e}); "
+                                   f"quote it if it is meant as text")]) from None
     marks: dict[Loc, tuple[int, int]] = {}
     key_marks: dict[Loc, tuple[int, int]] = {}
     problems: list[Problem] = []

@@ -36,9 +36,17 @@ def validator(kind: str) -> Draft202012Validator:
 
 
 def errors(kind: str, message: Any) -> list[str]:
-    """Human-readable schema violations of ``message`` (empty when valid)."""
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in validator(kind).iter_errors(message)]
+    """Human-readable schema violations of ``message`` (empty when valid). A long offending
+    value is not echoed: the message names the rule it fails instead."""
+    out = []
+    for e in validator(kind).iter_errors(message):
+        text = e.message
+        if len(text) > 200:
+            value = repr(e.validator_value)
+            text = (f"{e.validator} {value[:80] + '…' if len(value) > 80 else value} not met "
+                    f"(a {type(e.instance).__name__} of {len(repr(e.instance))} characters)")
+        out.append(f"{'/'.join(map(str, e.absolute_path))[:120] or '(root)'}: {text}")
+    return out
 
 
 def kind_of(message: dict[str, Any]) -> str | None:

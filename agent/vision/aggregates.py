@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -170,7 +171,8 @@ class IntervalAggregator:
 
 class JsonLinesSink:
     """Appends records to a JSON-lines file, durably (flush + fsync per batch); OSError
-    (a full or read-only disk) reaches the caller, who reports it and goes on."""
+    (a full or read-only disk) reaches the caller, who reports it and goes on. A batch that
+    fails is taken back whole, so the file never holds a torn line."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -181,9 +183,24 @@ class JsonLinesSink:
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_json(), separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = "".join(json.dumps(r.to_json(), separators=(",", ":")) + "\n"
+                       for r in records).encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data                 # a line torn by a power cut before us
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                # a full disk: take back what part of the batch got in (unbuffered, so
+                # nothing is pending), so the file holds whole lines only
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
         self.written += len(records)
