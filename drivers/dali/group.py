@@ -17,7 +17,6 @@ group); status, energy and diagnostics are read per member:
 from __future__ import annotations
 
 from dali.address import GearBroadcast, GearShort
-from dali.gear.general import DTR0, SetFadeTime, SetPowerOnLevel, SetSystemFailureLevel
 from dali.memory import energy
 from dali.sequences import QueryGroups
 
@@ -120,10 +119,7 @@ class DaliGroup:
         the group's address, unverified."""
         arc, fade = ops.percent_to_arc(safe_pct), ops.fade_code(fade_s)
         if not self.members:
-            for value, store in ((arc, SetPowerOnLevel), (arc, SetSystemFailureLevel),
-                                 (fade, SetFadeTime)):
-                self.bus.send(DTR0(value))
-                self.bus.send(store(self.addr))
+            ops.set_failsafe(self.bus, self.addr, arc, fade)
             return [f"{self.address}: power-on/failure level {safe_pct:g} % and fade time set "
                     f"without read-back (no member answered)"]
         out: list[str] = []

@@ -194,16 +194,27 @@ def fade_seconds(code: int) -> float:
     return 0.0 if code <= 0 else round(0.5 * math.sqrt(2 ** code), 2)
 
 
+def _failsafe_settings(safe_arc: int, fade: int) -> tuple[tuple[str, Any, Any, int], ...]:
+    """``(what, query, store command, wanted value)`` of each fail-safe setting."""
+    return (("power-on level", QueryPowerOnLevel, SetPowerOnLevel, safe_arc),
+            ("system failure level", QuerySystemFailureLevel, SetSystemFailureLevel, safe_arc),
+            ("fade time", QueryFadeTimeFadeRate, SetFadeTime, fade))
+
+
+def set_failsafe(bus: LightingBus, addr: Address, safe_arc: int, fade: int) -> None:
+    """Write the fail-safe settings to ``addr`` (a group or broadcast) without reading back."""
+    for _what, _query, store, value in _failsafe_settings(safe_arc, fade):
+        bus.send(DTR0(value))
+        bus.send(store(addr))
+
+
 def ensure_failsafe(bus: LightingBus, short: int, safe_arc: int, fade: int) -> list[str]:
     """Make one gear safe without us: POWER ON LEVEL and SYSTEM FAILURE LEVEL = ``safe_arc``,
     FADE TIME = ``fade``. Reads each first and writes only what differs (configuration
     commands go out sent twice); returns what changed. None answered → nothing to do."""
     a = GearShort(short)
     changes = []
-    for what, query, store, want in (
-            ("power-on level", QueryPowerOnLevel, SetPowerOnLevel, safe_arc),
-            ("system failure level", QuerySystemFailureLevel, SetSystemFailureLevel, safe_arc),
-            ("fade time", QueryFadeTimeFadeRate, SetFadeTime, fade)):
+    for what, query, store, want in _failsafe_settings(safe_arc, fade):
         r = bus.send(query(a))
         if r is None or r.raw_value is None:
             continue                             # gear not there (reported by status reads)

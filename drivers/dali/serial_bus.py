@@ -21,6 +21,7 @@ from __future__ import annotations
 import termios
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import serial
@@ -117,13 +118,19 @@ class SerialDaliBus:
 
     def _read_reply(self) -> Reply:
         """The next answer (gateway events are recorded and skipped)."""
+        return self._read_until(lambda r: r.is_answer, "no reply from the gateway")
+
+    def _read_until(self, want: Callable[[Reply], bool], missing: str) -> Reply:
+        """The next reply ``want`` accepts, read with a deadline; gateway events on the way
+        are recorded, other replies dropped. BusTimeout (``missing``) when none comes."""
         deadline = time.monotonic() + self.timeout
         while True:
             while self._pending:
                 r = self._pending.pop(0)
-                if r.is_answer:
+                if not r.is_answer:
+                    self._event(r)
+                if want(r):
                     return r
-                self._event(r)
             try:
                 # return as soon as anything arrives (read(n) would wait for n bytes)
                 data = self.serial.read(max(1, self.serial.in_waiting))
@@ -134,8 +141,7 @@ class SerialDaliBus:
                 continue
             if time.monotonic() > deadline:
                 self.stats["timeouts"] += 1
-                raise BusTimeout(f"{self.port}: no reply from the gateway within "
-                                 f"{self.timeout * 1000:.0f} ms")
+                raise BusTimeout(f"{self.port}: {missing} within {self.timeout * 1000:.0f} ms")
 
     def _drain(self) -> None:
         """Before a new request: take what arrived unasked (gateway events are kept,
@@ -164,20 +170,9 @@ class SerialDaliBus:
                 self.serial.write(query())
             except _PORT_ERRORS as e:
                 raise BusDisconnected(f"{self.port}: {e}") from None
-            deadline = time.monotonic() + self.timeout
-            while time.monotonic() < deadline:
-                try:
-                    data = self.serial.read(max(1, self.serial.in_waiting))
-                except _PORT_ERRORS as e:
-                    raise BusDisconnected(f"{self.port}: {e}") from None
-                for r in self.codec.feed(data):
-                    if not r.is_answer:
-                        self._event(r)
-                        if r.info.startswith("bus_power:"):
-                            return self.power
-            self.stats["timeouts"] += 1
-            raise BusTimeout(f"{self.port}: no bus power status within "
-                             f"{self.timeout * 1000:.0f} ms")
+            self._read_until(lambda r: r.info.startswith("bus_power:"),
+                             "no bus power status")
+            return self.power
 
     # -- commands ---------------------------------------------------------------------
     def send(self, command: Command) -> Any:
