@@ -59,7 +59,7 @@ class CommandHandlers:
         assert lighting is not None
         until = self.agent.clock.time() + int(args["expires_in_s"])
         o = Override(float(args["level_pct"]), int(args.get("priority", 5)), until,
-                     self.agent.current_command or "")
+                     self.agent.dispatcher.current or "")
         fut = lighting.submit(lambda: lighting.set_override(groups, o))
         return _then(fut, lambda applied: {
             "groups": groups, "level_pct": o.level_pct, "priority": o.priority,

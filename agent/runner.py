@@ -24,7 +24,6 @@ of ``--duration``, or a crash unwinding the loop) closes the open intervals as
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -90,7 +89,6 @@ class Agent:
         self.dispatcher = CommandDispatcher(self.handlers.table())
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
         self.pending: list[Pending] = []
-        self.current_command: str | None = None
         self.records: list[TrafficRecord] = []
         self._camera_ok: dict[str, bool] = {}
         self._storage_failing = False
@@ -252,20 +250,11 @@ class Agent:
                 _topic, payload = self.commands.get_nowait()
             except queue.Empty:
                 return
-            cid = None
-            try:
-                body = json.loads(payload)
-                cid = body.get("correlation_id") if isinstance(body, dict) else None
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                pass
-            self.current_command = cid if isinstance(cid, str) else None
             try:
                 cid, cmd, error, data = self.dispatcher.handle(payload)
             except Exception as e:          # never the end of the main loop
                 log.exception("command handling failed")
                 cid, cmd, error, data = None, None, f"command failed: {type(e).__name__}", {}
-            finally:
-                self.current_command = None
             if isinstance(data, Future):
                 self.pending.append(Pending(cid, cmd or "", data,
                                             time.monotonic() + COMMAND_TIMEOUT_S))

@@ -113,7 +113,8 @@ def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> No
     r = next(r for r in responses(col) if r["correlation_id"] == "c1")
     assert r["result"] == "ok" and errors("response", r) == [], r
     assert r["data"]["level_pct"] == 40 and r["data"]["priority"] == 5
-    assert json.loads((tmp_path / "overrides.json").read_text())["street"][0]["level_pct"] == 40
+    stored = json.loads((tmp_path / "overrides.json").read_text())["street"][0]
+    assert stored["level_pct"] == 40 and stored["source"] == "c1"     # who asked
     # ramped towards 40 %, not jumped (no flicker): 10 %/min down
     street = agent.lighting.summary()["groups"]["street"]
     assert street["mode"] == "override" and 40 < street["commandedPct"] <= 100

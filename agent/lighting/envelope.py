@@ -113,9 +113,6 @@ class SafetyEnvelope:
                               x, ramp=False)
         step = x.step.step
         d = Decision(0.0, "schedule", [], step.describe())
-        if x.step.program.startswith("(by the sun"):
-            d.reasons.append("no schedule step in force here now (polar day or night): "
-                             "lit while the sun is below the horizon")
         if x.override_pct is not None and _finite(x.override_pct):
             d.level_pct, d.mode = min(100.0, max(0.0, x.override_pct)), "override"
         elif step.adaptive is None:

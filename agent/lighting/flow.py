@@ -54,11 +54,15 @@ class RollingFlow:
 
     def __init__(self, window_s: float = 3600.0, min_coverage_s: float = 600.0,
                  stale_s: float = 300.0) -> None:
+        self.configure(window_s, min_coverage_s, stale_s)
+        self._samples: dict[str, deque[TrafficSample]] = {}
+        self._last_seen: dict[str, float] = {}     # camera → mono of its last frames
+
+    def configure(self, window_s: float, min_coverage_s: float, stale_s: float) -> None:
+        """Set the window, the coverage it needs and the staleness limit (samples stay)."""
         self.window_s = window_s
         self.min_coverage_s = min(min_coverage_s, window_s)
         self.stale_s = stale_s
-        self._samples: dict[str, deque[TrafficSample]] = {}
-        self._last_seen: dict[str, float] = {}     # camera → mono of its last frames
 
     def add(self, sample: TrafficSample) -> None:
         """One closed interval of one camera (an interval without frames says the camera

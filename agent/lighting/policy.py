@@ -52,15 +52,15 @@ class GroupPolicy:
                                                   override_pct=override_pct))
         active = self.schedule.active(wall)
         sun = elevation_at(self.lat, self.lon, wall)
-        if active is None or wall - active.since > 86400:
+        by_sun = active is None or wall - active.since > 86400
+        if by_sun:
             # no step for a day or more: the program's astro events do not happen here now
             # (polar day or night, or the way into them); the sun decides, lit at the
             # ceiling below the horizon
             dark = sun < EVENTS["sunset"][0]
             step = Step("sunset" if dark else "sunrise",
                         level_pct=self.s.envelope.ceiling_pct if dark else 0.0)
-            active = ActiveStep(step, "(by the sun: no schedule step in force here now)",
-                                wall, None)
+            active = ActiveStep(step, "(by the sun)", wall, None)
         rule = proposal = None
         model_error = "" if self.model is not None else self.model_error
         if active is not None and active.step.adaptive is not None and flow.flow is not None:
@@ -73,8 +73,12 @@ class GroupPolicy:
                     f.heavy_share, f.motorbike_share, self.s.design_class)
                 if proposal is None:
                     model_error = "dimming model gave no usable output (failed, or outside 0-1)"
-        return self.envelope.decide(Situation(
+        d = self.envelope.decide(Situation(
             mono, True, (), active, dark=sun < NIGHT_BELOW_DEG, traffic_reason=flow.reason,
             rule_pct=rule, proposal_pct=proposal,
             model_error=model_error,
             override_pct=override_pct, ambient_dark=ambient_dark))
+        if by_sun:
+            d.reasons.insert(0, "no schedule step in force here now (polar day or night): "
+                                "lit while the sun is below the horizon")
+        return d

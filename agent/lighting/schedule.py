@@ -20,6 +20,7 @@ Everything here is pure (epoch seconds in, steps out) and shared by ``agent run`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -186,6 +187,21 @@ class Schedule:
             start, step, program = timeline[0]
             return ActiveStep(step, program, start, start)
         return current
+
+
+def calendar_date(value: str | date) -> tuple[int, int] | date:
+    """A calendar rule's date: ``"MM-DD"`` (every year) → ``(month, day)``, ``"YYYY-MM-DD"``
+    (or a YAML date) → that date; ValueError for anything else or a day that does not
+    exist (``02-30``; ``02-29`` is allowed, for leap years)."""
+    if isinstance(value, date):
+        return value
+    m = re.fullmatch(r"(\d{4}-)?(\d{2})-(\d{2})", str(value).strip())
+    if not m:
+        raise ValueError(f"not a date: {value!r}")
+    year, month, day = (int(m.group(1)[:4]) if m.group(1) else None, int(m.group(2)),
+                        int(m.group(3)))
+    checked = date(year or 2024, month, day)         # 2024: a leap year
+    return checked if year else (month, day)
 
 
 def parse_time_of_day(value: str | int) -> str:

@@ -58,10 +58,12 @@ from agent.lighting.overrides import Override, OverrideStore
 from agent.lighting.policy import GroupPolicy, GroupSettings
 from agent.lighting.schedule import (
     DEFAULT_PROGRAM,
+    WEEKDAYS,
     Adaptive,
     CalendarRule,
     Schedule,
     Step,
+    calendar_date,
     default_program,
 )
 from agent.records import DiagnosticsRecord, EventRecord, LightingRecord
@@ -110,20 +112,10 @@ def make_schedule(cfg: LightingConfig, g: LuminaireGroupConfig) -> Schedule:
         if g.program is not None:
             calendar = [CalendarRule(g.program)]
         else:
-            calendar = [CalendarRule(r.program, frozenset(_date_key(d) for d in r.dates),
-                                     frozenset(("mon", "tue", "wed", "thu", "fri", "sat",
-                                                "sun").index(w) for w in r.weekdays),
+            calendar = [CalendarRule(r.program, frozenset(calendar_date(d) for d in r.dates),
+                                     frozenset(WEEKDAYS.index(w) for w in r.weekdays),
                                      frozenset(r.months)) for r in cfg.calendar]
     return Schedule(programs, calendar, cfg.latitude, cfg.longitude, cfg.timezone or "UTC")
-
-
-def _date_key(d: Any) -> Any:
-    from datetime import date
-
-    if isinstance(d, date):
-        return d
-    parts = [int(x) for x in str(d).strip().split("-")]
-    return date(*parts) if len(parts) == 3 else (parts[0], parts[1])
 
 
 @dataclass
@@ -180,6 +172,7 @@ class LightingService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_report: float | None = None
+        self.flow = RollingFlow()
         self._apply_config(cfg, self._build(cfg, {}))
 
     # -- building -----------------------------------------------------------------------
@@ -209,10 +202,8 @@ class LightingService:
                       built: tuple[dict[str, BusRuntime], dict[str, GroupRuntime], str]) -> None:
         self.cfg = cfg
         self.buses, self.groups, self.model_error = built
-        self.flow = getattr(self, "flow", None) or RollingFlow(
-            cfg.traffic_window_s, cfg.traffic_min_coverage_s, cfg.camera_stale_s)
-        self.flow.window_s, self.flow.stale_s = cfg.traffic_window_s, cfg.camera_stale_s
-        self.flow.min_coverage_s = min(cfg.traffic_min_coverage_s, cfg.traffic_window_s)
+        self.flow.configure(cfg.traffic_window_s, cfg.traffic_min_coverage_s,
+                            cfg.camera_stale_s)                # (its samples are kept)
         self.overrides = OverrideStore(cfg.overrides_path)
         self.ambient = AmbientFile(cfg.ambient.path, cfg.ambient.dark_below_lux,
                                    cfg.ambient.max_age_s) if cfg.ambient else None
@@ -391,19 +382,20 @@ class LightingService:
         g.decision = d
         self._mode_events(g, d)
         bus = self.buses[g.cfg.bus]
-        if bus.state == "down" or g.group is None:
-            g.energy.hold(g.commanded if g.commanded is not None else 100.0,
-                          self._rated(g), mono)
+        unreachable = bus.state == "down" or g.group is None
+        # the energy since the last tick went at the level last commanded (never commanded:
+        # full light while unreachable, the new level otherwise)
+        held = g.commanded if g.commanded is not None else 100.0 if unreachable \
+            else d.level_pct
+        g.energy.hold(held, self._rated(g), mono)
+        if unreachable:
             return
+        assert g.group is not None
         try:
             refresh = mono - g.commanded_at >= self.cfg.refresh_s
             if force or refresh or g.commanded is None or abs(d.level_pct - g.commanded) >= 0.05:
                 g.group.set_level(d.level_pct)
-                g.energy.hold(g.commanded if g.commanded is not None else d.level_pct,
-                              self._rated(g), mono)
                 g.commanded, g.commanded_at = d.level_pct, mono
-            else:
-                g.energy.hold(g.commanded, self._rated(g), mono)
             if mono >= g.due.get("status", -math.inf):
                 self._read_status(g)
                 g.due["status"] = mono + self.cfg.status_period_s

@@ -397,16 +397,12 @@ class CalendarRuleConfig(Strict):
     @field_validator("dates")
     @classmethod
     def _dates(cls, v: list[str | date]) -> list[str | date]:
+        from agent.lighting.schedule import calendar_date
+
         bad = []
         for d in v:
-            if isinstance(d, date):
-                continue
-            m = re.fullmatch(r"(\d{4}-)?(\d{2})-(\d{2})", str(d).strip())
             try:
-                if not m:
-                    raise ValueError
-                date(int(m.group(1)[:4]) if m.group(1) else 2024, int(m.group(2)),
-                     int(m.group(3)))
+                calendar_date(d)
             except ValueError:
                 bad.append(repr(d))
         if bad:

@@ -34,6 +34,8 @@ class CommandDispatcher:
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self.handlers = handlers
         self.accepted = 0
+        #: the correlation id of the command whose handler is running (for the handler)
+        self.current: str | None = None
         self.rejected = 0
 
     def handle(self, payload: bytes) -> tuple[str | None, str | None, str | None, dict]:
@@ -65,6 +67,7 @@ class CommandDispatcher:
             self.rejected += 1
             return cid, cmd, f"command {msg['command']!r} is not supported here", {}
         try:
+            self.current = cid
             data = handler(msg.get("args") or {}) or {}
         except CommandError as e:
             self.rejected += 1
@@ -73,6 +76,8 @@ class CommandDispatcher:
             log.exception("command %s failed", msg["command"])
             self.rejected += 1
             return cid, cmd, _clip(f"command failed: {type(e).__name__}: {e}"), {}
+        finally:
+            self.current = None
         self.accepted += 1
         return cid, cmd, None, data
 
