@@ -89,7 +89,6 @@ class Agent:
         self.dispatcher = CommandDispatcher(self.handlers.table())
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
         self.pending: list[Pending] = []
-        self.records: list[TrafficRecord] = []
         self._camera_ok: dict[str, bool] = {}
         self._storage_failing = False
         self._next_health: float | None = None
@@ -188,8 +187,6 @@ class Agent:
         """Closed intervals: to the JSON-lines file, the platform and the lighting."""
         if not records:
             return
-        self.records.extend(records)
-        del self.records[:-5000]
         try:
             self.sink.write(records)
             if self._storage_failing:

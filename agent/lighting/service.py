@@ -177,7 +177,7 @@ class LightingService:
 
     # -- building -----------------------------------------------------------------------
     def _build(self, cfg: LightingConfig, keep: dict[str, BusRuntime]
-               ) -> tuple[dict[str, BusRuntime], dict[str, GroupRuntime], str]:
+               ) -> tuple[dict[str, BusRuntime], dict[str, GroupRuntime]]:
         """New runtimes for ``cfg`` (buses whose settings are unchanged are kept, open)."""
         model, model_error = None, ""
         try:
@@ -196,12 +196,12 @@ class LightingService:
             policy = GroupPolicy(settings, make_schedule(cfg, g), cfg.latitude, cfg.longitude,
                                  model, model_error)
             groups[g.name] = GroupRuntime(g, policy)
-        return buses, groups, model_error
+        return buses, groups
 
     def _apply_config(self, cfg: LightingConfig,
-                      built: tuple[dict[str, BusRuntime], dict[str, GroupRuntime], str]) -> None:
+                      built: tuple[dict[str, BusRuntime], dict[str, GroupRuntime]]) -> None:
         self.cfg = cfg
-        self.buses, self.groups, self.model_error = built
+        self.buses, self.groups = built
         self.flow.configure(cfg.traffic_window_s, cfg.traffic_min_coverage_s,
                             cfg.camera_stale_s)                # (its samples are kept)
         self.overrides = OverrideStore(cfg.overrides_path)
@@ -290,7 +290,7 @@ class LightingService:
         Returns what changed."""
         mono = self.clock.monotonic()
         keep = dict(self.buses)
-        buses, groups, model_error = self._build(cfg, keep)
+        buses, groups = self._build(cfg, keep)
         fresh = [b for n, b in buses.items() if b is not keep.get(n)]
         ports = {b.cfg.port for b in fresh}
         freed = [o for n, o in keep.items()
@@ -325,7 +325,7 @@ class LightingService:
                 g.saved_at_report, g.lamp_states = old.saved_at_report, old.lamp_states
                 g.mode = old.mode
         old_buses = self.buses
-        self._apply_config(cfg, (buses, groups, model_error))
+        self._apply_config(cfg, (buses, groups))
         self.all_cameras = list(cameras)
         for b in opened:
             b.state, b.error = "up", ""
