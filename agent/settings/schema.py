@@ -589,6 +589,33 @@ class MqttTls(Strict):
         return p
 
 
+class CommandsConfig(Strict):
+    """How platform commands are checked before anything runs (see README "Commands")."""
+
+    verify_key: Path | None = Field(None, description=(
+        "Ed25519 public key (PEM file) of the site's command signer; when set, every "
+        "command must carry a valid signature"))
+    max_ttl_s: Annotated[int, Field(strict=True, ge=10, le=7 * 86400)] = 86400
+    replay_path: Path | None = Field(None, description=(
+        "where executed correlation ids are remembered (default: commands.db beside the outbox)"))
+    overrides_per_minute: Annotated[int, Field(strict=True, ge=1, le=600)] = 12
+
+    @field_validator("replay_path")
+    @classmethod
+    def _rel(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("verify_key")
+    @classmethod
+    def _key_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return None
+        p = _resolve(v, info)
+        if not p.is_file():
+            raise ValueError(f"file {p} does not exist (an Ed25519 public key in PEM)")
+        return p
+
+
 class MqttConfig(Strict):
     """The city uplink. Credentials come from ``secrets_file`` or the environment
     (POLELINK_MQTT_USERNAME / POLELINK_MQTT_PASSWORD), never from this file."""
@@ -604,6 +631,11 @@ class MqttConfig(Strict):
     secrets_file: Path | None = None
     outbox_path: Path = Field(default=Path("var/outbox.db"), validate_default=True)
     outbox_max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    primary_host: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(None, description=(
+        "the platform's host id: data is held in the outbox until the retained "
+        "<prefix>/STATE/<primary_host> says the platform is online (Sparkplug-style)"))
+    session_expiry_s: Annotated[int, Field(strict=True, ge=0, le=7 * 86400)] = 3600
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
     @field_validator("outbox_path", "secrets_file")
     @classmethod
