@@ -10,6 +10,8 @@ thread or blocks the main loop.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,20 @@ class CommandHandlers:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.snapshots = SnapshotStore(agent.cfg.aggregates.path.parent / "snapshots")
+        m = agent.cfg.mqtt
+        self.overrides_per_minute = m.commands.overrides_per_minute if m else 12
+        self._override_times: deque[float] = deque()
+
+    def _rate_limit(self) -> None:
+        """At most ``overrides_per_minute`` override commands in any 60 s (a stolen account
+        or a runaway platform must not flicker the road)."""
+        now = time.monotonic()
+        while self._override_times and now - self._override_times[0] >= 60:
+            self._override_times.popleft()
+        if len(self._override_times) >= self.overrides_per_minute:
+            raise CommandError(f"rate limit: at most {self.overrides_per_minute} override "
+                               "commands a minute; not run")
+        self._override_times.append(now)
 
     def table(self) -> dict[str, Any]:
         """Command name → handler."""
@@ -55,6 +71,7 @@ class CommandHandlers:
     def set_override(self, args: dict[str, Any]) -> Future:
         """Override a group's level until ``expires_in_s`` (ramped, durable)."""
         groups = self._groups(args)
+        self._rate_limit()
         lighting = self.agent.lighting
         assert lighting is not None
         until = self.agent.clock.time() + int(args["expires_in_s"])
@@ -68,6 +85,7 @@ class CommandHandlers:
     def clear_override(self, args: dict[str, Any]) -> Future:
         """Remove overrides (one priority, or all); the schedule applies again."""
         groups = self._groups(args)
+        self._rate_limit()
         lighting = self.agent.lighting
         assert lighting is not None
         prio = args.get("priority")

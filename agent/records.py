@@ -43,6 +43,7 @@ class TrafficRecord:
     counts: dict[str, dict[str, int]]      # direction (or "inside") → class → count
     line: str | None = None
     zone: str | None = None
+    partial_reason: str = ""               # why partial: started, stopped, recovered, …
 
     @property
     def total(self) -> int:
@@ -65,7 +66,9 @@ class TrafficRecord:
             "schema": TRAFFIC_SCHEMA, "device": self.device, "site": self.site,
             "camera": self.camera, "interval_start": iso(self.start),
             "interval_end": iso(self.end), "interval_s": self.interval_s,
-            "partial": self.partial, "frames_analysed": self.frames_analysed,
+            "partial": self.partial,
+            **({"partial_reason": self.partial_reason} if self.partial_reason else {}),
+            "frames_analysed": self.frames_analysed,
             "frames_detected": self.frames_detected, "frames_dropped": self.frames_dropped,
             "frames_late": self.frames_late, "frames_expected": self.frames_expected,
             "detector_latency_ms_mean": self.detector_latency_ms_mean,
@@ -134,3 +137,4 @@ class HealthRecord:
     cameras: dict[str, str]
     clock: dict[str, Any]
     lighting: dict[str, Any]
+    uplink: dict[str, Any] = field(default_factory=dict)

@@ -44,11 +44,13 @@ from agent.records import EventRecord, HealthRecord, TrafficRecord
 from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
 from agent.settings.yamlfile import ConfigError
 from agent.uplink.commands import CommandDispatcher, CommandError
+from agent.uplink.guard import CommandGuard, ReplayWindow, load_public_key
 from agent.uplink.mqtt import TlsSettings, Uplink, UplinkSettings, credentials
 from agent.uplink.outbox import Outbox
 from agent.uplink.report import Reporter
 from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
 from agent.vision.camera import CameraSource, describe
+from agent.vision.checkpoint import CHECKPOINT_S, Checkpoints
 from agent.vision.counter import Line
 from agent.vision.detect import ModelError, load_detector
 from agent.vision.worker import CameraWorker
@@ -80,14 +82,16 @@ class Agent:
         self.started = self.clock.monotonic()
         self.stop_event = threading.Event()
         self.sink = JsonLinesSink(cfg.aggregates.path)
+        self.checkpoints = Checkpoints(cfg.aggregates.path.parent / "checkpoints")
+        self._next_checkpoint = 0.0
         self.outbox, self.uplink, self.uplink_problem = self._open_uplink(cfg.mqtt)
         self.reporter = Reporter(cfg.device.id, cfg.device.site, self.clock, self.outbox,
                                  self.uplink)
         self.workers = {c.name: self._make_worker(c) for c in cfg.cameras}
         self.lighting = self._make_lighting(cfg)
         self.handlers = CommandHandlers(self)
-        self.dispatcher = CommandDispatcher(self.handlers.table())
-        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self.dispatcher = CommandDispatcher(self.handlers.table(), self._make_guard(cfg.mqtt))
+        self.commands: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=1000)
         self.pending: list[Pending] = []
         self._camera_ok: dict[str, bool] = {}
         self._storage_failing = False
@@ -99,17 +103,36 @@ class Agent:
             return None, None, ""
         try:
             user, pw = credentials(m.secrets_file)
-            outbox = Outbox(m.outbox_path, self.cfg.device.id, m.outbox_max_messages)
-        except Exception as e:  # sqlite3 (read-only, corrupt, disk full), OSError, YAML
+        except Exception as e:  # an unreadable or invalid secrets file
             problem = f"uplink disabled: {type(e).__name__}: {e}"
             log.error("%s (lighting and counting go on)", problem)
             return None, None, problem
+        # never raises: a broken file is quarantined, an unwritable one held in memory
+        outbox = Outbox(m.outbox_path, self.cfg.device.id, m.outbox_max_messages)
         tls = TlsSettings(m.tls.ca, m.tls.cert, m.tls.key) if m.tls else None
         uplink = Uplink(UplinkSettings(m.host, m.port, m.prefix, m.protocol, m.keepalive_s,
                                        m.reconnect_min_s, m.reconnect_max_s, username=user,
-                                       password=pw, tls=tls),
+                                       password=pw, tls=tls, primary_host=m.primary_host,
+                                       session_expiry_s=m.session_expiry_s),
                         self.cfg.device.id, self.cfg.device.site, outbox, self.on_command)
         return outbox, uplink, ""
+
+    def _make_guard(self, m: MqttConfig | None) -> CommandGuard | None:
+        """Freshness, replay and signature checks for commands (see ``agent.uplink.guard``).
+        A verify key that cannot be read refuses every command (never runs them unchecked)."""
+        if m is None:
+            return None
+        c = m.commands
+        key = None
+        if c.verify_key is not None:
+            try:
+                key = load_public_key(c.verify_key)
+            except ValueError as e:
+                log.error("commands: %s; every command will be refused", e)
+                key = _UnusableKey(str(e))
+        replay = ReplayWindow(c.replay_path or m.outbox_path.with_name("commands.db"))
+        return CommandGuard(self.cfg.device.id, self.cfg.device.site, replay, c.max_ttl_s,
+                            key)
 
     def _make_worker(self, cam: CameraConfig, strict: bool = False) -> CameraWorker:
         """A camera's worker; its model is loaded here (a failure: the camera is reported,
@@ -149,18 +172,45 @@ class Agent:
             self.lighting.start()
         if self.uplink is not None:
             self.uplink.start()
+        self._recover_checkpoints()
         for w in self.workers.values():
             if w.detector is None:
                 continue
             log.info("camera %s: %s", w.name, describe(w.cfg.source))
             w.start(self.stop_event)
 
-    def on_command(self, topic: str, payload: bytes) -> None:
+    def _recover_checkpoints(self) -> None:
+        """Counts a crashed run left in its checkpoints join this run (see
+        ``agent.vision.aggregates``): nothing counted before a crash is lost or doubled."""
+        for name, w in self.workers.items():
+            cp = self.checkpoints.pending(name, self.sink.path)
+            if cp is None:
+                continue
+            try:
+                records = w.aggregator.restore(cp, w.state)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                log.error("camera %s: checkpoint unusable (%s); ignored", name, e)
+                continue
+            log.warning("camera %s: the last run did not stop cleanly; %s", name,
+                        "its open interval was closed from the checkpoint" if records
+                        else "its counts were recovered from the checkpoint")
+            self._deliver(records, self.clock.monotonic())
+            self.checkpoints.save(name, w.aggregator.checkpoint(self.clock.time()))
+
+    def _checkpoint(self, mono: float, force: bool) -> None:
+        if not force and mono < self._next_checkpoint:
+            return
+        self._next_checkpoint = mono + CHECKPOINT_S
+        now = self.clock.time()
+        for name, w in self.workers.items():
+            self.checkpoints.save(name, w.aggregator.checkpoint(now))
+
+    def on_command(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """From the MQTT thread: queue the command for the main loop, nothing more."""
         if self.uplink is None or topic != self.uplink.topic("cmd"):
             return
         try:
-            self.commands.put_nowait((topic, payload))
+            self.commands.put_nowait((topic, payload, retained))
         except queue.Full:
             log.warning("command queue full: command dropped")
 
@@ -171,7 +221,9 @@ class Agent:
         for w in self.workers.values():
             closed += w.aggregator.roll(now, mono, w.state)
         self._deliver(closed, mono)
+        self._checkpoint(mono, force=bool(closed))
         self._watch_cameras(mono)
+        self._watch_uplink()
         self._run_commands()
         self._settle_pending()
         if self._next_health is None:
@@ -241,14 +293,32 @@ class Agent:
                     else round(mono - w.last_good_mono, 1)}))
             self._camera_ok[name] = ok
 
+    def _watch_uplink(self) -> None:
+        """Outbox and uplink notices become events; a dead network thread is restarted."""
+        if self.outbox is not None:
+            for n in self.outbox.take_notices():
+                self.reporter.publish(EventRecord(n.event, n.severity, "outbox", n.detail))
+        if self.uplink is None:
+            return
+        for event, severity, detail in self.uplink.take_notices():
+            self.reporter.publish(EventRecord(event, severity, "uplink", detail))
+        if not self.uplink.alive and not self.stop_event.is_set():
+            self.uplink.stats.thread_restarts += 1
+            log.error("mqtt: the uplink thread died; restarting it")
+            self.reporter.publish(EventRecord("uplink_restarted", "alarm", "uplink", {
+                "restarts": self.uplink.stats.thread_restarts,
+                "last_error": self.uplink.stats.last_error[:300]}))
+            self.uplink.start()
+
     def _run_commands(self) -> None:
         while True:
             try:
-                _topic, payload = self.commands.get_nowait()
+                _topic, payload, retained = self.commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                cid, cmd, error, data = self.dispatcher.handle(payload)
+                cid, cmd, error, data = self.dispatcher.handle(payload, retained,
+                                                               self.clock.time())
             except Exception as e:          # never the end of the main loop
                 log.exception("command handling failed")
                 cid, cmd, error, data = None, None, f"command failed: {type(e).__name__}", {}
@@ -291,12 +361,20 @@ class Agent:
         self.reporter.publish(HealthRecord(
             system=system_health(self.cfg.aggregates.path.parent),
             uptime_s=self.clock.monotonic() - self.started,
-            outbox={"queued": len(self.outbox) if self.outbox else 0,
-                    "dropped": self.outbox.dropped if self.outbox else 0},
+            outbox=self.outbox.figures() if self.outbox else {"queued": 0, "dropped": 0},
             cameras={n: w.state for n, w in self.workers.items()},
             clock={"trusted": trust.trusted, "reasons": trust.reasons, "votes": trust.votes}
             if trust else {"trusted": True, "reasons": ["no lighting: not checked"]},
-            lighting=self.lighting.summary() if self.lighting else {}))
+            lighting=self.lighting.summary() if self.lighting else {},
+            uplink=self._uplink_figures()))
+
+    def _uplink_figures(self) -> dict[str, Any]:
+        if self.uplink is None:
+            return {}
+        d, g = self.dispatcher, self.dispatcher.guard
+        return {**self.uplink.figures(), "commandsAccepted": d.accepted,
+                "commandsRejected": d.rejected, "commandReplays": g.replays if g else 0,
+                "replayWindowDurable": g.replay.durable if g else False}
 
     # -- reload ---------------------------------------------------------------------------
     def reload(self) -> dict[str, Any]:
@@ -350,6 +428,7 @@ class Agent:
                 old.stop()
                 old._flush()
                 self._deliver(old.aggregator.flush(now, mono, old.state), mono)
+                self.checkpoints.remove(name)
         self.cfg = new
         for name, w in fresh.items():
             self.workers[name] = w
@@ -376,6 +455,8 @@ class Agent:
                 tail += w.aggregator.flush(now, mono, w.state)
             self._deliver(tail, mono)
             out += tail
+            for name in self.workers:
+                self.checkpoints.remove(name)
         except Exception:
             log.exception("stopping: the open intervals could not be closed")
         finally:
@@ -410,10 +491,25 @@ class Agent:
                     parts.append(f"bus {name} {b['state'].upper()}")
         if self.uplink is not None:
             q = len(self.outbox) if self.outbox else 0
-            parts.append(f"mqtt {'up' if self.uplink.connected else 'DOWN'} queued {q}")
+            up = self.uplink
+            state = ("DOWN" if not up.connected else "REFUSED (broker ACL?)" if up.refused
+                     else "up, platform away" if not up.platform_online else "up")
+            parts.append(f"mqtt {state} queued {q}")
+            if self.outbox is not None and (self.outbox.degraded or self.outbox.write_error):
+                parts.append("OUTBOX NOT DURABLE")
         elif self.uplink_problem:
             parts.append("mqtt DISABLED")
         return " | ".join(parts)
+
+
+class _UnusableKey:
+    """Stands in for a verify key that could not be loaded: nothing verifies."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def verify(self, _sig: bytes, _data: bytes) -> None:
+        raise ValueError(self.why)
 
 
 def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:

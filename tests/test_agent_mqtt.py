@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.runner import Agent
 from agent.settings.schema import load_config
+from agent.uplink.commands import new_command
 from agent.uplink.contract import errors, kind_of
 from drivers.dali.ops import percent_to_arc
 from sim.dali import DaliEmulator, make_gear
@@ -72,10 +73,16 @@ def command(port: int, body: bytes | dict) -> None:
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="platform")
     c.connect("127.0.0.1", port)
     c.loop_start()
-    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    payload = body if isinstance(body, bytes) else json.dumps(fresh(body)).encode()
     c.publish("polelink/lab/pole-7/cmd", payload, qos=1).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
+
+
+def fresh(body: dict) -> dict:
+    """A test's command with the schema version and expiry the pole requires."""
+    return {**body, **new_command(body["command"], body.get("args"),
+                                  correlation_id=body.get("correlation_id"))}
 
 
 def responses(col: Collector) -> list[dict]:
@@ -106,7 +113,7 @@ def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> No
     assert diag["luminaires"][0]["serial"] == 1000 and diag["luminaires"][0]["nominalPowerW"]
 
     [g.level for g in emu.gear]
-    command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c1",
+    command(broker.port, {"schema": "polelink/command/2", "correlation_id": "c1",
                           "command": "set_override",
                           "args": {"group": "street", "level_pct": 40, "expires_in_s": 600}})
     assert wait_until(lambda: any(r["correlation_id"] == "c1" for r in responses(col)), 10)
@@ -121,13 +128,13 @@ def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> No
     assert all(g.level > percent_to_arc(40) for g in emu.gear)
     [g.level for g in emu.gear]
 
-    command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c2",
+    command(broker.port, {"schema": "polelink/command/2", "correlation_id": "c2",
                           "command": "set_override",
                           "args": {"group": "nope", "level_pct": 5, "expires_in_s": 600}})
     command(broker.port, b"\xff not json")
-    command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c3",
+    command(broker.port, {"schema": "polelink/command/2", "correlation_id": "c3",
                           "command": "ping"})
-    command(broker.port, {"schema": "polelink/command/1", "correlation_id": "c4",
+    command(broker.port, {"schema": "polelink/command/2", "correlation_id": "c4",
                           "command": "request_snapshot"})
     assert wait_until(lambda: any(r["correlation_id"] == "c4" for r in responses(col)), 10)
     by_id = {r["correlation_id"]: r for r in responses(col)}
@@ -140,7 +147,7 @@ def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> No
     assert Path(snap["data"]["path"]).is_file()
     assert col.where(lambda t, m, r: m.get("event") == "command_rejected")
     for i in range(8):                           # snapshots are cleaned up: 5 are kept
-        command(broker.port, {"schema": "polelink/command/1", "correlation_id": f"s{i}",
+        command(broker.port, {"schema": "polelink/command/2", "correlation_id": f"s{i}",
                               "command": "request_snapshot"})
         time.sleep(0.05)
     assert wait_until(lambda: sum(r["correlation_id"].startswith("s") for r in responses(col)
@@ -155,7 +162,7 @@ garbage = st.one_of(
                  lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=10), ch,
                                                                          max_size=4),
                  max_leaves=10).map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"schema": st.sampled_from(["polelink/command/1", "x"]),
+    st.fixed_dictionaries({"schema": st.sampled_from(["polelink/command/2", "x"]),
                            "correlation_id": st.text(max_size=200),
                            "command": st.sampled_from(["set_override", "clear_override", "ping",
                                                        "reboot", "reload_config", ""]),
@@ -163,7 +170,7 @@ garbage = st.one_of(
                                ["group", "level_pct", "expires_in_s", "x"]),
                                st.one_of(st.integers(-10, 10**6), st.text(max_size=5),
                                          st.floats(allow_nan=False)), max_size=4)})
-    .filter(lambda d: not (d["schema"] == "polelink/command/1" and d["command"] == "set_override"
+    .filter(lambda d: not (d["schema"] == "polelink/command/2" and d["command"] == "set_override"
                            and isinstance(d["args"].get("level_pct"), int | float)
                            and 0 <= d["args"].get("level_pct", -1) <= 100
                            and isinstance(d["args"].get("expires_in_s"), int)

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.uplink.commands import new_command
 from sim.gnss import GnssEmulator
 from sim.traffic import SceneConfig, write_clip
 from tests.conftest import ROOT, SIMNET
@@ -50,8 +51,9 @@ def command(rig: PoleRig, body: dict) -> None:
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="platform-t")
     c.connect("127.0.0.1", rig.broker.port)
     c.loop_start()
-    c.publish("polelink/lab/pole-9/cmd", json.dumps({"schema": "polelink/command/1", **body}),
-              qos=1).wait_for_publish(5)
+    msg = {**new_command(body["command"], body.get("args"),
+                         correlation_id=body.get("correlation_id")), **body}
+    c.publish("polelink/lab/pole-9/cmd", json.dumps(msg), qos=1).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
 

@@ -66,7 +66,9 @@ def traffic_message(rec: TrafficRecord, ts: str) -> dict[str, Any]:
         "schema": "polelink/traffic/1", "device": rec.device, "site": rec.site, "ts": ts,
         "camera": rec.camera,
         "samplingPeriod": {"start": iso(rec.start), "end": iso(rec.end),
-                           "seconds": rec.interval_s, "partial": rec.partial},
+                           "seconds": rec.interval_s, "partial": rec.partial,
+                           **({"partialReason": rec.partial_reason}
+                              if rec.partial_reason else {})},
         "roadUserCounts": counts, "totalCount": rec.total,
         "quality": {"framesAnalysed": rec.frames_analysed, "framesExpected": rec.frames_expected,
                     "framesDetected": rec.frames_detected, "framesGood": rec.frames_good,
@@ -129,7 +131,8 @@ def health_message(rec: HealthRecord, device: str, site: str, ts: str) -> dict[s
     """A health message."""
     return {"schema": "polelink/health/1", "device": device, "site": site, "ts": ts,
             **rec.system, "uptimeS": round(rec.uptime_s, 1), "outbox": rec.outbox,
-            "cameras": rec.cameras, "clock": rec.clock, "lighting": rec.lighting}
+            "cameras": rec.cameras, "clock": rec.clock, "lighting": rec.lighting,
+            **({"uplink": rec.uplink} if rec.uplink else {})}
 
 
 def response_message(device: str, site: str, ts: str, correlation_id: str | None,

@@ -2,13 +2,25 @@
 
 One network thread owns a paho-mqtt 2.x client:
 
-- connect (MQTT 5, falling back to 3.1.1 when the broker refuses the protocol version;
-  TLS / mutual TLS when configured), with a retained **last will** ``offline`` on the
-  status topic and, once connected, a retained **birth** ``online`` (both carry the boot
-  counter ``bdSeq``, after Sparkplug B);
+- connect with MQTT 5 (every connection; 3.1.1 only for a connection whose MQTT 5
+  CONNECT the broker explicitly refused as an unsupported protocol version, or when
+  configured), with a persistent session (``session_expiry_s``) so commands sent while
+  we reconnect wait for us; TLS / mutual TLS when configured; a retained **last will**
+  ``offline`` on the status topic and, once connected, a retained **birth** ``online``
+  (both carry the boot counter ``bdSeq``, after Sparkplug B);
+- with ``primary_host`` set, hold data until the platform's retained STATE topic
+  ``<prefix>/STATE/<primary_host>`` says ``online`` (Sparkplug B's primary host): a
+  broker that restarted and lost the platform's session then loses nothing, because
+  nothing is sent until the platform is back and subscribed;
 - publish the outbox's pending messages with QoS 1, a bounded number in flight, and
-  delete each one from the outbox only after its PUBACK (in one transaction per network
-  pass: a power cut in between only means a repeat with the same ``msg_id``);
+  delete each one from the outbox only after a successful PUBACK (in one transaction per
+  network pass: a power cut in between only means a repeat with the same ``msg_id``). A
+  PUBACK with a failure reason (MQTT 5 "Not authorized", quota) keeps the message,
+  pauses publishing with back-off and raises one ``publish_refused`` alarm. (MQTT 3.1.1
+  has no such reason: a broker that drops a denied 3.1.1 publication acknowledges it, and
+  only the platform's gap count can show the loss);
+- any error inside the thread is logged and counted (``threadRestarts``) and the thread
+  reconnects: it never dies while the agent runs;
 - on any disconnect, drop the client and its in-flight state, wait with exponential
   back-off and jitter, and connect a fresh client; sending restarts from the oldest
   unacknowledged message, so a message may arrive twice, always with the same ``msg_id``.
@@ -18,6 +30,7 @@ Topic tree: ``<prefix>/<site>/<device>/<kind>[/<name>]``; see ``agent/uplink/sch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +46,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.uplink.outbox import Outbox
 
@@ -64,6 +79,8 @@ class UplinkSettings:
     password: str | None = None
     tls: TlsSettings | None = None
     client_id: str | None = None
+    primary_host: str | None = None       # hold data until <prefix>/STATE/<it> is online
+    session_expiry_s: int = 3600          # 0: a clean session on every connection
 
 
 @dataclass
@@ -74,6 +91,8 @@ class UplinkStats:
     disconnects: int = 0
     published: int = 0
     acked: int = 0
+    refused: int = 0                      # PUBACKs with a failure reason
+    thread_restarts: int = 0              # errors the network thread recovered from
     last_error: str = ""
     protocol: str = ""
 
@@ -103,23 +122,32 @@ class Uplink:
     """See the module docstring."""
 
     def __init__(self, settings: UplinkSettings, device: str, site: str, outbox: Outbox,
-                 on_command: Callable[[str, bytes], None] | None = None) -> None:
+                 on_command: Callable[[str, bytes, bool], None] | None = None) -> None:
         self.s = settings
         self.device, self.site = device, site
         self.outbox = outbox
         self.on_command = on_command
         self.base = f"{settings.prefix}/{site}/{device}"
+        self.state_topic = (f"{settings.prefix}/STATE/{settings.primary_host}"
+                            if settings.primary_host else None)
         self.stats = UplinkStats()
         self.boot = outbox.next_boot()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
-        self._inflight: dict[int, int] = {}          # paho mid → outbox id
+        self._inflight: dict[int, tuple[int, str]] = {}   # paho mid → (outbox id, topic)
         self._acked: list[int] = []                   # PUBACKed, not yet deleted
         self._sent_up_to = 0                          # outbox id last handed to paho
         self._lock = threading.Lock()
-        self._protocol = mqtt.MQTTv311 if settings.protocol == "3.1.1" else mqtt.MQTTv5
+        self._attempt = 0                             # connections tried in this life
+        self._use_311_once = settings.protocol == "3.1.1"
+        self._protocol = mqtt.MQTTv311 if self._use_311_once else mqtt.MQTTv5
+        self._platform_ts = -1.0                      # timestamp of the last STATE seen
+        self._platform_online = False
+        self._hold_until = 0.0                        # publishing paused (refused) until
+        self._refused_backoff = 0.0
+        self.notices: list[tuple[str, str, dict[str, Any]]] = []  # (event, severity, detail)
 
     # -- public ---------------------------------------------------------------------
     def topic(self, kind: str, name: str | None = None) -> str:
@@ -127,7 +155,8 @@ class Uplink:
         return f"{self.base}/{kind}" + (f"/{name}" if name else "")
 
     def start(self) -> Uplink:
-        """Start the network thread."""
+        """Start (or, after it died, restart) the network thread."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mqtt-uplink", daemon=True)
         self._thread.start()
         return self
@@ -139,9 +168,30 @@ class Uplink:
             self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        """The network thread is running (or was never started)."""
+        return self._thread is None or self._thread.is_alive()
+
+    @property
     def connected(self) -> bool:
         """Connected to the broker right now."""
         return self._connected.is_set()
+
+    @property
+    def platform_online(self) -> bool:
+        """The platform's STATE says online (always True without ``primary_host``)."""
+        return self.state_topic is None or self._platform_online
+
+    @property
+    def refused(self) -> bool:
+        """The broker is refusing our publications right now (e.g. not authorized)."""
+        return time.monotonic() < self._hold_until
+
+    def take_notices(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Events for the runner to publish (refused publications and their recovery)."""
+        with self._lock:
+            out, self.notices = self.notices, []
+        return out
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected (True) or ``timeout``."""
@@ -156,22 +206,36 @@ class Uplink:
                          retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def figures(self) -> dict[str, Any]:
+        """For health: connection, delivery, refusals, thread restarts."""
+        st = self.stats
+        return {"connected": self.connected, "protocol": st.protocol, "connects": st.connects,
+                "disconnects": st.disconnects, "published": st.published, "acked": st.acked,
+                "refused": st.refused, "threadRestarts": st.thread_restarts,
+                "platformOnline": self.platform_online if self.state_topic else None,
+                "lastError": st.last_error[:300]}
+
     # -- network thread ---------------------------------------------------------------
     def _status(self, state: str) -> dict[str, Any]:
         """A birth/death message. It does not take a data ``seq`` (a last will that is never
         sent must not look like a gap): ``seq`` is the last data seq so far, and ``msg_id``
-        is ``device:bd<bdSeq>-<state>``, stable for this life of the device."""
+        is ``device:epoch:bd<bdSeq>.<connection>-<state>``, unique for every connection."""
         return {"schema": "polelink/status/1", "device": self.device, "site": self.site,
                 "ts": now_iso(), "state": state, "bdSeq": self.boot,
                 "seq": max(1, self.outbox.last_seq),
-                "msg_id": f"{self.device}:bd{self.boot}-{state}"}
+                "msg_id": f"{self.device}:{self.outbox.epoch}:bd{self.boot}.{self._attempt}"
+                          f"-{state}"}
 
     def _new_client(self) -> mqtt.Client:
         s = self.s
+        self._attempt += 1
+        v311 = self._use_311_once
+        self._protocol = mqtt.MQTTv311 if v311 else mqtt.MQTTv5
+        persistent = s.session_expiry_s > 0
         c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                         client_id=s.client_id or f"polelink-{self.device}",
-                        protocol=self._protocol, clean_session=True
-                        if self._protocol == mqtt.MQTTv311 else None)
+                        protocol=self._protocol,
+                        clean_session=(not persistent) if v311 else None)
         c.max_inflight_messages_set(s.max_inflight)
         if s.username:
             c.username_pw_set(s.username, s.password)
@@ -188,6 +252,17 @@ class Uplink:
         c.on_message = self._on_message
         return c
 
+    def _connect(self, client: mqtt.Client) -> None:
+        s = self.s
+        if self._protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            if s.session_expiry_s > 0:
+                props.SessionExpiryInterval = s.session_expiry_s
+            client.connect(s.host, s.port, s.keepalive_s, clean_start=s.session_expiry_s == 0,
+                           properties=props)
+        else:
+            client.connect(s.host, s.port, s.keepalive_s)
+
     def _on_connect(self, c: mqtt.Client, _u: object, _flags: object, reason: Any,
                     _props: object) -> None:
         if reason.is_failure:
@@ -195,13 +270,16 @@ class Uplink:
             log.warning("mqtt: %s", self.stats.last_error)
             if self.s.protocol == "auto" and self._protocol == mqtt.MQTTv5 \
                     and "protocol" in str(reason).lower():
-                log.info("mqtt: broker refuses MQTT 5, falling back to 3.1.1")
-                self._protocol = mqtt.MQTTv311
+                log.info("mqtt: broker refuses MQTT 5 on this connection; trying 3.1.1")
+                self._use_311_once = True
             return
         self.stats.connects += 1
         self.stats.protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
+        self._platform_online = False          # learnt again from the retained STATE
         c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
         c.subscribe(self.topic("cmd"), qos=1)
+        if self.state_topic:
+            c.subscribe(self.state_topic, qos=1)
         self._connected.set()
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.s.host, self.s.port,
                  self.stats.protocol)
@@ -217,75 +295,144 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: Any,
                     _props: object) -> None:
         with self._lock:
-            oid = self._inflight.pop(mid, None)
-        if oid is not None and not getattr(reason, "is_failure", False):
-            self._acked.append(oid)  # deleted in a batch after this network pass
+            entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        oid, topic = entry
+        if getattr(reason, "is_failure", False):
+            self._publication_refused(oid, topic, str(reason))
+            return
+        self._acked.append(oid)  # deleted in a batch after this network pass
+        if self._refused_backoff and not self.refused:
+            self._refused_backoff = 0.0
+            log.info("mqtt: the broker accepts our publications again")
+            with self._lock:
+                self.notices.append(("publish_refused", "info", {"recovered": True}))
+
+    def _publication_refused(self, oid: int, topic: str, reason: str) -> None:
+        """A PUBACK with a failure reason (e.g. "Not authorized"): the message stays in the
+        outbox, publishing pauses with back-off, and an alarm is raised once."""
+        self.stats.refused += 1
+        first = not self._refused_backoff
+        self._refused_backoff = min(max(self._refused_backoff * 2, self.s.reconnect_min_s),
+                                    self.s.reconnect_max_s)
+        self._hold_until = time.monotonic() + self._refused_backoff
+        with self._lock:
+            self._sent_up_to = min(self._sent_up_to, oid - 1)   # resend it after the pause
+        self.stats.last_error = f"broker refused a publication on {topic}: {reason}"
+        if first:
+            log.error("mqtt: %s; the message stays queued (check the broker ACL)",
+                      self.stats.last_error)
+            with self._lock:
+                self.notices.append(("publish_refused", "alarm",
+                                     {"topic": topic, "reason": reason}))
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if self.state_topic and msg.topic == self.state_topic:
+            self._on_platform_state(msg.payload)
+            return
         if self.on_command is not None:
             try:
-                self.on_command(msg.topic, msg.payload)
+                self.on_command(msg.topic, msg.payload, bool(msg.retain))
             except Exception:
                 log.exception("mqtt: command handler failed")
 
+    def _on_platform_state(self, payload: bytes) -> None:
+        """Sparkplug-style primary host STATE: ``{"online": bool, "timestamp": ms}``; an
+        older timestamp than the last one seen is ignored (a stale will)."""
+        try:
+            msg = json.loads(payload)
+            online, ts = msg["online"], float(msg.get("timestamp", 0))
+            if not isinstance(online, bool):
+                raise ValueError("online is not a boolean")
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            log.warning("mqtt: ignoring a malformed platform STATE (%s)", str(e)[:200])
+            return
+        if ts < self._platform_ts:
+            return
+        self._platform_ts = ts
+        if online != self._platform_online:
+            log.info("mqtt: platform %s is %s", self.s.primary_host,
+                     "online: sending" if online else "offline: holding data in the outbox")
+        self._platform_online = online
+
     def _run(self) -> None:
+        """The network thread: never ends on an error, only on :meth:`stop`."""
         backoff = self.s.reconnect_min_s
         while not self._stop.is_set():
-            client = self._new_client()
-            self._client = client
             try:
-                client.connect(self.s.host, self.s.port, self.s.keepalive_s)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                self.stats.last_error = f"cannot connect to {self.s.host}:{self.s.port}: {e}"
-                log.warning("mqtt: %s", self.stats.last_error)
+                backoff = self._connection(backoff)
+            except Exception as e:      # a bug or a broken outbox must not end the uplink
+                self.stats.thread_restarts += 1
+                self.stats.last_error = f"uplink error: {type(e).__name__}: {e}"
+                log.exception("mqtt: uplink error; reconnecting")
+                self._connected.clear()
+                with contextlib.suppress(Exception):
+                    if self._client is not None:
+                        self._client.disconnect()
+                self._client = None
                 self._sleep_backoff(backoff)
                 backoff = min(backoff * 2, self.s.reconnect_max_s)
-                continue
-            with self._lock:
-                self._inflight.clear()
-                self._sent_up_to = 0
-            deadline = time.monotonic() + 10
-            was_connected = False
-            while not self._stop.is_set():
-                rc = client.loop(timeout=0.05)
-                self._flush_acks()
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    break
-                if self._connected.is_set():
-                    was_connected = True
-                    backoff = self.s.reconnect_min_s
-                    self._pump(client)
-                elif time.monotonic() > deadline:
-                    break  # no CONNACK (or a refusal): start again
-            if not was_connected and not self._stop.is_set() \
-                    and "refused" not in self.stats.last_error:
-                self.stats.last_error = (
-                    "the broker closed the connection before answering (no CONNACK): "
-                    + ("a client certificate may be required (mutual TLS), or "
-                       if self.s.tls else "") + "it may not speak this MQTT version")
-                log.warning("mqtt: %s", self.stats.last_error)
-            if not was_connected and not self._stop.is_set() and self.s.protocol == "auto" \
-                    and self._protocol == mqtt.MQTTv5 and "refused" not in self.stats.last_error:
-                # the socket opened but an MQTT 5 CONNECT got no CONNACK at all: brokers that
-                # only speak 3.1.1 (amqtt, old appliances) just drop it
-                log.info("mqtt: no answer to MQTT 5, trying 3.1.1")
-                self._protocol = mqtt.MQTTv311
-            if self._stop.is_set():
-                if self._connected.is_set():
-                    info = client.publish(self.topic("status"),
-                                          json.dumps(self._status("offline")), qos=1, retain=True)
-                    t_end = time.monotonic() + 2
-                    while not info.is_published() and time.monotonic() < t_end:
-                        client.loop(0.05)
-                    self._flush_acks()
-                client.disconnect()
-                self._connected.clear()
-                break
-            self._connected.clear()
-            client.disconnect()
+
+    def _connection(self, backoff: float) -> float:
+        """One connection, from connect to its end; returns the next back-off."""
+        client = self._new_client()
+        self._client = client
+        explicit_311 = self._use_311_once
+        self._use_311_once = self.s.protocol == "3.1.1"    # a fallback lasts one connection
+        try:
+            self._connect(client)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            self.stats.last_error = f"cannot connect to {self.s.host}:{self.s.port}: {e}"
+            log.warning("mqtt: %s", self.stats.last_error)
             self._client = None
             self._sleep_backoff(backoff)
-            backoff = min(backoff * 2, self.s.reconnect_max_s)
+            return min(backoff * 2, self.s.reconnect_max_s)
+        with self._lock:
+            self._inflight.clear()
+            self._sent_up_to = 0
+        deadline = time.monotonic() + 10
+        was_connected = False
+        while not self._stop.is_set():
+            rc = client.loop(timeout=0.05)
+            self._flush_acks()
+            self.outbox.retry()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+            if self._connected.is_set():
+                was_connected = True
+                backoff = self.s.reconnect_min_s
+                if self.platform_online and not self.refused:
+                    self._pump(client)
+            elif self._use_311_once and not explicit_311:
+                break           # refused MQTT 5: reconnect at once with 3.1.1
+            elif time.monotonic() > deadline:
+                break  # no CONNACK (or a refusal): start again
+        if not was_connected and not self._stop.is_set() \
+                and "refused" not in self.stats.last_error:
+            self.stats.last_error = (
+                "the broker did not answer the CONNECT (no CONNACK): it may be hung or "
+                "overloaded" + (", or require a client certificate (mutual TLS)"
+                                if self.s.tls else ""))
+            log.warning("mqtt: %s", self.stats.last_error)
+        if self._stop.is_set():
+            if self._connected.is_set():
+                info = client.publish(self.topic("status"),
+                                      json.dumps(self._status("offline")), qos=1, retain=True)
+                t_end = time.monotonic() + 2
+                while not info.is_published() and time.monotonic() < t_end:
+                    client.loop(0.05)
+                self._flush_acks()
+            client.disconnect()
+            self._connected.clear()
+            return backoff
+        self._connected.clear()
+        client.disconnect()
+        self._client = None
+        if self._use_311_once and not explicit_311 and not was_connected:
+            return backoff      # the protocol fallback goes at once
+        self._sleep_backoff(backoff)
+        return min(backoff * 2, self.s.reconnect_max_s)
 
     def _flush_acks(self) -> None:
         """Delete the messages PUBACKed during the last network pass, in one transaction.
@@ -311,6 +458,6 @@ class Uplink:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return
             with self._lock:
-                self._inflight[info.mid] = m.id
+                self._inflight[info.mid] = (m.id, m.topic)
                 self._sent_up_to = m.id
             self.stats.published += 1

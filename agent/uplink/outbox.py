@@ -1,27 +1,66 @@
 """Store-and-forward outbox in SQLite: nothing leaves the pole before it is on disk.
 
-- :meth:`Outbox.put` stamps a message with the device's next ``seq`` (persisted,
-  monotonically increasing across restarts) and a stable ``msg_id`` (``device:seq``). It
-  commits the message (WAL journal, ``synchronous=FULL``) before returning, so a power
-  cut or SIGKILL right after loses nothing.
-- The uplink takes :meth:`pending` messages in order and :meth:`ack` deletes each one
-  only once the broker has acknowledged it (PUBACK). After a reconnect or a restart the
-  same messages, with the same ``seq`` and ``msg_id``, are sent again. The platform drops
+- :meth:`Outbox.put` stamps a message with the store's next ``seq`` (persisted,
+  monotonically increasing across restarts) and a ``msg_id`` ``device:epoch:seq``. The
+  *epoch* is random, chosen when the store file is created, so ids stay unique when the
+  file is deleted or quarantined and ``seq`` starts again at 1. It commits the message
+  (WAL journal, ``synchronous=FULL``) before returning, so a power cut or SIGKILL right
+  after loses nothing.
+- The uplink takes :meth:`pending` messages in order and :meth:`ack_many` deletes them
+  only once the broker has acknowledged them. After a reconnect or a restart the same
+  messages, with the same ``seq`` and ``msg_id``, are sent again; the platform drops
   repeats by ``msg_id``.
-- The outbox is bounded (``max_messages``). When full, the oldest messages are dropped,
-  and the count of dropped messages is kept (persisted) for the uplink to report as an
-  event. A loss is never silent.
+- Bounded (``max_messages``): when full, the oldest are dropped and counted (persisted,
+  reported). A loss is never silent.
+
+It cannot take the agent down (every failure below ends in a :class:`Notice` for the
+runner to raise as an event, never in an exception out of :meth:`put` or :meth:`pending`):
+
+- **disk full** (or any failed write): the message waits, unstamped and in order, in a
+  bounded memory *spill* and is committed as soon as a write works again;
+- **read-only or unopenable file**: the store runs in memory (not durable: a notice says
+  so) until the agent is restarted with a writable file;
+- **corrupt file** (found by ``PRAGMA quick_check`` at open, or by a failed read later):
+  every row that can still be read is copied into a fresh file, and the corrupt file is
+  kept beside it as ``outbox.db.corrupt-<time>`` for inspection, never deleted;
+- **a corrupt row** (undecodable topic, payload that is not a JSON object with a
+  ``msg_id``, impossible QoS): moved to the ``quarantine`` table of the same file (raw
+  bytes kept) and skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Messages kept in memory while the disk refuses writes (then the oldest are dropped).
+SPILL_MAX = 10_000
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+        qos INTEGER NOT NULL, retain INTEGER NOT NULL, seq INTEGER NOT NULL,
+        created REAL NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER, topic BLOB, payload BLOB, reason TEXT, ts REAL)""",
+)
+
+
+class OutboxError(Exception):
+    """The outbox cannot do what was asked (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -36,105 +75,392 @@ class Message:
     seq: int
 
 
-class Outbox:
-    """A durable, bounded, ordered message queue; thread-safe."""
+@dataclass(frozen=True)
+class Notice:
+    """Something the outbox had to do that the platform must hear about."""
 
-    def __init__(self, path: Path, device: str, max_messages: int = 100_000) -> None:
+    event: str            # outbox_degraded | outbox_quarantined | outbox_rows_quarantined
+    severity: str         # alarm | warning | info
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Outbox:
+    """A durable, bounded, ordered message queue; thread-safe; see the module docstring."""
+
+    def __init__(self, path: Path | str, device: str, max_messages: int = 100_000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.device = device
         self.max_messages = max_messages
-        self._lock = threading.Lock()
-        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("""CREATE TABLE IF NOT EXISTS outbox (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
-                qos INTEGER NOT NULL, retain INTEGER NOT NULL, seq INTEGER NOT NULL,
-                created REAL NOT NULL)""")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
-        for key in ("seq", "dropped", "boots"):
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", (key,))
+        self._lock = threading.RLock()
+        self._notices: list[Notice] = []
+        self._spill: deque[tuple[str, dict[str, Any], int, bool]] = deque()
+        self.spill_dropped = 0
+        self.write_error = ""            # the last failed write, "" once writes work again
+        self.degraded = ""               # why the store is in memory, "" when on disk
+        self.db = self._open()
+        self._epoch = self._read_epoch()
+
+    def _read_epoch(self) -> str:
+        return f"{self._meta('epoch'):08x}"
+
+    # -- opening -------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db = self._connect(self.path)
+            except sqlite3.DatabaseError as e:
+                if not _is_corruption(e):
+                    raise
+                return self._quarantine_and_salvage(str(e))
+            bad = self._check(db)
+            if bad:
+                db.close()
+                db = self._quarantine_and_salvage(bad)
+            return db
+        except (sqlite3.Error, OSError) as e:
+            reason = f"{self.path}: {type(e).__name__}: {e}"
+            self.degraded = reason
+            log.error("outbox: cannot use %s; holding messages in memory (not durable)",
+                      reason)
+            self._notify("outbox_degraded", "alarm", {
+                "path": str(self.path), "error": f"{type(e).__name__}: {e}",
+                "durable": False, "action": "free space or fix permissions, then restart"})
+            return self._connect(":memory:")
+
+    def _connect(self, where: Path | str) -> sqlite3.Connection:
+        db = sqlite3.connect(str(where), check_same_thread=False, isolation_level=None,
+                             timeout=5)
+        try:
+            if str(where) != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+            for stmt in _SCHEMA:
+                db.execute(stmt)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)",
+                       (int.from_bytes(os.urandom(4), "big"),))
+            for key in ("seq", "dropped", "boots", "quarantined"):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", (key,))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _check(db: sqlite3.Connection) -> str:
+        """'' when the file is sound, otherwise what ``quick_check`` found."""
+        try:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        found = "; ".join(str(r[0]) for r in rows[:3])
+        return "" if found == "ok" else found
+
+    def _quarantine_and_salvage(self, why: str) -> sqlite3.Connection:
+        """Move the corrupt file aside (kept), copy what can be read into a fresh one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(kept) + suffix))
+        rows, meta = _salvage(kept)
+        db = self._connect(self.path)
+        with _transaction(db):
+            for key in ("seq", "dropped", "boots", "epoch"):
+                if key in meta:
+                    db.execute("UPDATE meta SET value=? WHERE key=?", (meta[key], key))
+            db.executemany("INSERT INTO outbox (topic, payload, qos, retain, seq, created) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        log.error("outbox: %s is corrupt (%s); kept as %s, %d message(s) salvaged",
+                  self.path, why, kept, len(rows))
+        self._notify("outbox_quarantined", "alarm", {
+            "path": str(self.path), "kept_as": str(kept), "problem": why[:300],
+            "salvaged": len(rows), "epoch_kept": "epoch" in meta})
+        return db
+
+    # -- helpers -------------------------------------------------------------------------
+    def _notify(self, event: str, severity: str, detail: dict[str, Any]) -> None:
+        self._notices.append(Notice(event, severity, detail))
+
+    def take_notices(self) -> list[Notice]:
+        """Notices since the last call (the runner turns them into events)."""
+        with self._lock:
+            out, self._notices = self._notices, []
+        return out
 
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
+    @property
+    def epoch(self) -> str:
+        """This store's epoch (8 hex digits), part of every ``msg_id``."""
+        return self._epoch
+
     def next_boot(self) -> int:
         """Count one more start of the agent (Sparkplug's birth/death sequence)."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE meta SET value=value+1 WHERE key='boots'")
-            boots = self._meta("boots")
-            self.db.execute("COMMIT")
-            return boots
-
-    def _bump(self) -> int:
-        self.db.execute("UPDATE meta SET value=value+1 WHERE key='seq'")
-        return self._meta("seq")
-
-    def put(self, topic: str, body: dict[str, Any], qos: int = 1, retain: bool = False) -> dict:
-        """Stamp and durably queue a message; returns the stamped body."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._bump()
-                stamped = {**body, "seq": seq, "msg_id": f"{self.device}:{seq}"}
-                self.db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, seq, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (topic, json.dumps(stamped, separators=(",", ":")).encode(), qos,
-                     int(retain), seq, time.time()))
+                with _transaction(self.db):
+                    self.db.execute("UPDATE meta SET value=value+1 WHERE key='boots'")
+            except sqlite3.Error as e:
+                self._write_failed(e)
+            return self._meta("boots")
+
+    # -- writing -------------------------------------------------------------------------
+    def put(self, topic: str, body: dict[str, Any], qos: int = 1,
+            retain: bool = False) -> dict[str, Any] | None:
+        """Stamp and durably queue a message; returns the stamped body. When the disk
+        refuses, returns None: the message waits in memory (in order) and is committed by a
+        later :meth:`put` or :meth:`retry`."""
+        with self._lock:
+            self._spill.append((topic, body, qos, retain))
+            if len(self._spill) > SPILL_MAX:
+                self._spill.popleft()
+                self.spill_dropped += 1
+            return self._commit_spill()
+
+    def retry(self) -> None:
+        """Try again to commit messages that a failed write left in memory."""
+        with self._lock:
+            if self._spill:
+                self._commit_spill()
+
+    def _commit_spill(self) -> dict[str, Any] | None:
+        stamped: dict[str, Any] | None = None
+        try:
+            with _transaction(self.db):
+                epoch = f"{self._meta('epoch'):08x}"
+                for topic, body, qos, retain in self._spill:
+                    self.db.execute("UPDATE meta SET value=value+1 WHERE key='seq'")
+                    seq = self._meta("seq")
+                    stamped = {**body, "seq": seq, "msg_id": f"{self.device}:{epoch}:{seq}"}
+                    self.db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, seq, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (topic, json.dumps(stamped, separators=(",", ":")).encode(), qos,
+                         int(retain), seq, time.time()))
                 n = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
                 if n > self.max_messages:
                     over = n - self.max_messages
                     self.db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
                                     "ORDER BY id LIMIT ?)", (over,))
-                    self.db.execute("UPDATE meta SET value=value+? WHERE key='dropped'", (over,))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            return stamped
+                    self.db.execute("UPDATE meta SET value=value+? WHERE key='dropped'",
+                                    (over,))
+        except sqlite3.Error as e:
+            self._write_failed(e)
+            return None
+        self._spill.clear()
+        if self.write_error:
+            log.info("outbox: writes work again (%s)", self.path)
+            self._notify("outbox_degraded", "info", {"path": str(self.path), "recovered": True})
+            self.write_error = ""
+        return stamped
 
+    def _write_failed(self, e: sqlite3.Error) -> None:
+        if isinstance(e, sqlite3.DatabaseError) and _is_corruption(e):
+            self._recover(str(e))
+            return
+        if not self.write_error:
+            log.error("outbox: write failed (%s); holding messages in memory", e)
+            self._notify("outbox_degraded", "alarm", {
+                "path": str(self.path), "error": f"{type(e).__name__}: {e}",
+                "durable": False, "held_in_memory_max": SPILL_MAX})
+        self.write_error = f"{type(e).__name__}: {e}"
+
+    def _recover(self, why: str) -> None:
+        """Corruption found while running: quarantine the file and carry on with a new one."""
+        if self.degraded:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
+        try:
+            self.db = self._quarantine_and_salvage(why)
+        except (sqlite3.Error, OSError) as e:
+            self.degraded = f"{self.path}: {e}"
+            self._notify("outbox_degraded", "alarm", {"path": str(self.path),
+                                                      "error": str(e), "durable": False})
+            self.db = self._connect(":memory:")
+        self._epoch = self._read_epoch()
+
+    # -- reading -------------------------------------------------------------------------
     def pending(self, limit: int = 100, after_id: int = 0) -> list[Message]:
-        """The oldest queued messages (with id > ``after_id``), in order."""
+        """The oldest queued messages (with id > ``after_id``), in order; rows that cannot
+        be sent are quarantined and skipped."""
         with self._lock:
-            rows = self.db.execute(
-                "SELECT id, topic, payload, qos, retain, seq FROM outbox WHERE id > ? "
-                "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+            for _attempt in range(2):
+                try:
+                    return self._pending(limit, after_id)
+                except sqlite3.DatabaseError as e:
+                    if not _is_corruption(e):
+                        log.error("outbox: cannot read (%s)", e)
+                        return []
+                    self._recover(str(e))
+                    after_id = 0
+            return []
 
-    def ack(self, message_id: int) -> None:
-        """The broker has the message: forget it."""
-        with self._lock:
-            self.db.execute("DELETE FROM outbox WHERE id=?", (message_id,))
+    def _pending(self, limit: int, after_id: int) -> list[Message]:
+        rows = self.db.execute(
+            "SELECT id, CAST(topic AS BLOB), payload, qos, retain, seq FROM outbox "
+            "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        good: list[Message] = []
+        bad: list[tuple[int, bytes, bytes, str, object]] = []
+        for rid, topic, payload, qos, retain, seq in rows:
+            problem = _row_problem(topic, payload, qos)
+            if problem:
+                bad.append((rid, bytes(topic or b""), bytes(payload or b""), problem, seq))
+            else:
+                good.append(Message(rid, bytes(topic).decode(), bytes(payload), qos,
+                                    bool(retain), int(seq)))
+        if bad:
+            self._quarantine_rows(bad)
+        return good
+
+    def _quarantine_rows(self, bad: list[tuple[int, bytes, bytes, str, object]]) -> None:
+        try:
+            with _transaction(self.db):
+                self.db.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                                    [(r, t, p, why, time.time()) for r, t, p, why, _ in bad])
+                self.db.executemany("DELETE FROM outbox WHERE id=?", [(r[0],) for r in bad])
+                self.db.execute("UPDATE meta SET value=value+? WHERE key='quarantined'",
+                                (len(bad),))
+        except sqlite3.Error as e:
+            self._write_failed(e)
+            return
+        log.error("outbox: %d unreadable message(s) moved to the quarantine table of %s: %s",
+                  len(bad), self.path, bad[0][3])
+        self._notify("outbox_rows_quarantined", "alarm", {
+            "path": str(self.path), "rows": [r[0] for r in bad][:20], "problem": bad[0][3],
+            # the data seqs the platform will miss: a gap it can explain, not a mystery
+            "seqs": [r[4] for r in bad if isinstance(r[4], int)][:20]})
 
     def ack_many(self, message_ids: list[int]) -> None:
-        """Forget several acknowledged messages in one transaction (one fsync)."""
+        """Forget several acknowledged messages in one transaction (one fsync). A failed
+        delete only means the messages are sent again (same msg_id)."""
         if not message_ids:
             return
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in message_ids])
-            self.db.execute("COMMIT")
+            try:
+                with _transaction(self.db):
+                    self.db.executemany("DELETE FROM outbox WHERE id=?",
+                                        [(i,) for i in message_ids])
+            except sqlite3.Error as e:
+                self._write_failed(e)
+
+    def ack(self, message_id: int) -> None:
+        """The broker has one message: forget it."""
+        self.ack_many([message_id])
+
+    # -- figures -------------------------------------------------------------------------
+    def _count(self, sql: str, default: int = 0) -> int:
+        with self._lock:
+            try:
+                return int(self.db.execute(sql).fetchone()[0])
+            except sqlite3.Error:
+                return default
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return self._count("SELECT COUNT(*) FROM outbox") + len(self._spill)
 
     @property
     def dropped(self) -> int:
-        """Messages dropped because the outbox was full (ever)."""
-        with self._lock:
-            return self._meta("dropped")
+        """Messages dropped because the outbox was full (ever), or the memory spill was."""
+        return self._count("SELECT value FROM meta WHERE key='dropped'") + self.spill_dropped
+
+    @property
+    def quarantined(self) -> int:
+        """Rows moved to quarantine (ever, in this file)."""
+        return self._count("SELECT value FROM meta WHERE key='quarantined'")
 
     @property
     def last_seq(self) -> int:
         """The last ``seq`` handed out."""
-        with self._lock:
-            return self._meta("seq")
+        return self._count("SELECT value FROM meta WHERE key='seq'")
+
+    def figures(self) -> dict[str, Any]:
+        """For health: queued, dropped, quarantined, held in memory, durable or not."""
+        return {"queued": len(self), "dropped": self.dropped, "quarantined": self.quarantined,
+                "heldInMemory": len(self._spill), "durable": not self.degraded
+                and not self.write_error, "epoch": self.epoch}
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (messages still held in memory are lost; logged)."""
         with self._lock:
-            self.db.close()
+            self.retry()
+            if self._spill:
+                log.error("outbox: %d message(s) could not be written and are lost",
+                          len(self._spill))
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT; on any failure a ROLLBACK that cannot hide the error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _is_corruption(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _row_problem(topic: bytes | None, payload: bytes | None, qos: object) -> str:
+    """Why a stored row cannot be sent as it is ('' when it can)."""
+    try:
+        t = bytes(topic or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return "topic is not UTF-8"
+    if not t or "\x00" in t or "+" in t or "#" in t:
+        return "topic is not a publishable topic"
+    if qos not in (0, 1, 2):
+        return f"impossible qos {qos!r}"
+    try:
+        body = json.loads(bytes(payload or b""))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "payload is not JSON"
+    if not isinstance(body, dict) or not isinstance(body.get("msg_id"), str):
+        return "payload has no msg_id"
+    return ""
+
+
+def _salvage(path: Path) -> tuple[list[tuple], dict[str, int]]:
+    """Every outbox row and meta value that can still be read from a corrupt file."""
+    rows: list[tuple] = []
+    meta: dict[str, int] = {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows, meta
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            for k, v in db.execute("SELECT key, value FROM meta"):
+                if isinstance(k, str) and isinstance(v, int):
+                    meta[k] = v
+        last = 0
+        while True:            # row by row, stepping over what cannot be read
+            try:
+                r = db.execute("SELECT id, CAST(topic AS BLOB), payload, qos, retain, seq, "
+                               "created FROM outbox WHERE id > ? ORDER BY id LIMIT 1",
+                               (last,)).fetchone()
+            except sqlite3.Error:
+                last += 1
+                if last > meta.get("seq", 0) + 1:
+                    break
+                continue
+            if r is None:
+                break
+            last = r[0]
+            if not _row_problem(r[1], r[2], r[3]):
+                rows.append((bytes(r[1]).decode(), bytes(r[2]), r[3], r[4], r[5], r[6]))
+    finally:
+        db.close()
+    return rows, meta

@@ -16,6 +16,13 @@ Rules:
   begins when the agent did, not on the boundary, and says ``partial: true``; a stop
   closes the open interval as ``partial`` at the stop. Two runs never give overlapping
   records. ``frames_expected`` counts from the interval's real beginning.
+- **Checkpoints.** :meth:`IntervalAggregator.checkpoint` snapshots the open interval (the
+  runner writes it to disk every few seconds); :meth:`IntervalAggregator.restore` takes a
+  checkpoint left by a run that did not stop cleanly (SIGKILL, power cut). If it is of the
+  interval open now, its counts join the new run's and the record says ``partial`` with
+  the unobserved gap in ``partial_reason``; if it is of an older interval, that interval
+  is closed from the checkpoint, ``partial``, reason ``recovered …``. A crash loses at most
+  the seconds since the last checkpoint, and says so.
 - **Clock jumps.** When the wall clock jumps forward past several intervals, the open one
   closes at its end and the next begins at the current interval, ``partial`` (the skipped
   time has no record). When it jumps backwards, the open interval closes ``partial`` with
@@ -56,6 +63,10 @@ class _Bucket:
     id_switches: int = 0
     blinded_frames: int = 0
     frozen_frames: int = 0
+    reason: str = ""           # why partial
+
+_FIGURES = ("frames_analysed", "frames_detected", "frames_dropped", "frames_late",
+            "frames_good", "detector_s", "id_switches", "blinded_frames", "frozen_frames")
 
 
 class IntervalAggregator:
@@ -69,7 +80,8 @@ class IntervalAggregator:
         self.zones = zones
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._bucket = _Bucket(interval_start(now, interval_s), now, mono, True)
+        self._bucket = _Bucket(interval_start(now, interval_s), now, mono, True,
+                               reason="started")
         self.fps: float | None = None  # the source's frame rate, for frames expected
 
     # -- adds (the camera worker) -----------------------------------------------------------
@@ -127,14 +139,17 @@ class IntervalAggregator:
             end = b.start + self.interval_s
             if now < b.begin - 1.0:                          # the wall clock went back
                 covered_end = b.begin + max(0.0, mono - b.mono_begin)
-                self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True)
+                self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True,
+                                       reason="clock went back")
+                b.reason = "clock went back"
                 return self._records(b, camera_state, end=covered_end, partial=True)
             if now < end:
                 return []
             if now < end + self.interval_s:                  # the usual case
                 self._bucket = _Bucket(end, end, mono - (now - end), False)
             else:                                            # a jump (or a long stall) forward
-                self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True)
+                self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True,
+                                       reason="clock jumped forward")
             return self._records(b, camera_state, end=end, partial=b.partial)
 
     def flush(self, now: float, mono: float, camera_state: str) -> list[TrafficRecord]:
@@ -142,9 +157,48 @@ class IntervalAggregator:
         The aggregator then starts a fresh partial interval, should it be used again."""
         with self._lock:
             b = self._bucket
-            self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True)
+            self._bucket = _Bucket(interval_start(now, self.interval_s), now, mono, True,
+                                   reason="started")
             end = min(max(now, b.begin), b.start + self.interval_s)
+            b.reason = "stopped" if not b.reason else f"{b.reason}; stopped"
             return self._records(b, camera_state, end=end, partial=True)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self, now: float) -> dict:
+        """The open interval as a JSON-able dict (for :meth:`restore` after a crash)."""
+        with self._lock:
+            b = self._bucket
+            return {"camera": self.camera, "start": b.start, "begin": b.begin, "saved": now,
+                    "partial": b.partial, "reason": b.reason, "counts": b.counts,
+                    **{k: getattr(b, k) for k in _FIGURES}}
+
+    def restore(self, cp: dict, camera_state: str) -> list[TrafficRecord]:
+        """Take a crashed run's checkpoint (see the module rules); returns the records of an
+        older interval it closes (empty when it joined the open one)."""
+        with self._lock:
+            start, begin, saved = int(cp["start"]), float(cp["begin"]), float(cp["saved"])
+            old = _Bucket(start, begin, 0.0, True, counts=cp["counts"],
+                          **{k: type(getattr(self._bucket, k))(cp[k]) for k in _FIGURES})
+            b = self._bucket
+            if start == b.start and begin <= b.begin:
+                gap = max(0.0, b.begin - saved)
+                for line, dirs in old.counts.items():
+                    for d, per in dirs.items():
+                        mine = b.counts.setdefault(line, {}).setdefault(d, {})
+                        for cls, n in per.items():
+                            mine[cls] = mine.get(cls, 0) + int(n)
+                for k in _FIGURES:
+                    setattr(b, k, getattr(b, k) + getattr(old, k))
+                b.mono_begin -= b.begin - begin
+                b.begin = begin
+                b.reason = (f"restarted: counts up to {saved - begin:.0f} s recovered from a "
+                            f"checkpoint, {gap:.0f} s not observed")
+                return []
+            if start >= b.start:
+                return []                   # a checkpoint from the future: ignore it
+            old.reason = "recovered after an unclean stop: closed from its last checkpoint"
+            end = min(max(saved, begin), start + self.interval_s)
+            return self._records(old, camera_state, end=end, partial=True)
 
     def _records(self, b: _Bucket, state: str, end: float, partial: bool) -> list[TrafficRecord]:
         expected = max(0, round(self.fps * (end - b.begin))) if self.fps else None
@@ -158,7 +212,8 @@ class IntervalAggregator:
             id_switches=b.id_switches,
             camera_blinded=b.blinded_frames > b.frames_analysed / 2 if b.frames_analysed
             else False,
-            camera_frozen=b.frozen_frames > 0, camera_state=state)
+            camera_frozen=b.frozen_frames > 0, camera_state=state,
+            partial_reason=b.reason if partial else "")
         out = []
         for name, dirs in self.lines.items():
             counts = {d: dict(sorted(b.counts.get(name, {}).get(d, {}).items())) for d in dirs}

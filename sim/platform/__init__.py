@@ -4,20 +4,32 @@ Subscribes to everything under ``<prefix>/#``, validates each message against th
 contract (``agent/uplink/schemas``), detects gaps (missing ``seq``) and duplicates (repeated
 ``msg_id``), stores messages in SQLite, serves a live dashboard on localhost and sends
 commands. ``python -m sim.platform --broker 127.0.0.1:1883 --http 127.0.0.1:8080``.
+
+It behaves as a real platform should, so that poles can rely on it:
+
+- a fixed client id and a persistent MQTT 5 session: while it is away, the broker keeps
+  its QoS 1 messages; restarted on the same ``--db`` it carries on its ledger;
+- a Sparkplug-style **primary host STATE**: once subscribed it publishes a retained
+  ``{"online": true, "timestamp": ms}`` on ``<prefix>/STATE/<host_id>`` and leaves a will
+  saying ``online: false``; poles configured with ``primary_host`` hold their data while
+  it is offline, so a broker that restarts and forgets the platform's session loses nothing;
+- commands expire (``ttl_s``), are signed when given an Ed25519 key, and are sent again
+  with the same correlation id until answered or expired (the pole runs each id once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.uplink.commands import new_command
 from sim.platform.store import Store
 from sim.platform.web import make_server
 
@@ -28,22 +40,35 @@ class PlatformSim:
     """Subscriber + store + dashboard + command sender."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "polelink",
-                 db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0) -> None:
+                 db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0,
+                 host_id: str = "ops", signing_key: Any | None = None,
+                 protocol: str = "5", retry_s: float = 5.0) -> None:
         self.prefix = prefix
+        self.host_id = host_id
+        self.state_topic = f"{prefix}/STATE/{host_id}"
+        self.signing_key = signing_key
+        self.retry_s = retry_s
         self.store = Store(db)
         self.invalid_log: list[tuple[str, list[str]]] = []
-        # a persistent MQTT 5 session (as a real platform should have): while the platform
-        # is away, the broker keeps its QoS 1 messages for it
+        self.unanswered: dict[str, tuple[str, bytes, float]] = {}  # cid → topic, body, expiry
+        self.responses: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.v5 = protocol == "5"
+        # a fixed client id and a persistent session (as a real platform should have):
+        # while the platform is away, the broker keeps its QoS 1 messages for it
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"polelink-platform-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+                                  client_id=f"polelink-platform-{host_id}",
+                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                                  clean_session=None if self.v5 else False)
         self.subscribed = threading.Event()
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.5, 5)
         self.host, self.port = host, port
+        self._state_ts = 0
         self.http = make_server(http_host, http_port, self.state, self.command)
         self.http_port = self.http.server_address[1]
 
@@ -52,39 +77,88 @@ class PlatformSim:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self.client.connect_async(self.host, self.port, clean_start=False, properties=props)
+        self._state_ts = int(time.time() * 1000)
+        self.client.will_set(self.state_topic, self._state(False), qos=1, retain=True)
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect_async(self.host, self.port, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(self.host, self.port)
         self.client.loop_start()
         threading.Thread(target=self.http.serve_forever, daemon=True, name="platform-http").start()
+        threading.Thread(target=self._retry_loop, daemon=True, name="platform-retry").start()
         return self
 
     def stop(self) -> None:
-        """Disconnect and stop the dashboard."""
-        self.client.loop_stop()
+        """Say offline (retained), disconnect and stop the dashboard."""
+        self._stopping.set()
+        if self.subscribed.is_set():
+            info = self.client.publish(self.state_topic, self._state(False), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(2)
         self.client.disconnect()
+        self.client.loop_stop()
         self.http.shutdown()
+
+    def _state(self, online: bool) -> str:
+        return json.dumps({"online": online, "timestamp": self._state_ts})
 
     def _on_connect(self, c: mqtt.Client, _u: object, _f: object, _rc: object,
                     _p: object) -> None:
         self.subscribed.clear()
         c.subscribe(f"{self.prefix}/#", qos=1)
 
+    def _on_subscribe(self, c: mqtt.Client, *_a: object) -> None:
+        # only now, subscribed, may the poles send: say so (retained) for them to see
+        c.publish(self.state_topic, self._state(True), qos=1, retain=True)
+        self.subscribed.set()
+
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(f"{self.prefix}/STATE/"):
+            return
         outcome, probs = self.store.add(msg.topic, msg.payload, time.time())
         if outcome == "invalid":
             log.warning("invalid message on %s: %s", msg.topic, "; ".join(probs))
             self.invalid_log.append((msg.topic, probs))
+        elif msg.topic.endswith("/cmd/response") and outcome in ("stored", "duplicate"):
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                resp = json.loads(msg.payload)
+                with self._lock:
+                    if self.unanswered.pop(resp["correlation_id"], None) is not None \
+                            or resp["correlation_id"] not in self.responses:
+                        self.responses[resp["correlation_id"]] = resp
 
-    def command(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Send a command to a device; returns the correlation id and topic."""
-        cid = req.get("correlation_id") or uuid.uuid4().hex
-        body = {"schema": "polelink/command/1", "correlation_id": cid, "command": req["command"]}
-        if req.get("args"):
-            body["args"] = req["args"]
+    def command(self, req: dict[str, Any], ttl_s: float = 300) -> dict[str, Any]:
+        """Send a command to a device (``req``: device, site, command, args); it is sent
+        again every ``retry_s`` until answered or expired. Returns the correlation id."""
+        if not isinstance(req.get("command"), str) or not isinstance(req.get("device"), str) \
+                or not isinstance(req.get("site"), str):
+            raise ValueError("a command needs device, site and command (strings)")
+        body = new_command(req["command"], req.get("args") or None,
+                           correlation_id=req.get("correlation_id"), ttl_s=ttl_s,
+                           device=req["device"], site=req["site"],
+                           signing_key=self.signing_key)
         topic = f"{self.prefix}/{req['site']}/{req['device']}/cmd"
-        self.client.publish(topic, json.dumps(body), qos=1)
-        return {"correlation_id": cid, "topic": topic}
+        raw = json.dumps(body).encode()
+        with self._lock:
+            self.unanswered[body["correlation_id"]] = (topic, raw, time.time() + ttl_s)
+        self.client.publish(topic, raw, qos=1)
+        return {"correlation_id": body["correlation_id"], "topic": topic}
+
+    def _retry_loop(self) -> None:
+        """Send unanswered commands again (same correlation id) until they expire."""
+        while not self._stopping.wait(self.retry_s):
+            now = time.time()
+            with self._lock:
+                for cid, (_t, _b, expiry) in list(self.unanswered.items()):
+                    if expiry <= now:
+                        del self.unanswered[cid]
+                todo = list(self.unanswered.values())
+            if self.subscribed.is_set():
+                for topic, raw, _e in todo:
+                    self.client.publish(topic, raw, qos=1)
 
     def state(self) -> dict[str, Any]:
         """Everything the dashboard shows, per device."""

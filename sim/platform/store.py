@@ -1,5 +1,11 @@
 """The platform simulator's memory: every received message in SQLite, with gap/duplicate
-accounting per device (``seq`` gaps = lost messages; a repeated ``msg_id`` = duplicate)."""
+accounting per device (``seq`` gaps = lost messages; a repeated ``msg_id`` = duplicate).
+
+Gaps are counted per outbox *epoch* (the middle part of ``device:epoch:seq``): a pole
+whose outbox file was replaced starts ``seq`` again at 1 in a new epoch, which is not a
+gap. Status messages (birth, will) carry no data ``seq``: their repeats are counted apart
+(``status_repeats``) so that connection noise never looks like lost or doubled data.
+Restarted on the same file, the store rebuilds its ledgers from what it kept."""
 
 from __future__ import annotations
 
@@ -16,18 +22,35 @@ from agent.uplink.contract import errors, kind_of
 class DeviceLedger:
     """What the platform knows about one device's message stream."""
 
-    first_seq: int | None = None
-    max_seq: int = 0
-    seen: set[int] = field(default_factory=set)
+    seen: dict[str, set[int]] = field(default_factory=dict)   # epoch → data seqs seen
     duplicates: int = 0
+    status_repeats: int = 0
     invalid: int = 0
+
+    def add(self, epoch: str, seq: int) -> None:
+        """One data message."""
+        self.seen.setdefault(epoch, set()).add(seq)
+
+    @property
+    def max_seq(self) -> int:
+        """The highest data seq of the newest epoch seen."""
+        return max(max(s) for s in self.seen.values()) if self.seen else 0
+
+    @property
+    def epochs(self) -> int:
+        """Outbox epochs seen (more than one: the pole's store was replaced)."""
+        return len(self.seen)
 
     @property
     def gaps(self) -> int:
-        """Data seqs missing between the first one seen and the highest."""
-        if self.first_seq is None:
-            return 0
-        return (self.max_seq - self.first_seq + 1) - len(self.seen)
+        """Data seqs missing between the first one seen and the highest, per epoch."""
+        return sum(max(s) - min(s) + 1 - len(s) for s in self.seen.values())
+
+
+def epoch_of(msg_id: str) -> str:
+    """The epoch part of ``device:epoch:seq`` ('' for an older ``device:seq``)."""
+    parts = msg_id.split(":")
+    return parts[1] if len(parts) == 3 else ""
 
 
 class Store:
@@ -44,6 +67,11 @@ class Store:
         self.ledgers: dict[str, DeviceLedger] = {}
         self.msg_ids: set[str] = set()
         self.status: dict[str, dict] = {}
+        for device, kind, seq, msg_id in self.db.execute(
+                "SELECT device, kind, seq, msg_id FROM messages WHERE valid=1"):
+            self.msg_ids.add(msg_id)
+            if kind != "status":
+                self.ledgers.setdefault(device, DeviceLedger()).add(epoch_of(msg_id), seq)
 
     def add(self, topic: str, raw: bytes, received: float) -> tuple[str, list[str]]:
         """Store one message; returns ``(outcome, schema errors)``; outcome is ``stored``,
@@ -72,15 +100,14 @@ class Store:
             if kind == "status":
                 self.status[device] = msg
             if msg["msg_id"] in self.msg_ids:
-                led.duplicates += 1
+                if kind == "status":
+                    led.status_repeats += 1
+                else:
+                    led.duplicates += 1
                 return "duplicate", []
             self.msg_ids.add(msg["msg_id"])
             if kind != "status":
-                seq = msg["seq"]
-                if led.first_seq is None or seq < led.first_seq:
-                    led.first_seq = seq if led.first_seq is None else led.first_seq
-                led.seen.add(seq)
-                led.max_seq = max(led.max_seq, seq)
+                led.add(epoch_of(msg["msg_id"]), msg["seq"])
             self.db.execute("INSERT INTO messages (received, topic, device, site, kind, seq, "
                             "msg_id, valid, errors, payload) VALUES (?,?,?,?,?,?,?,1,'[]',?)",
                             (received, topic, device, msg["site"], kind, msg["seq"],
@@ -99,5 +126,6 @@ class Store:
         """Per device: gaps, duplicates, invalid, last status."""
         with self.lock:
             return {d: {"gaps": led.gaps, "duplicates": led.duplicates, "invalid": led.invalid,
-                        "max_seq": led.max_seq, "status": self.status.get(d, {}).get("state")}
+                        "max_seq": led.max_seq, "epochs": led.epochs,
+                        "status_repeats": led.status_repeats, "status": self.status.get(d, {}).get("state")}
                     for d, led in self.ledgers.items()}
