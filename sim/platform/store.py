@@ -10,9 +10,11 @@ Restarted on the same file, the store rebuilds its ledgers from what it kept."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.uplink.contract import errors, kind_of
@@ -129,3 +131,120 @@ class Store:
                         "max_seq": led.max_seq, "epochs": led.epochs,
                         "status_repeats": led.status_repeats, "status": self.status.get(d, {}).get("state")}
                     for d, led in self.ledgers.items()}
+
+    # -- read side: what the dashboard shows ------------------------------------------------
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """Per device (as named by its topics): when any message of any kind (valid or not)
+        last arrived (``received``, platform clock) and the site of its newest valid one."""
+        with self.lock:
+            seen = self.db.execute("SELECT device, MAX(received) FROM messages "
+                                   "GROUP BY device").fetchall()
+            sites = self.db.execute(
+                "SELECT device, site FROM messages WHERE id IN (SELECT MAX(id) FROM messages "
+                "WHERE valid=1 GROUP BY device)").fetchall()
+        site = dict(sites)
+        return {d: {"last_seen": t, "site": site.get(d) or ""} for d, t in seen}
+
+    def recent(self, kind: str, device: str, limit: int = 200) -> list[dict[str, Any]]:
+        """One device's newest stored messages of one kind, oldest first."""
+        with self.lock:
+            rows = self.db.execute("SELECT payload FROM messages WHERE kind=? AND device=? "
+                                   "AND valid=1 ORDER BY id DESC LIMIT ?",
+                                   (kind, device, limit)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def newest(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Per device, its newest stored message of one kind (e.g. the latest ``health``)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT device, payload FROM messages WHERE id IN (SELECT MAX(id) FROM "
+                "messages WHERE kind=? AND valid=1 GROUP BY device)", (kind,)).fetchall()
+        return {d: json.loads(p) for d, p in rows}
+
+
+# an alarm's subject recovers with these events (the agent's pairs: runner.py, lighting/service.py)
+RECOVERS = {"camera_restored": "camera_lost", "bus_restored": "bus_fault",
+            "lamp_restored": "lamp_failure", "luminaire_restored": "luminaire_unreachable",
+            "failsafe_left": "failsafe_entered", "clock_trusted": "clock_untrusted"}
+
+
+def active_alarms(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alarms still standing after ``events`` (one device's, in ``seq`` order): an
+    ``alarm`` event stands until a later event for the same subject says it recovered (its
+    pair in :data:`RECOVERS`, or the same event with ``detail.recovered: true``)."""
+    active: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in sorted(events, key=lambda m: m.get("seq", 0)):
+        name, subject = e.get("event"), e.get("subject")
+        detail = e.get("detail") if isinstance(e.get("detail"), dict) else {}
+        if detail.get("recovered") is True:
+            active.pop((name, subject), None)
+        elif name in RECOVERS:
+            active.pop((RECOVERS[name], subject), None)
+        elif e.get("severity") == "alarm":
+            first = active.get((name, subject))
+            active[(name, subject)] = {"event": name, "subject": subject, "ts": e.get("ts"),
+                                       "since": first["since"] if first else e.get("ts"),
+                                       "detail": detail}
+    return list(active.values())
+
+
+def _epoch(ts: str) -> float | None:
+    """Seconds since the epoch of an ISO time, or None if Python cannot read it."""
+    try:
+        t = datetime.fromisoformat(ts.replace("Z", "+00:00").replace("z", "+00:00"))
+        return t.timestamp() if t.tzinfo else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def traffic_view(records: list[dict[str, Any]], slots: int = 40) -> dict[str, Any]:
+    """One device's counting-line traffic records on a time axis: the last ``slots``
+    intervals (by ``samplingPeriod.start``) up to the newest, each with its total over all
+    lines, or ``None`` where no record arrived (a gap); and the newest interval broken down
+    per camera, line and direction, per road-user class."""
+    timed = [(r, _epoch(r["samplingPeriod"]["start"])) for r in records if "line" in r]
+    timed = [(r, t) for r, t in timed if t is not None]
+    if not timed:
+        return {"interval_s": None, "slots": [], "missing": 0, "latest": None}
+    recs, starts = [r for r, _ in timed], [t for _, t in timed]
+    full = [r["samplingPeriod"]["seconds"] for r in recs if not r["samplingPeriod"]["partial"]]
+    nominal = max(set(full), key=full.count) if full else max(
+        r["samplingPeriod"]["seconds"] for r in recs)
+    interval = float(min(max(1.0, nominal), 86400.0)) if math.isfinite(nominal) else 60.0
+    last = max(starts)
+    first = max(min(starts), last - (slots - 1) * interval)
+    n = int((last - first) // interval) + 1
+    origin = last - (n - 1) * interval
+    axis: list[dict[str, Any]] = [
+        {"start": datetime.fromtimestamp(origin + i * interval, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"), "total": None, "partial": False} for i in range(n)]
+    newest: list[dict[str, Any]] = []
+    for r, t in zip(recs, starts, strict=True):
+        i = int((t - origin) // interval)
+        if not 0 <= i < n:
+            continue
+        s = axis[i]
+        s["total"] = (s["total"] or 0) + r["totalCount"]
+        s["partial"] = s["partial"] or r["samplingPeriod"]["partial"]
+        if i == n - 1:
+            newest.append(r)
+    rows: dict[tuple[str, str, str], dict[str, int]] = {}
+    for r in newest:
+        for c in r["roadUserCounts"]:
+            per = rows.setdefault((r["camera"], r["line"], c["direction"]), {})
+            per[c["roadUserType"]] = per.get(c["roadUserType"], 0) + c["count"]
+    by_class: dict[str, int] = {}
+    by_direction: dict[str, int] = {}
+    for (_cam, _line, direction), per in rows.items():
+        for cls, k in per.items():
+            by_class[cls] = by_class.get(cls, 0) + k
+            by_direction[direction] = by_direction.get(direction, 0) + k
+    latest = {"start": axis[-1]["start"], "total": axis[-1]["total"],
+              "partial": axis[-1]["partial"],
+              "rows": [{"camera": c, "line": ln, "direction": d, "counts": per,
+                        "total": sum(per.values())}
+                       for (c, ln, d), per in sorted(rows.items())],
+              "by_class": by_class, "by_direction": by_direction,
+              "cameras": {r["camera"]: r["quality"].get("cameraState") for r in newest}}
+    return {"interval_s": interval, "slots": axis,
+            "missing": sum(1 for s in axis if s["total"] is None), "latest": latest}
