@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.runner import run_agent
     from sim.dali import DaliEmulator, make_gear
     from sim.platform import PlatformSim
+    from sim.platform.web import dashboard_url
 
     mqtt_port = free_port(0)
     broker = start_broker(work, mqtt_port)
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                                mqtt=mqtt_port))
     for stale in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
         (work / stale).unlink(missing_ok=True)
-    print(f"\n  dashboard:  http://127.0.0.1:{platform.http_port}/   (counts every 10 s)\n"
+    print(f"\n  dashboard:  {dashboard_url('127.0.0.1', platform.http_port, platform.token)}"
+          "   (counts every 10 s)\n"
           f"  MQTT:       mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'polelink/#' -v\n"
           f"  DALI bus:   {emu.path}   (held by the agent while it runs)\n"
           f"  schedule:   agent lights schedule --config {cfg}\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import threading
 import time
 from typing import Any
@@ -30,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.uplink.commands import new_command
-from sim.platform.store import Store
+from sim.platform.store import Store, active_alarms, traffic_view
 from sim.platform.web import make_server
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PlatformSim:
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "polelink",
                  db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0,
                  host_id: str = "ops", signing_key: Any | None = None,
-                 protocol: str = "5", retry_s: float = 5.0) -> None:
+                 protocol: str = "5", retry_s: float = 5.0, token: str | None = None) -> None:
         self.prefix = prefix
         self.host_id = host_id
         self.state_topic = f"{prefix}/STATE/{host_id}"
@@ -69,7 +70,9 @@ class PlatformSim:
         self.client.reconnect_delay_set(0.5, 5)
         self.host, self.port = host, port
         self._state_ts = 0
-        self.http = make_server(http_host, http_port, self.state, self.command)
+        # the dashboard's bearer token for commands (the page reads it from the URL fragment)
+        self.token = token or secrets.token_urlsafe(24)
+        self.http = make_server(http_host, http_port, self.state, self.command, self.token)
         self.http_port = self.http.server_address[1]
 
     def start(self) -> PlatformSim:
@@ -161,26 +164,41 @@ class PlatformSim:
                     self.client.publish(topic, raw, qos=1)
 
     def state(self) -> dict[str, Any]:
-        """Everything the dashboard shows, per device."""
+        """Everything the dashboard shows, per device (as named by its topics, which nothing
+        checks: the page must treat every string here as text)."""
+        now = time.time()
         summary = self.store.summary()
+        seen = self.store.devices()
+        health = self.store.newest("health")
         devices: dict[str, Any] = {}
-        traffic = self.store.latest("traffic", 400)
-        lighting = self.store.latest("lighting", 400)
-        events = self.store.latest("event", 100)
-        for dev, s in summary.items():
-            tr = [m for m in traffic if m["device"] == dev and "line" in m]
-            lt = [m for m in lighting if m["device"] == dev]
-            site = (tr or lt or [{"site": ""}])[-1]["site"] or next(
-                (m["site"] for m in events if m["device"] == dev), "")
+        for dev in sorted(set(summary) | set(seen)):
+            s = summary.get(dev, {})
+            tr = self.store.recent("traffic", dev, 400)
+            lt = self.store.recent("lighting", dev, 400)
+            ev = self.store.recent("event", dev, 2000)
+            last = seen.get(dev, {}).get("last_seen")
+            h = health.get(dev)
+            traffic = traffic_view(tr)
             devices[dev] = {
-                "site": site, "summary": s,
-                "traffic": [{"start": m["samplingPeriod"]["start"], "line": m["line"],
-                             "total": m["totalCount"]} for m in tr[-40:]],
-                "total_vehicles": sum(m["totalCount"] for m in tr),
+                "site": seen.get(dev, {}).get("site", ""), "summary": s,
+                "last_seen": None if last is None else {
+                    "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+                    "age_s": round(max(0.0, now - last), 1)},
+                "traffic": traffic,
+                "total_vehicles": sum(x["total"] or 0 for x in traffic["slots"]),
                 "lighting": {m["group"]: {"target": m["lampActuator"]["targetLightState"],
                                           "actual": m["lampActuator"]["actualLightState"],
                                           "mode": m["lampActuator"]["mode"]} for m in lt},
                 "energy_saved_wh": sum(m["energySavedWh"] for m in lt),
+                "health": None if h is None else {
+                    "ts": h["ts"], "outbox": h["outbox"], "cameras": h.get("cameras") or {},
+                    "buses": (h.get("lighting") or {}).get("buses") or {},
+                    "clock": h.get("clock"), "cpuPercent": h["cpuPercent"],
+                    "memoryPercent": h["memoryPercent"],
+                    "diskFreePercent": h["diskFreePercent"],
+                    "temperatureC": h.get("temperatureC"), "uptimeS": h["uptimeS"]},
+                "alarms": active_alarms(ev),
                 "events": [{"ts": m["ts"], "event": m["event"], "severity": m["severity"],
-                            "subject": m["subject"]} for m in events if m["device"] == dev]}
-        return {"devices": devices, "invalid": len(self.invalid_log)}
+                            "subject": m["subject"]} for m in ev[-100:]]}
+        return {"devices": devices, "invalid": len(self.invalid_log),
+                "now": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
