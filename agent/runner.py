@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: How long a command's work on the lighting thread may take before the answer says so.
 COMMAND_TIMEOUT_S = 30.0
+#: At most one ``command_rejected`` event this often (its ``count`` says how many).
+REJECT_EVENT_EVERY_S = 10.0
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Agent:
         self._camera_ok: dict[str, bool] = {}
         self._storage_failing = False
         self._next_health: float | None = None
+        self._rejected_since = 0                 # refused commands not yet in an event
+        self._next_reject_event = 0.0
 
     # -- building -----------------------------------------------------------------------
     def _open_uplink(self, m: MqttConfig | None) -> tuple[Outbox | None, Uplink | None, str]:
@@ -331,8 +335,13 @@ class Agent:
     def _answer(self, cid: str | None, cmd: str | None, error: str | None,
                 data: dict[str, Any] | None) -> None:
         if error:
-            self.reporter.publish(EventRecord("command_rejected", "warning", "cmd",
-                                              {"error": error[:500], "command": cmd}))
+            self._rejected_since += 1
+            now = time.monotonic()
+            if now >= self._next_reject_event:       # a flood must not flood the outbox
+                self.reporter.publish(EventRecord("command_rejected", "warning", "cmd", {
+                    "error": error[:500], "command": cmd, "count": self._rejected_since}))
+                self._rejected_since = 0
+                self._next_reject_event = now + REJECT_EVENT_EVERY_S
         self.reporter.respond(cid, cmd, error, data)
 
     def _settle_pending(self) -> None:

@@ -48,6 +48,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.uplink.outbox import Outbox
 
@@ -277,7 +278,13 @@ class Uplink:
         self.stats.protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
         self._platform_online = False          # learnt again from the retained STATE
         c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
-        c.subscribe(self.topic("cmd"), qos=1)
+        if self._protocol == mqtt.MQTTv5:
+            # retain-as-published: a command published retained is seen as retained even
+            # while we are subscribed (brokers clear the flag otherwise), so it is refused
+            c.subscribe(self.topic("cmd"), options=SubscribeOptions(qos=1,
+                                                                    retainAsPublished=True))
+        else:
+            c.subscribe(self.topic("cmd"), qos=1)
         if self.state_topic:
             c.subscribe(self.state_topic, qos=1)
         self._connected.set()
