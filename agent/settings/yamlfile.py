@@ -5,6 +5,24 @@ line and column of every node, so each validation error can point at the exact l
 field crew has to fix; YAML also allows comments and is what crews already edit for
 other street furniture. Duplicate keys (which PyYAML silently accepts, keeping the
 last) are reported as errors here.
+
+A provisioning file comes from a crew's laptop, a USB stick or a platform push, so nothing
+in it may crash the loader: every failure is a located :class:`Problem`, never a traceback.
+Before PyYAML builds a single value the file is bounded:
+
+- at most :data:`MAX_BYTES` (1 MiB; a real pole file is a few KiB), UTF-8 only;
+- no control characters (only tab, newline and carriage return), neither in the text nor
+  produced by escapes in quoted strings: a NUL in a port or path is never meant;
+- nesting at most :data:`MAX_DEPTH` levels (a pole file needs about eight), checked while
+  composing, before Python's recursion limit can be reached;
+- anchors and aliases are allowed (crews use them to share a detector section between
+  cameras), but every alias is counted as the number of values it stands for, and the
+  file is refused once aliases stand for more than :data:`MAX_ALIAS_VALUES` values in all.
+  Bounding the expansion, rather than refusing aliases, keeps that legitimate use while a
+  "billion laughs" file (each anchor aliasing the previous one ten times) is stopped at
+  the alias that crosses the bound, with its line, before anything is expanded. An alias
+  inside the node its anchor names (a recursive structure) is refused: no setting is
+  infinite.
 """
 
 from __future__ import annotations
@@ -22,6 +40,19 @@ from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[Any, ...]
+
+#: How a problem caused by a bug in a validator (not by the file) begins.
+INTERNAL_ERROR = "internal error"
+#: The largest provisioning file read, in bytes.
+MAX_BYTES = 1 << 20
+#: The deepest nesting of mappings and lists accepted.
+MAX_DEPTH = 64
+#: The most values all aliases of a file may stand for together (see the module docstring).
+MAX_ALIAS_VALUES = 10_000
+#: What PyYAML and we refuse: C0/C1 controls except tab, LF, CR (and NEL, which YAML treats
+#: as a line break), DEL, surrogates and the non-characters U+FFFE/U+FFFF.
+_CONTROL = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD"
+                      "\U00010000-\U0010FFFF]")
 
 
 @dataclass(frozen=True)
@@ -47,12 +78,103 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class _Refused(yaml.composer.ComposerError):
+    """Well-formed YAML that a provisioning file may not contain (not a syntax error)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing deep nesting, recursive aliases and alias bombs while
+    it composes (see the module docstring); each refusal is a marked ``ComposerError``."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._open_anchors: set[str] = set()
+        self._sizes: dict[int, int] = {}      # id(node) -> values it stands for, expanded
+        self._alias_values = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise _Refused(
+                    None, None, f"alias *{event.anchor} is inside its own anchor "
+                    f"&{event.anchor} (a recursive structure); aliases may only repeat a "
+                    f"value defined before them", event.start_mark)
+            node = super().compose_node(parent, index)
+            self._alias_values += self._sizes.get(id(node), 1)
+            if self._alias_values > MAX_ALIAS_VALUES:
+                raise _Refused(
+                    None, None, f"aliases stand for more than {MAX_ALIAS_VALUES} values in "
+                    f"all (an alias bomb?); write the values out or use fewer aliases",
+                    event.start_mark)
+            return node
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                None, None, f"nested deeper than {MAX_DEPTH} levels; a provisioning file "
+                f"needs far fewer", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        self._depth += 1
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+        if isinstance(node, yaml.SequenceNode):
+            children: list[yaml.Node] = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for kv in node.value for n in kv]
+        else:
+            children = []
+        self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+        return node
+
+
+def _located(file: str, mark: Any, message: str) -> Problem:
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    return Problem(file, line, col, "", message)
+
+
+def _text_of(raw: bytes, file: str) -> str:
+    """``raw`` as text, or a located :class:`ConfigError` for bytes that are not UTF-8 or
+    for control characters."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError([Problem(file, line, col, "", f"not UTF-8 text (byte "
+                                   f"0x{raw[e.start]:02x}); save the file as UTF-8")]) from None
+    bad = _CONTROL.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise ConfigError([Problem(file, line, col, "", f"control character "
+                                   f"U+{ord(bad.group()):04X} is not allowed (only tab, newline "
+                                   f"and carriage return); remove it")])
+    return text
+
+
 def _walk(node: yaml.Node, path: Loc, marks: dict[Loc, tuple[int, int]],
           key_marks: dict[Loc, tuple[int, int]], file: str, problems: list[Problem]) -> None:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.ScalarNode):
+        bad = _CONTROL.search(node.value)
+        if bad:
+            problems.append(Problem(file, *marks[path], _dotted(path),
+                                    f"control character U+{ord(bad.group()):04X} (from an "
+                                    f"escape) is not allowed in a value"))
+    elif isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                problems.append(Problem(file, knode.start_mark.line + 1,
+                                        knode.start_mark.column + 1, _dotted(path),
+                                        "a key must be a plain name, not a list or mapping"))
+                continue
             key = knode.value
             if key in seen:
                 problems.append(Problem(file, knode.start_mark.line + 1, knode.start_mark.column + 1,
@@ -184,19 +306,19 @@ def _explain(err: dict[str, Any], model: type[BaseModel], data: Any, loc: Loc) -
     return msg
 
 
-def _unconstructable(text: str) -> yaml.ScalarNode | None:
+def _unconstructable(root: yaml.Node) -> yaml.ScalarNode | None:
     """The first scalar PyYAML cannot turn into a value (e.g. an impossible date)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    stack = [root] if root is not None else []
+    stack = [root]
+    seen: set[int] = set()
     while stack:
         n = stack.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
         if isinstance(n, yaml.ScalarNode):
             try:
                 yaml.SafeLoader("").construct_object(n, deep=True)
-            except (ValueError, OverflowError, yaml.YAMLError):
+            except Exception:  # any failure names this scalar
                 return n
         elif isinstance(n, yaml.MappingNode):
             stack = [x for kv in n.value for x in kv] + stack
@@ -206,37 +328,57 @@ def _unconstructable(text: str) -> yaml.ScalarNode | None:
 
 
 def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tuple[int, int]]]:
-    """Parse ``path``; return ``(data, value marks, key marks)`` or raise :class:`ConfigError`."""
+    """Parse ``path``; return ``(data, value marks, key marks)`` or raise :class:`ConfigError`.
+
+    Nothing PyYAML raises escapes as anything but a located :class:`ConfigError`.
+    """
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([Problem(file, 0, 0, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ConfigError([Problem(file, 0, 0, "", f"cannot read file: {e}")]) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([Problem(file, 1, 1, "", f"file is larger than {MAX_BYTES} bytes; "
+                                   f"a provisioning file is a few kilobytes")])
+    text = _text_of(raw, file)
+    loader = _BoundedLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise ConfigError([Problem(file, line, col, "", f"YAML syntax error: {e.problem}"
-                                   + (f" ({e.context})" if e.context else ""))]) from None
-    except (ValueError, OverflowError, RecursionError) as e:
-        # PyYAML's constructors raise without a mark (an unquoted 2026-02-30 is read as a
-        # date that does not exist): find the scalar that fails, for its line
-        bad = _unconstructable(text)
-        line, col = (bad.start_mark.line + 1, bad.start_mark.column + 1) if bad else (0, 0)
-        what = f"{bad.value!r} " if bad is not None else ""
-        raise ConfigError([Problem(file, line, col, "", f"cannot read the value {what}({e}); "
-                                   f"quote it if it is meant as text")]) from None
+        what = "" if isinstance(e, _Refused) else "YAML syntax error: "
+        raise ConfigError([_located(file, mark, f"{what}{e.problem}"
+                                    + (f" ({e.context})" if e.context else ""))]) from None
+    except Exception as e:  # ReaderError, RecursionError, anything: located
+        raise ConfigError([_located(file, loader.get_mark(),
+                                    f"YAML syntax error: {e}")]) from None
+    finally:
+        loader.dispose()
     marks: dict[Loc, tuple[int, int]] = {}
     key_marks: dict[Loc, tuple[int, int]] = {}
     problems: list[Problem] = []
-    if node is not None:
-        _walk(node, (), marks, key_marks, file, problems)
+    if node is None:
+        return None, marks, key_marks
+    _walk(node, (), marks, key_marks, file, problems)
     if problems:
         raise ConfigError(problems)
+    try:
+        data = yaml.SafeLoader("").construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError([_located(file, mark, f"YAML error: {e.problem}"
+                                    + (f" ({e.context})" if e.context else ""))]) from None
+    except Exception as e:
+        # PyYAML's constructors raise without a mark (an unquoted 2026-02-30 is read as a
+        # date that does not exist): find the scalar that fails, for its line
+        bad = _unconstructable(node)
+        what = f"{bad.value!r} " if bad is not None else ""
+        raise ConfigError([_located(file, bad.start_mark if bad is not None else None,
+                                    f"cannot read the value {what}({e}); quote it if it is "
+                                    f"meant as text")]) from None
     return data, marks, key_marks
 
 
@@ -250,18 +392,29 @@ def validate_file(path: Path, model: type[M], context: dict[str, Any] | None = N
     try:
         return model.model_validate(data, context=context)
     except ValidationError as e:
-        problems = []
-        for err in e.errors(include_url=False):
-            loc = _data_path(data, tuple(err["loc"]) + _deeper(err))
-            if err["type"] == "extra_forbidden" and loc in key_marks:
-                line, col = key_marks[loc]
-            else:
-                probe = loc
-                while probe not in marks and probe:
-                    probe = probe[:-1]
-                line, col = key_marks.get(probe, marks.get(probe, (1, 1))) \
-                    if err["type"] == "missing" else marks.get(probe, (1, 1))
-            problems.append(Problem(file, line, col, _dotted(loc),
-                                    _explain(err, model, data, loc)))
-        problems.sort(key=lambda p: (p.line, p.column))
-        raise ConfigError(problems) from None
+        raise ConfigError(_problems(e, model, data, marks, key_marks, file)) from None
+    except Exception as e:  # a validator's bug must not become a traceback
+        raise ConfigError([Problem(file, 1, 1, "", f"{INTERNAL_ERROR} while validating "
+                                   f"({type(e).__name__}: {e}); please report this "
+                                   f"file")]) from None
+
+
+def _problems(e: ValidationError, model: type[BaseModel], data: Any,
+              marks: dict[Loc, tuple[int, int]], key_marks: dict[Loc, tuple[int, int]],
+              file: str) -> list[Problem]:
+    """Each pydantic error as a located :class:`Problem`, in file order."""
+    problems = []
+    for err in e.errors(include_url=False):
+        loc = _data_path(data, tuple(err["loc"]) + _deeper(err))
+        if err["type"] == "extra_forbidden" and loc in key_marks:
+            line, col = key_marks[loc]
+        else:
+            probe = loc
+            while probe not in marks and probe:
+                probe = probe[:-1]
+            line, col = key_marks.get(probe, marks.get(probe, (1, 1))) \
+                if err["type"] == "missing" else marks.get(probe, (1, 1))
+        problems.append(Problem(file, line, col, _dotted(loc),
+                                _explain(err, model, data, loc)))
+    problems.sort(key=lambda p: (p.line, p.column))
+    return problems
