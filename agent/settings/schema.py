@@ -2,12 +2,17 @@
 
 One YAML file per pole (see ``config/example-pole.yaml`` for every key with comments).
 Unknown keys are errors; relative paths are relative to the config file's folder.
+Values are typed strictly: a boolean is never a number, a quoted ``'1e3'`` is text, not
+1000.0 (a whole number is still fine where a decimal is expected), and no number may be
+infinite or NaN. Lists have an upper bound and paths that must be files are checked to be
+files (not folders).
 Load with :func:`load_config`, which raises :class:`agent.settings.yamlfile.ConfigError` whose
 problems name the file, line, field path and what would be valid.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import date
 from pathlib import Path
@@ -15,24 +20,91 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic import Strict as StrictMode
 
 from agent.settings.yamlfile import validate_file
-from agent.vision.classes import DEFAULT_COUNTED, RoadUserClass
+from agent.vision.classes import DEFAULT_COUNTED, ROAD_USER_CLASSES, RoadUserClass
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_HELP = "lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 63"
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are not coerced loosely."""
+    """Base for every config section: unknown keys are errors, values are not coerced: a
+    boolean or a quoted string is never a number (an int is fine for a float), and numbers
+    must be finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _path_text(v: object) -> object:
+    """YAML gives paths as text: make it a :class:`Path` (strict mode takes only a Path);
+    an empty or blank path is an error (``Path("")`` would silently mean this folder)."""
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("a path must not be empty")
+        return Path(v)
+    return v
+
+
+#: A path given as text in the file (anything but a non-empty string or a Path is refused).
+PathText = Annotated[Path, BeforeValidator(_path_text)]
+
+
+def _file(v: Path, info: ValidationInfo, what: str, hint: str = "") -> Path:
+    """``v`` resolved against the config's folder; ValueError unless it is an existing file."""
+    p = _resolve(v, info)
+    try:
+        if p.is_dir():
+            raise ValueError(f"{what} {p} is a directory, not a file: name the file in it")
+        if not p.is_file():
+            raise ValueError(f"{what} {p} does not exist{hint}")
+    except OSError as e:
+        raise ValueError(f"{what} {p} cannot be checked: {e.strerror}") from None
+    return p
+
+
+def _output(v: Path, info: ValidationInfo, what: str) -> Path:
+    """``v`` resolved; ValueError if it is an existing directory (it must name a file)."""
+    p = _resolve(v, info)
+    try:
+        if p.is_dir():
+            raise ValueError(f"{what} {p} is a directory, not a file: give a file name")
+    except OSError as e:
+        raise ValueError(f"{what} {p} cannot be checked: {e.strerror}") from None
+    return p
+
+
+def _serial_port(v: object) -> object:
+    if isinstance(v, str) and (not v.strip() or any(c.isspace() for c in v)):
+        raise ValueError(f"a serial port must be a device name such as /dev/ttyS0 or "
+                         f"/dev/ttyUSB0, without spaces (got {v!r})")
+    return v
+
+
+#: A serial port: a device path (or pyserial URL), never empty.
+SerialPort = Annotated[str, Field(max_length=255), BeforeValidator(_serial_port)]
+
+
+def _unique_items(v: list) -> list:
+    """ValueError naming items given more than once (a list is a set of choices)."""
+    seen: set = set()
+    dup = []
+    for x in v:
+        if x in seen and x not in dup:
+            dup.append(x)
+        seen.add(x)
+    if dup:
+        raise ValueError(f"each item may be given once; repeated: "
+                         f"{', '.join(map(repr, dup[:10]))}")
+    return v
 
 
 def _require_unique(what: str, names: list[str], where: str = "") -> None:
@@ -61,22 +133,27 @@ class SourceBase(Strict):
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     stall_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
 
+    @model_validator(mode="after")
+    def _backoff(self) -> SourceBase:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(f"@reconnect_max_s: the longest wait ({self.reconnect_max_s:g} s) "
+                             f"must not be shorter than reconnect_initial_s "
+                             f"({self.reconnect_initial_s:g} s)")
+        return self
+
 
 class FileSource(SourceBase):
     """A video file (the simulator, or recorded footage)."""
 
     kind: Literal["file"]
-    path: Path
+    path: PathText
     loop: bool = False
     realtime: bool = False
 
     @field_validator("path")
     @classmethod
     def _exists(cls, v: Path, info: ValidationInfo) -> Path:
-        p = _resolve(v, info)
-        if not p.is_file():
-            raise ValueError(f"video file {p} does not exist")
-        return p
+        return _file(v, info, "video file")
 
 
 class StreamSource(SourceBase):
@@ -107,22 +184,24 @@ Source = Annotated[FileSource | StreamSource | DeviceSource, Field(discriminator
 class DetectorConfig(Strict):
     """Which model runs and how its detections are filtered."""
 
-    model: Path = Field(description="model card (.yaml) describing the model file")
+    model: PathText = Field(description="model card (.yaml) describing the model file")
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.35
     low_confidence: Annotated[float, Field(gt=0, lt=1)] = 0.1
     nms_iou: Annotated[float, Field(gt=0, lt=1)] = 0.5
     merge_iou: Annotated[float, Field(gt=0, le=1)] = 0.8
     classes: list[RoadUserClass] = Field(default_factory=lambda: list(DEFAULT_COUNTED),
-                                         min_length=1)
+                                         min_length=1, max_length=len(ROAD_USER_CLASSES))
     threads: Annotated[int, Field(ge=1, le=8)] = 1
 
     @field_validator("model")
     @classmethod
     def _card_exists(cls, v: Path, info: ValidationInfo) -> Path:
-        p = _resolve(v, info)
-        if not p.is_file():
-            raise ValueError(f"model card {p} does not exist")
-        return p
+        return _file(v, info, "model card")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_once(cls, v: list[str]) -> list[str]:
+        return _unique_items(v)
 
     @model_validator(mode="after")
     def _order(self) -> DetectorConfig:
@@ -151,15 +230,19 @@ class TrackerConfig(Strict):
     class_settle_s: Annotated[float, Field(ge=0, le=10)] = 1.0
 
 
-Point = tuple[float, float]
+#: A point in frame pixels, written as a two-item YAML list ([x, y]); finite numbers only.
+Point = Annotated[tuple[float, float], StrictMode(False)]
+#: The most corners a zone polygon may have.
+MAX_POLYGON_POINTS = 256
 
 
 class LineConfig(Strict):
     """A counting line: two points in frame pixels, and names for its two directions."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    points: tuple[Point, Point]
-    directions: dict[str, Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=dict)
+    points: Annotated[tuple[Point, Point], StrictMode(False)]
+    directions: dict[str, Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=dict,
+                                                                              max_length=2)
     anchor: Literal["center", "bottom_center"] = "center"
 
     @model_validator(mode="after")
@@ -175,14 +258,55 @@ class LineConfig(Strict):
             raise ValueError(f"directions keys must be {allowed[0]!r} and/or {allowed[1]!r} for "
                              f"this line (it is crossed {allowed[0]}/{allowed[1]} in the image); "
                              f"got {', '.join(map(repr, bad))}")
+        names = list(self.directions.values())
+        if len(names) == 2 and names[0] == names[1]:
+            raise ValueError(f"@directions: both directions are called {names[0]!r}: give "
+                             f"each direction its own name, or leave one out")
         return self
+
+
+def _segments_cross(a: Point, b: Point, c: Point, d: Point) -> bool:
+    """Whether segments ab and cd touch or cross (collinear overlaps included)."""
+    def orient(p: Point, q: Point, r: Point) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    def on(p: Point, q: Point, r: Point) -> bool:  # r on segment pq, given collinear
+        return min(p[0], q[0]) <= r[0] <= max(p[0], q[0]) and \
+            min(p[1], q[1]) <= r[1] <= max(p[1], q[1])
+
+    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+    if ((o1 > 0 > o2) or (o1 < 0 < o2)) and ((o3 > 0 > o4) or (o3 < 0 < o4)):
+        return True
+    return (o1 == 0 and on(a, b, c)) or (o2 == 0 and on(a, b, d)) \
+        or (o3 == 0 and on(c, d, a)) or (o4 == 0 and on(c, d, b))
 
 
 class ZoneConfig(Strict):
     """A polygon in frame pixels: distinct road users seen inside it are counted by class."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    polygon: Annotated[list[Point], Field(min_length=3)]
+    polygon: Annotated[list[Point], Field(min_length=3, max_length=MAX_POLYGON_POINTS)]
+
+    @field_validator("polygon")
+    @classmethod
+    def _simple(cls, v: list[Point]) -> list[Point]:
+        n = len(v)
+        for i in range(n):
+            if v[i] == v[(i + 1) % n]:
+                raise ValueError(f"corners {i} and {(i + 1) % n} are the same point "
+                                 f"{list(v[i])}: give each corner once")
+        area2 = sum(v[i][0] * v[(i + 1) % n][1] - v[(i + 1) % n][0] * v[i][1] for i in range(n))
+        if abs(area2) < 1e-9:
+            raise ValueError("the polygon has no area (its corners lie on one line)")
+        for i in range(n):
+            for j in range(i + 1, n):
+                if j == i + 1 or (i == 0 and j == n - 1):
+                    continue  # neighbouring edges share a corner
+                if _segments_cross(v[i], v[(i + 1) % n], v[j], v[(j + 1) % n]):
+                    raise ValueError(
+                        f"the polygon crosses itself: edge {i}-{(i + 1) % n} meets edge "
+                        f"{j}-{(j + 1) % n}; list the corners in order around the zone")
+        return v
 
 
 class CameraConfig(Strict):
@@ -194,8 +318,8 @@ class CameraConfig(Strict):
     detector: DetectorConfig
     gating: GatingConfig = GatingConfig()
     tracker: TrackerConfig = TrackerConfig()
-    lines: list[LineConfig] = Field(default_factory=list)
-    zones: list[ZoneConfig] = Field(default_factory=list)
+    lines: list[LineConfig] = Field(default_factory=list, max_length=32)
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=32)
 
     @model_validator(mode="after")
     def _unique(self) -> CameraConfig:
@@ -210,7 +334,7 @@ class AggregatesConfig(Strict):
     """Fixed reporting intervals, aligned to the wall clock."""
 
     interval_s: Annotated[int, Field(ge=10, le=3600)] = 60
-    path: Path = Field(default=Path("var/aggregates.jsonl"), validate_default=True)
+    path: PathText = Field(default=Path("var/aggregates.jsonl"), validate_default=True)
 
     @field_validator("interval_s")
     @classmethod
@@ -223,7 +347,7 @@ class AggregatesConfig(Strict):
     @field_validator("path")
     @classmethod
     def _rel(cls, v: Path, info: ValidationInfo) -> Path:
-        return _resolve(v, info)
+        return _output(v, info, "aggregates file")
 
 
 class ModbusRegisters(Strict):
@@ -247,7 +371,7 @@ class DaliBusConfig(Strict):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     kind: Literal["dali"]
-    port: str = "/dev/ttyS0"
+    port: SerialPort = "/dev/ttyS0"
     codec: Literal["hat", "foxtron"] = "hat"
     parity: Literal["N", "E", "O"] = "N"
     timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.2
@@ -259,7 +383,7 @@ class ModbusBusConfig(Strict):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     kind: Literal["modbus"]
-    port: str = "/dev/ttyUSB0"
+    port: SerialPort = "/dev/ttyUSB0"
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 19200
     unit: Annotated[int, Field(ge=1, le=247)] = 1
     timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.3
@@ -274,11 +398,11 @@ class LuminaireGroupConfig(Strict):
     """Luminaires dimmed together, and the limits of their dimming."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    bus: str
-    address: str = "broadcast"
+    bus: Annotated[str, Field(min_length=1, max_length=63)]
+    address: Annotated[str, Field(max_length=32)] = "broadcast"
     design_class: Literal["M1", "M2", "M3", "M4", "M5", "M6"] = "M3"
     design_peak_vph: Annotated[float, Field(gt=0, le=20000)] = 1200.0
-    cameras: list[str] = Field(default_factory=list)
+    cameras: list[str] = Field(default_factory=list, max_length=16)
     luminaires: Annotated[int, Field(ge=1, le=64)] = 1
     rated_power_w: Annotated[float, Field(gt=0, le=2000)] = 100.0
     floor_pct: Annotated[float, Field(gt=0, le=100)] | None = None
@@ -308,6 +432,11 @@ class LuminaireGroupConfig(Strict):
 
         parse_address(v)
         return v
+
+    @field_validator("cameras")
+    @classmethod
+    def _cameras_once(cls, v: list[str]) -> list[str]:
+        return _unique_items(v)
 
     @model_validator(mode="after")
     def _limits(self) -> LuminaireGroupConfig:
@@ -390,9 +519,14 @@ class CalendarRuleConfig(Strict):
     """Which days a program runs (TALQ Calendar); the first matching rule wins."""
 
     program: Annotated[str, Field(pattern=NAME_PATTERN)]
-    dates: list[str | date] = Field(default_factory=list)
-    weekdays: list[WEEKDAY_NAMES] = Field(default_factory=list)
-    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default_factory=list)
+    dates: list[str | date] = Field(default_factory=list, max_length=366)
+    weekdays: list[WEEKDAY_NAMES] = Field(default_factory=list, max_length=7)
+    months: list[Annotated[int, Field(ge=1, le=12)]] = Field(default_factory=list, max_length=12)
+
+    @field_validator("dates", "weekdays", "months")
+    @classmethod
+    def _once(cls, v: list) -> list:
+        return _unique_items(v)
 
     @field_validator("dates")
     @classmethod
@@ -414,7 +548,7 @@ class CalendarRuleConfig(Strict):
 class GnssClockConfig(Strict):
     """A GNSS receiver's NMEA output on a serial port."""
 
-    port: str
+    port: SerialPort
     baudrate: Literal[4800, 9600, 19200, 38400, 57600, 115200] = 9600
     tolerance_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
@@ -422,8 +556,15 @@ class GnssClockConfig(Strict):
 class RtcClockConfig(Strict):
     """A battery-backed RTC, read through sysfs."""
 
-    path: Path = Path("/sys/class/rtc/rtc0/since_epoch")
+    path: PathText = Path("/sys/class/rtc/rtc0/since_epoch")
     tolerance_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+    @field_validator("path")
+    @classmethod
+    def _not_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        # not required to exist: the file is checked on the pole, where the RTC is
+        _output(v, info, "RTC file")
+        return v
 
 
 class ClockConfig(Strict):
@@ -449,9 +590,16 @@ class AmbientConfig(Strict):
     """An ambient-light reading in a file (lux), rewritten by a sensor daemon."""
 
     kind: Literal["file"] = "file"
-    path: Path = Path("/run/polelink/lux")
+    path: PathText = Path("/run/polelink/lux")
     dark_below_lux: Annotated[float, Field(gt=0, le=10000)] = 50.0
     max_age_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+
+    @field_validator("path")
+    @classmethod
+    def _not_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        # not required to exist: the sensor daemon writes it once the pole runs
+        _output(v, info, "ambient-light file")
+        return v
 
 
 class LightingConfig(Strict):
@@ -460,8 +608,8 @@ class LightingConfig(Strict):
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
     timezone: str | None = None
-    model: Path = Field(default=Path(__file__).resolve().parents[2] / "models" / "dimming.md",
-                        validate_default=True)
+    model: PathText = Field(default=Path(__file__).resolve().parents[2] / "models" / "dimming.md",
+                            validate_default=True)
     camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     traffic_window_s: Annotated[float, Field(ge=60, le=86400)] = 3600.0
     traffic_min_coverage_s: Annotated[float, Field(ge=0, le=86400)] = 600.0
@@ -472,26 +620,24 @@ class LightingConfig(Strict):
     diagnostics_period_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     fade_s: Annotated[float, Field(ge=0, le=90)] = 2.0
     configure_gear: bool = True
-    overrides_path: Path = Field(default=Path("var/overrides.json"), validate_default=True)
+    overrides_path: PathText = Field(default=Path("var/overrides.json"), validate_default=True)
     ambient: AmbientConfig | None = None
-    buses: Annotated[list[LightingBusConfig], Field(min_length=1)]
-    groups: Annotated[list[LuminaireGroupConfig], Field(min_length=1)]
+    buses: Annotated[list[LightingBusConfig], Field(min_length=1, max_length=16)]
+    groups: Annotated[list[LuminaireGroupConfig], Field(min_length=1, max_length=64)]
     programs: dict[Annotated[str, Field(pattern=NAME_PATTERN)],
-                   Annotated[list[StepConfig], Field(min_length=1)]] = Field(default_factory=dict)
-    calendar: list[CalendarRuleConfig] = Field(default_factory=list)
+                   Annotated[list[StepConfig], Field(min_length=1, max_length=48)]] = Field(
+        default_factory=dict, max_length=32)
+    calendar: list[CalendarRuleConfig] = Field(default_factory=list, max_length=400)
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: Path, info: ValidationInfo) -> Path:
-        p = _resolve(v, info)
-        if not p.is_file():
-            raise ValueError(f"dimming model card {p} does not exist")
-        return p
+        return _file(v, info, "dimming model card")
 
     @field_validator("overrides_path")
     @classmethod
     def _rel(cls, v: Path, info: ValidationInfo) -> Path:
-        return _resolve(v, info)
+        return _output(v, info, "overrides file")
 
     @field_validator("timezone")
     @classmethod
@@ -502,7 +648,7 @@ class LightingConfig(Strict):
 
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" is a folder: OSError
             import difflib
 
             hint = difflib.get_close_matches(v, sorted(available_timezones()), n=1)
@@ -513,6 +659,10 @@ class LightingConfig(Strict):
 
     @model_validator(mode="after")
     def _refs(self) -> LightingConfig:
+        if self.traffic_min_coverage_s > self.traffic_window_s:
+            raise ValueError(f"@traffic_min_coverage_s: {self.traffic_min_coverage_s:g} s of "
+                             f"coverage can never be reached in a window of "
+                             f"{self.traffic_window_s:g} s (traffic_window_s); use at most that")
         _require_unique("bus", [b.name for b in self.buses])
         _require_unique("group", [g.name for g in self.groups])
         buses = {b.name: b for b in self.buses}
@@ -558,6 +708,11 @@ class LightingConfig(Strict):
                             f"floor of group {g.name!r} ({g.floor:g} %, {g.design_class}); it "
                             f"would be raised to the floor at night: use 0 (off) or at least "
                             f"{g.floor:g}")
+                    if st.adaptive is not None and st.adaptive.min > g.ceiling_pct:
+                        raise ValueError(
+                            f"@programs.{name}[{k}].adaptive.min: {st.adaptive.min:g} % is "
+                            f"above the ceiling of group {g.name!r} ({g.ceiling_pct:g} %): "
+                            f"use at most {g.ceiling_pct:g}, or raise the group's ceiling_pct")
                     if st.adaptive is not None and st.adaptive.max < g.floor:
                         raise ValueError(
                             f"@programs.{name}[{k}].adaptive.max: {st.adaptive.max:g} % is "
@@ -571,22 +726,39 @@ class LightingConfig(Strict):
         return self
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _hostname(v: str) -> str:
+    """``v`` if it is a host name or an IP address literal; ValueError saying so otherwise."""
+    want = "a host name (broker.example.net) or an IP address (192.0.2.1, 2001:db8::1)"
+    if "://" in v or v.startswith("[") or "/" in v:
+        raise ValueError(f"host must be {want}, without a scheme, brackets or path; "
+                         f"put the port in 'port' (got {v!r})")
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    name = v[:-1] if v.endswith(".") else v
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(x) for x in labels) \
+            or labels[-1].isdigit():
+        raise ValueError(f"host must be {want} (got {v!r})")
+    return v
+
+
 class MqttTls(Strict):
     """TLS to the broker: the CA that signs it; our certificate and key for mutual TLS."""
 
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
+    ca: PathText
+    cert: PathText | None = None
+    key: PathText | None = None
 
     @field_validator("ca", "cert", "key")
     @classmethod
     def _exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        if v is None:
-            return None
-        p = _resolve(v, info)
-        if not p.is_file():
-            raise ValueError(f"file {p} does not exist")
-        return p
+        return None if v is None else _file(v, info, "file")
 
 
 class CommandsConfig(Strict):
@@ -600,20 +772,21 @@ class CommandsConfig(Strict):
         "where executed correlation ids are remembered (default: commands.db beside the outbox)"))
     overrides_per_minute: Annotated[int, Field(strict=True, ge=1, le=600)] = 12
 
+    @field_validator("verify_key", "replay_path", mode="before")
+    @classmethod
+    def _path_text(cls, v: object) -> object:
+        return _path_text(v)
+
     @field_validator("replay_path")
     @classmethod
     def _rel(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return None if v is None else _resolve(v, info)
+        return None if v is None else _output(v, info, "replay file")
 
     @field_validator("verify_key")
     @classmethod
     def _key_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        if v is None:
-            return None
-        p = _resolve(v, info)
-        if not p.is_file():
-            raise ValueError(f"file {p} does not exist (an Ed25519 public key in PEM)")
-        return p
+        return None if v is None else _file(v, info, "file",
+                                            " (an Ed25519 public key in PEM)")
 
 
 class MqttConfig(Strict):
@@ -637,17 +810,49 @@ class MqttConfig(Strict):
     session_expiry_s: Annotated[int, Field(strict=True, ge=0, le=7 * 86400)] = 3600
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
-    @field_validator("outbox_path", "secrets_file")
+    @field_validator("outbox_path", "secrets_file", mode="before")
     @classmethod
-    def _rel(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return None if v is None else _resolve(v, info)
+    def _path_text(cls, v: object) -> object:
+        return _path_text(v)
+
+    @field_validator("outbox_path")
+    @classmethod
+    def _rel(cls, v: Path, info: ValidationInfo) -> Path:
+        return _output(v, info, "outbox file")
+
+    @field_validator("secrets_file")
+    @classmethod
+    def _secrets(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else _file(v, info, "secrets file",
+                                            " (YAML with username: and password:)")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _hostname(v)
+
+    @field_validator("prefix")
+    @classmethod
+    def _levels(cls, v: str) -> str:
+        if v.endswith("/") or "//" in v:
+            raise ValueError(f"prefix {v!r} has an empty topic level: use '/' only between "
+                             f"names, e.g. 'polelink' or 'city/polelink'")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"@reconnect_max_s: the longest wait ({self.reconnect_max_s:g} s) "
+                             f"must not be shorter than reconnect_min_s "
+                             f"({self.reconnect_min_s:g} s)")
+        return self
 
 
 class AgentConfig(Strict):
     """The whole provisioning file."""
 
     device: DeviceConfig
-    cameras: Annotated[list[CameraConfig], Field(min_length=1)]
+    cameras: Annotated[list[CameraConfig], Field(min_length=1, max_length=16)]
     aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     clock: ClockConfig = Field(default_factory=ClockConfig)
     lighting: LightingConfig | None = None
