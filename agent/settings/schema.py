@@ -295,9 +295,6 @@ class ZoneConfig(Strict):
             if v[i] == v[(i + 1) % n]:
                 raise ValueError(f"corners {i} and {(i + 1) % n} are the same point "
                                  f"{list(v[i])}: give each corner once")
-        area2 = sum(v[i][0] * v[(i + 1) % n][1] - v[(i + 1) % n][0] * v[i][1] for i in range(n))
-        if abs(area2) < 1e-9:
-            raise ValueError("the polygon has no area (its corners lie on one line)")
         for i in range(n):
             for j in range(i + 1, n):
                 if j == i + 1 or (i == 0 and j == n - 1):
@@ -306,6 +303,9 @@ class ZoneConfig(Strict):
                     raise ValueError(
                         f"the polygon crosses itself: edge {i}-{(i + 1) % n} meets edge "
                         f"{j}-{(j + 1) % n}; list the corners in order around the zone")
+        area2 = sum(v[i][0] * v[(i + 1) % n][1] - v[(i + 1) % n][0] * v[i][1] for i in range(n))
+        if abs(area2) < 1e-9:
+            raise ValueError("the polygon has no area (its corners lie on one line)")
         return v
 
 
