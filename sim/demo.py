@@ -49,9 +49,18 @@ def night_longitude(now: datetime) -> float:
 class EmbeddedBroker:
     """amqtt (a pure-Python MQTT 3.1.1 broker) on a thread: the fallback without mosquitto."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, log_file: Path | None = None) -> None:
         import asyncio
+        import logging
         import threading
+
+        # amqtt logs connection errors with tracebacks: keep them out of the demo's
+        # terminal (in a file when given, else dropped)
+        amqtt_log = logging.getLogger("amqtt")
+        amqtt_log.propagate = False
+        amqtt_log.handlers[:] = [logging.FileHandler(log_file) if log_file
+                                 else logging.NullHandler()]
+        amqtt_log.setLevel(logging.INFO)
 
         from amqtt.broker import Broker
 
@@ -94,8 +103,9 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen | EmbeddedBroker:
         except ImportError:
             raise SystemExit("the demo needs an MQTT broker: sudo apt-get install mosquitto "
                              "(or pip install amqtt)") from None
-        print("mosquitto not found: using the embedded amqtt broker (MQTT 3.1.1)", flush=True)
-        return EmbeddedBroker(port)
+        print("mosquitto not found: using the embedded amqtt broker (MQTT 3.1.1; its log "
+              f"goes to {workdir / 'amqtt.log'})", flush=True)
+        return EmbeddedBroker(port, workdir / "amqtt.log")
     return start_mosquitto(workdir, port, exe)
 
 
@@ -141,8 +151,10 @@ lighting:
        design_peak_vph: 12000, luminaires: 4, rated_power_w: 90, ramp_down_pct_per_min: 60}}
 mqtt:
   port: {mqtt}
+  protocol: "{protocol}"
   reconnect_min_s: 0.5
   outbox_path: {work}/outbox.db
+  primary_host: ops                   # hold data until the platform says it is online
 """
 
 
@@ -168,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     mqtt_port = free_port(0)
     broker = start_broker(work, mqtt_port)
     emu = DaliEmulator(make_gear(4), "hat").start()
-    platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port)).start()
+    protocol = "3.1.1" if isinstance(broker, EmbeddedBroker) else "5"
+    platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port), host_id="ops",
+                           protocol=protocol).start()
     lon = night_longitude(datetime.now(UTC))
     cfg = work / "pole.yaml"
     cfg.write_text(POLE.format(clip=clip, root=ROOT, work=work, lon=lon, pty=emu.path,
-                               mqtt=mqtt_port))
+                               mqtt=mqtt_port, protocol="3.1.1" if protocol == "3.1.1" else "5"))
     for stale in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
         (work / stale).unlink(missing_ok=True)
     print(f"\n  dashboard:  {dashboard_url('127.0.0.1', platform.http_port, platform.token)}"

@@ -139,7 +139,7 @@ def test_interval_messages_validate_and_commands_work(rig, tmp_path: Path) -> No
     assert wait_until(lambda: any(r["correlation_id"] == "c4" for r in responses(col)), 10)
     by_id = {r["correlation_id"]: r for r in responses(col)}
     assert by_id["c2"]["result"] == "error" and "no luminaire group 'nope'" in by_id["c2"]["error"]
-    assert any(r["correlation_id"] is None and "not UTF-8 JSON" in r["error"]
+    assert any(r["correlation_id"] is None and "not UTF-8" in r["error"]
                for r in responses(col))
     assert by_id["c3"]["result"] == "ok" and "pong" in by_id["c3"]["data"]
     snap = by_id["c4"]
