@@ -108,3 +108,25 @@ def test_last_will_on_sigkill(broker: Broker, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_asyncapi_document_names_security_bindings_and_every_schema() -> None:
+    import yaml
+
+    from agent.uplink.contract import KINDS, SCHEMA_DIR
+
+    doc = yaml.safe_load((SCHEMA_DIR / "asyncapi.yaml").read_text())
+    server = doc["servers"]["city"]
+    assert server["protocol"] == "secure-mqtt" and server["security"]
+    for ref in server["security"]:
+        assert ref["$ref"].split("/")[-1] in doc["components"]["securitySchemes"]
+    for name, op in doc["operations"].items():
+        assert op["bindings"]["mqtt"]["qos"] == 1, name
+        assert op["channel"]["$ref"].split("/")[-1] in doc["channels"]
+    refs = {m["payload"]["schema"].get("$ref") for m in doc["components"]["messages"].values()}
+    for m in doc["components"]["messages"].values():
+        assert m["payload"]["schemaFormat"].startswith("application/schema+json")
+    assert {f"{k}.schema.json" for k in KINDS} <= refs
+    assert all((SCHEMA_DIR / r).is_file() for r in refs if r)
+    retained = {n for n, op in doc["operations"].items() if op["bindings"]["mqtt"]["retain"]}
+    assert retained == {"publishStatus", "receivePlatformState"}
