@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lights(sub)
 
+    from agent.cli.acl import add_parser as add_broker_acl
+
+    add_broker_acl(sub)
+
     r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
