@@ -22,11 +22,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("POLELINK_DASHBOARD_TOKEN"),
                    help="the dashboard's token for commands (default: $POLELINK_DASHBOARD_TOKEN, "
                         "else a new random one, printed with the dashboard's address)")
+    p.add_argument("--host-id", default="ops",
+                   help="primary host id: the STATE topic is <prefix>/STATE/<host-id> (poles "
+                        "name it as mqtt.primary_host)")
+    p.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign commands with")
     a = p.parse_args(argv)
     bh, _, bp = a.broker.rpartition(":")
     hh, _, hp = a.http.rpartition(":")
-    sim = PlatformSim(bh or "127.0.0.1", int(bp), a.prefix, a.db, hh or "127.0.0.1", int(hp),
-                      token=a.token)
+    key = None
+    if a.signing_key:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            with open(a.signing_key, "rb") as f:
+                key = load_pem_private_key(f.read(), None)
+        except (OSError, ValueError, TypeError) as e:
+            p.error(f"--signing-key {a.signing_key}: {e}")
+    try:
+        port, http_port = int(bp), int(hp)
+    except ValueError:
+        p.error("--broker and --http take HOST:PORT")
+    sim = PlatformSim(bh or "127.0.0.1", port, a.prefix, a.db, hh or "127.0.0.1", http_port,
+                      token=a.token, host_id=a.host_id, signing_key=key)
     sim.start()
     return serve_until_interrupted(
         sim, f"platform: subscribed to {a.prefix}/# on {a.broker}; dashboard "
