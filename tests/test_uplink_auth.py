@@ -166,3 +166,31 @@ def test_acl_denial_is_an_alarm_and_the_message_stays_queued(tmp_path: Path) -> 
         up.stop()
     finally:
         b.stop()
+
+
+def test_a_command_sent_while_the_pole_is_away_waits_in_its_session(tmp_path: Path) -> None:
+    """The persistent session: a command published while the pole reconnects (here:
+    while it is stopped) is delivered when it is back, not lost."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    b = Broker(tmp_path).start()
+    try:
+        got: list[bytes] = []
+        ob = Outbox(tmp_path / "o.db", "p")
+        s = UplinkSettings(port=b.port, session_expiry_s=300)
+        up = Uplink(s, "p", "city", ob, on_command=lambda t, p, r: got.append(p)).start()
+        assert up.wait_connected(10)
+        time.sleep(0.5)                                # subscribed
+        up.stop()
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="plat")
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        c.publish(up.topic("cmd"), b'{"while": "away"}', qos=1).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+        up2 = Uplink(s, "p", "city", ob, on_command=lambda t, p, r: got.append(p)).start()
+        assert wait_until(lambda: got == [b'{"while": "away"}'], 10), got
+        up2.stop()
+    finally:
+        b.stop()
