@@ -19,17 +19,23 @@ from agent.uplink.outbox import Outbox
 from tests.mqtt_broker import Broker, wait_until
 
 
-@pytest.fixture
-def auth_broker(tmp_path: Path):
+def password_broker(tmp_path: Path, extra: str = "") -> Broker:
+    """A mosquitto (not started) that admits only ``pole-1`` / ``s3cret``."""
     exe = shutil.which("mosquitto_passwd")
     if exe is None:
         pytest.skip("mosquitto_passwd is not installed")
     pw = tmp_path / "passwd"
     subprocess.run([exe, "-b", "-c", str(pw), "pole-1", "s3cret"], check=True,
                    capture_output=True)
-    b = Broker(tmp_path, extra=f"password_file {pw}\n")
+    b = Broker(tmp_path, extra=f"password_file {pw}\n{extra}")
     b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
-    yield b.start()
+    return b
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path):
+    b = password_broker(tmp_path).start()
+    yield b
     b.stop()
 
 
@@ -135,15 +141,7 @@ def test_acl_denial_is_an_alarm_and_the_message_stays_queued(tmp_path: Path) -> 
     acl = tmp_path / "acl"
     acl.write_text("user pole-1\ntopic write polelink/city/pole-1/status\n"
                    "topic read polelink/city/pole-1/cmd\n")
-    exe = shutil.which("mosquitto_passwd")
-    if exe is None:
-        pytest.skip("mosquitto_passwd is not installed")
-    pw = tmp_path / "passwd"
-    subprocess.run([exe, "-b", "-c", str(pw), "pole-1", "s3cret"], check=True,
-                   capture_output=True)
-    b = Broker(tmp_path, extra=f"password_file {pw}\nacl_file {acl}\n")
-    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
-    b.start()
+    b = password_broker(tmp_path, f"acl_file {acl}\n").start()
     try:
         ob = Outbox(tmp_path / "o.db", "pole-1")
         up = Uplink(UplinkSettings(port=b.port, username="pole-1", password="s3cret",

@@ -128,10 +128,9 @@ class PlatformSim:
         elif msg.topic.endswith("/cmd/response") and outcome in ("stored", "duplicate"):
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 resp = json.loads(msg.payload)
-                with self._lock:
-                    if self.unanswered.pop(resp["correlation_id"], None) is not None \
-                            or resp["correlation_id"] not in self.responses:
-                        self.responses[resp["correlation_id"]] = resp
+                with self._lock:            # the first answer counts; repeats are dropped
+                    self.unanswered.pop(resp["correlation_id"], None)
+                    self.responses.setdefault(resp["correlation_id"], resp)
 
     def command(self, req: dict[str, Any], ttl_s: float = 300) -> dict[str, Any]:
         """Send a command to a device (``req``: device, site, command, args); it is sent
