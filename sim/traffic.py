@@ -55,6 +55,9 @@ class SceneConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     line_y_frac: float = 0.55
     noise: float = 3.0
+    #: Static objects drawn over the traffic (tree crowns, sign gantries), as fractions of
+    #: the frame ``(x0, y0, x1, y1)``: vehicles behind them are hidden, not gone.
+    occluders: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     @property
     def road(self) -> tuple[int, int]:
@@ -169,6 +172,12 @@ class TrafficScene:
         img = self.background.copy()
         for v in sorted(self.vehicles, key=lambda v: v.sprite.length):
             draw_sprite(img, v.sprite)
+        h, w = img.shape[:2]
+        for x0, y0, x1, y1 in self.cfg.occluders:
+            # foliage green with a darker rim, so it reads as an object, not as road
+            p0, p1 = (round(x0 * w), round(y0 * h)), (round(x1 * w), round(y1 * h))
+            cv2.rectangle(img, p0, p1, (40, 90, 45), -1)
+            cv2.rectangle(img, p0, p1, (25, 60, 30), 2)
         return finish_frame(img, self.rng, self.cfg.noise, self.gain)
 
 
@@ -219,6 +228,7 @@ def ground_truth(cfg: SceneConfig, seed: int, n_frames: int, events: list[Crossi
         "generator": {"tool": "sim.traffic", "seed": seed, "fps": cfg.fps,
                       "vehicles_per_minute": cfg.vehicles_per_minute, "mix": cfg.mix},
         "frame_size": [cfg.width, cfg.height],
+        "occluders": [list(o) for o in cfg.occluders],
         "fps": cfg.fps,
         "frame_count": n_frames,
         "line": list(cfg.line),
@@ -328,12 +338,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="640x360", help="frame size WxH (default 640x360)")
     p.add_argument("--density", type=float, default=40.0,
                    help="arrivals per minute over all lanes (default 40: moderate)")
+    p.add_argument("--line-at", type=float, default=0.55, metavar="FRAC",
+                   help="counting line height as a fraction of the frame (default 0.55; "
+                        "0.85 puts it where vehicles coming up enter the picture)")
+    p.add_argument("--occluder", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="a static object over the road, in fractions of the frame; repeatable")
     a = p.parse_args(argv)
+    if not 0.05 <= a.line_at <= 0.95:
+        p.error(f"--line-at must be between 0.05 and 0.95, got {a.line_at}")
+    occluders = []
+    for spec in a.occluder:
+        try:
+            x0, y0, x1, y1 = (float(v) for v in spec.split(","))
+        except ValueError:
+            p.error(f"--occluder expects four fractions X0,Y0,X1,Y1, got {spec!r}")
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            p.error(f"--occluder needs 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {spec!r}")
+        occluders.append((x0, y0, x1, y1))
     try:
         w, h = (int(v) for v in a.size.lower().split("x"))
     except ValueError:
         p.error(f"--size must look like 640x360, got {a.size!r}")
-    cfg = SceneConfig(width=w, height=h, fps=a.fps, vehicles_per_minute=a.density)
+    cfg = SceneConfig(width=w, height=h, fps=a.fps, vehicles_per_minute=a.density,
+                      line_y_frac=a.line_at, occluders=occluders)
     if a.serve:
         from sim.mjpeg import serve_forever
 
