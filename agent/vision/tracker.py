@@ -11,12 +11,26 @@ Per frame with detections (:meth:`Tracker.update`):
    young track, whose velocity is still unknown, may jump up to ``max_distance`` sizes;
    an established one (3+ hits) only ``settled_distance``; a young track's reach grows
    with the frames since its last measurement (detection stride), up to four times;
-4. tracks whose predicted centre has left the frame are dropped (they must not take a
+4. tracks still unmatched take a leftover detection *nested* with their predicted box
+   (a fragment inside it, or a whole box around it): the detector switching between a
+   lorry's cab and its whole body, or seeing only the part of a vehicle not hidden, is
+   the same vehicle. A fragment moves the track by the edges it shares with the
+   prediction, keeping the track's size; a whole box replaces the size, keeping the
+   velocity (a change of box is not motion);
+5. tracks whose predicted centre has left the frame are dropped (they must not take a
    newcomer's detection at the edge); unmatched high-confidence detections start
-   tentative tracks, unless they sit on a
-   live track (centre inside its box, or IoU above ``duplicate_iou``): a second box on
-   the same vehicle must not become a second count; tracks unmatched for longer than
+   tentative tracks, unless they sit on a live track (centre inside its box, IoU above
+   ``duplicate_iou``, or nested with a recently measured track): a second box on the
+   same vehicle must not become a second count; tracks unmatched for longer than
    ``lost_frames`` are removed (tentative ones after ``tentative_frames``).
+
+**Implausible jumps are refused** in every pass: an established track (3+ measurements,
+so its velocity is known) takes a detection only when the detection's centre lies within
+the Kalman filter's own uncertainty of the predicted centre (Mahalanobis distance below
+the 99.9 % chi-square gate; the gate widens by itself while a track coasts) and its area
+is within a factor of four of the track's (nested boxes excepted, see 4). A static false
+detection (a lane mark, a sign) therefore cannot jump onto a passing vehicle, and a
+track cannot swap to a vehicle in the next lane.
 
 Frames without detections (detection stride, motion gating) call :meth:`Tracker.predict`,
 which moves every track along its velocity so counting lines are still crossed.
@@ -35,6 +49,11 @@ _F = np.eye(8)
 _F[:4, 4:] = np.eye(4)
 _H = np.eye(4, 8)
 
+
+#: 99.9 % quantile of chi-square with 2 degrees of freedom: the centre gate.
+GATE_CHI2 = 13.8
+#: Measurements before a track's velocity is trusted for gating.
+ESTABLISHED_HITS = 3
 
 _Q_SCALE = np.array([0.05] * 4 + [0.1] * 2 + [0.01] * 2) ** 2
 _R_SCALE = np.array([0.05] * 4) ** 2
@@ -80,6 +99,42 @@ class KalmanBox:
             cx, cy, w, h = self.x[:4]
             self._box = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
         return self._box
+
+
+def _containment(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the smaller of two boxes that lies inside the other."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return float(iw * ih / max(small, 1e-9))
+
+
+def _nesting(det: np.ndarray, track_box: np.ndarray) -> str:
+    """``"fragment"`` when ``det`` lies (85 %+) inside ``track_box`` and is under 60 % of
+    its area, ``"whole"`` for the reverse, else ``""``."""
+    area_d = (det[2] - det[0]) * (det[3] - det[1])
+    area_t = (track_box[2] - track_box[0]) * (track_box[3] - track_box[1])
+    if area_d <= 0 or area_t <= 0 or _containment(det, track_box) < 0.85:
+        return ""
+    if area_d < 0.6 * area_t:
+        return "fragment"
+    if area_t < 0.6 * area_d:
+        return "whole"
+    return ""
+
+
+def _aligned(fragment: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The predicted box moved so it shares, on each axis, the fragment's edge nearest
+    to its own (the visible part's outer edge is the vehicle's)."""
+    out = np.array(predicted, float)
+    for lo, hi in ((0, 2), (1, 3)):
+        d_lo, d_hi = fragment[lo] - predicted[lo], fragment[hi] - predicted[hi]
+        shift = d_lo if abs(d_lo) <= abs(d_hi) else d_hi
+        out[lo] += shift
+        out[hi] += shift
+    return out
 
 
 def _xywh(b: np.ndarray) -> tuple[float, float, float, float]:
@@ -164,6 +219,7 @@ class Tracker:
         rest_high, rest_t = self._match_iou(order, high, dets, self.match_iou, matched_t)
         _, rest_t = self._match_iou(rest_t, low, dets, 0.5 * self.match_iou, matched_t)
         rest_high, rest_t = self._match_distance(rest_t, rest_high, dets, matched_t)
+        rest_high, rest_t = self._match_nested(rest_t, rest_high, dets, matched_t)
         for i, t in enumerate(self.tracks):
             if i not in matched_t:
                 t.missed += 1
@@ -173,7 +229,16 @@ class Tracker:
 
     def _apply(self, ti: int, di: int, dets: Detections, matched_t: set[int]) -> None:
         t = self.tracks[ti]
-        t.kf.update(dets.boxes[di])
+        box = dets.boxes[di]
+        nest = _nesting(box, t.box) if t.hits >= ESTABLISHED_HITS else ""
+        if nest == "fragment":
+            t.kf.update(_aligned(box, t.box))
+        elif nest == "whole":
+            velocity = t.kf.x[4:].copy()
+            t.kf.update(box)
+            t.kf.x[4:] = velocity
+        else:
+            t.kf.update(box)
         t.last_box = dets.boxes[di].copy()
         t.score = float(dets.scores[di])
         t.vote(int(dets.labels[di]), self._vote_weight(dets, di))
@@ -189,6 +254,7 @@ class Tracker:
             return list(dis), tis
         tb = np.array([self.tracks[i].box for i in tis])
         iou = iou_matrix(tb, dets.boxes[dis])
+        iou = np.where(self._plausible(tis, dets.boxes[dis]), iou, 0.0)
         rows, cols = linear_sum_assignment(-iou)
         used_t, used_d = set(), set()
         for r, c in zip(rows, cols, strict=False):
@@ -212,7 +278,8 @@ class Tracker:
         dist = np.linalg.norm(tc[:, None] - dc[None], axis=2) / np.maximum(tsize[:, None], 1.0)
         ratio = np.maximum(tsize[:, None], dsize[None]) / np.maximum(
             np.minimum(tsize[:, None], dsize[None]), 1.0)
-        cost = dist + np.where(ratio > 2.0, 100.0, 0.0)
+        cost = dist + np.where(ratio > 2.0, 100.0, 0.0) \
+            + np.where(self._plausible(tis, db), 0.0, 100.0)
         # an established track's prediction already carries its velocity across a stride
         # gap; a young track's velocity is unknown, so its reach grows with the gap
         limit = np.array([self.settled_distance if self.tracks[i].hits >= 3 else
@@ -228,15 +295,61 @@ class Tracker:
         return ([d for k, d in enumerate(dis) if k not in used_d],
                 [t for k, t in enumerate(tis) if k not in used_t])
 
+    def _plausible(self, tis: list[int], boxes: np.ndarray) -> np.ndarray:
+        """(len(tis), len(boxes)) mask: may each track take each detection? See the module
+        docstring: centre within the Kalman gate, area within a factor of four, for
+        established tracks; nested boxes are always plausible."""
+        ok = np.ones((len(tis), len(boxes)), bool)
+        for r, ti in enumerate(tis):
+            t = self.tracks[ti]
+            if t.hits < ESTABLISHED_HITS:
+                continue
+            kf = t.kf
+            s = max(kf.x[2], kf.x[3], 1.0)
+            cov = kf.P[:2, :2] + np.diag(_R_SCALE[:2] * (s * s))
+            inv = np.linalg.inv(cov)
+            tb = t.box
+            area_t = max((tb[2] - tb[0]) * (tb[3] - tb[1]), 1.0)
+            for c, b in enumerate(boxes):
+                y = np.array([(b[0] + b[2]) / 2 - kf.x[0], (b[1] + b[3]) / 2 - kf.x[1]])
+                area_d = max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
+                ratio = max(area_t, area_d) / min(area_t, area_d)
+                if (float(y @ inv @ y) > GATE_CHI2 or ratio > 4.0) and not _nesting(b, tb):
+                    ok[r, c] = False
+        return ok
+
+    def _match_nested(self, tis: list[int], dis: list[int], dets: Detections,
+                      matched_t: set[int]) -> tuple[list[int], list[int]]:
+        """Established tracks take a leftover detection nested with their box (best
+        containment first)."""
+        pairs = []
+        for ti in tis:
+            t = self.tracks[ti]
+            if t.hits < ESTABLISHED_HITS:
+                continue
+            for di in dis:
+                if _nesting(dets.boxes[di], t.box):
+                    pairs.append((-_containment(dets.boxes[di], t.box), ti, di))
+        used_t, used_d = set(), set()
+        for _, ti, di in sorted(pairs):
+            if ti in used_t or di in used_d:
+                continue
+            self._apply(ti, di, dets, matched_t)
+            used_t.add(ti)
+            used_d.add(di)
+        return [d for d in dis if d not in used_d], [t for t in tis if t not in used_t]
+
     def _start(self, dets: Detections, di: int) -> None:
         box = dets.boxes[di]
-        # a detection sitting on a live track (its centre inside the track's box, or a
-        # large overlap) is a duplicate of that road user, not a new one
+        # a detection sitting on a live track (its centre inside the track's box, a large
+        # overlap, or nested with a recently measured one) is a duplicate of that road
+        # user, not a new one
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         for t in self.tracks:
             tb = t.box
             if (tb[0] <= cx <= tb[2] and tb[1] <= cy <= tb[3] and t.missed == 0) \
-                    or iou_matrix(box[None], tb[None])[0, 0] > self.duplicate_iou:
+                    or iou_matrix(box[None], tb[None])[0, 0] > self.duplicate_iou \
+                    or (t.missed <= 2 and t.hits >= ESTABLISHED_HITS and _nesting(box, tb)):
                 return
         t = Track(self._next_id, KalmanBox(box), int(dets.labels[di]), float(dets.scores[di]),
                   confirmed=self.min_hits <= 1, last_box=box.copy())
