@@ -76,7 +76,7 @@ def cmd_count(a: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_INVALID
     settings = PipelineSettings(lines=lines, confidence=a.confidence, stride=a.stride,
-                                motion=a.motion)
+                                motion=a.motion, schedule=a.schedule)
     try:
         res = count_video(Path(a.video), det, settings, Path(a.annotate) if a.annotate else None,
                           a.max_frames, None if a.quiet else stderr_progress())
@@ -84,7 +84,8 @@ def cmd_count(a: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_INVALID
     doc = res.to_json()
-    doc.update({"model": det.card.name, "stride": a.stride, "motion_gating": a.motion})
+    doc.update({"model": det.card.name, "stride": a.stride, "schedule": a.schedule,
+                "motion_gating": a.motion})
     if a.json:
         print(json.dumps(doc, indent=1))
         return EXIT_OK
@@ -149,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--confidence", type=float, default=0.35, help="detection threshold (0.35)")
     c.add_argument("--classes", metavar="C1,C2", help="classes to count "
                    "(default car,motorbike,bus,truck,bicycle)")
-    c.add_argument("--stride", type=int, default=1, help="run the detector every Nth frame (1)")
+    c.add_argument("--stride", type=int, default=1,
+                   help="run the detector at most every Nth frame where no count is being "
+                        "decided (1: every frame)")
+    c.add_argument("--schedule", choices=("adaptive", "fixed"), default="adaptive",
+                   help="adaptive: detect every frame near the lines, --stride elsewhere "
+                        "(default); fixed: exactly every --stride-th frame")
     c.add_argument("--motion", action=argparse.BooleanOptionalAction, default=False,
                    help="skip the detector on frames without motion (default off offline)")
     c.add_argument("--threads", type=int, default=1, help="onnxruntime/TFLite threads (1)")

@@ -212,12 +212,15 @@ class DetectorConfig(Strict):
 
 
 class GatingConfig(Strict):
-    """CPU savers: skip the detector when nothing moves; detect every Nth frame."""
+    """CPU savers: skip the detector when nothing moves; run it at most every ``stride``
+    frames where no count is being decided (``schedule: adaptive``), or on exactly every
+    ``stride``-th frame (``schedule: fixed``)."""
 
     motion: bool = True
     motion_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
     motion_width: Annotated[int, Field(ge=32, le=640)] = 160
     stride: Annotated[int, Field(ge=1, le=30)] = 1
+    schedule: Literal["adaptive", "fixed"] = "adaptive"
     keepalive_s: Annotated[float, Field(ge=0, le=600)] = 2.0
 
 

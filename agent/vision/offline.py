@@ -171,7 +171,8 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     stage["detector_total"] = round(pipe.mean_detector_ms, 3)
     return CountResult(str(video), i + corrupt, pipe.frames_detected, pipe.frames_skipped_motion, fps,
                        i / wall if wall > 0 else 0.0, wall, totals, events, stage,
-                       pipe.counter.id_switches, corrupt)
+                       pipe.counter.id_switches, corrupt,
+                       meta={"detector_reasons": dict(sorted(pipe.scheduler.reasons.items()))})
 
 
 def stderr_progress(every: int = 50) -> Callable[[int, int], None]:

@@ -1,10 +1,15 @@
 """The vision data path for one camera, top to bottom.
 
-    frame ──► motion gate ──► detector (every ``stride``-th moving frame)
-                                   │                         │
-                          (no motion: tracks frozen)   (stride gap: tracks predicted)
-                                   ▼                         ▼
+    frame ──► scheduler + motion gate ──► detector (where counts are decided, and at
+                   │            │            least every ``stride``-th moving frame)
+      (no motion: tracks frozen)  (gap: tracks predicted)        │
+                   ▼            ▼                                ▼
                                 tracker ──► counter ──► count events (+ timings)
+
+The detector runs on every frame while a track is near a counting line, young, or
+waiting for a crossing to be confirmed (see :mod:`agent.vision.schedule`); elsewhere it
+runs at most every ``stride`` frames, and not at all while nothing moves
+(``schedule="fixed"`` keeps the plain every-``stride``-th-frame rule, for comparison).
 
 :class:`CameraPipeline` is pure processing (no threads, no I/O) so the offline
 ``agent count`` command, the benchmarks, the tests and the live agent run exactly the
@@ -23,6 +28,7 @@ import numpy as np
 from agent.vision.counter import Counter, CountEvent, Line, Zone
 from agent.vision.detect.base import Detections, Detector
 from agent.vision.motion import MotionGate
+from agent.vision.schedule import DetectionScheduler
 from agent.vision.tracker import Track, Tracker
 
 STAGES = ("preprocess", "inference", "postprocess", "motion", "track", "count")
@@ -41,6 +47,7 @@ class PipelineSettings:
     motion_threshold: float = 0.001
     motion_width: int = 160
     stride: int = 1
+    schedule: str = "adaptive"
     keepalive_s: float = 2.0
     match_iou: float = 0.2
     lost_s: float = 1.0
@@ -97,6 +104,9 @@ class CameraPipeline:
                                settle_frames=round(settings.class_settle_s * fps))
         self.keepalive_frames = max(1, round(settings.keepalive_s * fps)) \
             if settings.keepalive_s > 0 else 0
+        self.scheduler = DetectionScheduler(settings.lines, settings.stride)
+        self.frame_size: tuple[int, int] | None = None
+        self._finished = 0
         self.times = StageTimes()
         self.frames = 0
         self.frames_detected = 0
@@ -111,7 +121,10 @@ class CameraPipeline:
     # model busy: the pipeline then runs at nearly the model's own rate.
 
     def plan(self, image: np.ndarray) -> str:
-        """Decide this frame's fate: ``"detect"``, ``"predict"`` (stride gap) or ``"still"``."""
+        """Decide this frame's fate: ``"detect"``, ``"predict"`` (gap) or ``"still"``.
+
+        The reason for each decision is tallied in ``self.scheduler.reasons``.
+        """
         t0 = time.perf_counter()
         moving = True
         if self.gate is not None:
@@ -122,16 +135,27 @@ class CameraPipeline:
             moving = moving or any(abs(t.velocity[0]) + abs(t.velocity[1]) > 0.5
                                    for t in self.tracker.tracks if t.confirmed)
         keepalive = self.keepalive_frames and self._since_detect >= self.keepalive_frames
-        due = self._stride_phase % self.s.stride == 0
-        self._stride_phase += 1
-        if due and (moving or keepalive):
+        if self.s.schedule == "fixed":
+            due = self._stride_phase % self.s.stride == 0
+            self._stride_phase += 1
+            reason = "stride" if due and (moving or keepalive) else ""
+            if not reason and not moving:
+                self._stride_phase = 0
+        else:
+            ahead = max(1, self.frames - self._finished)
+            reason = self.scheduler.urgent(self.tracker.tracks, self.counter, ahead) \
+                if self.s.stride > 1 else ""
+            stride = self.scheduler.effective_stride(self.frame_size)
+            if not reason and self._since_detect + 1 >= stride:
+                reason = "stride" if moving else "keepalive" if keepalive else ""
+        if reason:
+            self.scheduler.note(reason)
             self._since_detect = 0
             return "detect"
         self._since_detect += 1
-        if moving:
-            return "predict"
-        self._stride_phase = 0
-        return "still"
+        fate = "predict" if moving else "still"
+        self.scheduler.note(fate)
+        return fate
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, object, float]:
         """Pre-process a frame for the model: ``(tensor, geometry, seconds)``."""
@@ -155,6 +179,8 @@ class CameraPipeline:
                inferred: tuple[object, object, float, float] | None) -> FrameResult:
         """Decode detections, update the tracker and the counter."""
         size = (image.shape[1], image.shape[0])
+        self.frame_size = size
+        self._finished += 1
         dets: Detections | None = None
         if fate == "detect" and inferred is not None:
             raw, geo, t_pre, t_inf = inferred
@@ -167,6 +193,7 @@ class CameraPipeline:
             self.frames_detected += 1
             self.detect_seconds += t_pre + t_inf + (t3 - t2)
             tracks = self.tracker.update(dets, size)
+            self.scheduler.observe(tracks)
             self.times.add("track", time.perf_counter() - t3)
         elif fate in ("detect", "predict"):
             # stride gap: nothing measured, the tracks coast on their velocity

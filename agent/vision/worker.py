@@ -43,7 +43,8 @@ def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
     return PipelineSettings(lines=lines, zones=zones, fps=fps, confidence=d.confidence,
                             low_confidence=d.low_confidence, motion=g.motion,
                             motion_threshold=g.motion_threshold, motion_width=g.motion_width,
-                            stride=g.stride, keepalive_s=g.keepalive_s, match_iou=t.match_iou,
+                            stride=g.stride, schedule=g.schedule, keepalive_s=g.keepalive_s,
+                            match_iou=t.match_iou,
                             lost_s=t.lost_s, min_hits=t.min_hits,
                             class_settle_s=t.class_settle_s)
 
