@@ -51,6 +51,12 @@ class TrafficRecord:
         return sum(sum(per.values()) for per in self.counts.values())
 
     @property
+    def detector_runs_per_s(self) -> float:
+        """Detector runs per second of the interval (the schedule's CPU cost)."""
+        span = self.end - self.start
+        return round(self.frames_detected / span, 2) if span > 0 else 0.0
+
+    @property
     def covered_s(self) -> float:
         """Seconds of this interval the camera really watched (good frames vs expected)."""
         span = max(0.0, self.end - self.start)
@@ -69,7 +75,8 @@ class TrafficRecord:
             "partial": self.partial,
             **({"partial_reason": self.partial_reason} if self.partial_reason else {}),
             "frames_analysed": self.frames_analysed,
-            "frames_detected": self.frames_detected, "frames_dropped": self.frames_dropped,
+            "frames_detected": self.frames_detected,
+            "detector_runs_per_s": self.detector_runs_per_s, "frames_dropped": self.frames_dropped,
             "frames_late": self.frames_late, "frames_expected": self.frames_expected,
             "detector_latency_ms_mean": self.detector_latency_ms_mean,
             "id_switches": self.id_switches, "camera_blinded": self.camera_blinded,

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from agent.runner import Agent
 from agent.settings.schema import load_config
+from agent.uplink import contract
 from agent.vision.aggregates import IntervalAggregator, JsonLinesSink, interval_start
 from agent.vision.counter import CountEvent
 from tests.conftest import ROOT, SIMNET
@@ -55,6 +56,11 @@ def test_intervals_align_to_the_clock_and_the_first_one_is_partial_from_the_star
     assert main.partial and main.frames_expected == 500   # 50 s at 10 fps, not 60 s
     assert main.counts == {"down": {"car": 1}, "up": {"motorbike": 2}} and main.total == 3
     assert main.frames_analysed == 2 and main.frames_detected == 1
+    assert j["detector_runs_per_s"] == 0.02               # 1 run in 50 s
+    msg = contract.traffic_message(main, "2023-11-14T22:14:00Z")
+    assert msg["quality"]["detectorRunsPerS"] == 0.02
+    msg.update(seq=1, msg_id="pole:0badcafe:1")              # stamped by the uplink
+    assert contract.errors("traffic", msg) == []
     assert main.frames_dropped == 3 and main.detector_latency_ms_mean == 20.0
     assert main.frames_late == 2 and main.camera_state == "live"
     zone = next(r for r in recs if r.zone == "z")

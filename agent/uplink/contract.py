@@ -72,6 +72,7 @@ def traffic_message(rec: TrafficRecord, ts: str) -> dict[str, Any]:
         "roadUserCounts": counts, "totalCount": rec.total,
         "quality": {"framesAnalysed": rec.frames_analysed, "framesExpected": rec.frames_expected,
                     "framesDetected": rec.frames_detected, "framesGood": rec.frames_good,
+                    "detectorRunsPerS": rec.detector_runs_per_s,
                     "framesDropped": rec.frames_dropped, "framesLate": rec.frames_late,
                     "detectorLatencyMs": rec.detector_latency_ms_mean,
                     "idSwitches": rec.id_switches, "cameraBlinded": rec.camera_blinded,
