@@ -59,6 +59,14 @@ def test_static_false_detection_cannot_jump_onto_a_vehicle() -> None:
     assert count(frames, LINE) == [("up", "car")]
 
 
+def test_static_box_jittering_on_the_line_never_counts() -> None:
+    """A bollard detected as a motorbike, its box centre a pixel either side of the line."""
+    rng = np.random.default_rng(3)
+    frames = [boxes(centred(200 + rng.normal(0, 0.5), 180 + rng.choice([-1.5, 1.5]), 14, 30,
+                            "motorbike")) for _ in range(80)]
+    assert count(frames, LINE) == []
+
+
 def test_track_refuses_a_vehicle_in_the_next_lane() -> None:
     """A car moving down loses its detection at the line while a car in the next lane,
     moving up, passes there: the first track must not swap onto the second car."""
@@ -236,7 +244,11 @@ def test_scheduler_urgent_reasons() -> None:
         tracks = tr.update(boxes(centred(300, 40 + 3 * k, 30, 50)), (W, H))
         co.update(tracks, k, (W, H))
     assert sched.urgent(tr.tracks, co, ahead=1) == ""
-    for k in range(4, 44):                      # now driving on, closer to the line
+    for k in range(4, 44):                      # now driving on, 11 px before the line
+        tracks = tr.update(boxes(centred(300, 40 + 3 * k, 30, 50)), (W, H))
+        co.update(tracks, k, (W, H))
+    assert sched.urgent(tr.tracks, co, ahead=1) == ""          # not there yet: coast
+    for k in range(44, 47):                     # at 178: the next frame is past the line
         tracks = tr.update(boxes(centred(300, 40 + 3 * k, 30, 50)), (W, H))
         co.update(tracks, k, (W, H))
     assert sched.urgent(tr.tracks, co, ahead=1) == "near_line"

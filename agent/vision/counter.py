@@ -17,8 +17,10 @@ Rules (the same as the hand-made ground truth in ``../shared/data``):
   the cab to the whole body) is not a crossing; the side is updated and nothing counted;
 - jitter on the line cannot count twice: a track that has counted on a line never
   counts on it again, whatever it does afterwards;
-- a crossing seen before the track is confirmed is held and counted once the track is
-  confirmed while still past the line; a track that goes back drops it;
+- **real travel.** A crossing is held until the track is confirmed and has travelled half
+  its own length across the line since it was first seen (a sign or a bollard detected
+  as a motorbike, its box jittering on the line, never counts), then counted with the
+  frame of the crossing; a track that goes back first drops it;
 - the class of a counted road user is settled after the crossing: the event is emitted
   ``settle_frames`` measured frames later, or when the track ends (or at :meth:`flush`),
   with the track's class vote at that time, so a far, small view just before the line
@@ -97,6 +99,11 @@ class Zone:
     polygon: list[Point]
 
 
+#: A crossing counts once the track has travelled this share of its own length across
+#: the line since it was first seen (a static box jittering on the line never does).
+MIN_TRAVEL = 0.5
+
+
 @dataclass
 class _State:
     last: Point  # centre when last measured, used for hand-over
@@ -104,6 +111,7 @@ class _State:
     # line → (side ±1, frame, anchor, signed distance) of the last reliable measurement
     counted: set[str] = field(default_factory=set)
     pending: dict[str, tuple[int, int, Point]] = field(default_factory=dict)
+    origin: dict[str, float] = field(default_factory=dict)  # line → first reliable distance
     settling: list[tuple[str, int, int, Point, int]] = field(default_factory=list)
     track_id: int = 0
     zones: set[str] = field(default_factory=set)
@@ -183,7 +191,7 @@ class Counter:
 
     def has_pending(self) -> bool:
         """Whether some crossing waits for its track to be confirmed."""
-        return any(st.pending for st in self.states.values())
+        return any(st.pending and not st.confirmed for st in self.states.values())
 
     def _born(self, t: Track, frame: int) -> _State:
         """A new track id: hand over from a recently lost track nearby, if there is one."""
@@ -209,7 +217,8 @@ class Counter:
             self.id_switches_near_line += 1
         # continue from where the old track was last *measured*
         return _State(last=old.last, sides=dict(old.sides), counted=set(old.counted),
-                      pending=dict(old.pending), zones=set(old.zones), last_frame=frame,
+                      pending=dict(old.pending), origin=dict(old.origin),
+                      zones=set(old.zones), last_frame=frame,
                       seen_frame=frame, box_size=size, whole=old.whole,
                       velocity=old.velocity, confirmed=old.confirmed)
 
@@ -313,12 +322,8 @@ class Counter:
                 got = self._measured_side(t, st, ln, box, cuts)
                 if got is not None:
                     self._observe(t, st, ln, frame, *got)
+            self._resolve(t, st, frame)
             if t.confirmed:
-                for name, (sign, f, pt) in list(st.pending.items()):
-                    del st.pending[name]
-                    if st.sides.get(name, (0,))[0] == sign:
-                        st.counted.add(name)
-                        st.settling.append((name, sign, f, pt, frame + self.settle_frames))
                 here = anchor_point(t.box, "center")
                 for z in self.zones:
                     if z.name not in st.zones and inside(z.polygon, here) and not cuts:
@@ -338,11 +343,32 @@ class Counter:
         st.velocity = t.velocity
         st.confirmed = t.confirmed
 
+    def _resolve(self, t: Track, st: _State, frame: int) -> None:
+        """Count the held crossings of a confirmed track that is still past its line and
+        has really travelled (not a static box jittering on the line)."""
+        for name, (sign, f, pt) in list(st.pending.items()):
+            cur = st.sides.get(name)
+            if cur is None or cur[0] != sign:
+                del st.pending[name]
+                continue
+            if not t.confirmed:
+                continue
+            ln = self._by_name[name]
+            nx, ny = _normal(ln)
+            w, h = st.whole if st.whole is not None else (t.box[2] - t.box[0], t.box[3] - t.box[1])
+            extent = abs(nx) * w + abs(ny) * h
+            travel = (cur[3] - st.origin.get(name, cur[3])) * sign
+            if travel >= MIN_TRAVEL * extent:
+                del st.pending[name]
+                st.counted.add(name)
+                st.settling.append((name, sign, f, pt, frame + self.settle_frames))
+
     def _observe(self, t: Track, st: _State, ln: Line, frame: int, sign: int, p: Point,
                  d: float) -> None:
         """A reliable measured side of ``ln``: a crossing when it changed."""
         prev = st.sides.get(ln.name)
         st.sides[ln.name] = (sign, frame, p, d)
+        st.origin.setdefault(ln.name, d)
         if prev is None or prev[0] == sign:
             if prev is not None and ln.name in st.pending and st.pending[ln.name][0] != sign:
                 del st.pending[ln.name]
@@ -365,11 +391,7 @@ class Counter:
         # first frame past the line, interpolated between the two measurements
         at = f0 + (frame - f0) * (abs(d0) / max(abs(d0) + abs(d), 1e-9))
         f = int(min(frame, max(f0 + 1, np.floor(at) + 1)))
-        if t.confirmed:
-            st.counted.add(ln.name)
-            st.settling.append((ln.name, sign, f, p, frame + self.settle_frames))
-        else:
-            st.pending[ln.name] = (sign, f, p)
+        st.pending[ln.name] = (sign, f, p)
 
 
 def _normal(ln: Line) -> tuple[float, float]:

@@ -8,10 +8,11 @@ being planned and asks for a detection when
 
 - ``unconfirmed``: a crossing is waiting for its track to be confirmed;
 - ``near_line``: a moving track is predicted past a line it has not counted on (its
-  last measured side differs), or within one frame's motion (plus a sliver of its own
-  size) of a line: the next measurement decides the count;
-- ``young``: a track has fewer than three measurements (its velocity, hence every
-  prediction, is not known yet: a new vehicle entering);
+  last measured side differs) or right on it: this measurement decides the count (one
+  or two detector runs per vehicle and line when its velocity is right, more when not);
+- ``young``: a track with fewer than three measurements (its velocity, hence every
+  prediction, is not known yet: a new vehicle entering) that could reach a line before
+  the next planned detection at the fastest speed measured here;
 - ``stride``: the frames since the last detection reached the effective maximum stride.
 
 The maximum stride is the configured ``stride``, lowered where a line lies close to a
@@ -111,34 +112,41 @@ class DetectionScheduler:
         """
         if counter.has_pending():
             return "unconfirmed"
+        fast = float(np.percentile(self._speeds, 90)) if len(self._speeds) >= 5 else None
+        reason = ""
         for t in tracks:
-            if t.hits < YOUNG_HITS and t.missed < YOUNG_HITS:
-                return "young"
-        for t in tracks:
-            if t.hits < YOUNG_HITS:
+            young = t.hits < YOUNG_HITS
+            if young and t.missed >= YOUNG_HITS:
                 continue
             vx, vy = t.velocity
             box = t.box
             for ln, (nx, ny, length) in zip(self.lines, self._normals, strict=True):
                 if counter.resolved(t.track_id, ln.name):
                     continue
-                vn = vx * nx + vy * ny
                 extent = abs(nx) * (box[2] - box[0]) + abs(ny) * (box[3] - box[1])
+                ax, ay = anchor_point(box, ln.anchor)
+                if young:
+                    # velocity unknown: detect while it could reach the line before the
+                    # next planned detection (at the fastest speed measured here)
+                    d = abs((ax - ln.a[0]) * nx + (ay - ln.a[1]) * ny)
+                    reach = (fast if fast is not None else 0.25 * max(extent, 1.0)) \
+                        * (self.max_stride + ahead)
+                    if d <= reach + extent:
+                        reason = "young"
+                    continue
+                vn = vx * nx + vy * ny
                 if abs(vn) < 0.01 * max(extent, 1.0):
                     continue  # standing still: nothing will change by looking again
-                ax, ay = anchor_point(box, ln.anchor)
                 px, py = ax + vx * ahead, ay + vy * ahead
                 # beside the segment (with a margin of the box size): not this line's business
-                along = ((px - ln.a[0]) * ny - (py - ln.a[1]) * nx)
+                along = (px - ln.a[0]) * ny - (py - ln.a[1]) * nx
                 if along < -extent or along > length + extent:
                     continue
                 d = (px - ln.a[0]) * nx + (py - ln.a[1]) * ny
                 last = counter.side_of(t.track_id, ln.name)
-                if last and d * last < 0:
-                    return "near_line"
-                if abs(d) <= abs(vn) + 0.15 * extent:
-                    return "near_line"
-        return ""
+                if (last and d * last < 0) or abs(d) <= 0.5 * abs(vn):
+                    return "near_line"  # predicted past, or right on it: measure now
+        return reason
 
     def note(self, reason: str) -> None:
         """Record why a frame was (or was not) detected, for the figures."""
