@@ -1,118 +1,203 @@
-"""Count accuracy of ``agent count`` against a ground-truth JSON of line-crossing events.
+"""Count accuracy per event, at stride 1 and in the CPU-saving mode, across frame rates.
 
-    python bench/accuracy.py VIDEO GT.json [--model CARD] [--stride N] [--motion]
+    python bench/accuracy.py                       # the suite (below)
+    python bench/accuracy.py --clip VIDEO GT.json  # one clip (model: --model, simnet by default)
+    python bench/accuracy.py --quick               # shorter simulator clips, one fps less
 
-The ground truth has ``line: [x1, y1, x2, y2]`` and ``events: [{frame, direction, class}]``
-(optionally ``x``), as written by ``python -m sim.traffic`` and as in ``../shared/data``.
-Directions are compared in image terms (up/down/left/right). Prints total and
-per-direction errors, then a per-class confusion table from matching each counted event
-to a ground-truth event of the same direction within ``--window`` frames (and, when
-both give one, within ``--max-dx`` pixels of x). The last line is one JSON object.
+The suite:
+
+- the shared real clip (``../shared/data``, YOLOX-Nano) at its native 25 fps and resampled
+  to 15 and 10 fps by dropping frames (``sim.resample``; lossless, ground truth moved with
+  it), when ``../shared`` is present;
+- simulator clips (``sim.traffic``, the repo's simnet) at 30 and 15 fps: one with the line
+  where vehicles coming up enter the picture (first seen close to, or already at, the line;
+  long vehicles cross while their box still touches the bottom edge) and one with static
+  occluders over the lanes at the line (vehicles disappear while they cross).
+
+Each clip is counted by the real ``agent count`` twice: **stride 1** (detector on every
+frame, no motion gating) and **CPU-saving** (motion gating on, detection stride at most
+``max(2, round(fps / 5))``: about 5 detector runs a second when nothing needs more).
+Events are scored by :mod:`sim.scoring` (matched / missed / extra / wrong direction, F1).
+On the shared clip the CPU-saving frame rate is also given as a ratio to the model's raw
+inference rate measured in the same run (``session.run`` alone, on one thread).
+
+Targets, checked and printed: in the CPU-saving mode, on every clip, the total within ±1 of
+stride 1's and F1 within 0.02 of stride 1's; on the shared clip, CPU-saving processing
+≥ 2.5 × raw inference. The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
-from collections import Counter
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim.resample import resample  # noqa: E402
+from sim.scoring import score_events  # noqa: E402
+from sim.traffic import SceneConfig, write_clip  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+SHARED_CLIP = SHARED / "data" / "motorway-cctv-320x240.avi"
+YOLOX_CARD = ROOT / "models" / "yolox_nano.yaml"
+SIMNET_CARD = ROOT / "models" / "simnet.yaml"
+COUNTED = ("car", "motorbike", "bus", "truck")
+
+#: Simulator scenes of the suite: name → (scene settings, seed).
+SIM_SCENES: dict[str, tuple[dict, int]] = {
+    "near-line": ({"line_y_frac": 0.86, "vehicles_per_minute": 50.0}, 11),
+    "occluded": ({"vehicles_per_minute": 45.0,
+                  "occluders": [(0.50, 0.47, 0.66, 0.60), (0.24, 0.50, 0.36, 0.58)]}, 12),
+}
 
 
-def match(gt: list[dict], got: list[dict], window: int, max_dx: float) -> tuple[list, list, list]:
-    """Greedy matching by frame distance; returns (pairs, missed gt, extra counted)."""
-    pairs, used = [], set()
-    for g in sorted(gt, key=lambda e: e["frame"]):
-        best, best_d = None, None
-        for i, e in enumerate(got):
-            if i in used or e["direction"] != g["direction"]:
-                continue
-            d = abs(e["frame"] - g["frame"])
-            if d > window:
-                continue
-            if g.get("x") is not None and e.get("x") is not None and abs(e["x"] - g["x"]) > max_dx:
-                continue
-            if best_d is None or d < best_d:
-                best, best_d = i, d
-        if best is None:
-            continue
-        used.add(best)
-        pairs.append((g, got[best]))
-    matched_gt = {id(g) for g, _ in pairs}
-    missed = [g for g in gt if id(g) not in matched_gt]
-    extra = [e for i, e in enumerate(got) if i not in used]
-    return pairs, missed, extra
+def saving_stride(fps: float) -> int:
+    """The CPU-saving mode's maximum detection stride: about 5 runs a second."""
+    return max(2, round(fps / 5))
+
+
+def count(video: Path, gt: dict, card: Path, stride: int, motion: bool) -> dict:
+    """Run ``agent count`` on ``video`` and return its JSON document."""
+    x1, y1, x2, y2 = gt["line"]
+    cmd = [sys.executable, "-m", "agent", "count", str(video), "--model", str(card),
+           "--line", f"{x1},{y1},{x2},{y2},main", "--json", "-q", "--stride", str(stride),
+           "--classes", ",".join(COUNTED), "--motion" if motion else "--no-motion"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if run.returncode != 0:
+        raise RuntimeError(f"agent count failed ({run.returncode}): {run.stderr.strip()}")
+    return json.loads(run.stdout)
+
+
+def raw_inference_rate(card: Path, video: Path, seconds: float = 4.0) -> float:
+    """Frames/s of the model alone on pre-processed frames of ``video`` (one thread)."""
+    import cv2
+
+    from agent.vision.detect import load_detector
+
+    det = load_detector(card, threads=1)
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < 50:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    tensors = [det.prepare(f)[0] for f in frames]  # type: ignore[attr-defined]
+    det.infer(tensors[0])  # type: ignore[attr-defined]
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        det.infer(tensors[n % len(tensors)])  # type: ignore[attr-defined]
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def evaluate(name: str, video: Path, gt_path: Path, card: Path, log) -> dict:
+    """Count one clip in both modes and score each run per event."""
+    gt = json.loads(gt_path.read_text())
+    fps = float(gt["fps"])
+    truth = [e for e in gt["events"] if e["class"] in COUNTED]
+    modes = {"stride1": (1, False), "saving": (saving_stride(fps), True)}
+    out: dict = {"clip": name, "fps": fps, "frames": gt["frame_count"], "model": card.stem}
+    for mode, (stride, motion) in modes.items():
+        log(f"  {name}: {mode} (stride {'≤' if stride > 1 else ''}{stride}, "
+            f"motion {'on' if motion else 'off'}) …")
+        doc = count(video, gt, card, stride, motion)
+        s = score_events(truth, doc["events"])
+        seconds = doc["frames"] / fps
+        out[mode] = {**s.figures(), "stride_max": stride, "motion": motion,
+                     "frames_detected": doc["frames_detected"],
+                     "detector_runs_per_s": round(doc["frames_detected"] / seconds, 2),
+                     "processing_fps": doc["processing_fps"],
+                     "missed_at": [m["frame"] for m in s.missed],
+                     "extra_at": [e["frame"] for e in s.extra],
+                     "wrong_direction_at": [g["frame"] for g, _ in s.wrong_direction]}
+    a, b = out["stride1"], out["saving"]
+    out["total_delta"] = b["counted"] - a["counted"]
+    out["f1_delta"] = round(b["f1"] - a["f1"], 4)
+    out["target_met"] = abs(out["total_delta"]) <= 1 and out["f1_delta"] >= -0.02
+    return out
+
+
+def clips(work: Path, quick: bool, log) -> list[tuple[str, Path, Path, Path]]:
+    """Build (or reuse) the suite's clips: ``(name, video, ground truth, card)``."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    if SHARED_CLIP.is_file():
+        gt = SHARED_CLIP.with_suffix(".gt.json")
+        out.append(("shared-25fps", SHARED_CLIP, gt, YOLOX_CARD))
+        for fps in (15, 10):
+            dst = work / f"shared-{fps}fps.avi"
+            if not dst.is_file() or not dst.with_suffix(".gt.json").is_file():
+                log(f"resampling the shared clip to {fps} fps …")
+                resample(SHARED_CLIP, gt, fps, dst)
+            out.append((f"shared-{fps}fps", dst, dst.with_suffix(".gt.json"), YOLOX_CARD))
+    else:
+        log(f"(no {SHARED_CLIP}: the real clip is left out)")
+    seconds = 30.0 if quick else 60.0
+    for scene, (kw, seed) in SIM_SCENES.items():
+        for fps in ((30,) if quick else (30, 15)):
+            dst = work / f"sim-{scene}-{fps}fps-{int(seconds)}s.avi"
+            if not dst.is_file() or not dst.with_suffix(".gt.json").is_file():
+                log(f"rendering simulator clip {dst.name} …")
+                write_clip(dst, seconds, seed, SceneConfig(fps=float(fps), **kw))
+            out.append((f"sim-{scene}-{fps}fps", dst, dst.with_suffix(".gt.json"), SIMNET_CARD))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print the report."""
+    """Run the suite (or one clip) and print the table and the JSON line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("video", type=Path)
-    p.add_argument("gt", type=Path)
-    p.add_argument("--model", default=str(ROOT / "models" / "simnet.yaml"))
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--motion", action="store_true")
-    p.add_argument("--window", type=int, default=8, help="frames of slack when matching (8)")
-    p.add_argument("--max-dx", type=float, default=40.0, help="pixels of slack in x (40)")
-    p.add_argument("--classes", default="car,motorbike,bus,truck",
-                   help="ground-truth classes that count (default car,motorbike,bus,truck)")
+    p.add_argument("--clip", nargs=2, type=Path, metavar=("VIDEO", "GT"),
+                   help="score one clip instead of the suite")
+    p.add_argument("--model", type=Path, help="model card for --clip (default: simnet)")
+    p.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "accuracy",
+                   help="where resampled and simulator clips are kept (reused)")
+    p.add_argument("--quick", action="store_true", help="30 s simulator clips at 30 fps only")
     a = p.parse_args(argv)
-    gt_doc = json.loads(a.gt.read_text())
-    x1, y1, x2, y2 = gt_doc["line"]
-    counted = set(a.classes.split(","))
-    cmd = [sys.executable, "-m", "agent", "count", str(a.video), "--model", a.model,
-           "--line", f"{x1},{y1},{x2},{y2},main", "--json", "-q", "--stride", str(a.stride),
-           "--classes", ",".join(sorted(counted & {"car", "motorbike", "bus", "truck", "bicycle",
-                                                     "person"})) or "car",
-           "--motion" if a.motion else "--no-motion"]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if run.returncode != 0:
-        print(run.stderr, file=sys.stderr)
-        return run.returncode
-    doc = json.loads(run.stdout)
-    gt = [e for e in gt_doc["events"] if e["class"] in counted]
-    got = doc["events"]
-    pairs, missed, extra = match(gt, got, a.window, a.max_dx)
-    dirs = sorted({e["direction"] for e in gt} | {e["direction"] for e in got})
-    by_dir = {d: {"gt": sum(e["direction"] == d for e in gt),
-                  "counted": sum(e["direction"] == d for e in got)} for d in dirs}
-    for d in by_dir.values():
-        d["error"] = d["counted"] - d["gt"]
-    confusion = Counter((g["class"], e["class"]) for g, e in pairs)
-    classes = sorted({c for c, _ in confusion} | {c for _, c in confusion}
-                     | {g["class"] for g in missed} | {e["class"] for e in extra})
-    total_err = len(got) - len(gt)
-    class_ok = sum(n for (g, c), n in confusion.items() if g == c)
 
-    print(f"video {a.video} ({doc['frames']} frames), model {doc['model']}, stride {a.stride}, "
-          f"motion gating {'on' if a.motion else 'off'}")
-    print(f"total: ground truth {len(gt)}, counted {len(got)}, error {total_err:+d} "
-          f"({100 * total_err / max(len(gt), 1):+.1f} %)")
-    for d, v in by_dir.items():
-        print(f"  {d:<6} ground truth {v['gt']:3d}  counted {v['counted']:3d}  error {v['error']:+d}")
-    print(f"matched {len(pairs)} (class right {class_ok}), missed {len(missed)}, extra {len(extra)}")
-    print("confusion (rows: ground truth, columns: counted; '-' = missed / extra)")
-    header = "".join(f"{c[:10]:>11}" for c in [*classes, "-"])
-    print(f"{'':>12}{header}")
-    for g in classes:
-        row = "".join(f"{confusion.get((g, c), 0):>11}" for c in classes)
-        print(f"{g[:11]:>12}{row}{sum(m['class'] == g for m in missed):>11}")
-    print(f"{'-':>12}" + "".join(f"{sum(e['class'] == c for e in extra):>11}" for c in classes))
-    for m in missed:
-        print(f"  missed: frame {m['frame']} {m['direction']} {m['class']} x={m.get('x')}")
-    for e in extra:
-        print(f"  extra:  frame {e['frame']} {e['direction']} {e['class']} x={e.get('x')}")
-    result = {"video": str(a.video), "model": doc["model"], "stride": a.stride,
-              "motion": a.motion, "gt_total": len(gt), "counted_total": len(got),
-              "total_error": total_err, "total_error_pct": round(100 * total_err / max(len(gt), 1), 2),
-              "by_direction": by_dir, "matched": len(pairs), "class_correct": class_ok,
-              "missed": len(missed), "extra": len(extra),
-              "confusion": {f"{g}->{c}": n for (g, c), n in sorted(confusion.items())},
-              "processing_fps": doc["processing_fps"]}
-    print(json.dumps(result))
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if a.clip:
+        suite = [(a.clip[0].stem, a.clip[0], a.clip[1], a.model or SIMNET_CARD)]
+    else:
+        suite = clips(a.work, a.quick, log)
+    results = []
+    raw: dict[str, list[float]] = {}
+    for name, video, gt, card in suite:
+        raw.setdefault(str(card), []).append(raw_inference_rate(card, video))
+        results.append(evaluate(name, video, gt, card, log))
+        raw[str(card)].append(raw_inference_rate(card, video))
+    print(f"{'clip':<22}{'mode':<9}{'gt':>4}{'count':>6}{'match':>6}{'miss':>5}{'extra':>6}"
+          f"{'wrong':>6}{'F1':>7}{'det/s':>7}{'fps':>8}")
+    for r in results:
+        for mode in ("stride1", "saving"):
+            m = r[mode]
+            print(f"{r['clip']:<22}{mode:<9}{m['gt']:>4}{m['counted']:>6}{m['matched']:>6}"
+                  f"{m['missed']:>5}{m['extra']:>6}{m['wrong_direction']:>6}{m['f1']:>7.3f}"
+                  f"{m['detector_runs_per_s']:>7.1f}{m['processing_fps']:>8.1f}")
+        print(f"{'':<22}CPU-saving vs stride 1: total {r['total_delta']:+d}, "
+              f"F1 {r['f1_delta']:+.3f} -> {'OK' if r['target_met'] else 'MISSED'}")
+    summary: dict = {"clips": results, "targets_met": all(r["target_met"] for r in results)}
+    shared = next((r for r in results if r["clip"] == "shared-25fps"), None)
+    if shared is not None:
+        rate = statistics.median(raw[str(YOLOX_CARD)])
+        ratio = shared["saving"]["processing_fps"] / rate
+        summary["raw_inference_fps"] = round(rate, 1)
+        summary["saving_vs_raw_inference"] = round(ratio, 2)
+        summary["speed_target_met"] = ratio >= 2.5
+        summary["targets_met"] = summary["targets_met"] and ratio >= 2.5
+        print(f"shared clip, CPU-saving: {shared['saving']['processing_fps']:.1f} frames/s = "
+              f"{ratio:.2f} x raw inference ({rate:.1f}/s, same run; target >= 2.5)")
+    print("all targets met" if summary["targets_met"] else "TARGETS MISSED")
+    print(json.dumps(summary))
     return 0
 
 

@@ -16,7 +16,8 @@ Per frame with detections (:meth:`Tracker.update`):
    lorry's cab and its whole body, or seeing only the part of a vehicle not hidden, is
    the same vehicle. A fragment moves the track by the edges it shares with the
    prediction, keeping the track's size; a whole box replaces the size, keeping the
-   velocity (a change of box is not motion);
+   velocity (a change of box is not motion), but only for a moving track: a vehicle
+   driving over a static false detection is not that detection's whole box;
 5. tracks whose predicted centre has left the frame are dropped (they must not take a
    newcomer's detection at the edge); unmatched high-confidence detections start
    tentative tracks, unless they sit on a live track (centre inside its box, IoU above
@@ -123,6 +124,13 @@ def _nesting(det: np.ndarray, track_box: np.ndarray) -> str:
     if area_t < 0.6 * area_d:
         return "whole"
     return ""
+
+
+def _moving(t: Track) -> bool:
+    """An established track that moves (2 %+ of its size per frame). A static one may be
+    a false detection (a sign, a tree): a vehicle driving over it is not its whole box."""
+    s = max(t.kf.x[2], t.kf.x[3], 1.0)
+    return t.hits >= ESTABLISHED_HITS and float(np.hypot(t.kf.x[4], t.kf.x[5])) >= 0.02 * s
 
 
 def _aligned(fragment: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -328,7 +336,8 @@ class Tracker:
             if t.hits < ESTABLISHED_HITS:
                 continue
             for di in dis:
-                if _nesting(dets.boxes[di], t.box):
+                nest = _nesting(dets.boxes[di], t.box)
+                if nest == "fragment" or (nest == "whole" and _moving(t)):
                     pairs.append((-_containment(dets.boxes[di], t.box), ti, di))
         used_t, used_d = set(), set()
         for _, ti, di in sorted(pairs):
@@ -349,7 +358,9 @@ class Tracker:
             tb = t.box
             if (tb[0] <= cx <= tb[2] and tb[1] <= cy <= tb[3] and t.missed == 0) \
                     or iou_matrix(box[None], tb[None])[0, 0] > self.duplicate_iou \
-                    or (t.missed <= 2 and t.hits >= ESTABLISHED_HITS and _nesting(box, tb)):
+                    or (t.missed <= 2 and t.hits >= ESTABLISHED_HITS
+                        and _nesting(box, tb) in (("fragment", "whole") if _moving(t)
+                                                  else ("fragment",))):
                 return
         t = Track(self._next_id, KalmanBox(box), int(dets.labels[di]), float(dets.scores[di]),
                   confirmed=self.min_hits <= 1, last_box=box.copy())
