@@ -2,8 +2,9 @@
 
 A card names the model file (relative to the card), its sha256, input size/layout/
 normalisation, output format, the map from the model's class ids to polelink's
-road-user classes, licence and source. :func:`load_card` validates the card;
-each backend then checks it against the model's real input/output shapes.
+road-user classes, licence, source and the view the model is fit for (``view``).
+:func:`load_card` validates the card; the detector then checks it against the model's
+real input/output shapes (``agent.vision.detect``).
 """
 
 from __future__ import annotations
@@ -40,22 +41,78 @@ class InputSpec(_Strict):
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
+#: Output formats (heads) a card can name; see :class:`OutputSpec`.
+FORMATS = ("yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd")
+
+#: Views a model can be fit for (the card's ``view`` list).
+VIEWS = {
+    "elevated_side": "an elevated side or oblique view of the road (pole or gantry camera "
+                     "looking along or across it); does not see vehicles from directly above",
+    "top_down": "a camera looking straight down at the road",
+    "simulator_top_down": "the built-in simulator's synthetic top-down frames only; "
+                          "never saw a real camera image",
+}
+
+
 class OutputSpec(_Strict):
-    """What the model's outputs mean.
+    """What the model's outputs mean (the *head*); any head runs on any backend.
 
     - ``yolox``: ``[1, N, 5 + C]``; ``decoded: false`` means raw grid offsets (decoded here
       with ``strides``).
-    - ``yolov5``: ``[1, N, 5 + C]`` boxes in input pixels, objectness, class scores.
+    - ``yolov5``: ``[1, N, 5 + C]`` boxes (cx, cy, w, h) in input pixels, objectness, class
+      scores.
     - ``yolov8``: ``[1, 4 + C, N]`` (or its transpose) boxes in input pixels, class scores
       (also YOLOv11).
-    - ``ssd``: four tensors: boxes ``[1, N, 4]`` (ymin, xmin, ymax, xmax, 0–1), classes,
-      scores, count; ``ssd_order`` gives their output indices.
+    - ``e2e``: end-to-end detections ``[1, N, 6]``: x1, y1, x2, y2, score, class; ``coords``
+      says whether boxes are input pixels or normalised 0-1 (YOLOv10-style and
+      NMS-included exports).
+    - ``gfl``: GFL/NanoDet: per stride level a class-score output ``[1, HW, C]`` and a
+      distribution box output ``[1, HW, 4 * (reg_max + 1)]`` (``outputs`` lists
+      ``[cls, reg]`` pairs, one per stride), or NanoDet-Plus's single output
+      ``[1, N, C + 4 * (reg_max + 1)]``.
+    - ``ssd``: four tensors: boxes ``[1, N, 4]`` (ymin, xmin, ymax, xmax, 0-1), classes,
+      scores, count; ``outputs`` names them in that order, else ``ssd_order`` gives their
+      output indices.
+
+    ``outputs`` names the output(s) the head reads; without it a model must have exactly
+    the number of outputs the head reads (SSD: four, taken in ``ssd_order``).
+    ``sigmoid: true`` applies a sigmoid to the score values (exports that give logits).
     """
 
-    format: Literal["yolox", "yolov5", "yolov8", "ssd"]
+    format: Literal["yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd"]
+    outputs: tuple[str | tuple[str, str], ...] | None = None
     decoded: bool = True
-    strides: tuple[int, ...] = (8, 16, 32)
+    strides: tuple[Annotated[int, Field(ge=1)], ...] = (8, 16, 32)
     ssd_order: tuple[int, int, int, int] = (0, 1, 2, 3)
+    coords: Literal["pixels", "normalized"] = "pixels"
+    reg_max: Annotated[int, Field(ge=0, le=64)] = 7
+    center_offset: float | None = None
+    sigmoid: bool = False
+
+    @model_validator(mode="after")
+    def _outputs_fit_format(self) -> OutputSpec:
+        outs = self.outputs
+        if outs is None:
+            return self
+        if not outs:
+            raise ValueError("outputs must name at least one output (or leave it out)")
+        pairs = [o for o in outs if not isinstance(o, str)]
+        if self.format == "gfl":
+            if len(outs) == 1 and not pairs:
+                return self
+            if len(pairs) != len(outs) or len(outs) != len(self.strides):
+                raise ValueError(f"gfl outputs: one [cls, reg] pair per stride "
+                                 f"({len(self.strides)} strides: {list(self.strides)}), or one "
+                                 f"name for a single NanoDet-Plus output")
+            return self
+        if pairs:
+            raise ValueError(f"format {self.format} reads outputs by name: a list of names")
+        want = 4 if self.format == "ssd" else 1
+        if len(outs) != want:
+            raise ValueError(f"format {self.format} reads {want} output"
+                             f"{'s (boxes, classes, scores, count)' if want == 4 else ''}, "
+                             f"the card names {len(outs)}")
+        return self
 
 
 class ModelCard(_Strict):
@@ -72,6 +129,7 @@ class ModelCard(_Strict):
     licence: str
     source: str
     intended_use: str = ""
+    view: tuple[Literal["elevated_side", "top_down", "simulator_top_down"], ...] = ()
     card_path: Path = Path(".")
 
     @field_validator("file")
@@ -85,11 +143,13 @@ class ModelCard(_Strict):
         bad = [i for i in self.class_map if not 0 <= i < self.num_classes]
         if bad:
             raise ValueError(f"class_map ids {bad} are outside 0..{self.num_classes - 1}")
-        if self.backend == "tflite" and self.output.format != "ssd":
-            raise ValueError("the tflite backend reads SSD-style outputs: output.format must be 'ssd'")
-        if self.backend == "onnxruntime" and self.output.format == "ssd":
-            raise ValueError("output.format 'ssd' needs backend 'tflite'")
         return self
+
+    def view_text(self) -> str:
+        """What view the model is fit for, in words (``not stated`` without ``view``)."""
+        if not self.view:
+            return "view not stated on the card"
+        return "; ".join(f"{v} ({VIEWS[v]})" for v in self.view)
 
 
 def sha256_file(path: Path) -> str:
@@ -121,4 +181,5 @@ def load_card(path: Path, verify_hash: bool = True) -> ModelCard:
     return card
 
 
-__all__ = ["ConfigError", "ModelCard", "ModelError", "Problem", "load_card", "sha256_file"]
+__all__ = ["FORMATS", "VIEWS", "ConfigError", "ModelCard", "ModelError", "Problem", "load_card",
+           "sha256_file"]

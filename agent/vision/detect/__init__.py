@@ -1,5 +1,8 @@
-"""Detectors behind one interface: ``load_detector(card_path, ...)`` picks the backend from
-the model card (onnxruntime for YOLO-family exports, tflite-runtime for SSD-style models)."""
+"""Detectors behind one interface: ``load_detector(card_path, ...)`` builds a
+:class:`ModelDetector` from the model card: the card's ``backend`` picks the runtime
+(onnxruntime or TFLite, ``detect.runtime``) and its ``output.format`` the head (YOLOX,
+YOLOv5, YOLOv8/11, end-to-end, GFL/NanoDet, SSD; ``detect.heads``). Any head runs on any
+runtime."""
 
 from __future__ import annotations
 
@@ -8,19 +11,15 @@ from pathlib import Path
 from agent.settings.modelcard import ModelError, load_card
 from agent.vision.classes import DEFAULT_COUNTED
 from agent.vision.detect.base import Detections, Detector
+from agent.vision.detect.detector import ModelDetector
 
-__all__ = ["Detections", "Detector", "ModelError", "load_detector"]
+__all__ = ["Detections", "Detector", "ModelDetector", "ModelError", "load_detector"]
 
 
 def load_detector(card_path: Path, classes: set[str] | None = None, confidence: float = 0.35,
-                  nms_iou: float = 0.5, merge_iou: float = 0.8, threads: int = 1) -> Detector:
+                  nms_iou: float = 0.5, merge_iou: float = 0.8, threads: int = 1
+                  ) -> ModelDetector:
     """Load the model a card describes, checked against the card, ready to ``detect``."""
     card = load_card(Path(card_path))
     wanted = set(classes or DEFAULT_COUNTED)
-    if card.backend == "onnxruntime":
-        from agent.vision.detect.onnx_yolo import OnnxYoloDetector
-
-        return OnnxYoloDetector(card, wanted, confidence, nms_iou, merge_iou, threads)
-    from agent.vision.detect.tflite_ssd import TfliteSsdDetector
-
-    return TfliteSsdDetector(card, wanted, confidence, nms_iou, merge_iou, threads)
+    return ModelDetector(card, wanted, confidence, nms_iou, merge_iou, threads)

@@ -1,0 +1,118 @@
+"""Runtimes: what runs a model file. Each gives the model's tensors as :class:`TensorInfo`
+and turns an input tensor into float32 outputs (dequantised where the model is quantised).
+
+The registry maps a card's ``backend`` to its runtime; heads (``detect.heads``) never
+know which runtime produced their arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent.settings.modelcard import ModelCard, ModelError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a model: name, shape (``None`` where dynamic), dtype and,
+    for quantised tensors, ``scale``/``zero_point`` (real = (q - zero_point) * scale)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def quantised(self) -> bool:
+        """Whether the tensor holds quantised integers (with a scale)."""
+        return self.scale > 0 and self.dtype in ("int8", "uint8", "int16", "int32")
+
+    def describe(self) -> str:
+        """``'name' [1, 84, 8400] float32`` (with the tensor name where it differs)."""
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        alias = f" (tensor {self.aliases[0]!r})" if self.aliases else ""
+        q = f" quantised scale {self.scale:.4g} zero point {self.zero_point}" \
+            if self.quantised else ""
+        return f"{self.name!r}{alias} [{dims}] {self.dtype}{q}"
+
+
+def describe_outputs(outputs: list[TensorInfo]) -> str:
+    """Every output of a model with its name and shape, for error messages."""
+    return f"the model's {len(outputs)} output{'s' if len(outputs) != 1 else ''}: " + \
+        "; ".join(o.describe() for o in outputs)
+
+
+def dequantise(a: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Quantised integers → float32 with the tensor's scale and zero point."""
+    if info.quantised:
+        return (a.astype(np.float32) - np.float32(info.zero_point)) * np.float32(info.scale)
+    return a if a.dtype == np.float32 else a.astype(np.float32)
+
+
+def to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """A pre-processed tensor (float32 or uint8) in the model input's dtype: quantised with
+    the input's scale and zero point where the model takes quantised integers."""
+    want = np.dtype(info.dtype)
+    if x.dtype == want:
+        return x
+    if info.quantised:
+        lim = np.iinfo(want)
+        q = np.rint(x.astype(np.float32) / np.float32(info.scale)) + info.zero_point
+        return np.clip(q, lim.min, lim.max).astype(want)
+    if want.kind == "f":
+        return x.astype(want)
+    raise ModelError(f"the model's input {info.name!r} is {info.dtype} without quantisation "
+                     f"parameters; the card's input.dtype must be {info.dtype}")
+
+
+class Runtime(Protocol):
+    """A loaded model: its tensors, and a way to run it."""
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    def bind(self, names: list[str]) -> None:
+        """Choose the outputs :meth:`run` returns, in this order (names or aliases)."""
+        ...
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model; the bound outputs as float32 (thread-safe)."""
+        ...
+
+
+def find_output(outputs: list[TensorInfo], name: str) -> int:
+    """Index of the output called ``name`` (or with that alias); -1 if none."""
+    for i, o in enumerate(outputs):
+        if o.name == name or name in o.aliases:
+            return i
+    return -1
+
+
+def _onnx(card: ModelCard, threads: int) -> Runtime:
+    from agent.vision.detect.runtime_onnx import OnnxRuntime
+
+    return OnnxRuntime(card, threads)
+
+
+def _tflite(card: ModelCard, threads: int) -> Runtime:
+    from agent.vision.detect.runtime_tflite import TfliteRuntime
+
+    return TfliteRuntime(card, threads)
+
+
+#: card ``backend`` → runtime factory
+RUNTIMES: dict[str, Callable[[ModelCard, int], Runtime]] = {
+    "onnxruntime": _onnx,
+    "tflite": _tflite,
+}
+
+
+def open_runtime(card: ModelCard, threads: int = 1) -> Runtime:
+    """Load the card's model file with the card's runtime."""
+    return RUNTIMES[card.backend](card, threads)
