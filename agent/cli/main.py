@@ -1,7 +1,8 @@
 """The ``agent`` command: validate, count, snapshot, run.
 
 Exit codes: 0 success, 1 invalid input (config, model card, video), 2 usage error,
-3 runtime failure (camera gave no frame, etc.).
+3 runtime failure (camera gave no frame, a model that does not match its card or fails to
+run or decode, etc.).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.settings.yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from agent.settings.schema import CameraConfig
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 
@@ -25,7 +30,6 @@ def _err(msg: str) -> None:
 def cmd_validate(a: argparse.Namespace) -> int:
     """``agent validate FILE``: check a provisioning file; list every problem."""
     from agent.settings.schema import load_config
-    from agent.vision.detect import ModelError, load_detector
 
     rc = EXIT_OK
     for path in a.files:
@@ -38,18 +42,50 @@ def cmd_validate(a: argparse.Namespace) -> int:
                   f"{'s' if len(e.problems) != 1 else ''})", file=sys.stderr)
             rc = EXIT_INVALID
             continue
-        if a.check_models:
-            for cam in cfg.cameras:
-                try:
-                    load_detector(cam.detector.model, set(cam.detector.classes))
-                except (ModelError, ConfigError) as e:
-                    print(f"{path}: cameras.{cam.name}.detector.model: {e}", file=sys.stderr)
-                    rc = EXIT_INVALID
+        for cam in cfg.cameras:
+            if a.check_models:
+                rc = max(rc, _check_camera_model(path, cam))
+            else:
+                _print_model_view(cam)
         if rc == EXIT_OK:
             cams = ", ".join(f"{c.name} ({len(c.lines)} line{'s' if len(c.lines) != 1 else ''})"
                              for c in cfg.cameras)
             print(f"{path}: OK: device {cfg.device.id} at {cfg.device.site}; cameras: {cams}")
     return rc
+
+
+def _print_model_view(cam: CameraConfig) -> None:
+    """Print the view a camera's model is fit for, where its card can be read (no hashing)."""
+    from agent.settings.modelcard import ModelError, load_card
+
+    try:
+        card = load_card(cam.detector.model, verify_hash=False)
+    except (ModelError, ConfigError):
+        return  # reported by --check-models
+    print(f"  camera {cam.name}: model {card.name}, "
+          f"fit for {card.view_text()}")
+
+
+def _check_camera_model(path: str, cam: CameraConfig) -> int:
+    """``--check-models`` for one camera: load its model, run it on a synthetic frame and
+    check what its head reads; one located line per failure. Returns the exit code."""
+    from agent.vision.detect import ModelError, load_detector
+    from agent.vision.detect.selfcheck import check_model
+
+    where = f"{path}: cameras.{cam.name}.detector.model"
+    d = cam.detector
+    try:
+        det = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou, d.merge_iou)
+        summary = check_model(det)
+    except ConfigError as e:
+        print(f"{where}: bad model card:\n{e}", file=sys.stderr)
+        return EXIT_INVALID
+    except ModelError as e:
+        print(f"{where}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"  camera {cam.name}: model {det.card.name}: {summary}; "
+          f"fit for {det.card.view_text()}")
+    return EXIT_OK
 
 
 def cmd_count(a: argparse.Namespace) -> int:
@@ -73,8 +109,8 @@ def cmd_count(a: argparse.Namespace) -> int:
         _err(f"bad model card:\n{e}")
         return EXIT_INVALID
     except ModelError as e:
-        _err(str(e))
-        return EXIT_INVALID
+        _err(str(e).splitlines()[0])
+        return EXIT_RUNTIME
     settings = PipelineSettings(lines=lines, confidence=a.confidence, stride=a.stride,
                                 motion=a.motion, schedule=a.schedule)
     try:
@@ -83,6 +119,9 @@ def cmd_count(a: argparse.Namespace) -> int:
     except VideoError as e:
         _err(str(e))
         return EXIT_INVALID
+    except ModelError as e:  # decode-time: the model's outputs do not fit its card
+        _err(str(e).splitlines()[0])
+        return EXIT_RUNTIME
     doc = res.to_json()
     doc.update({"model": det.card.name, "stride": a.stride, "schedule": a.schedule,
                 "motion_gating": a.motion})
@@ -134,10 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    v = sub.add_parser("validate", help="check provisioning files (exit 0 valid, 1 invalid)")
+    v = sub.add_parser("validate", help="check provisioning files (exit 0 valid, 1 invalid, "
+                       "3 a model check failed)")
     v.add_argument("files", nargs="+", metavar="FILE")
     v.add_argument("--check-models", action="store_true",
-                   help="also load each camera's model and check it against its card")
+                   help="also load each camera's model, check it against its card and run it "
+                        "on a synthetic frame (scores in [0, 1], boxes inside the input)")
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("count", help="count road users crossing lines in a video file")

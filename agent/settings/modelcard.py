@@ -46,8 +46,9 @@ FORMATS = ("yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd")
 
 #: Views a model can be fit for (the card's ``view`` list).
 VIEWS = {
-    "elevated_side": "an elevated side or oblique view of the road (pole or gantry camera "
-                     "looking along or across it); does not see vehicles from directly above",
+    "elevated_side": "an elevated side or oblique view of the road, as from a pole or gantry "
+                     "camera looking along or across it; does not see vehicles from directly "
+                     "above",
     "top_down": "a camera looking straight down at the road",
     "simulator_top_down": "the built-in simulator's synthetic top-down frames only; "
                           "never saw a real camera image",

@@ -15,6 +15,7 @@ camera is reported, not the pole.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.clock import Clock
+from agent.settings.modelcard import ModelError
 from agent.settings.schema import CameraConfig
 from agent.vision.aggregates import IntervalAggregator
 from agent.vision.camera import CameraSource
@@ -30,6 +32,8 @@ from agent.vision.counter import Line, Zone
 from agent.vision.detect.base import Detections, Detector
 from agent.vision.motion import CameraHealth
 from agent.vision.pipeline import CameraPipeline, PipelineSettings
+
+log = logging.getLogger(__name__)
 
 #: A frame analysed more than this long after capture is counted as late.
 LATE_AFTER_S = 0.5
@@ -83,7 +87,8 @@ class CameraWorker:
     @property
     def state(self) -> str:
         """``model_error``, or the source's state (live, reconnecting, error, ended…)."""
-        return "model_error" if self.detector is None else self.source.stats.state
+        return "model_error" if self.detector is None or self.model_error \
+            else self.source.stats.state
 
     def start(self, stop: threading.Event) -> None:
         """Start the source and this worker's thread (not for a camera without a model)."""
@@ -112,7 +117,14 @@ class CameraWorker:
                 if self.source.ended.is_set():
                     break
                 continue
-            self.process(frame.image, frame.index, frame.monotonic)
+            try:
+                self.process(frame.image, frame.index, frame.monotonic)
+            except ModelError as e:  # the model's outputs do not fit its card: stop this camera
+                self.model_error = str(e).splitlines()[0]
+                log.error("camera %s: model failed, camera stopped: %s", self.name,
+                          self.model_error)
+                self.source.stop()
+                return
         self._flush()
 
     def process(self, image: np.ndarray, index: int, captured_mono: float) -> None:
