@@ -41,8 +41,8 @@ def take_snapshot(config: Path, camera: str, out: Path, timeout: float = 15.0) -
     try:
         det = load_detector(cam.detector.model, set(cam.detector.classes), cam.detector.confidence,
                             cam.detector.nms_iou, cam.detector.merge_iou, cam.detector.threads)
-    except ModelError as e:
-        raise SnapshotError(str(e), 1) from None
+    except ModelError as e:  # the model is missing or does not match its card
+        raise SnapshotError(str(e).splitlines()[0]) from None
     src_cfg = cam.source
     if isinstance(src_cfg, FileSource):  # a snapshot needs one frame, not real-time pacing
         src_cfg = src_cfg.model_copy(update={"realtime": False, "loop": False})
@@ -60,7 +60,11 @@ def take_snapshot(config: Path, camera: str, out: Path, timeout: float = 15.0) -
         raise SnapshotError(f"no frame from camera {camera} ({describe(cam.source)}) within "
                             f"{timeout:g} s; last state {src.stats.state}"
                             + (f": {src.stats.last_error}" if src.stats.last_error else ""))
-    img, info = annotate(frame.image, cam, det.detect(frame.image))
+    try:
+        dets = det.detect(frame.image)
+    except ModelError as e:  # decode-time: the model's outputs do not fit its card
+        raise SnapshotError(str(e).splitlines()[0]) from None
+    img, info = annotate(frame.image, cam, dets)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), img):
         raise SnapshotError(f"cannot write {out} (use a .png or .jpg name)", 1)
