@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 invalid input (config, model card, video), 2 usage error,
 3 runtime failure (camera gave no frame, a model that does not match its card or fails to
-run or decode, etc.).
+run or decode, etc.), 4 ``agent count`` on a damaged video: the counts were printed but
+cover only the frames that could be decoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agent.settings.yamlfile import ConfigError
 if TYPE_CHECKING:
     from agent.settings.schema import CameraConfig
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME, EXIT_CORRUPT = 0, 1, 2, 3, 4
 
 
 def _err(msg: str) -> None:
@@ -93,14 +94,19 @@ def cmd_count(a: argparse.Namespace) -> int:
     from agent.vision.detect import ModelError, load_detector
     from agent.vision.offline import VideoError, count_video, lines_from_args, stderr_progress
     from agent.vision.pipeline import PipelineSettings
+    from agent.vision.videofile import check_video_path, quiet_ffmpeg
 
     try:
         lines = lines_from_args(a.line)
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
-    if not Path(a.video).is_file():
-        _err(f"video {a.video} not found")
+    if not a.verbose:
+        quiet_ffmpeg()
+    try:
+        check_video_path(Path(a.video))
+    except VideoError as e:
+        _err(str(e))
         return EXIT_INVALID
     try:
         det = load_detector(Path(a.model), set(a.classes.split(",")) if a.classes else None,
@@ -125,9 +131,13 @@ def cmd_count(a: argparse.Namespace) -> int:
     doc = res.to_json()
     doc.update({"model": det.card.name, "stride": a.stride, "schedule": a.schedule,
                 "motion_gating": a.motion})
+    damaged = res.integrity is not None and not res.integrity.complete
+    if damaged:
+        _err(f"video {a.video} is damaged: {res.integrity.describe()}")  # type: ignore[union-attr]
+    rc = EXIT_CORRUPT if damaged else EXIT_OK
     if a.json:
         print(json.dumps(doc, indent=1))
-        return EXIT_OK
+        return rc
     print(f"{res.video}: {res.frames} frames ({res.frames_detected} through the detector), "
           f"{res.processing_fps:.1f} frames/s, model {det.card.name}")
     for name, info in doc["lines"].items():
@@ -138,7 +148,9 @@ def cmd_count(a: argparse.Namespace) -> int:
     print("  stage ms/frame: " + ", ".join(f"{k} {v}" for k, v in res.stage_ms.items()))
     if a.annotate:
         print(f"  annotated video: {a.annotate}")
-    return EXIT_OK
+    if damaged:
+        print(f"  DAMAGED VIDEO: {res.integrity.describe()}")  # type: ignore[union-attr]
+    return rc
 
 
 def cmd_snapshot(a: argparse.Namespace) -> int:

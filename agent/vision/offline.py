@@ -4,7 +4,9 @@ Decodes every frame of the file in order (no drops) on a reader thread, as the l
 agent's camera thread does, so decoding overlaps inference; runs it through the same
 :class:`agent.vision.pipeline.CameraPipeline` as the live agent, and returns totals per line,
 class and direction with frame counts, rates and per-stage timings. Optionally writes
-an annotated video (boxes, track ids, lines, running counts).
+an annotated video (boxes, track ids, lines, running counts). A file damaged on the way
+is read to its end and its lost frames are reported (:mod:`agent.vision.videofile`),
+never taken for a whole file.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from agent.vision.annotate import draw_overlay
 from agent.vision.counter import CountEvent, Line
 from agent.vision.detect.base import Detector
 from agent.vision.pipeline import CameraPipeline, PipelineSettings
+from agent.vision.videofile import Integrity, VideoError, VideoReader
 
-
-class VideoError(Exception):
-    """A video file could not be opened or read."""
+__all__ = ["CountResult", "VideoError", "count_video", "lines_from_args", "parse_line",
+           "stderr_progress"]
 
 
 @dataclass
@@ -47,6 +49,7 @@ class CountResult:
     id_switches: int
     frames_corrupt: int = 0
     meta: dict = field(default_factory=dict)
+    integrity: Integrity | None = None
 
     def to_json(self) -> dict:
         """The ``--json`` document."""
@@ -64,6 +67,7 @@ class CountResult:
                 "frames_corrupt": self.frames_corrupt, "video_fps": self.video_fps,
                 "processing_fps": round(self.processing_fps, 2), "wall_s": round(self.wall_s, 3),
                 "lines": lines, "id_switches": self.id_switches, "stage_ms": self.stage_ms,
+                "integrity": self.integrity.to_json() if self.integrity else None,
                 "events": [{"frame": e.frame, "line": e.line, "direction": e.direction,
                             "class": e.cls, "track": e.track_id, "x": round(e.point[0], 1),
                             "y": round(e.point[1], 1)} for e in self.events],
@@ -79,11 +83,9 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     ``overlap`` runs inference of the next frame while this one is tracked and counted
     (same results, higher throughput; see :meth:`CameraPipeline.process_overlapped`).
     """
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise VideoError(f"cannot open video {video} (missing file or unknown format)")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-    n_total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    reader = VideoReader(video)
+    fps = reader.fps
+    n_total = reader.integrity.expected or 0
     if fps > 0 and abs(settings.fps - fps) > 1e-6:
         settings = replace(settings, fps=fps)
     pipe = CameraPipeline(detector, settings)
@@ -91,8 +93,6 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     totals: dict[str, dict[str, dict[str, int]]] = {
         ln.name: {d: {} for d in ln.names} for ln in settings.lines}
     events: list[CountEvent] = []
-    decode_s = 0.0
-    corrupt = 0
     t_start = time.perf_counter()
     i = 0
 
@@ -106,33 +106,19 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     frames: queue.Queue = queue.Queue(maxsize=8)
     stop = threading.Event()
 
-    def reader() -> None:
-        nonlocal decode_s
-        n = 0
-        while not stop.is_set() and (max_frames is None or n < max_frames):
-            t0 = time.perf_counter()
-            ok, img = cap.read()
-            decode_s += time.perf_counter() - t0
-            if not ok:
+    def read() -> None:
+        for item in reader.frames(max_frames):
+            if stop.is_set():
                 break
-            frames.put(img)
-            n += 1
+            frames.put(item)
         frames.put(None)
 
-    thread = threading.Thread(target=reader, name="count-reader", daemon=True)
+    thread = threading.Thread(target=read, name="count-reader", daemon=True)
     thread.start()
+
     def valid_frames() -> Iterator[tuple[int, np.ndarray]]:
-        nonlocal corrupt
-        n = 0
-        while True:
-            img = frames.get()
-            if img is None:
-                return
-            if img.ndim != 3 or img.size == 0:
-                corrupt += 1
-            else:
-                yield n, img
-            n += 1
+        while (item := frames.get()) is not None:
+            yield item
 
     results = pipe.process_overlapped(valid_frames()) if overlap else \
         ((img, pipe.process(img, k)) for k, img in valid_frames())
@@ -160,18 +146,20 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
                 frames.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-        cap.release()
+        reader.release()
         if writer is not None:
             writer.release()
     add(pipe.flush())
     events.sort(key=lambda e: e.frame)
     wall = time.perf_counter() - t_start
     stage = pipe.times.mean_ms()
-    stage["decode"] = round(1000 * decode_s / i, 3) if i else 0.0
+    stage["decode"] = round(1000 * reader.decode_s / i, 3) if i else 0.0
     stage["detector_total"] = round(pipe.mean_detector_ms, 3)
-    return CountResult(str(video), i + corrupt, pipe.frames_detected, pipe.frames_skipped_motion, fps,
-                       i / wall if wall > 0 else 0.0, wall, totals, events, stage,
-                       pipe.counter.id_switches, corrupt,
+    integ = reader.integrity
+    return CountResult(str(video), i, pipe.frames_detected,
+                       pipe.frames_skipped_motion, fps, i / wall if wall > 0 else 0.0, wall,
+                       totals, events, stage, pipe.counter.id_switches, integ.corrupt,
+                       integrity=integ,
                        meta={"detector_reasons": dict(sorted(pipe.scheduler.reasons.items()))})
 
 
