@@ -124,6 +124,8 @@ class CameraSource:
         self.name = name
         self.stats = CameraStats()
         live = not isinstance(cfg, FileSource) or cfg.realtime
+        #: frames come at the camera's pace and the newest is kept (else: every frame)
+        self.live = live
         self.queue = FrameQueue(queue_size if live else 8, keep_newest=live)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

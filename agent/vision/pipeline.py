@@ -219,22 +219,16 @@ class CameraPipeline:
     def process_overlapped(self, frames: Iterable[tuple[int, np.ndarray]]
                            ) -> Iterator[tuple[np.ndarray, FrameResult]]:
         """Like ``process`` over a stream of ``(index, frame)``, with inference of frame k+1
-        overlapping the tracking and counting of frame k. Yields ``(frame, result)`` in order."""
-        pending: tuple[np.ndarray, int, str, Future | None] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer") as pool:
+        overlapping the tracking and counting of frame k (see :class:`Overlap`). Yields
+        ``(frame, result)`` in order."""
+        with Overlap(self) as overlap:
             for idx, image in frames:
-                self.frames += 1
-                fate = self.plan(image)
-                # pre-process here, so the worker thread does nothing but run the model
-                fut = pool.submit(self.run_model, self.prepare(image)) \
-                    if fate == "detect" else None
-                if pending is not None:
-                    img, i, f, pf = pending
-                    yield img, self.finish(img, i, f, pf.result() if pf else None)
-                pending = (image, idx, fate, fut)
-            if pending is not None:
-                img, i, f, pf = pending
-                yield img, self.finish(img, i, f, pf.result() if pf else None)
+                done = overlap.submit(image, idx)
+                if done is not None:
+                    yield done.image, done.result
+            done = overlap.drain()
+            if done is not None:
+                yield done.image, done.result
 
     def flush(self) -> list[CountEvent]:
         """End of stream: emit the counts still settling their class."""
@@ -244,3 +238,70 @@ class CameraPipeline:
     def mean_detector_ms(self) -> float:
         """Mean time per detector run (pre-processing, inference and decoding), in ms."""
         return 1000 * self.detect_seconds / self.frames_detected if self.frames_detected else 0.0
+
+
+@dataclass
+class Finished:
+    """A frame that went all the way through the pipeline, with what the caller attached."""
+
+    image: np.ndarray
+    result: FrameResult
+    tag: object = None
+
+
+class Overlap:
+    """The one overlapped driver of a :class:`CameraPipeline`, offline and live.
+
+    :meth:`submit` plans a frame, pre-processes it here and starts its inference on a
+    worker thread, then finishes (decode, track, count) the frame submitted before it and
+    returns that one, so the model works on frame k+1 while frame k is tracked
+    (onnxruntime and TFLite release the GIL). At most one frame is in flight; frames come
+    out in the order they went in; :meth:`drain` finishes the one in flight (end of a
+    stream, or a live camera with no newer frame yet). Call from one thread.
+    """
+
+    def __init__(self, pipeline: CameraPipeline, name: str = "infer") -> None:
+        self.pipeline = pipeline
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: tuple[np.ndarray, int, str, Future | None, object] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a submitted frame has not been finished."""
+        return self._pending is not None
+
+    @property
+    def busy(self) -> bool:
+        """True while the model still runs on the frame in flight."""
+        fut = self._pending[3] if self._pending is not None else None
+        return fut is not None and not fut.done()
+
+    def submit(self, image: np.ndarray, index: int, tag: object = None) -> Finished | None:
+        """Start ``image``; finish and return the frame submitted before it (if any)."""
+        p = self.pipeline
+        p.frames += 1
+        fate = p.plan(image)
+        # pre-process here, so the worker thread does nothing but run the model
+        fut = self._pool.submit(p.run_model, p.prepare(image)) if fate == "detect" else None
+        done = self.drain()
+        self._pending = (image, index, fate, fut, tag)
+        return done
+
+    def drain(self) -> Finished | None:
+        """Finish the frame in flight (waiting for its inference), or None if there is none."""
+        if self._pending is None:
+            return None
+        image, index, fate, fut, tag = self._pending
+        self._pending = None
+        result = self.pipeline.finish(image, index, fate, fut.result() if fut else None)
+        return Finished(image, result, tag)
+
+    def close(self) -> None:
+        """Stop the worker thread (a frame still in flight is dropped: drain first)."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Overlap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,8 +2,16 @@
 
 :class:`CameraWorker` pulls the newest frame from its :class:`CameraSource`, checks the
 camera's health (blinded, frozen), runs the frame through its :class:`CameraPipeline`
-and feeds its :class:`IntervalAggregator`. It never blocks longer than half a second, so a
-stalled camera only stalls itself. It keeps what others ask about, each readable from any
+and feeds its :class:`IntervalAggregator`. It never blocks longer than half a second (or one
+inference), so a stalled camera only stalls itself.
+
+Frames go through :class:`agent.vision.pipeline.Overlap`, as in ``agent count``: the
+model runs on the newest frame on a second thread while the previous one is tracked and
+counted. A camera that delivers every frame (an unpaced file) always has the next frame
+ready, so the pipeline runs at about the model's own rate. A live camera only overlaps
+when a newer frame arrives while the model is still busy; otherwise the frame in flight
+is finished at once, so overlapping adds no latency (nor late frames) to a camera the
+detector keeps up with. It keeps what others ask about, each readable from any
 thread: the source's state, the monotonic time of the last *good* frame (the lighting
 service's camera liveness), the last frame and its detections (live snapshots), and the
 counts since the start (the status line).
@@ -27,11 +35,11 @@ from agent.clock import Clock
 from agent.settings.modelcard import ModelError
 from agent.settings.schema import CameraConfig
 from agent.vision.aggregates import IntervalAggregator
-from agent.vision.camera import CameraSource
+from agent.vision.camera import CameraSource, Frame
 from agent.vision.counter import Line, Zone
 from agent.vision.detect.base import Detections, Detector
 from agent.vision.motion import CameraHealth
-from agent.vision.pipeline import CameraPipeline, PipelineSettings
+from agent.vision.pipeline import CameraPipeline, Finished, Overlap, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,10 @@ class CameraWorker:
     health: CameraHealth = field(default_factory=CameraHealth)
     last_good_mono: float | None = None
     last: LastFrame | None = None
+    overlap: bool = True          # False: one frame at a time (to measure what overlap gives)
+    _inflight: Overlap | None = field(default=None, init=False, repr=False)
+    _det_seen: float = field(default=0.0, init=False, repr=False)
+    _switches_seen: int = field(default=0, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -108,47 +120,78 @@ class CameraWorker:
     def run(self, stop: threading.Event) -> None:
         """Consume frames until ``stop`` or the source ends; never blocks long."""
         dropped_seen = 0
-        while not stop.is_set():
-            frame = self.source.get(timeout=0.5)
-            dropped = self.source.stats.frames_dropped
-            self.aggregator.add_dropped(dropped - dropped_seen)
-            dropped_seen = dropped
-            if frame is None:
-                if self.source.ended.is_set():
-                    break
-                continue
-            try:
+        try:
+            while not stop.is_set():
+                frame = self._next_frame()
+                dropped = self.source.stats.frames_dropped
+                self.aggregator.add_dropped(dropped - dropped_seen)
+                dropped_seen = dropped
+                if frame is None:
+                    # nothing new for half a second: finish the frame in flight now
+                    self._complete(self._inflight.drain() if self._inflight else None)
+                    if self.source.ended.is_set():
+                        break
+                    continue
                 self.process(frame.image, frame.index, frame.monotonic)
-            except ModelError as e:  # the model's outputs do not fit its card: stop this camera
-                self.model_error = str(e).splitlines()[0]
-                log.error("camera %s: model failed, camera stopped: %s", self.name,
-                          self.model_error)
-                self.source.stop()
-                return
-        self._flush()
+        except ModelError as e:  # the model's outputs do not fit its card: stop this camera
+            self.model_error = str(e).splitlines()[0]
+            log.error("camera %s: model failed, camera stopped: %s", self.name, self.model_error)
+            self.source.stop()
+        finally:
+            try:
+                self._flush()
+            except ModelError:
+                pass  # already reported: the camera is stopped
+
+    def _next_frame(self) -> Frame | None:
+        """The next frame within 0.5 s. With a frame in flight on a live camera, a newer
+        frame is awaited only while the model still runs; then the one in flight is
+        finished first (see the module docstring)."""
+        ov = self._inflight
+        if ov is not None and ov.pending and getattr(self.source, "live", False):
+            end = time.monotonic() + 0.5
+            while ov.busy and time.monotonic() < end:
+                frame = self.source.get(timeout=0.005)
+                if frame is not None:
+                    return frame
+            self._complete(ov.drain())
+        return self.source.get(timeout=0.5)
 
     def process(self, image: np.ndarray, index: int, captured_mono: float) -> None:
-        """One frame: health, pipeline, aggregator (``captured_mono``: ``time.monotonic``
-        at capture, for lateness)."""
+        """One frame: health, lateness, then the pipeline; the aggregator gets the frame
+        when it is finished, here or (overlapped) with the next one (``captured_mono``:
+        ``time.monotonic`` at capture, for lateness)."""
         if self.pipeline is None:
             assert self.detector is not None
             fps = self.cfg.fps_limit or self.source.stats.fps or 15.0
             self.pipeline = CameraPipeline(self.detector, settings_for(self.cfg, fps))
             self.aggregator.fps = self.cfg.fps_limit or self.source.stats.fps or None
+        if self.overlap and self._inflight is None:
+            self._inflight = Overlap(self.pipeline, f"infer-{self.cfg.name}")
         blinded, frozen = self.health.check(image)
         self.aggregator.add_health(blinded, frozen)
         if time.monotonic() - captured_mono > LATE_AFTER_S:
             self.aggregator.add_late(1)
-        switches = self.pipeline.counter.id_switches
-        det_s = self.pipeline.detect_seconds
-        res = self.pipeline.process(image, index)
         good = not (blinded or frozen)
-        self.aggregator.add_frame(res.detected, self.pipeline.detect_seconds - det_s, good)
+        if self._inflight is not None:
+            self._complete(self._inflight.submit(image, index, good))
+        else:
+            self._complete(Finished(image, self.pipeline.process(image, index), good))
+
+    def _complete(self, done: Finished | None) -> None:
+        """A finished frame: aggregator, counts, liveness and the last frame."""
+        if done is None or self.pipeline is None:
+            return
+        p, res, good = self.pipeline, done.result, bool(done.tag)
+        # only ``finish`` moves these, so the change since the last frame is this frame's
+        det_s, switches = p.detect_seconds, p.counter.id_switches
+        self.aggregator.add_frame(res.detected, det_s - self._det_seen, good)
         self._count(res.events)
-        self.aggregator.add_id_switches(self.pipeline.counter.id_switches - switches)
+        self.aggregator.add_id_switches(switches - self._switches_seen)
+        self._det_seen, self._switches_seen = det_s, switches
         if good:
             self.last_good_mono = self.clock.monotonic()
-        self.last = LastFrame(image, self.clock.time(),
+        self.last = LastFrame(done.image, self.clock.time(),
                               res.detections if res.detections is not None
                               else self.last.detections if self.last else None)
 
@@ -159,6 +202,13 @@ class CameraWorker:
             per[e.direction] = per.get(e.direction, 0) + 1
 
     def _flush(self) -> None:
+        """End of the camera: finish the frame in flight, then the counts still settling."""
+        ov, self._inflight = self._inflight, None
+        if ov is not None:
+            try:
+                self._complete(ov.drain())
+            finally:
+                ov.close()
         if self.pipeline is not None:
             self._count(self.pipeline.flush())
 
