@@ -1,6 +1,7 @@
 """Pipeline throughput as ratios to raw model inference, measured in one run.
 
     python bench/pipeline.py [--video V --model CARD --line x1,y1,x2,y2] [--repeats 3]
+                             [--agent-cameras 1,2,4] [--agent-seconds 35]
 
 Default: ``../shared/data/motorway-cctv-320x240.avi`` with YOLOX-Nano, onnxruntime on
 one thread (``intra_op_num_threads=1``, like one Raspberry Pi core); without
@@ -17,7 +18,13 @@ and prints each rate as a ratio to raw (targets: full ≥ 0.9 × raw, gated ≥ 
 with inference of frame k+1 overlapping tracking of frame k, and decoding on a reader
 thread, as in ``agent count`` (so the pipeline may use a second core; the model one),
 the count each mode produced (accuracy effect; against ground truth when there is one)
-and the process's peak RSS. The last line is one JSON object with every figure.
+and the process's peak RSS.
+
+Then ``agent run`` itself (``bench/agent_run.py``): the real agent process on 1, 2 and 4
+unpaced file cameras all reading the video (``--agent-cameras``; empty skips it), each run
+``--agent-seconds`` long, with frames/s per camera and in all read from the agent's own
+aggregate records, as ratios to the same raw rate, and the agent process's peak RSS
+(``VmHWM``; target ≤ 250 MB). The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from agent.vision.detect import load_detector  # noqa: E402
 from agent.vision.offline import count_video, lines_from_args  # noqa: E402
 from agent.vision.pipeline import PipelineSettings  # noqa: E402
+from bench.agent_run import RSS_TARGET_MB, measure_agent_run  # noqa: E402
 
 SHARED_VIDEO = ROOT.parent / "shared" / "data" / "motorway-cctv-320x240.avi"
 SHARED_MODEL = ROOT.parent / "shared" / "models" / "yolox_nano.onnx"
@@ -62,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--line")
     p.add_argument("--gt", type=Path)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--agent-cameras", default="1,2,4",
+                   help="camera counts for the agent run measurement (empty: skip it)")
+    p.add_argument("--agent-seconds", type=float, default=35.0,
+                   help="length of each agent run (at least 25 s: whole 10 s intervals)")
     a = p.parse_args(argv)
     source = "given"
     if a.video is None:
@@ -112,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         gt_total = sum(1 for e in gt_doc["events"] if e["class"] in
                        ("car", "motorbike", "bus", "truck", "bicycle", "three_wheeler"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    agent_runs = []
+    for n in [int(x) for x in a.agent_cameras.split(",") if x.strip()]:
+        print(f"agent run on {n} unpaced file camera(s), {a.agent_seconds:.0f} s ...",
+              file=sys.stderr, flush=True)
+        r = measure_agent_run(a.video, a.model, a.line, n, a.agent_seconds,
+                              lambda m: print(m, file=sys.stderr, flush=True))
+        r["ratio_camera_mean"] = round(r["fps_camera_mean"] / med["raw"], 3)
+        r["ratio_total"] = round(r["fps_total"] / med["raw"], 3)
+        agent_runs.append(r)
+    agent_peak = max((r["peak_rss_mb"] for r in agent_runs), default=None)
     print(f"\n{source}: {a.video.name}, model {det.card.name}, onnxruntime/tflite threads 1")
     print(f"{'mode':<16}{'frames/s':>10}{'x raw':>8}{'detector runs':>15}{'count':>7}")
     print(f"{'raw inference':<16}{med['raw']:>10.1f}{1.0:>8.2f}{'':>15}{'':>7}")
@@ -123,12 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"targets: full >= 0.9 x raw: {'met' if ratio['full'] >= 0.9 else 'NOT met'}; "
           f"gated >= 3 x raw: {'met' if ratio[best] >= 3 else 'NOT met'} (best: {best})")
     print(f"peak RSS {peak_mb:.0f} MB; medians of {a.repeats} interleaved repeats")
+    if agent_runs:
+        print(f"\nagent run (the real process), unpaced file cameras, raw inference "
+              f"{med['raw']:.1f}/s measured above")
+        print(f"{'cameras':<9}{'per camera/s':>14}{'x raw':>8}{'all/s':>9}{'x raw':>8}"
+              f"{'peak RSS MB':>13}")
+        for r in agent_runs:
+            print(f"{r['cameras']:<9}{r['fps_camera_mean']:>14.1f}{r['ratio_camera_mean']:>8.2f}"
+                  f"{r['fps_total']:>9.1f}{r['ratio_total']:>8.2f}{r['peak_rss_mb']:>13.0f}"
+                  + (f"  ERROR: {r['error']}" if "error" in r else ""))
+        print(f"target: agent peak RSS <= {RSS_TARGET_MB:.0f} MB: "
+              f"{'met' if agent_peak is not None and agent_peak <= RSS_TARGET_MB else 'NOT met'}"
+              f" ({agent_peak:.0f} MB)")
     print(json.dumps({"source": source, "video": str(a.video), "model": det.card.name,
                       "raw_fps": round(med["raw"], 2),
                       **{f"{k}_fps": round(med[k], 2) for k in modes},
                       **{f"{k}_ratio": round(ratio[k], 3) for k in modes},
                       "counts": counts, "detector_runs": detected, "gt_total": gt_total,
-                      "peak_rss_mb": round(peak_mb, 1), "repeats": a.repeats}))
+                      "peak_rss_mb": round(peak_mb, 1), "repeats": a.repeats,
+                      "agent_run": agent_runs, "agent_peak_rss_mb": agent_peak,
+                      "agent_rss_target_mb": RSS_TARGET_MB}))
     return 0
 
 
