@@ -52,6 +52,37 @@ def cmd_validate(a: argparse.Namespace) -> int:
             cams = ", ".join(f"{c.name} ({len(c.lines)} line{'s' if len(c.lines) != 1 else ''})"
                              for c in cfg.cameras)
             print(f"{path}: OK: device {cfg.device.id} at {cfg.device.site}; cameras: {cams}")
+        if a.clip:
+            rc = max(rc, _validate_clip(path, cfg, Path(a.clip), a.clip_frames))
+    return rc
+
+
+def _validate_clip(path: str, cfg: object, clip: Path, frames: int) -> int:
+    """``agent validate --clip``: each camera's model over the clip; weak detections are a
+    warning (exit 0), a clip that is not a video or a model that fails an error (1)."""
+    from agent.vision.clipcheck import check_clip, warning
+    from agent.vision.detect import ModelError, load_detector
+    from agent.vision.videofile import VideoError, quiet_ffmpeg
+
+    quiet_ffmpeg()
+    rc = EXIT_OK
+    for cam in cfg.cameras:  # type: ignore[attr-defined]
+        d = cam.detector
+        try:
+            det = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou, d.merge_iou,
+                                d.threads)
+            fig = check_clip(det, clip, cam.name, d.confidence, list(d.classes), frames)
+        except (ModelError, ConfigError) as e:
+            print(f"{path}: cameras.{cam.name}.detector.model: {str(e).splitlines()[0]}",
+                  file=sys.stderr)
+            rc = EXIT_INVALID
+            continue
+        except VideoError as e:
+            _err(str(e))
+            return EXIT_INVALID
+        print(f"{path}: camera {cam.name}, model {fig.model}, clip {clip}: {fig.summary()}")
+        if fig.weak:
+            print(f"{path}: WARNING: {warning(fig, det.card, d.model)}", file=sys.stderr)
     return rc
 
 
@@ -191,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check-models", action="store_true",
                    help="also load each camera's model, check it against its card and run it "
                         "on a synthetic frame (scores in [0, 1], boxes inside the input)")
+    v.add_argument("--clip", metavar="VIDEO",
+                   help="run each camera's model over this clip and warn when it detects "
+                        "little (a model unfit for the view); a warning, exit 0")
+    v.add_argument("--clip-frames", type=int, default=120, metavar="N",
+                   help="frames taken from the clip, evenly spread (120)")
     v.set_defaults(func=cmd_validate)
 
     c = sub.add_parser("count", help="count road users crossing lines in a video file")
