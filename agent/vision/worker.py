@@ -23,6 +23,7 @@ camera is reported, not the pole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -138,10 +139,8 @@ class CameraWorker:
             log.error("camera %s: model failed, camera stopped: %s", self.name, self.model_error)
             self.source.stop()
         finally:
-            try:
+            with contextlib.suppress(ModelError):  # already reported: the camera is stopped
                 self._flush()
-            except ModelError:
-                pass  # already reported: the camera is stopped
 
     def _next_frame(self) -> Frame | None:
         """The next frame within 0.5 s. With a frame in flight on a live camera, a newer
