@@ -3,6 +3,7 @@
     python bench/accuracy.py                       # the suite (below)
     python bench/accuracy.py --clip VIDEO GT.json  # one clip (model: --model, simnet by default)
     python bench/accuracy.py --quick               # shorter simulator clips, one fps less
+    python bench/accuracy.py --only shared-25fps   # one clip of the suite
 
 The suite:
 
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "accuracy",
                    help="where resampled and simulator clips are kept (reused)")
     p.add_argument("--quick", action="store_true", help="30 s simulator clips at 30 fps only")
+    p.add_argument("--only", metavar="PREFIX", help="only the suite's clips whose name starts so "
+                   "(e.g. shared-25fps)")
     a = p.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         suite = [(a.clip[0].stem, a.clip[0], a.clip[1], a.model or SIMNET_CARD)]
     else:
         suite = clips(a.work, a.quick, log)
+        if a.only:
+            suite = [c for c in suite if c[0].startswith(a.only)]
     results = []
     raw: dict[str, list[float]] = {}
     for name, video, gt, card in suite:
