@@ -55,7 +55,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.vision.classes import ROAD_USER_CLASSES
-from agent.vision.geometry import Point, crosses, image_directions, inside, side
+from agent.vision.geometry import (
+    Point,
+    crosses,
+    image_directions,
+    inside,
+    signed_distance,
+    unit_normal,
+)
 from agent.vision.tracker import Track
 
 
@@ -224,11 +231,7 @@ class Counter:
 
     @staticmethod
     def _near_line(p: Point, q: Point, ln: Line, size: float) -> bool:
-        ax, ay = ln.a
-        bx, by = ln.b
-        length = max(np.hypot(bx - ax, by - ay), 1e-9)
-        dist = [abs((bx - ax) * (pt[1] - ay) - (by - ay) * (pt[0] - ax)) / length for pt in (p, q)]
-        return min(dist) < 2 * size
+        return min(abs(signed_distance(ln.a, ln.b, pt)) for pt in (p, q)) < 2 * size
 
     def _emit(self, st: _State, frame: int = 0, force: bool = False) -> list[CountEvent]:
         out, keep = [], []
@@ -394,15 +397,13 @@ class Counter:
         st.pending[ln.name] = (sign, f, p)
 
 
+
 def _normal(ln: Line) -> tuple[float, float]:
     """Unit normal of a line pointing to its right-hand (positive) side."""
-    (ax, ay), (bx, by) = ln.a, ln.b
-    length = max(float(np.hypot(bx - ax, by - ay)), 1e-9)
-    return (-(by - ay) / length, (bx - ax) / length)
+    nx, ny, _ = unit_normal(ln.a, ln.b)
+    return nx, ny
 
 
 def _signed(ln: Line, p: Point) -> float:
     """Signed distance of ``p`` from the line, in pixels (> 0 on the right-hand side)."""
-    (ax, ay), (bx, by) = ln.a, ln.b
-    length = max(float(np.hypot(bx - ax, by - ay)), 1e-9)
-    return side(ln.a, ln.b, p) / length
+    return signed_distance(ln.a, ln.b, p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 Point = tuple[float, float]
@@ -10,6 +11,18 @@ Point = tuple[float, float]
 def side(a: Point, b: Point, p: Point) -> float:
     """Signed side of ``p`` relative to the line a→b; > 0 is the right-hand side on screen."""
     return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+
+
+def unit_normal(a: Point, b: Point) -> tuple[float, float, float]:
+    """``(nx, ny, length)``: the unit normal of a→b towards its right-hand (positive) side,
+    and the segment's length."""
+    length = max(math.hypot(b[0] - a[0], b[1] - a[1]), 1e-9)
+    return -(b[1] - a[1]) / length, (b[0] - a[0]) / length, length
+
+
+def signed_distance(a: Point, b: Point, p: Point) -> float:
+    """Distance of ``p`` from the line a→b in pixels, > 0 on its right-hand side."""
+    return side(a, b, p) / max(math.hypot(b[0] - a[0], b[1] - a[1]), 1e-9)
 
 
 def image_directions(points: Sequence[Point]) -> tuple[str, str]:

@@ -33,16 +33,11 @@ from collections import deque
 import numpy as np
 
 from agent.vision.counter import Counter, Line, anchor_point
+from agent.vision.geometry import unit_normal
 from agent.vision.tracker import Track
 
 #: Tracks with fewer measurements than this are young (velocity still unknown).
 YOUNG_HITS = 3
-
-
-def _unit_normal(ln: Line) -> tuple[float, float, float]:
-    (ax, ay), (bx, by) = ln.a, ln.b
-    length = max(float(np.hypot(bx - ax, by - ay)), 1e-9)
-    return -(by - ay) / length, (bx - ax) / length, length
 
 
 class DetectionScheduler:
@@ -51,8 +46,9 @@ class DetectionScheduler:
     def __init__(self, lines: list[Line], max_stride: int, speeds_kept: int = 200) -> None:
         self.lines = lines
         self.max_stride = max(1, int(max_stride))
-        self._normals = [_unit_normal(ln) for ln in lines]
+        self._normals = [unit_normal(ln.a, ln.b) for ln in lines]
         self._speeds: deque[float] = deque(maxlen=speeds_kept)
+        self._fast: float | None = None  # 90th percentile of _speeds, once there are 5
         self._entry: float | None = None  # px from the nearest border to a line, along its normal
         self.reasons: Tally[str] = Tally()
 
@@ -63,12 +59,9 @@ class DetectionScheduler:
         if self._entry is None:
             self._entry = min(self._border_distance(ln, n, frame_size)
                               for ln, n in zip(self.lines, self._normals, strict=True))
-        if len(self._speeds) < 5:
+        if self._fast is None or self._fast <= 0:
             return self.max_stride
-        fast = float(np.percentile(self._speeds, 90))
-        if fast <= 0:
-            return self.max_stride
-        return int(max(1, min(self.max_stride, self._entry // (2 * fast))))
+        return int(max(1, min(self.max_stride, self._entry // (2 * self._fast))))
 
     @staticmethod
     def _border_distance(ln: Line, n: tuple[float, float, float],
@@ -103,6 +96,8 @@ class DetectionScheduler:
             speed = max((abs(vx * nx + vy * ny) for nx, ny, _ in self._normals), default=0.0)
             if speed > 0.2:
                 self._speeds.append(speed)
+        if len(self._speeds) >= 5:
+            self._fast = float(np.percentile(self._speeds, 90))
 
     def urgent(self, tracks: list[Track], counter: Counter, ahead: int) -> str:
         """The reason the next frame needs the detector regardless of stride, or ``""``.
@@ -112,7 +107,7 @@ class DetectionScheduler:
         """
         if counter.has_pending():
             return "unconfirmed"
-        fast = float(np.percentile(self._speeds, 90)) if len(self._speeds) >= 5 else None
+        fast = self._fast
         reason = ""
         for t in tracks:
             young = t.hits < YOUNG_HITS
