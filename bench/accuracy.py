@@ -34,12 +34,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.pipeline import raw_rate  # noqa: E402
 from sim.resample import resample  # noqa: E402
 from sim.scoring import score_events  # noqa: E402
 from sim.traffic import SceneConfig, write_clip  # noqa: E402
@@ -90,14 +90,7 @@ def raw_inference_rate(card: Path, video: Path, seconds: float = 4.0) -> float:
             break
         frames.append(img)
     cap.release()
-    tensors = [det.prepare(f)[0] for f in frames]  # type: ignore[attr-defined]
-    det.infer(tensors[0])  # type: ignore[attr-defined]
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        det.infer(tensors[n % len(tensors)])  # type: ignore[attr-defined]
-        n += 1
-    return n / (time.perf_counter() - t0)
-
+    return raw_rate(det, frames, seconds)
 
 def evaluate(name: str, video: Path, gt_path: Path, card: Path, log) -> dict:
     """Count one clip in both modes and score each run per event."""
