@@ -42,14 +42,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from agent.vision.assignment import linear_sum_assignment
 from agent.vision.detect.base import Detections, iou_matrix
-
-_F = np.eye(8)
-_F[:4, 4:] = np.eye(4)
-_H = np.eye(4, 8)
-
 
 #: 99.9 % quantile of chi-square with 2 degrees of freedom: the centre gate.
 GATE_CHI2 = 13.8
@@ -78,8 +73,10 @@ class KalmanBox:
         x = self.x
         x[:4] += x[4:]
         np.maximum(x[2:4], 1.0, out=x[2:4])
-        self.P = _F @ self.P @ _F.T
-        self.P[_DIAG8] += _Q_SCALE * (s * s)
+        cov = self.P  # F P F^T with F = [[I, I], [0, I]], in place: rows, then columns
+        cov[:4, :] += cov[4:, :]
+        cov[:, :4] += cov[:, 4:]
+        cov[_DIAG8] += _Q_SCALE * (s * s)
         self._box = None
 
     def update(self, box: np.ndarray) -> None:
@@ -308,21 +305,25 @@ class Tracker:
         docstring: centre within the Kalman gate, area within a factor of four, for
         established tracks; nested boxes are always plausible."""
         ok = np.ones((len(tis), len(boxes)), bool)
+        if not len(boxes):
+            return ok
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
         for r, ti in enumerate(tis):
             t = self.tracks[ti]
             if t.hits < ESTABLISHED_HITS:
                 continue
             kf = t.kf
             s = max(kf.x[2], kf.x[3], 1.0)
-            cov = kf.P[:2, :2] + np.diag(_R_SCALE[:2] * (s * s))
-            inv = np.linalg.inv(cov)
+            r2 = _R_SCALE[0] * s * s
+            a, b, d = kf.P[0, 0] + r2, kf.P[0, 1], kf.P[1, 1] + r2  # 2x2 centre covariance
+            dx, dy = centres[:, 0] - kf.x[0], centres[:, 1] - kf.x[1]
+            maha = (d * dx * dx - 2 * b * dx * dy + a * dy * dy) / max(a * d - b * b, 1e-12)
             tb = t.box
             area_t = max((tb[2] - tb[0]) * (tb[3] - tb[1]), 1.0)
-            for c, b in enumerate(boxes):
-                y = np.array([(b[0] + b[2]) / 2 - kf.x[0], (b[1] + b[3]) / 2 - kf.x[1]])
-                area_d = max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
-                ratio = max(area_t, area_d) / min(area_t, area_d)
-                if (float(y @ inv @ y) > GATE_CHI2 or ratio > 4.0) and not _nesting(b, tb):
+            ratio = np.maximum(areas, area_t) / np.minimum(areas, area_t)
+            for c in np.flatnonzero((maha > GATE_CHI2) | (ratio > 4.0)):
+                if not _nesting(boxes[c], tb):
                     ok[r, c] = False
         return ok
 
