@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from agent.vision.assignment import linear_sum_assignment
 
 _NO = 1e9
 
