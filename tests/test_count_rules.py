@@ -15,6 +15,7 @@ import numpy as np
 from agent.vision.classes import class_id
 from agent.vision.counter import Counter, Line
 from agent.vision.detect.base import Detections
+from agent.vision.offline import lookahead_for
 from agent.vision.pipeline import CameraPipeline, PipelineSettings
 from agent.vision.schedule import DetectionScheduler
 from agent.vision.tracker import Tracker
@@ -185,14 +186,18 @@ def frame(i: int) -> np.ndarray:
 
 
 def run_pipeline(script: list[Detections], stride: int, overlapped: bool = False,
-                 line: Line = LINE) -> tuple[ScriptedDetector, list]:
+                 line: Line = LINE, depth: int = 1) -> tuple[ScriptedDetector, list]:
     det = ScriptedDetector(script)
     pipe = CameraPipeline(det, PipelineSettings(lines=[line], fps=25.0, motion=False,  # type: ignore[arg-type]
                                                 stride=stride))
     events = []
     if overlapped:
-        for _, res in pipe.process_overlapped((i, frame(i)) for i in range(len(script))):
+        done = []
+        for _, res in pipe.process_overlapped(((i, frame(i)) for i in range(len(script))),
+                                              depth):
             events += res.events
+            done.append(res.index)
+        assert done == list(range(len(script)))  # every frame, in order
     else:
         for i in range(len(script)):
             events += pipe.process(frame(i), i).events
@@ -227,6 +232,21 @@ def test_scheduler_overlapped_path_counts_the_same() -> None:
     assert len(set(det.calls)) < 0.45 * len(script)
 
 
+def test_scheduler_lookahead_counts_the_same_and_saves_runs() -> None:
+    """The detector running up to stride - 1 frames ahead of the tracker still counts the
+    car once, at its crossing frame, and runs no more often than with no lookahead."""
+    script, crossing = one_car()
+    shallow, _ = run_pipeline(script, stride=6, overlapped=True, depth=1)
+    for depth in (2, lookahead_for(6)):
+        det, events = run_pipeline(script, stride=6, overlapped=True, depth=depth)
+        assert events == [("down", crossing)]
+        assert len(set(det.calls)) <= len(set(shallow.calls))
+
+
+def test_lookahead_follows_the_stride() -> None:
+    assert [lookahead_for(s) for s in (1, 2, 3, 5, 6)] == [1, 1, 2, 4, 5]
+
+
 def test_scheduler_coasts_when_no_track_nears_a_line() -> None:
     # a car parked far from the line, and one driving along it well away from it
     script = [boxes(centred(100, 60, 30, 50), centred(40 + 4 * k, 300, 50, 30))
@@ -252,8 +272,16 @@ def test_scheduler_urgent_reasons() -> None:
         tracks = tr.update(boxes(centred(300, 40 + 3 * k, 30, 50)), (W, H))
         co.update(tracks, k, (W, H))
     assert sched.urgent(tr.tracks, co, ahead=1) == "near_line"
+    # the measurement it asks for is already at the detector (planned for the frame
+    # before): wait for it rather than ask again on the same information
+    assert sched.urgent(tr.tracks, co, ahead=2, in_flight=True) == ""
+    assert sched.urgent(tr.tracks, co, ahead=2, in_flight=False) == "near_line"
     tr.update(boxes(centred(300, 40, 30, 50), centred(500, 40, 30, 50)), (W, H))
     assert sched.urgent(tr.tracks, co, ahead=1) in ("young", "near_line")
+    # a young track is measured on consecutive frames even with a detection in flight
+    young = Tracker()
+    young.update(boxes(centred(300, 150, 30, 50)), (W, H))
+    assert sched.urgent(young.tracks, Counter([LINE]), ahead=2, in_flight=True) == "young"
 
 
 def test_effective_stride_shrinks_near_a_border_with_the_measured_speed() -> None:

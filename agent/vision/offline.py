@@ -74,14 +74,24 @@ class CountResult:
                 **self.meta}
 
 
+def lookahead_for(stride: int) -> int:
+    """How many frames the detector may run ahead of tracking for a detection ``stride``:
+    ``stride - 1`` (at least 1). Between two stride detections the tracker has
+    ``stride - 1`` frames to predict: planning them ahead lets the model start on the next
+    detection while the tracker catches up, and tracks go no staler than the stride
+    already lets them (at a low frame rate the stride, and so the lookahead, is short)."""
+    return max(1, int(stride) - 1)
+
+
 def count_video(video: Path, detector: Detector, settings: PipelineSettings,
                 annotate: Path | None = None, max_frames: int | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                overlap: bool = True) -> CountResult:
+                overlap: bool = True, depth: int = 1) -> CountResult:
     """Count road users crossing ``settings.lines`` in ``video``.
 
-    ``overlap`` runs inference of the next frame while this one is tracked and counted
-    (same results, higher throughput; see :meth:`CameraPipeline.process_overlapped`).
+    ``overlap`` runs inference ahead of tracking and counting, by up to ``depth`` frames
+    (higher throughput; see :class:`agent.vision.pipeline.Overlap` and
+    :func:`lookahead_for`).
     """
     reader = VideoReader(video)
     fps = reader.fps
@@ -120,7 +130,7 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
         while (item := frames.get()) is not None:
             yield item
 
-    results = pipe.process_overlapped(valid_frames()) if overlap else \
+    results = pipe.process_overlapped(valid_frames(), depth) if overlap else \
         ((img, pipe.process(img, k)) for k, img in valid_frames())
     try:
         for frame, res in results:

@@ -19,6 +19,7 @@ same code.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -143,8 +144,10 @@ class CameraPipeline:
                 self._stride_phase = 0
         else:
             ahead = max(1, self.frames - self._finished)
-            reason = self.scheduler.urgent(self.tracker.tracks, self.counter, ahead) \
-                if self.s.stride > 1 else ""
+            # a frame planned before this one is at the detector and not tracked yet
+            in_flight = self._since_detect < ahead - 1
+            reason = self.scheduler.urgent(self.tracker.tracks, self.counter, ahead,
+                                           in_flight) if self.s.stride > 1 else ""
             stride = self.scheduler.effective_stride(self.frame_size)
             if not reason and self._since_detect + 1 >= stride:
                 reason = "stride" if moving else "keepalive" if keepalive else ""
@@ -216,19 +219,19 @@ class CameraPipeline:
         fate = self.plan(image)
         return self.finish(image, idx, fate, self.infer(image) if fate == "detect" else None)
 
-    def process_overlapped(self, frames: Iterable[tuple[int, np.ndarray]]
+    def process_overlapped(self, frames: Iterable[tuple[int, np.ndarray]], depth: int = 1
                            ) -> Iterator[tuple[np.ndarray, FrameResult]]:
-        """Like ``process`` over a stream of ``(index, frame)``, with inference of frame k+1
-        overlapping the tracking and counting of frame k (see :class:`Overlap`). Yields
+        """Like ``process`` over a stream of ``(index, frame)``, with inference running ahead
+        of tracking and counting by up to ``depth`` frames (see :class:`Overlap`). Yields
         ``(frame, result)`` in order."""
-        with Overlap(self) as overlap:
+        with Overlap(self, depth=depth) as overlap:
             for idx, image in frames:
                 done = overlap.submit(image, idx)
                 if done is not None:
                     yield done.image, done.result
-            done = overlap.drain()
-            if done is not None:
-                yield done.image, done.result
+            while overlap.pending:
+                done = overlap.drain()
+                yield done.image, done.result  # type: ignore[union-attr]
 
     def flush(self) -> list[CountEvent]:
         """End of stream: emit the counts still settling their class."""
@@ -252,47 +255,51 @@ class Finished:
 class Overlap:
     """The one overlapped driver of a :class:`CameraPipeline`, offline and live.
 
-    :meth:`submit` plans a frame, pre-processes it here and starts its inference on a
-    worker thread, then finishes (decode, track, count) the frame submitted before it and
-    returns that one, so the model works on frame k+1 while frame k is tracked
-    (onnxruntime and TFLite release the GIL). At most one frame is in flight; frames come
-    out in the order they went in; :meth:`drain` finishes the one in flight (end of a
-    stream, or a live camera with no newer frame yet). Call from one thread.
+    :meth:`submit` plans a frame, pre-processes it here and queues its inference on a
+    worker thread, then finishes (decode, track, count) the oldest frame once more than
+    ``depth`` are in flight, and returns that one. So the model works on frame k+1 while
+    frame k is tracked (onnxruntime and TFLite release the GIL), and with ``depth`` > 1 the
+    model keeps running while the tracker catches up with the frames between detections.
+    The scheduler sees how far planning runs ahead of tracking (``CameraPipeline.plan``
+    predicts tracks that many frames on). Frames come out in the order they went in;
+    :meth:`drain` finishes the oldest one in flight (end of a stream, or a live camera with
+    no newer frame yet). Call from one thread.
     """
 
-    def __init__(self, pipeline: CameraPipeline, name: str = "infer") -> None:
+    def __init__(self, pipeline: CameraPipeline, name: str = "infer", depth: int = 1) -> None:
         self.pipeline = pipeline
+        self.depth = max(1, int(depth))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._pending: tuple[np.ndarray, int, str, Future | None, object] | None = None
+        self._pending: deque[tuple[np.ndarray, int, str, Future | None, object]] = deque()
 
     @property
     def pending(self) -> bool:
         """True while a submitted frame has not been finished."""
-        return self._pending is not None
+        return bool(self._pending)
 
     @property
     def busy(self) -> bool:
-        """True while the model still runs on the frame in flight."""
-        fut = self._pending[3] if self._pending is not None else None
+        """True while the model still runs on the oldest frame in flight."""
+        fut = self._pending[0][3] if self._pending else None
         return fut is not None and not fut.done()
 
     def submit(self, image: np.ndarray, index: int, tag: object = None) -> Finished | None:
-        """Start ``image``; finish and return the frame submitted before it (if any)."""
+        """Start ``image``; once more than ``depth`` frames are in flight, finish and return
+        the oldest."""
         p = self.pipeline
         p.frames += 1
         fate = p.plan(image)
         # pre-process here, so the worker thread does nothing but run the model
         fut = self._pool.submit(p.run_model, p.prepare(image)) if fate == "detect" else None
-        done = self.drain()
-        self._pending = (image, index, fate, fut, tag)
-        return done
+        self._pending.append((image, index, fate, fut, tag))
+        return self.drain() if len(self._pending) > self.depth else None
 
     def drain(self) -> Finished | None:
-        """Finish the frame in flight (waiting for its inference), or None if there is none."""
-        if self._pending is None:
+        """Finish the oldest frame in flight (waiting for its inference), or None if there
+        is none."""
+        if not self._pending:
             return None
-        image, index, fate, fut, tag = self._pending
-        self._pending = None
+        image, index, fate, fut, tag = self._pending.popleft()
         result = self.pipeline.finish(image, index, fate, fut.result() if fut else None)
         return Finished(image, result, tag)
 

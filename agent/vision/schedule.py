@@ -99,13 +99,20 @@ class DetectionScheduler:
         if len(self._speeds) >= 5:
             self._fast = float(np.percentile(self._speeds, 90))
 
-    def urgent(self, tracks: list[Track], counter: Counter, ahead: int) -> str:
+    def urgent(self, tracks: list[Track], counter: Counter, ahead: int,
+               in_flight: bool = False) -> str:
         """The reason the next frame needs the detector regardless of stride, or ``""``.
 
         ``ahead``: frames between the tracks' current state and the frame being planned
         (1 when frames are processed one by one, 2 when inference overlaps tracking).
+        ``in_flight``: the frame just before this one is being detected and its result is
+        not in the tracks yet. That measurement is the one ``unconfirmed`` and
+        ``near_line`` ask for, so they wait for it rather than ask again on the same
+        information (it costs at most one frame's delay, and the crossing frame is
+        interpolated anyway). ``young`` does not wait: a new vehicle's velocity is
+        unknown, and measuring it on consecutive frames is what makes it known.
         """
-        if counter.has_pending():
+        if counter.has_pending() and not in_flight:
             return "unconfirmed"
         fast = self._fast
         reason = ""
@@ -139,7 +146,7 @@ class DetectionScheduler:
                     continue
                 d = (px - ln.a[0]) * nx + (py - ln.a[1]) * ny
                 last = counter.side_of(t.track_id, ln.name)
-                if (last and d * last < 0) or abs(d) <= 0.5 * abs(vn):
+                if ((last and d * last < 0) or abs(d) <= 0.5 * abs(vn)) and not in_flight:
                     return "near_line"  # predicted past, or right on it: measure now
         return reason
 
