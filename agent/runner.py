@@ -52,7 +52,7 @@ from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
 from agent.vision.camera import CameraSource, describe
 from agent.vision.checkpoint import CHECKPOINT_S, Checkpoints
 from agent.vision.counter import Line
-from agent.vision.detect import ModelError, load_detector
+from agent.vision.detect import ModelError, SharedRuntimes, load_detector
 from agent.vision.worker import CameraWorker
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class Agent:
         self.outbox, self.uplink, self.uplink_problem = self._open_uplink(cfg.mqtt)
         self.reporter = Reporter(cfg.device.id, cfg.device.site, self.clock, self.outbox,
                                  self.uplink)
+        # cameras with the same model card share one loaded model (half a camera's memory)
+        self.models = SharedRuntimes()
         self.workers = {c.name: self._make_worker(c) for c in cfg.cameras}
         self.lighting = self._make_lighting(cfg)
         self.handlers = CommandHandlers(self)
@@ -145,7 +147,7 @@ class Agent:
         d = cam.detector
         try:
             detector = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou,
-                                     d.merge_iou, d.threads)
+                                     d.merge_iou, d.threads, self.models)
         except (ModelError, ConfigError) as e:
             if strict:
                 raise

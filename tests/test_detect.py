@@ -212,3 +212,41 @@ def test_preprocess_rejects_bad_frames() -> None:
             preprocess(bad, spec)  # type: ignore[arg-type]
     x, geo = preprocess(np.zeros((360, 640, 3), np.uint8), spec)
     assert x.shape == (1, 3, 320, 320) and geo.pad_y == 70
+
+
+# --- one loaded model for the cameras that share a card ------------------------------------
+
+
+def test_cameras_with_the_same_card_share_one_onnx_session(tmp_path: Path) -> None:
+    from agent.vision.detect import SharedRuntimes
+
+    shared = SharedRuntimes()
+    a = load_detector(SIMNET, {"car"}, 0.3, shared=shared)
+    b = load_detector(SIMNET, {"car", "bus"}, 0.6, shared=shared)
+    assert a.runtime is b.runtime and len(shared) == 1
+    # each keeps its own classes and thresholds, and both detect through the one session
+    assert a.confidence == 0.3 and b.confidence == 0.6
+    img, _ = random_training_frame(np.random.default_rng(5))
+    assert len(a.detect(img).boxes) == len(load_detector(SIMNET, {"car"}, 0.3).detect(img).boxes)
+    assert load_detector(SIMNET, {"car"}, threads=2, shared=shared).runtime is not a.runtime
+    # an edited card (a copy elsewhere) loads anew; without ``shared`` nothing is shared
+    card = tmp_path / "simnet.yaml"
+    card.write_text(SIMNET.read_text().replace("file: ", f"file: {SIMNET.parent}/", 1))
+    assert load_detector(card, shared=shared).runtime is not a.runtime
+    assert load_detector(SIMNET).runtime is not a.runtime
+    # held weakly: dropped with the last detector that used it
+    del a, b
+    import gc
+
+    gc.collect()
+    assert len(shared) == 0
+
+
+def test_tflite_models_are_not_shared() -> None:
+    from agent.vision.detect import SharedRuntimes
+
+    card = ROOT / "models" / "simnet_ssd.yaml"
+    shared = SharedRuntimes()
+    a = load_detector(card, shared=shared)
+    b = load_detector(card, shared=shared)
+    assert a.runtime is not b.runtime and len(shared) == 0

@@ -7,8 +7,11 @@ know which runtime produced their arrays.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -116,3 +119,49 @@ RUNTIMES: dict[str, Callable[[ModelCard, int], Runtime]] = {
 def open_runtime(card: ModelCard, threads: int = 1) -> Runtime:
     """Load the card's model file with the card's runtime."""
     return RUNTIMES[card.backend](card, threads)
+
+
+#: Runtimes whose one loaded model serves several threads at once without a lock
+#: (onnxruntime's ``InferenceSession.run`` is thread-safe and runs calls in parallel; a
+#: TFLite interpreter is not, so sharing one would serialise the cameras).
+SHAREABLE = frozenset({"onnxruntime"})
+
+
+class SharedRuntimes:
+    """One loaded model per (card, threads) for the cameras of one agent.
+
+    Each camera's :class:`ModelDetector` keeps its own classes, thresholds and
+    pre-processing; the model session (weights, memory arena, about half of a camera's
+    memory) is loaded once. Only runtimes in :data:`SHAREABLE` are shared. Held weakly:
+    once no detector uses a model (a reload dropped the camera), it is freed. A card is
+    identified by its resolved path and modification time, so an edited card loads anew.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, card: ModelCard, threads: int = 1) -> Runtime:
+        """The shared runtime for ``card`` (loaded on first use), or a fresh one for a
+        runtime that cannot be shared."""
+        if card.backend not in SHAREABLE:
+            return open_runtime(card, threads)
+        key = _card_key(card, threads)
+        with self._lock:
+            rt = self._loaded.get(key)
+            if rt is None:
+                rt = open_runtime(card, threads)
+                self._loaded[key] = rt
+            return rt
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+def _card_key(card: ModelCard, threads: int) -> tuple:
+    path = Path(card.card_path).resolve()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    return (str(path), stamp, str(card.file), card.backend, int(threads))
