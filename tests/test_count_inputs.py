@@ -143,3 +143,16 @@ def test_integrity_bookkeeping() -> None:
     limited = Integrity(expected=300, exact=True, decoded=10, limited=True)
     limited.end(10)                                  # --max-frames: no end check
     assert limited.complete
+
+
+def test_a_closed_pipe_ends_quietly(clips: dict[str, Path]) -> None:
+    """``agent count ... | head -1``: the reader goes away before the output is written;
+    the command ends without a traceback (exit 141, as a shell reports SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "count", str(clips["avi"]),
+                             "--model", str(SIMNET), "--line", "0,180,639,180,main", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
     from agent.settings.schema import CameraConfig
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME, EXIT_CORRUPT = 0, 1, 2, 3, 4
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1")
+    return n
 
 
 def _err(msg: str) -> None:
@@ -123,7 +133,13 @@ def _check_camera_model(path: str, cam: CameraConfig) -> int:
 def cmd_count(a: argparse.Namespace) -> int:
     """``agent count VIDEO``: count a video file offline and print totals."""
     from agent.vision.detect import ModelError, load_detector
-    from agent.vision.offline import VideoError, count_video, lines_from_args, stderr_progress
+    from agent.vision.offline import (
+        VideoError,
+        count_video,
+        lines_from_args,
+        lookahead_for,
+        stderr_progress,
+    )
     from agent.vision.pipeline import PipelineSettings
     from agent.vision.videofile import check_video_path, quiet_ffmpeg
 
@@ -152,7 +168,8 @@ def cmd_count(a: argparse.Namespace) -> int:
                                 motion=a.motion, schedule=a.schedule)
     try:
         res = count_video(Path(a.video), det, settings, Path(a.annotate) if a.annotate else None,
-                          a.max_frames, None if a.quiet else stderr_progress())
+                          a.max_frames, None if a.quiet else stderr_progress(),
+                          depth=a.lookahead or lookahead_for(a.stride))
     except VideoError as e:
         _err(str(e))
         return EXIT_INVALID
@@ -248,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--motion", action=argparse.BooleanOptionalAction, default=False,
                    help="skip the detector on frames without motion (default off offline)")
     c.add_argument("--threads", type=int, default=1, help="onnxruntime/TFLite threads (1)")
+    c.add_argument("--lookahead", type=_positive_int, metavar="N",
+                   help="frames the detector may run ahead of the tracker (default: stride - 1, "
+                        "at least 1); 1 plans every frame on the freshest tracks")
     c.add_argument("--max-frames", type=int, help="stop after N frames")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.set_defaults(func=cmd_count)
@@ -288,3 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return a.func(a)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``agent count ... | head``): not an error worth a traceback;
+        # stdout is pointed at /dev/null so the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
