@@ -31,8 +31,7 @@ test: lint
 
 bench: $(BIN)/agent
 	$(BIN)/python bench/pipeline.py
-	$(BIN)/python -m sim.traffic --out var/bench/sim.avi --seconds 120 --seed 5
-	$(BIN)/python bench/accuracy.py var/bench/sim.avi var/bench/sim.gt.json
+	$(BIN)/python bench/accuracy.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache

@@ -15,8 +15,9 @@ Measures, interleaved ``--repeats`` times so that machine noise hits every mode 
   stride 5 still runs the detector 5 times a second);
 
 and prints each rate as a ratio to raw (targets: full ≥ 0.9 × raw, gated ≥ 3 × raw),
-with inference of frame k+1 overlapping tracking of frame k, and decoding on a reader
-thread, as in ``agent count`` (so the pipeline may use a second core; the model one),
+with inference running ahead of tracking (by up to stride - 1 frames,
+``lookahead_for``), and decoding on a reader thread, as in ``agent count`` (so the
+pipeline may use a second core; the model one),
 the count each mode produced (accuracy effect; against ground truth when there is one)
 and the process's peak RSS.
 
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.vision.detect import load_detector  # noqa: E402
-from agent.vision.offline import count_video, lines_from_args  # noqa: E402
+from agent.vision.offline import count_video, lines_from_args, lookahead_for  # noqa: E402
 from agent.vision.pipeline import PipelineSettings  # noqa: E402
 from bench.agent_run import RSS_TARGET_MB, measure_agent_run  # noqa: E402
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(a.repeats):
         rates["raw"].append(raw_rate(det, sample))
         for name, kw in modes.items():
-            res = count_video(a.video, det, PipelineSettings(lines=lines, **kw))
+            res = count_video(a.video, det, PipelineSettings(lines=lines, **kw),
+                              depth=lookahead_for(kw["stride"]))
             rates[name].append(res.processing_fps)
             counts[name] = sum(sum(per.values()) for per in res.totals["main"].values())
             detected[name] = res.frames_detected
