@@ -24,6 +24,9 @@ reloads. Camera liveness (each camera's last good frame) it pulls itself each ti
 the ``liveness`` callable the runner gives it. :meth:`stop` (SIGTERM, SIGINT, the end of ``agent run``, a
 crash unwinding the main loop) leaves every reachable group at its safe level before the
 buses close. A fault inside a tick is logged and the tick sends the safe level instead.
+Each pass of the loop stamps :attr:`LightingService.heartbeat` (the service watchdog
+restarts the agent when the thread stops ticking) and the first completed tick sets
+:attr:`LightingService.ticked` (``agent run`` tells systemd it is ready only then).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from agent.lighting.schedule import (
     default_program,
 )
 from agent.records import DiagnosticsRecord, EventRecord, LightingRecord
+from agent.service.heartbeat import Heartbeat
 from agent.settings.schema import ClockConfig, LightingConfig, LuminaireGroupConfig
 from drivers.bus import BusDisconnected, BusError, GroupReading, LuminaireGroup
 
@@ -74,6 +78,9 @@ log = logging.getLogger(__name__)
 
 FAILSAFE_MODES = ("failsafe", "fallback")
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+#: The longest one pass of the lighting loop may take (a tick's slowest bus work: opening,
+#: finding and configuring the gear) before the thread counts as stuck (at least 4 ticks).
+LIGHTING_BOUND_S = 90.0
 
 Emit = Callable[[LightingRecord | EventRecord | DiagnosticsRecord], None]
 
@@ -172,6 +179,11 @@ class LightingService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_report: float | None = None
+        #: set once the first tick has run: every group's lamps commanded (or found
+        #: unreachable) at least once
+        self.ticked = threading.Event()
+        #: stamped on every pass of the lighting loop, for the service watchdog
+        self.heartbeat = Heartbeat("lighting", max(LIGHTING_BOUND_S, 4 * cfg.tick_s))
         self.flow = RollingFlow()
         self._apply_config(cfg, self._build(cfg, {}))
 
@@ -211,6 +223,7 @@ class LightingService:
     # -- the thread -----------------------------------------------------------------------
     def start(self) -> LightingService:
         """Start the lighting thread."""
+        self.heartbeat.arm()
         self._thread = threading.Thread(target=self._run, name="lighting", daemon=True)
         self._thread.start()
         return self
@@ -230,10 +243,13 @@ class LightingService:
         if self.overrides.problem:
             self._event("overrides_reset", "warning", "overrides", problem=self.overrides.problem)
         while not self._stop.is_set():
+            self.heartbeat.beat()
             self._drain()
             self.tick()
+            self.ticked.set()
             self.clock.wait(self._wake, self.cfg.tick_s)
             self._wake.clear()
+        self.heartbeat.retire()
         self._drain()
         self.shutdown()
 

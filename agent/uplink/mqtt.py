@@ -20,7 +20,9 @@ One network thread owns a paho-mqtt 2.x client:
   has no such reason: a broker that drops a denied 3.1.1 publication acknowledges it, and
   only the platform's gap count can show the loss);
 - any error inside the thread is logged and counted (``threadRestarts``) and the thread
-  reconnects: it never dies while the agent runs;
+  reconnects: it never dies while the agent runs; every pass of its loop (and its
+  back-off waits) stamps ``heartbeat``, so the service watchdog sees a thread that hangs
+  (in a connect or a write no timeout reaches) and restarts the agent;
 - on any disconnect, drop the client and its in-flight state, wait with exponential
   back-off and jitter, and connect a fresh client; sending restarts from the oldest
   unacknowledged message, so a message may arrive twice, always with the same ``msg_id``.
@@ -50,9 +52,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.service.heartbeat import Heartbeat
 from agent.uplink.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+#: The longest one pass of the network loop may take (a connect's timeout, a TLS
+#: handshake, an outbox transaction on a slow SD card) before the thread counts as stuck.
+UPLINK_BOUND_S = 60.0
 
 
 @dataclass
@@ -135,6 +142,8 @@ class Uplink:
         self.boot = outbox.next_boot()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: stamped on every pass of the network loop and while it backs off (watchdog)
+        self.heartbeat = Heartbeat("uplink", UPLINK_BOUND_S)
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._inflight: dict[int, tuple[int, str]] = {}   # paho mid → (outbox id, topic)
@@ -158,6 +167,7 @@ class Uplink:
     def start(self) -> Uplink:
         """Start (or, after it died, restart) the network thread."""
         self._stop.clear()
+        self.heartbeat.arm()
         self._thread = threading.Thread(target=self._run, name="mqtt-uplink", daemon=True)
         self._thread.start()
         return self
@@ -367,6 +377,7 @@ class Uplink:
         """The network thread: never ends on an error, only on :meth:`stop`."""
         backoff = self.s.reconnect_min_s
         while not self._stop.is_set():
+            self.heartbeat.beat()
             try:
                 backoff = self._connection(backoff)
             except Exception as e:      # a bug or a broken outbox must not end the uplink
@@ -380,6 +391,7 @@ class Uplink:
                 self._client = None
                 self._sleep_backoff(backoff)
                 backoff = min(backoff * 2, self.s.reconnect_max_s)
+        self.heartbeat.retire()
 
     def _connection(self, backoff: float) -> float:
         """One connection, from connect to its end; returns the next back-off."""
@@ -401,6 +413,7 @@ class Uplink:
         deadline = time.monotonic() + 10
         was_connected = False
         while not self._stop.is_set():
+            self.heartbeat.beat()
             rc = client.loop(timeout=0.05)
             self._flush_acks()
             self.outbox.retry()
@@ -452,7 +465,8 @@ class Uplink:
             self.stats.acked += len(done)
 
     def _sleep_backoff(self, backoff: float) -> None:
-        self._stop.wait(backoff * random.uniform(0.5, 1.5))  # jitter: poles must not stampede
+        # jitter: poles must not stampede; beating: a long back-off is not a hang
+        self.heartbeat.wait(self._stop, backoff * random.uniform(0.5, 1.5))
 
     def _pump(self, client: mqtt.Client) -> None:
         with self._lock:

@@ -12,6 +12,10 @@ the end of the video), stops delivering or stalls longer than ``stall_timeout_s`
 released and reopened with exponential backoff (``reconnect_initial_s`` doubling up to
 ``reconnect_max_s``). Only a file without ``loop`` that was read to its end ends.
 Nothing here blocks the caller: :meth:`CameraSource.get` waits at most its timeout.
+The reader thread stamps :attr:`CameraSource.heartbeat` on every pass of its loop (and
+while it waits to reconnect), so a reader blocked where no timeout reaches it (a FIFO
+nobody writes to, a driver that hangs) is seen as stuck by the service watchdog, while a
+camera that is merely unreachable is not.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from agent.service.heartbeat import Heartbeat
 from agent.settings.schema import DeviceSource, FileSource, StreamSource
 
 log = logging.getLogger(__name__)
 
 SourceConfig = FileSource | StreamSource | DeviceSource
+#: Beyond a camera's open and read timeouts (``stall_timeout_s`` each), how long one pass
+#: of its reader loop may take before the reader counts as stuck.
+READER_SLACK_S = 20.0
 
 
 @dataclass
@@ -131,10 +139,14 @@ class CameraSource:
         self._thread: threading.Thread | None = None
         self.ended = threading.Event()
         self._last_frame_at = time.monotonic()
+        #: stamped by the reader loop; see the module docstring
+        self.heartbeat = Heartbeat(f"camera {name} reader",
+                                   2 * cfg.stall_timeout_s + READER_SLACK_S)
 
     # -- public -----------------------------------------------------------------------
     def start(self) -> CameraSource:
         """Start the reader thread."""
+        self.heartbeat.arm()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -185,6 +197,7 @@ class CameraSource:
         index = 0
         first = True
         while not self._stop.is_set():
+            self.heartbeat.beat()
             cap = self._open()
             if not cap.isOpened():
                 cap.release()
@@ -193,7 +206,7 @@ class CameraSource:
                 # retried like a stream, never silently the end of the camera
                 self._set_state("error" if isinstance(self.cfg, FileSource) else
                                 "reconnecting", f"cannot open {describe(self.cfg)}")
-                self._stop.wait(backoff)
+                self.heartbeat.wait(self._stop, backoff)
                 backoff = min(backoff * 2, self.cfg.reconnect_max_s)
                 continue
             if not first:
@@ -206,6 +219,7 @@ class CameraSource:
             t_next = time.monotonic()
             got_any = False
             while not self._stop.is_set():
+                self.heartbeat.beat()
                 ok, img = cap.read()
                 if not ok or img is None:
                     break
@@ -236,7 +250,8 @@ class CameraSource:
             self._set_state("error" if isinstance(self.cfg, FileSource) else "reconnecting",
                             "no frame could be read" if isinstance(self.cfg, FileSource)
                             else "stream ended or read timed out")
-            self._stop.wait(backoff)
+            self.heartbeat.wait(self._stop, backoff)
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
         self.queue.close()
+        self.heartbeat.retire()
         self.ended.set()

@@ -19,6 +19,9 @@ counts since the start (the status line).
 A camera whose model failed to load still gets a worker: its source is not started, its
 state is ``model_error``, and its intervals close with ``frames_analysed: 0``, so the
 camera is reported, not the pole.
+
+The worker's loop stamps :attr:`CameraWorker.heartbeat` on every pass (at least every
+half second, or one inference), for the service watchdog.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.clock import Clock
+from agent.service.heartbeat import Heartbeat
 from agent.settings.modelcard import ModelError
 from agent.settings.schema import CameraConfig
 from agent.vision.aggregates import IntervalAggregator
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: A frame analysed more than this long after capture is counted as late.
 LATE_AFTER_S = 0.5
+#: The longest one pass of a worker's loop may take (a frame's wait, one inference and
+#: its tracking, on the slowest pole) before the worker counts as stuck.
+WORKER_BOUND_S = 60.0
 
 
 def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
@@ -88,9 +95,13 @@ class CameraWorker:
     last_good_mono: float | None = None
     last: LastFrame | None = None
     overlap: bool = True          # False: one frame at a time (to measure what overlap gives)
+    heartbeat: Heartbeat = field(default_factory=lambda: Heartbeat("", WORKER_BOUND_S))
     _inflight: Overlap | None = field(default=None, init=False, repr=False)
     _det_seen: float = field(default=0.0, init=False, repr=False)
     _switches_seen: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeat.name = f"camera {self.cfg.name} pipeline"
 
     @property
     def name(self) -> str:
@@ -107,6 +118,7 @@ class CameraWorker:
         """Start the source and this worker's thread (not for a camera without a model)."""
         if self.detector is None:
             return
+        self.heartbeat.arm()
         self.source.start()
         self.thread = threading.Thread(target=self.run, args=(stop,),
                                        name=f"pipeline-{self.cfg.name}", daemon=True)
@@ -121,8 +133,10 @@ class CameraWorker:
     def run(self, stop: threading.Event) -> None:
         """Consume frames until ``stop`` or the source ends; never blocks long."""
         dropped_seen = 0
+        ended = False               # on purpose (not an exception): the heartbeat retires
         try:
             while not stop.is_set():
+                self.heartbeat.beat()
                 frame = self._next_frame()
                 dropped = self.source.stats.frames_dropped
                 self.aggregator.add_dropped(dropped - dropped_seen)
@@ -134,11 +148,15 @@ class CameraWorker:
                         break
                     continue
                 self.process(frame.image, frame.index, frame.monotonic)
+            ended = True
         except ModelError as e:  # the model's outputs do not fit its card: stop this camera
             self.model_error = str(e).splitlines()[0]
             log.error("camera %s: model failed, camera stopped: %s", self.name, self.model_error)
             self.source.stop()
+            ended = True
         finally:
+            if ended:
+                self.heartbeat.retire()
             with contextlib.suppress(ModelError):  # already reported: the camera is stopped
                 self._flush()
 
