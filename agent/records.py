@@ -145,3 +145,5 @@ class HealthRecord:
     clock: dict[str, Any]
     lighting: dict[str, Any]
     uplink: dict[str, Any] = field(default_factory=dict)
+    #: ``restarts`` and ``lastExit`` (see ``agent.service.runs``); empty outside ``agent run``
+    service: dict[str, Any] = field(default_factory=dict)

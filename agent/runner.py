@@ -20,16 +20,24 @@ not open is retried by the lighting service while its groups are reported; an ou
 cannot be opened disables the uplink, not the lamps. Stopping (SIGTERM, SIGINT, the end
 of ``--duration``, or a crash unwinding the loop) closes the open intervals as
 ``partial`` and leaves every reachable lamp at its safe level.
+
+Under systemd (``deploy/systemd/polelink.service``) the main loop also drives
+:class:`agent.service.supervisor.Supervisor`: ``READY=1`` once the parts are up,
+``STATUS=`` on changes, ``WATCHDOG=1`` only while every part's heartbeat (each camera's
+reader and pipeline, the lighting, the uplink) is fresh, ``STOPPING=1``, and the run's
+exit reason for the next start's health (``restarts``, ``lastExit``).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +49,9 @@ from agent.health import system_health
 from agent.lighting.flow import TrafficSample
 from agent.lighting.service import LightingService
 from agent.records import EventRecord, HealthRecord, TrafficRecord
+from agent.service.heartbeat import Heartbeat
+from agent.service.runs import state_directory
+from agent.service.supervisor import Supervisor
 from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
 from agent.settings.yamlfile import ConfigError
 from agent.uplink.commands import CommandDispatcher, CommandError
@@ -102,6 +113,8 @@ class Agent:
         self._next_health: float | None = None
         self._rejected_since = 0                 # refused commands not yet in an event
         self._next_reject_event = 0.0
+        #: ``restarts`` and ``lastExit`` for health (set by ``run_agent``)
+        self.service_figures: Callable[[], dict[str, Any]] | None = None
 
     # -- building -----------------------------------------------------------------------
     def _open_uplink(self, m: MqttConfig | None) -> tuple[Outbox | None, Uplink | None, str]:
@@ -377,7 +390,8 @@ class Agent:
             clock={"trusted": trust.trusted, "reasons": trust.reasons, "votes": trust.votes}
             if trust else {"trusted": True, "reasons": ["no lighting: not checked"]},
             lighting=self.lighting.summary() if self.lighting else {},
-            uplink=self._uplink_figures()))
+            uplink=self._uplink_figures(),
+            service=self.service_figures() if self.service_figures else {}))
 
     def _uplink_figures(self) -> dict[str, Any]:
         if self.uplink is None:
@@ -480,6 +494,44 @@ class Agent:
                 self.uplink.stop()
         return out
 
+    # -- supervision ----------------------------------------------------------------------
+    def heartbeats(self) -> list[Heartbeat]:
+        """The heartbeats of every part that runs a thread the agent needs: each started
+        camera's reader and pipeline, the lighting, the uplink."""
+        parts = [hb for w in self.workers.values() if w.thread is not None
+                 for hb in (w.heartbeat, w.source.heartbeat)]
+        if self.lighting is not None:
+            parts.append(self.lighting.heartbeat)
+        if self.uplink is not None:
+            parts.append(self.uplink.heartbeat)
+        return parts
+
+    def parts_up(self) -> bool:
+        """True once the parts are up: called after :meth:`start` (config loaded, workers
+        and uplink started), it waits only for the lighting's first tick (the lamps
+        commanded at least once)."""
+        return self.lighting is None or self.lighting.ticked.is_set()
+
+    def service_status(self) -> str:
+        """A one-line state for ``systemctl status``: it changes with states (a camera
+        lost, a bus down, a mode, the network), not with counts or levels."""
+        parts = ["cameras " + (", ".join(f"{n} {w.state}" for n, w in self.workers.items())
+                               or "none")]
+        if self.lighting is not None:
+            s = self.lighting.summary()
+            parts.append("lamps " + ", ".join(f"{n} {g['mode'] or '-'}"
+                                              for n, g in s["groups"].items()))
+            down = [n for n, b in s["buses"].items() if b["state"] != "up"]
+            if down:
+                parts.append("bus DOWN " + ", ".join(down))
+            if not s["clockTrusted"]:
+                parts.append("clock untrusted")
+        if self.uplink is not None:
+            parts.append("mqtt " + ("up" if self.uplink.connected else "down"))
+        elif self.uplink_problem:
+            parts.append("mqtt disabled")
+        return "; ".join(parts)
+
     def all_ended(self) -> bool:
         """True when every camera's source has ended (files without loop) or never started."""
         return all(w.detector is None or (w.source.ended.is_set()
@@ -538,11 +590,17 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
     except ValueError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return 2
+    # a watchdog kill (SIGABRT) or a hard fault prints every thread's stack to the journal
+    faulthandler.enable()
+    supervisor = Supervisor(state_directory(cfg.aggregates.path.parent))
     agent = Agent(cfg, config, clock)
+    agent.service_figures = supervisor.figures
     stop = threading.Event()
+    why = ["stopped"]
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signum)
+        why[0] = f"stopped by {signal.Signals(signum).name}"
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -568,21 +626,28 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
                 last_print = time.monotonic()
                 end = "\r" if sys.stdout.isatty() else "\n"
                 print(agent.status_line()[:240].ljust(120), end=end, flush=True)
+            supervisor.step(agent.heartbeats(), agent.parts_up, agent.service_status)
             if duration is not None and time.monotonic() - t0 >= duration:
+                why[0] = "--duration reached"
                 break
             if agent.all_ended() and agent.lighting is None:
                 log.info("all sources ended")
+                why[0] = "all sources ended"
                 break
-    except Exception:
+    except Exception as e:
         log.exception("internal error in the main loop; stopping with the lamps at their "
                       "safe level")
+        why[0] = f"internal error: {type(e).__name__}: {e}"
         rc = 3
     finally:
+        supervisor.stopping(why[0])
         try:
             agent.stop()
-        except Exception:
+        except Exception as e:
             log.exception("internal error while stopping")
+            why[0] += f"; internal error while stopping: {type(e).__name__}: {e}"
             rc = 3
+        supervisor.finished(rc, why[0])
         print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}"
               + ("; lamps left at their safe level" if agent.lighting else ""), flush=True)
     return rc

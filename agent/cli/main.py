@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_broker_acl(sub)
 
+    from agent.cli.service import add_parser as add_service_exit
+
+    add_service_exit(sub)
+
     r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, help="stop after this many seconds")

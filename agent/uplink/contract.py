@@ -133,7 +133,7 @@ def health_message(rec: HealthRecord, device: str, site: str, ts: str) -> dict[s
     return {"schema": "polelink/health/1", "device": device, "site": site, "ts": ts,
             **rec.system, "uptimeS": round(rec.uptime_s, 1), "outbox": rec.outbox,
             "cameras": rec.cameras, "clock": rec.clock, "lighting": rec.lighting,
-            **({"uplink": rec.uplink} if rec.uplink else {})}
+            **({"uplink": rec.uplink} if rec.uplink else {}), **rec.service}
 
 
 def response_message(device: str, site: str, ts: str, correlation_id: str | None,

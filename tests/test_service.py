@@ -1,0 +1,241 @@
+"""The service pieces on their own, with real sockets, threads and files: the sd_notify
+protocol (a path and an abstract socket), heartbeats of real threads (one that hangs,
+one that dies, one that waits), the run records (fuzzed), systemd's exit variables and the
+``agent service-exit`` hook as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.service.heartbeat import Heartbeat, problems
+from agent.service.notify import Notifier, socket_address, watchdog_interval
+from agent.service.runs import (
+    EXIT_FILE,
+    REASONS,
+    RUNS_FILE,
+    RunLog,
+    from_systemd,
+    read_exit,
+    record_from_systemd,
+    state_directory,
+)
+from agent.service.watchdog import Watchdog
+from tests.conftest import ROOT
+
+
+def bound_socket(address: str | bytes) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(address)
+    s.settimeout(2)
+    return s
+
+
+# -- sd_notify ----------------------------------------------------------------------------
+def test_notify_sends_to_a_path_socket(tmp_path: Path) -> None:
+    path = tmp_path / "n.sock"
+    rx = bound_socket(str(path))
+    n = Notifier({"NOTIFY_SOCKET": str(path)})
+    assert n.enabled and n.ready("up\nand running")
+    msg = rx.recv(4096).decode()
+    lines = msg.split("\n")
+    assert "READY=1" in lines and "STATUS=up and running" in lines
+    assert f"MAINPID={os.getpid()}" in lines
+    assert n.watchdog() and rx.recv(4096) == b"WATCHDOG=1"
+    assert n.stopping("bye") and rx.recv(4096) == b"STOPPING=1\nSTATUS=bye"
+    rx.close()
+
+
+def test_notify_sends_to_an_abstract_socket() -> None:
+    name = f"polelink-unit-{os.getpid()}"
+    rx = bound_socket("\0" + name)
+    n = Notifier({"NOTIFY_SOCKET": "@" + name})
+    assert socket_address("@" + name) == b"\0" + name.encode()
+    assert n.status("cameras cam1 live")
+    assert rx.recv(4096) == b"STATUS=cameras cam1 live"
+    rx.close()
+
+
+def test_notify_is_a_no_op_without_a_socket_and_survives_a_vanished_one(
+        tmp_path: Path) -> None:
+    assert not Notifier({}).enabled and not Notifier({}).ready("x")
+    assert not Notifier({"NOTIFY_SOCKET": "vsock:2:1"}).enabled
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert n.enabled and not n.watchdog() and not n.watchdog()   # logged, never raised
+
+
+def test_watchdog_interval_is_half_watchdog_usec_for_this_process() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) \
+        == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+
+
+# -- heartbeats ---------------------------------------------------------------------------
+def test_a_thread_that_hangs_is_stuck_one_that_waits_is_not() -> None:
+    hang, stop = threading.Event(), threading.Event()
+    stuck, waiting = Heartbeat("hangs", 0.5), Heartbeat("waits", 2.5)
+
+    def hangs() -> None:
+        stuck.beat()
+        hang.wait()                       # blocked where its loop cannot beat
+
+    def waits() -> None:
+        while not stop.is_set():
+            waiting.wait(stop, 3.0)       # a long back-off: beats while it waits
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (hangs, waits)]
+    for hb in (stuck, waiting):
+        hb.arm()
+    for t in threads:
+        t.start()
+    time.sleep(1.6)
+    found = problems([stuck, waiting])
+    assert len(found) == 1 and found[0].startswith("hangs: thread") and "stuck" in found[0]
+    hang.set()
+    stop.set()
+    for t in threads:
+        t.join(5)
+    assert "died" in problems([stuck])[0]
+    stuck.retire()
+    assert problems([stuck]) == []
+
+
+def test_a_part_that_never_started_its_loop_is_a_problem() -> None:
+    hb = Heartbeat("lighting", 1.0)
+    hb.arm()
+    assert problems([hb]) == []
+    assert "has not started its loop" in problems([hb], time.monotonic() + 2)[0]
+
+
+def test_the_watchdog_pings_only_while_every_part_is_healthy(tmp_path: Path) -> None:
+    path = tmp_path / "n.sock"
+    rx = bound_socket(str(path))
+    runs = RunLog(tmp_path).begin()
+    wd = Watchdog(Notifier({"NOTIFY_SOCKET": str(path)}), 0.1, runs)
+    hb = Heartbeat("uplink", 5.0)
+    hb.beat()
+    now = time.monotonic()
+    assert wd.check([hb], now) == [] and rx.recv(100) == b"WATCHDOG=1"
+    late = now + 10
+    assert wd.check([hb], late)[0].startswith("uplink: thread MainThread stuck")
+    assert rx.recv(200).startswith(b"STATUS=STUCK: uplink")
+    assert read_exit(tmp_path)["reason"] == "watchdog"    # provisional: the kill comes next
+    wd.check([hb], late + 1)
+    rx.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        rx.recv(100)                                       # nothing while stuck
+    hb.beat()
+    assert wd.check([hb]) == [] and rx.recv(100) == b"WATCHDOG=1"
+    assert read_exit(tmp_path) is None and wd.pings == 2   # recovered: the record is gone
+
+
+# -- run records ----------------------------------------------------------------------------
+def test_starts_are_counted_and_the_last_exit_is_read_once(tmp_path: Path) -> None:
+    first = RunLog(tmp_path).begin()
+    assert first.figures() == {"restarts": 1, "lastExit": None}
+    second = RunLog(tmp_path).begin()              # the first left no record: a kill
+    assert second.figures()["restarts"] == 2
+    assert second.figures()["lastExit"]["reason"] == "unclean"
+    second.end("clean", "stopped by SIGTERM")
+    third = RunLog(tmp_path).begin()
+    assert third.last_exit["reason"] == "clean" and third.last_exit["detail"] \
+        == "stopped by SIGTERM" and third.last_exit["at"].endswith("Z")
+    assert not (tmp_path / EXIT_FILE).exists() and third.starts == 3
+
+
+def test_an_unwritable_state_directory_does_not_stop_the_agent(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    log = RunLog(blocker / "state").begin()       # a file where the directory should be
+    assert log.figures() == {"restarts": None, "lastExit": None}
+    log.end("clean")                              # logged, not raised
+
+
+def test_state_directory_prefers_systemds() -> None:
+    assert state_directory(Path("/data"), {}) == Path("/data")
+    assert state_directory(Path("/data"), {"STATE_DIRECTORY": "/var/lib/polelink:/x"}) \
+        == Path("/var/lib/polelink")
+
+
+@settings(max_examples=150, deadline=None)
+@given(runs=st.binary(max_size=200), exit_=st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(st.sampled_from(["reason", "detail", "at", "x"]),
+                    st.one_of(st.none(), st.integers(), st.text(max_size=400),
+                              st.sampled_from(REASONS)), max_size=4).map(
+        lambda d: json.dumps(d).encode())))
+def test_whatever_the_files_hold_a_start_is_counted(tmp_path_factory: pytest.TempPathFactory,
+                                                    runs: bytes, exit_: bytes) -> None:
+    d = tmp_path_factory.mktemp("state")
+    (d / RUNS_FILE).write_bytes(runs)
+    (d / EXIT_FILE).write_bytes(exit_)
+    log = RunLog(d).begin()
+    assert isinstance(log.starts, int) and log.starts >= 1
+    last = log.last_exit
+    assert last is None or (last["reason"] in REASONS and isinstance(last["detail"], str)
+                            and len(last["detail"]) <= 300)
+    assert json.loads((d / RUNS_FILE).read_text())["starts"] == log.starts
+
+
+@pytest.mark.parametrize(("env", "reason"), [
+    ({"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"}, "clean"),
+    ({"SERVICE_RESULT": "watchdog", "EXIT_CODE": "dumped", "EXIT_STATUS": "ABRT"}, "watchdog"),
+    ({"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, "crash"),
+    ({"SERVICE_RESULT": "core-dump", "EXIT_CODE": "dumped", "EXIT_STATUS": "SEGV"}, "crash"),
+    ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}, "crash"),
+    ({"SERVICE_RESULT": "oom-kill", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, "crash"),
+    ({"SERVICE_RESULT": "timeout", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, "timeout"),
+])
+def test_systemds_exit_variables(env: dict[str, str], reason: str) -> None:
+    got = from_systemd(env)
+    assert got is not None and got[0] == reason and env["SERVICE_RESULT"] in got[1]
+    assert from_systemd({}) is None
+
+
+def test_the_agents_own_account_is_kept_where_systemd_agrees(tmp_path: Path) -> None:
+    RunLog(tmp_path).begin().end("watchdog", "camera cam1 reader: thread camera-cam1 stuck")
+    assert record_from_systemd(tmp_path, {"SERVICE_RESULT": "watchdog", "EXIT_CODE": "dumped",
+                                          "EXIT_STATUS": "ABRT"}) == "watchdog"
+    detail = read_exit(tmp_path)["detail"]
+    assert "camera-cam1 stuck" in detail and "systemd: watchdog, dumped ABRT" in detail
+    RunLog(tmp_path).begin().end("clean", "stopped by SIGTERM")
+    record_from_systemd(tmp_path, {"SERVICE_RESULT": "success", "EXIT_CODE": "exited",
+                                   "EXIT_STATUS": "0"})
+    assert read_exit(tmp_path)["detail"] == "stopped by SIGTERM"
+    RunLog(tmp_path).begin()                      # a run killed before it wrote anything
+    record_from_systemd(tmp_path, {"SERVICE_RESULT": "signal", "EXIT_CODE": "killed",
+                                   "EXIT_STATUS": "KILL"})
+    assert read_exit(tmp_path)["reason"] == "crash"
+
+
+def test_the_exec_stop_post_hook_as_systemd_runs_it(tmp_path: Path) -> None:
+    def hook(*args: str, **env: str) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("SERVICE_RESULT", "STATE_DIRECTORY")}
+        return subprocess.run([sys.executable, "-m", "agent", "service-exit", *args],
+                              cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
+                              timeout=60)
+
+    done = hook(STATE_DIRECTORY=str(tmp_path), SERVICE_RESULT="signal", EXIT_CODE="killed",
+                EXIT_STATUS="KILL")
+    assert done.returncode == 0 and "last exit: crash" in done.stdout, done.stderr
+    assert RunLog(tmp_path).begin().last_exit["detail"] == "systemd: signal, killed KILL"
+    for args, env, words in [((), {"SERVICE_RESULT": "success"}, "no state directory"),
+                             (("--state-dir", str(tmp_path)), {}, "SERVICE_RESULT is not set")]:
+        done = hook(*args, **env)
+        assert done.returncode == 2 and words in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -1,0 +1,199 @@
+"""The supervised service through the real ``agent run`` process: a fake systemd notify
+socket (a datagram socket this test binds; ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` in the
+child's environment), the DALI emulator on a pty and a real mosquitto (``PoleRig``).
+
+- ``READY=1`` comes once the parts are up: the lamps have been commanded by then;
+- ``WATCHDOG=1`` keeps coming while a camera is dead (its stream unreachable: the reader
+  loop still runs, waiting and retrying): a dead camera must never restart-loop the pole;
+- ``WATCHDOG=1`` stops when a thread really hangs: the camera's file is replaced by a FIFO
+  nobody writes to, so the reader thread blocks in OpenCV's open (``open(2)`` on a FIFO
+  waits for a writer; no timeout reaches it). It is the one blocking call the code really
+  has: the lighting's serial reads and the uplink's sockets all have timeouts;
+- health's ``restarts`` and ``lastExit`` across a SIGKILL, a SIGTERM and a watchdog kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sim.traffic import SceneConfig, write_clip
+from tests.helpers import wait_until
+from tests.pole_rig import PoleRig
+
+pytestmark = pytest.mark.slow
+
+DEAD_CAMERA = '{kind: stream, url: "rtsp://127.0.0.1:9/none", stall_timeout_s: 1}'
+STARTUP_S = 40.0                 # a cold start (models, a busy 2-core machine)
+WATCHDOG_USEC = 2_000_000        # a ping every second
+
+
+class FakeSystemd:
+    """A bound datagram socket standing in for systemd's notification socket."""
+
+    def __init__(self, tmp: Path, abstract: bool) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"polelink-test-{os.getpid()}-{time.monotonic_ns()}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            path = tmp / "notify.sock"
+            if len(str(path)) > 100:       # sun_path is 108 bytes
+                path = Path(f"/tmp/polelink-notify-{os.getpid()}-{time.monotonic_ns()}")
+            self.sock.bind(str(path))
+            self.address = str(path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(ln.split("=", 1) for ln in data.decode().split("\n") if "=" in ln)
+            self.messages.append((time.monotonic(), fields))
+
+    def env(self) -> dict[str, str]:
+        """The child's environment, as systemd would set it."""
+        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+
+    def times(self, key: str) -> list[float]:
+        """When each message carrying ``key`` arrived."""
+        return [t for t, f in self.messages if key in f]
+
+    def statuses(self) -> list[str]:
+        """Every STATUS= text, in order."""
+        return [f["STATUS"] for _, f in self.messages if "STATUS" in f]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        if not self.address.startswith("@"):
+            Path(self.address).unlink(missing_ok=True)
+
+
+def health(rig: PoleRig) -> dict:
+    """The newest health message on MQTT."""
+    found = rig.col.where(lambda t, m, r: t.endswith("/health"))
+    return found[-1] if found else {}
+
+
+def test_ready_after_the_lamps_and_watchdog_pings_with_a_dead_camera(tmp_path: Path) -> None:
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    sd = FakeSystemd(tmp_path, abstract=True)
+    try:
+        assert rig.levels() == [0.0, 0.0]
+        levels_at_ready: list[list[float]] = []
+        rig.start(env=sd.env())
+        assert wait_until(lambda: sd.times("READY") and not levels_at_ready.append(rig.levels()),
+                          STARTUP_S), rig.output()[-3000:]
+        # it is night: the lamps, off before the start, were commanded before READY=1
+        assert all(v > 0 for v in levels_at_ready[0]), levels_at_ready
+        ready = next(f for _, f in sd.messages if "READY" in f)
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(rig.proc.pid)
+        assert "cam1" in ready["STATUS"] and "lamps street" in ready["STATUS"]
+        t_ready = sd.times("READY")[0]
+        # the camera is unreachable all along (reconnecting), yet the pings keep coming
+        time.sleep(12)
+        pings = [t for t in sd.times("WATCHDOG") if t > t_ready]
+        assert len(pings) >= 8, (len(pings), rig.output()[-3000:])
+        assert max(b - a for a, b in zip([t_ready, *pings], pings, strict=False)) < 2.0
+        assert all(f["WATCHDOG"] == "1" for _, f in sd.messages if "WATCHDOG" in f)
+        assert any("reconnecting" in s for s in sd.statuses()), sd.statuses()
+        assert rig.alive()
+        assert rig.signal() == 0
+        stopping = [f for _, f in sd.messages if "STOPPING" in f]
+        assert stopping and stopping[0]["STOPPING"] == "1"
+        assert "SIGTERM" in stopping[0]["STATUS"]
+    finally:
+        sd.close()
+        rig.close()
+
+
+def test_watchdog_stops_when_the_camera_reader_hangs_and_health_says_why(
+        tmp_path: Path) -> None:
+    clip = tmp_path / "cam.avi"
+    write_clip(clip, 4, seed=2, cfg=SceneConfig(vehicles_per_minute=30))
+    keep = tmp_path / "cam-copy.avi"
+    shutil.copy(clip, keep)
+    rig = PoleRig(tmp_path, f"{{kind: file, path: {clip}, loop: true, realtime: true, "
+                            f"stall_timeout_s: 1}}")
+    sd = FakeSystemd(tmp_path, abstract=False)
+    try:
+        rig.start(env=sd.env())
+        assert wait_until(lambda: sd.times("READY"), STARTUP_S), rig.output()[-3000:]
+        assert wait_until(lambda: len(sd.times("WATCHDOG")) >= 3, 10), rig.output()[-3000:]
+        # the file becomes a FIFO nobody writes to: at its next loop the reader blocks in open
+        fifo = tmp_path / "cam.fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, clip)
+        t_hang = time.monotonic()
+        # the reader's bound: 2 x stall_timeout_s + 20 s; the clip is 4 s long
+        assert wait_until(lambda: any("STUCK" in s for s in sd.statuses()), 40), \
+            rig.output()[-3000:]
+        t_stuck = next(t for t, f in sd.messages if "STUCK" in f.get("STATUS", ""))
+        assert 20 <= t_stuck - t_hang <= 40
+        stuck = next(s for s in sd.statuses() if "STUCK" in s)
+        assert "camera cam1 reader" in stuck and "camera-cam1" in stuck
+        time.sleep(5)
+        assert not [t for t in sd.times("WATCHDOG") if t > t_stuck + 0.1], "still pinging"
+        assert rig.alive()                   # the lamps are still driven until systemd acts
+        assert all(v > 0 for v in rig.levels())
+        # systemd's watchdog kill (WatchdogSignal= defaults to SIGABRT): faulthandler prints
+        # every thread's stack, the hung open among them
+        rig.proc.send_signal(signal.SIGABRT)
+        assert rig.proc.wait(20) == -signal.SIGABRT
+        assert "Fatal Python error: Aborted" in rig.output()
+        # the next start says why the last run ended
+        os.replace(keep, clip)
+        rig.start(env=sd.env())
+        assert wait_until(lambda: health(rig).get("restarts") == 2, STARTUP_S + 15), \
+            rig.output()[-3000:]
+        last = health(rig)["lastExit"]
+        assert last["reason"] == "watchdog" and "camera cam1 reader" in last["detail"], last
+        assert rig.signal() == 0
+    finally:
+        sd.close()
+        rig.close()
+
+
+def test_restarts_and_last_exit_across_a_kill_and_a_clean_stop(tmp_path: Path) -> None:
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        rig.start()
+        assert wait_until(lambda: health(rig).get("restarts") == 1, STARTUP_S + 15), \
+            rig.output()[-3000:]
+        assert health(rig)["lastExit"] is None           # the very first start
+        rig.signal(signal.SIGKILL)
+        rig.col.messages.clear()
+        rig.start()
+        assert wait_until(lambda: health(rig).get("restarts") == 2, STARTUP_S + 15), \
+            rig.output()[-3000:]
+        assert health(rig)["lastExit"]["reason"] == "unclean"
+        assert health(rig)["uptimeS"] < STARTUP_S + 10
+        assert rig.signal(signal.SIGTERM) == 0
+        rig.col.messages.clear()
+        rig.start()
+        assert wait_until(lambda: health(rig).get("restarts") == 3, STARTUP_S + 15), \
+            rig.output()[-3000:]
+        last = health(rig)["lastExit"]
+        assert last["reason"] == "clean" and "SIGTERM" in last["detail"], last
+        assert last["at"]
+        assert rig.signal() == 0
+    finally:
+        rig.close()
