@@ -1,0 +1,190 @@
+"""Decide whether a block device may be flashed: flash.sh's safety check.
+
+The facts come from ``lsblk --json --list -b -o NAME,PATH,TYPE,RM,SIZE,MODEL,SERIAL,MOUNTPOINTS,PKNAME``
+and from the mount table (``/proc/mounts``). Tests point ``POLELINK_FLASH_LSBLK_JSON`` and
+``POLELINK_FLASH_MOUNTS`` at recorded files instead, the only fake in flash.sh's tests: a CI machine
+has no removable disk. A device the recorded lsblk lists then stands for a block device.
+
+Prints the target's facts as one JSON object on stdout (exit 0), or one line saying why the device
+is refused on stderr (exit 1). Never writes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+
+LSBLK_COLUMNS = "NAME,PATH,TYPE,RM,SIZE,MODEL,SERIAL,MOUNTPOINTS,PKNAME"
+
+
+class Refused(Exception):
+    """The device must not be written; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One lsblk row (a disk, a partition, a loop, a device-mapper target...)."""
+
+    name: str
+    path: str
+    type: str
+    removable: bool
+    size: int
+    model: str
+    serial: str
+    mountpoints: tuple[str, ...]
+    parent: str | None
+
+
+def _flag(value: object) -> bool:
+    """lsblk writes RM as true/false, or as "1"/"0" in older versions."""
+    return value is True or str(value).strip() in ("1", "true")
+
+
+def parse_lsblk(text: str) -> list[Row]:
+    """Rows of ``lsblk --json --list`` output (a nested tree is flattened too)."""
+    doc = json.loads(text)
+    rows: list[Row] = []
+
+    def walk(devices: list[dict], parent: str | None) -> None:
+        for d in devices:
+            mps = d.get("mountpoints")
+            if mps is None:
+                mps = [d.get("mountpoint")]
+            rows.append(Row(
+                name=str(d.get("name") or ""),
+                path=str(d.get("path") or "/dev/" + str(d.get("name") or "")),
+                type=str(d.get("type") or ""),
+                removable=_flag(d.get("rm")),
+                size=int(d.get("size") or 0),
+                model=str(d.get("model") or "").strip(),
+                serial=str(d.get("serial") or "").strip(),
+                mountpoints=tuple(m for m in mps if m),
+                parent=d.get("pkname") or parent,
+            ))
+            walk(d.get("children") or [], str(d.get("name")))
+
+    walk(doc.get("blockdevices") or [], None)
+    return rows
+
+
+def parse_mounts(text: str) -> list[tuple[str, str]]:
+    """(source, mount point) pairs of a /proc/mounts-format table (octal escapes decoded)."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            dec = [f.encode().decode("unicode_escape") for f in fields[:2]]
+            out.append((dec[0], dec[1]))
+    return out
+
+
+def descendants(rows: list[Row], disk: str) -> list[Row]:
+    """The disk's row and every row below it (partitions, and what sits on them: LVM, crypt)."""
+    found = {disk}
+    changed = True
+    while changed:
+        changed = False
+        for r in rows:
+            if r.name not in found and r.parent in found:
+                found.add(r.name)
+                changed = True
+    return [r for r in rows if r.name in found]
+
+
+def human(size: int) -> str:
+    """A byte count as the technician reads it on the card's label (decimal GB)."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def check(device: str, rows: list[Row], mounts: list[tuple[str, str]], is_block: bool,
+          image_size: int | None = None) -> Row:
+    """The disk row ``device`` names if it may be flashed; raises Refused otherwise."""
+    real = os.path.realpath(device)
+    by_path = {r.path: r for r in rows}
+    row = by_path.get(real) or by_path.get(device)
+    if row is None:
+        if not is_block:
+            raise Refused(f"{device} is not a block device: give the SD card's whole disk, e.g. /dev/sdb")
+        raise Refused(f"{device}: lsblk does not list it; is the card reader plugged in?")
+    if row.type == "part":
+        parent = next((r.path for r in rows if r.name == row.parent), "its disk")
+        raise Refused(f"{device} is a partition, not a whole disk: give {parent} instead")
+    if row.type == "loop":
+        raise Refused(f"{device} is a loop device, not a removable disk: "
+                      "use --to-file to write an image file")
+    if row.type != "disk":
+        raise Refused(f"{device} is a {row.type} device, not a whole removable disk")
+    tree = descendants(rows, row.name)
+    paths = {r.path for r in tree}
+    system = [r for r in tree if "/" in r.mountpoints]
+    system += [r for r in tree for src, mp in mounts if mp == "/" and src in paths and r.path == src]
+    if system:
+        raise Refused(f"{device} holds the running system (/ is on {system[0].path}): "
+                      "refusing to write to it")
+    if not row.removable:
+        raise Refused(f"{device} ({row.model or 'no model'}, {human(row.size)}) is not a removable disk "
+                      "(lsblk RM=0): flash.sh writes only to removable media such as a USB SD card reader")
+    mounted = [(r.path, mp) for r in tree for mp in r.mountpoints]
+    mounted += [(src, mp) for src, mp in mounts if src in paths]
+    if mounted:
+        src, mp = mounted[0]
+        raise Refused(f"{device} has a mounted partition ({src} on {mp}): unmount it first "
+                      f"(udisksctl unmount -b {src}, or umount {mp})")
+    if row.size == 0:
+        raise Refused(f"{device} has no medium (size 0): is the SD card in the reader?")
+    if image_size is not None and image_size > row.size:
+        raise Refused(f"{device} is too small: the image needs {human(image_size)}, the card has "
+                      f"{human(row.size)}")
+    return row
+
+
+def _facts() -> tuple[list[Row], list[tuple[str, str]]]:
+    lsblk_file = os.environ.get("POLELINK_FLASH_LSBLK_JSON")
+    mounts_file = os.environ.get("POLELINK_FLASH_MOUNTS")
+    if lsblk_file:
+        with open(lsblk_file, encoding="utf-8") as f:
+            lsblk_text = f.read()
+    else:
+        lsblk_text = subprocess.run(["lsblk", "--json", "--list", "-b", "-o", LSBLK_COLUMNS],
+                                    check=True, capture_output=True, text=True).stdout
+    with open(mounts_file or "/proc/mounts", encoding="utf-8") as f:
+        mounts_text = f.read()
+    return parse_lsblk(lsblk_text), parse_mounts(mounts_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``disks.py DEVICE [--image-size N]``; see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("device")
+    ap.add_argument("--image-size", type=int)
+    args = ap.parse_args(argv)
+    if not os.path.lexists(args.device):
+        print(f"flash.sh: {args.device}: no such device", file=sys.stderr)
+        return 1
+    try:
+        rows, mounts = _facts()
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        print(f"flash.sh: cannot read the disk facts (lsblk, mount table): {e}", file=sys.stderr)
+        return 3
+    is_block = stat.S_ISBLK(os.stat(args.device).st_mode)
+    try:
+        row = check(args.device, rows, mounts, is_block, args.image_size)
+    except Refused as e:
+        print(f"flash.sh: refused: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"path": row.path, "model": row.model, "serial": row.serial,
+                      "size": row.size, "size_human": human(row.size)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

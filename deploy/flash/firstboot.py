@@ -1,0 +1,151 @@
+"""Render the first-boot provisioning that flash.sh puts on a card's boot partition.
+
+Two flavours, one set of steps (``steps()``): create the ``polelink`` system user (groups dialout,
+video), hand it its secrets file, install the agent's venv offline from the wheels flash.sh put in the
+release directory, point ``/var/lib/polelink/current`` at it atomically and start the service.
+
+``firstboot.py cloud-init OUTDIR --version V --hostname H [--network-config FILE]``
+    writes OUTDIR/user-data, OUTDIR/meta-data, OUTDIR/network-config
+``firstboot.py firstrun OUTDIR --version V --hostname H --boot-dir DIR``
+    writes OUTDIR/firstrun.sh (the Raspberry Pi Imager's mechanism: cmdline.txt's systemd.run=)
+``firstboot.py cmdline CMDLINE_IN CMDLINE_OUT --script PATH``
+    adds the systemd.run= hook to a cmdline.txt, keeping it one line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+STATE = "/var/lib/polelink"
+LOG = "/var/log/polelink-firstboot.log"
+HOOK = "systemd.run={script} systemd.run_success_action=reboot systemd.unit=kernel-command-line.target"
+
+
+def steps(version: str) -> list[str]:
+    """The shell commands that make a flashed card a running pole (run as root, once)."""
+    rel = f"{STATE}/releases/{version}"
+    q = shlex.quote
+    return [
+        "id -u polelink >/dev/null 2>&1 || useradd --system --user-group --home-dir "
+        f"{STATE} --no-create-home --shell /usr/sbin/nologin polelink",
+        "usermod -a -G dialout,video polelink",
+        "chown polelink:polelink /etc/polelink/secrets.yaml 2>/dev/null || true",
+        f"python3 -m venv {q(rel + '/venv')}",
+        f"{q(rel + '/venv/bin/pip')} install --no-index --find-links {q(rel + '/wheels')} "
+        f"{q('polelink==' + version)}",
+        f"ln -sfn {q('releases/' + version)} {STATE}/current.new",
+        f"mv -T {STATE}/current.new {STATE}/current",
+        "systemctl daemon-reload",
+        "systemctl enable polelink.service",
+    ]
+
+
+def user_data(version: str, hostname: str) -> str:
+    """cloud-init user-data (#cloud-config). JSON is YAML, so no YAML library is needed."""
+    doc = {
+        "hostname": hostname,
+        "users": ["default", {"name": "polelink", "system": True, "groups": "dialout,video",
+                              "shell": "/usr/sbin/nologin", "homedir": STATE, "no_create_home": True,
+                              "lock_passwd": True}],
+        # one script under `set -e`: `current` is linked only after the venv installed
+        "runcmd": [["sh", "-ec", "\n".join([f"exec >>{LOG} 2>&1", *steps(version)[2:],
+                                             "systemctl start --no-block polelink.service"])]],
+    }
+    return "#cloud-config\n# written by polelink flash.sh: first-boot provisioning (see the README)\n" + \
+        json.dumps(doc, indent=2) + "\n"
+
+
+def meta_data(hostname: str) -> str:
+    """cloud-init meta-data for the NoCloud datasource (the boot partition)."""
+    return f"instance-id: polelink-{hostname}\nlocal-hostname: {hostname}\n"
+
+
+NETWORK_CONFIG = """\
+# written by polelink flash.sh: wired Ethernet with DHCP (replace with --network-config FILE)
+network:
+  version: 2
+  ethernets:
+    eth0:
+      dhcp4: true
+      optional: true
+"""
+
+
+def firstrun(version: str, hostname: str, boot_dir: str) -> str:
+    """firstrun.sh: the steps, then it removes itself and its cmdline.txt hook, and the Pi reboots.
+
+    The service is enabled, not started: systemd.run_success_action reboots into it.
+    """
+    body = "\n".join(steps(version))
+    return f"""#!/bin/bash
+# written by polelink flash.sh: first-boot provisioning through cmdline.txt's systemd.run= hook
+# (the Raspberry Pi Imager's mechanism). It runs once; whatever happens it removes itself and
+# its hook so that the Pi boots normally afterwards. Log: {LOG}
+set -u
+BOOT={shlex.quote(boot_dir)}
+exec >>{LOG} 2>&1
+echo "polelink first boot: $(date -Is)"
+if [ -x /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+    /usr/lib/raspberrypi-sys-mods/imager_custom set_hostname {shlex.quote(hostname)}
+else
+    old=$(tr -d ' \\t\\n\\r' </etc/hostname)
+    echo {shlex.quote(hostname)} >/etc/hostname
+    sed -i "s/127.0.1.1.*$old/127.0.1.1\\t{hostname}/" /etc/hosts
+fi
+# the steps stop at the first failure, so `current` is linked only to a venv that installed
+(
+set -e
+{body}
+)
+rc=$?
+rm -f "$BOOT/firstrun.sh"
+sed -i 's| systemd.run.*||g' "$BOOT/cmdline.txt"
+echo "polelink first boot finished (exit $rc); the reboot follows"
+exit 0
+"""
+
+
+def add_hook(cmdline: str, script: str) -> str:
+    """cmdline.txt with the systemd.run= hook appended (an older hook replaced); one line."""
+    line = " ".join(cmdline.split())
+    line = re.sub(r" ?systemd\.run.*$", "", line)
+    line = re.sub(r" ?systemd\.unit=kernel-command-line\.target", "", line)
+    return f"{line} {HOOK.format(script=script)}\n".lstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    for name in ("cloud-init", "firstrun"):
+        p = sub.add_parser(name)
+        p.add_argument("outdir", type=Path)
+        p.add_argument("--version", required=True)
+        p.add_argument("--hostname", required=True)
+        p.add_argument("--network-config", type=Path)
+        p.add_argument("--boot-dir", default="/boot/firmware")
+    p = sub.add_parser("cmdline")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--script", required=True)
+    args = ap.parse_args(argv)
+    if args.what == "cmdline":
+        args.dst.write_text(add_hook(args.src.read_text(encoding="utf-8"), args.script), encoding="utf-8")
+    elif args.what == "cloud-init":
+        (args.outdir / "user-data").write_text(user_data(args.version, args.hostname), encoding="utf-8")
+        (args.outdir / "meta-data").write_text(meta_data(args.hostname), encoding="utf-8")
+        net = args.network_config.read_text(encoding="utf-8") if args.network_config else NETWORK_CONFIG
+        (args.outdir / "network-config").write_text(net, encoding="utf-8")
+    else:
+        (args.outdir / "firstrun.sh").write_text(firstrun(args.version, args.hostname, args.boot_dir),
+                                                 encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Write an OS image (raw or .xz, streamed) to a disk or file and read it back: flash.sh's copier.
+
+``imagecopy.py size IMAGE``            the image's uncompressed size in bytes
+``imagecopy.py write IMAGE TARGET``    writes it, with progress on stderr; prints the source's sha256
+``imagecopy.py hash TARGET SIZE``      sha256 of TARGET's first SIZE bytes read back (progress on stderr)
+``imagecopy.py flip TARGET OFFSET``    inverts one byte (flash.sh's test-only corruption hook)
+
+The target's page cache is dropped after writing so that the read-back reads the medium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import subprocess
+import sys
+import time
+from typing import BinaryIO
+
+CHUNK = 4 * 1024 * 1024
+
+
+def is_xz(path: str) -> bool:
+    """True when the file starts with the xz magic bytes (whatever its name says)."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\xfd7zXZ\x00"
+
+
+def image_size(path: str) -> int:
+    """Uncompressed size of a raw or .xz image, without decompressing it."""
+    if not is_xz(path):
+        return os.path.getsize(path)
+    try:  # the xz index at the end records the size: `xz --list` reads it in no time
+        out = subprocess.run(["xz", "--robot", "--list", path], capture_output=True, text=True,
+                             check=True).stdout
+        return next(int(line.split("\t")[4]) for line in out.splitlines() if line.startswith("totals"))
+    except (OSError, subprocess.CalledProcessError, StopIteration, IndexError, ValueError):
+        with lzma.open(path) as f:  # no xz(1): decompress once to count
+            return f.seek(0, os.SEEK_END)
+
+
+class Progress:
+    """One updating line on stderr: what, percentage, MB done, rate, time left."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total = what, max(total, 1)
+        self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, final: bool = False) -> None:
+        """Report ``done`` bytes; at most twice a second (every 10 s when stderr is a log)."""
+        now = time.monotonic()
+        if not final and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        left = (self.total - done) / rate if rate > 0 else 0
+        line = (f"{self.what}: {100 * done / self.total:5.1f}%  {done / 1e6:,.0f} of "
+                f"{self.total / 1e6:,.0f} MB  {rate / 1e6:.1f} MB/s  {left:.0f} s left")
+        if final:
+            line = f"{self.what}: {done / 1e6:,.0f} MB in {now - self.start:.1f} s ({rate / 1e6:.1f} MB/s)"
+        end = "\n" if final or not self.tty else ""
+        sys.stderr.write(("\r\x1b[K" if self.tty else "") + line + end)
+        sys.stderr.flush()
+
+
+def _open_image(path: str) -> BinaryIO:
+    return lzma.open(path) if is_xz(path) else open(path, "rb")
+
+
+def _drop_cache(fd: int) -> None:
+    os.fsync(fd)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def write(image: str, target: str) -> str:
+    """Copy the image onto target (not truncated: a disk stays a disk); returns the source sha256."""
+    total = image_size(image)
+    digest = hashlib.sha256()
+    progress = Progress("writing", total)
+    done = 0
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(target, flags, 0o644)
+    try:
+        with _open_image(image) as src:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                done += len(chunk)
+                progress.update(done)
+        sys.stderr.write("syncing...\n" if sys.stderr.isatty() else "")
+        _drop_cache(fd)
+    finally:
+        os.close(fd)
+    progress.update(done, final=True)
+    return digest.hexdigest()
+
+
+def read_hash(target: str, size: int) -> str:
+    """sha256 of the first ``size`` bytes of target, read back from the medium."""
+    digest = hashlib.sha256()
+    progress = Progress("verifying", size)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        done = 0
+        while done < size:
+            chunk = os.read(fd, min(CHUNK, size - done))
+            if not chunk:
+                break
+            digest.update(chunk)
+            done += len(chunk)
+            progress.update(done)
+    finally:
+        os.close(fd)
+    progress.update(done, final=True)
+    if done < size:
+        raise OSError(f"{target} ended after {done} of {size} bytes")
+    return digest.hexdigest()
+
+
+def flip(target: str, offset: int) -> None:
+    """Invert the byte at offset (test-only: simulates a card that returns what was not written)."""
+    with open(target, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module docstring. Errors are one line on stderr, exit 3."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args) == 2 and args[0] == "size":
+            print(image_size(args[1]))
+        elif len(args) == 3 and args[0] == "write":
+            print(write(args[1], args[2]))
+        elif len(args) == 3 and args[0] == "hash":
+            print(read_hash(args[1], int(args[2])))
+        elif len(args) == 3 and args[0] == "flip":
+            flip(args[1], int(args[2]))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except (OSError, lzma.LZMAError, EOFError) as e:
+        print(f"\nflash.sh: {args[0]} failed: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Put files into a written image's partitions without mounting: flash.sh's injector.
+
+The boot partition (FAT) is written with mtools at its byte offset (``mcopy -i TARGET@@OFFSET``),
+the root partition (ext4) with ``debugfs -w 'TARGET?offset=OFFSET'``: no mount, no loop device, so
+it works on an image file as an unprivileged user and on a card as root alike.
+
+``inject.py layout TARGET``             the partitions (sfdisk --json): JSON {boot, root} byte offsets
+``inject.py detect TARGET``             the first-boot flavour: JSON {flavour, boot_dir, why}
+``inject.py write TARGET MANIFEST``     copies what the manifest lists
+``inject.py verify TARGET MANIFEST``    reads every listed file back: content, mode, owner
+
+A manifest line is ``FS<TAB>MODE<TAB>SOURCE<TAB>DEST`` with FS ``root`` or ``boot`` (MODE is octal,
+ignored on FAT, which has no permissions), ``dir<TAB>MODE<TAB>-<TAB>DEST`` for a root directory, or
+``link<TAB>-<TAB>LINK_TARGET<TAB>DEST`` for a root symlink. Everything on root is owned by 0:0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FAT_TYPES = {"1", "4", "6", "b", "c", "e", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7",
+             "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"}
+LINUX_TYPES = {"83", "0fc63daf-8483-4772-8e79-3d69d8477de4", "b921b045-1df0-41c3-af44-4c6f280d3fae",
+               "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"}
+# debugfs exits 0 whatever happens: its stderr is read instead, and these lines are harmless
+BENIGN = (re.compile(r"^debugfs \d"), re.compile(r"directory already exists"),
+          re.compile(r"^rm: File not found by ext2_lookup"))
+
+
+class InjectError(Exception):
+    """One line for the technician: what failed, where."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest line."""
+
+    fs: str
+    mode: int | None
+    source: str
+    dest: str
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess:
+    """Run a tool, capturing its output; a missing tool is an InjectError naming it."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    except FileNotFoundError as e:
+        raise InjectError(f"{cmd[0]} is not installed") from e
+
+
+def layout(target: str) -> dict[str, int]:
+    """Byte offsets and sizes of the boot (first FAT) and root (first Linux) partitions."""
+    r = run(["sfdisk", "--json", target])
+    if r.returncode != 0:
+        raise InjectError(f"no partition table on the image ({r.stderr.strip() or 'sfdisk failed'})")
+    table = json.loads(r.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    boot = root = None
+    for p in table.get("partitions", []):
+        kind = str(p.get("type", "")).lower()
+        if boot is None and kind in FAT_TYPES:
+            boot = p
+        elif root is None and kind in LINUX_TYPES:
+            root = p
+    if boot is None or root is None:
+        raise InjectError("the image has no FAT boot partition and Linux root partition "
+                          "(is it a Raspberry Pi OS image?)")
+    out = {"boot": boot["start"] * sector, "boot_size": boot["size"] * sector,
+           "root": root["start"] * sector, "root_size": root["size"] * sector}
+    with open(target, "rb") as f:
+        f.seek(out["root"] + 1024 + 56)
+        if f.read(2) != b"\x53\xef":
+            raise InjectError("the image's root partition is not ext2/3/4")
+    return out
+
+
+def _root(target: str, offsets: dict[str, int]) -> str:
+    return f"{target}?offset={offsets['root']}"
+
+
+def _boot(target: str, offsets: dict[str, int]) -> str:
+    return f"{target}@@{offsets['boot']}"
+
+
+def _mtools_env() -> dict[str, str]:
+    return {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
+
+
+def root_read(target: str, offsets: dict[str, int], path: str) -> bytes | None:
+    """A file's content from the root partition, or None when it is not there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "f"
+        run(["debugfs", "-R", f"dump {path} {out}", _root(target, offsets)])
+        stat = run(["debugfs", "-R", f"stat {path}", _root(target, offsets)]).stdout
+        if "Type: regular" not in stat or not out.exists():
+            return None
+        return out.read_bytes()
+
+
+def root_exists(target: str, offsets: dict[str, int], path: str) -> bool:
+    """True when the root partition has something at path."""
+    return "Inode:" in run(["debugfs", "-R", f"stat {path}", _root(target, offsets)]).stdout
+
+
+def boot_list(target: str, offsets: dict[str, int]) -> set[str]:
+    """Lower-case names in the boot partition's top directory."""
+    r = run(["mdir", "-b", "-i", _boot(target, offsets), "::"], env=_mtools_env())
+    if r.returncode != 0:
+        raise InjectError(f"cannot read the boot partition: {r.stderr.strip()}")
+    return {line.strip().removeprefix("::/").lower() for line in r.stdout.splitlines() if line.strip()}
+
+
+def boot_read(target: str, offsets: dict[str, int], name: str) -> bytes | None:
+    """A file from the boot partition's top directory, or None."""
+    r = subprocess.run(["mtype", "-i", _boot(target, offsets), f"::{name}"], capture_output=True,
+                       env=_mtools_env())
+    return r.stdout if r.returncode == 0 else None
+
+
+def detect(target: str, offsets: dict[str, int]) -> dict[str, str]:
+    """cloud-init if the image uses it, else the Imager's firstrun.sh; and where the FAT is mounted."""
+    names = boot_list(target, offsets)
+    fstab = (root_read(target, offsets, "/etc/fstab") or b"").decode("utf-8", "replace")
+    boot_dir = "/boot"
+    for line in fstab.splitlines():
+        f = line.split()
+        if len(f) >= 3 and not f[0].startswith("#") and f[2] == "vfat" and f[1].startswith("/boot"):
+            boot_dir = f[1]
+    if names & {"user-data", "meta-data"}:
+        return {"flavour": "cloud-init", "boot_dir": boot_dir,
+                "why": "the boot partition has " + " and ".join(sorted(names & {"user-data", "meta-data"}))}
+    for p in ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg"):
+        if root_exists(target, offsets, p):
+            return {"flavour": "cloud-init", "boot_dir": boot_dir, "why": f"the root has {p}"}
+    return {"flavour": "firstrun", "boot_dir": boot_dir,
+            "why": f"no cloud-init on the image; the boot partition is mounted at {boot_dir} "
+                   "(its /etc/fstab)"}
+
+
+def read_manifest(path: str) -> list[Entry]:
+    """The manifest's entries (see the module docstring)."""
+    entries = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != 4 or f[0] not in ("root", "boot", "dir", "link"):
+            raise InjectError(f"{path}:{n}: bad manifest line {line!r}")
+        entries.append(Entry(f[0], None if f[1] == "-" else int(f[1], 8), f[2], f[3]))
+    return entries
+
+
+def _parents(dest: str) -> list[str]:
+    parts = dest.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def write(target: str, offsets: dict[str, int], entries: list[Entry]) -> None:
+    """Copy every entry in: one debugfs session for root, mcopy for boot."""
+    cmds: list[str] = []
+    made: set[str] = set()
+    for e in entries:
+        if e.fs == "boot":
+            continue
+        for d in _parents(e.dest) + ([e.dest] if e.fs == "dir" else []):
+            if d not in made:
+                cmds.append(f"mkdir {d}")
+                made.add(d)
+        if e.fs == "dir":
+            cmds += [f"sif {e.dest} mode 0{0o40000 | (e.mode or 0o755):o}", f"sif {e.dest} uid 0",
+                     f"sif {e.dest} gid 0"]
+        elif e.fs == "link":
+            cmds += [f"rm {e.dest}", f"symlink {e.dest} {e.source}"]
+        else:
+            cmds += [f"rm {e.dest}", f"write {e.source} {e.dest}",
+                     f"sif {e.dest} mode 0{0o100000 | (e.mode or 0o644):o}",
+                     f"sif {e.dest} uid 0", f"sif {e.dest} gid 0"]
+    for e in entries:
+        if e.fs != "boot" and any(ch.isspace() for ch in e.source + e.dest):
+            raise InjectError(f"a path with white space cannot go through debugfs: {e.dest!r}")
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as f:
+        f.write("\n".join(cmds) + "\n")
+    try:
+        r = run(["debugfs", "-w", "-f", f.name, _root(target, offsets)])
+    finally:
+        os.unlink(f.name)
+    bad = [ln for ln in r.stderr.splitlines() if ln.strip() and not any(b.search(ln) for b in BENIGN)]
+    if r.returncode != 0 or bad:
+        raise InjectError(f"writing the root partition failed: {(bad or [r.stderr.strip()])[0]}")
+    for e in entries:
+        if e.fs == "boot":
+            r = run(["mcopy", "-o", "-i", _boot(target, offsets), e.source, f"::{e.dest.lstrip('/')}"],
+                    env=_mtools_env())
+            if r.returncode != 0:
+                raise InjectError(f"writing {e.dest} to the boot partition failed: {r.stderr.strip()}")
+
+
+def _root_stat(target: str, offsets: dict[str, int], path: str) -> dict[str, str]:
+    out = run(["debugfs", "-R", f"stat {path}", _root(target, offsets)]).stdout
+    facts = dict(re.findall(r"(Type|Mode|User|Group):\s+(\S+)", out))
+    link = re.search(r'Fast link dest: "(.*)"', out)
+    if link:
+        facts["link"] = link.group(1)
+    return facts
+
+
+def verify(target: str, offsets: dict[str, int], entries: list[Entry]) -> int:
+    """Read every entry back and compare; returns how many were checked, raises on a difference."""
+    for e in entries:
+        if e.fs == "boot":
+            got = boot_read(target, offsets, e.dest.lstrip("/"))
+            if got != Path(e.source).read_bytes():
+                raise InjectError(f"read-back of boot:{e.dest} differs from what was written")
+            continue
+        st = _root_stat(target, offsets, e.dest)
+        if e.fs == "link":
+            if st.get("Type") != "symlink" or st.get("link") != e.source:
+                raise InjectError(f"read-back of {e.dest}: not a symlink to {e.source}")
+            continue
+        want_type = "directory" if e.fs == "dir" else "regular"
+        if st.get("Type") != want_type or int(st.get("Mode", "-1"), 8) != (e.mode or 0) or \
+                st.get("User") != "0" or st.get("Group") != "0":
+            raise InjectError(f"read-back of {e.dest}: {st} is not a {want_type} of mode "
+                              f"{e.mode:04o} owned by 0:0")
+        if e.fs == "root":
+            got = root_read(target, offsets, e.dest)
+            want = Path(e.source).read_bytes()
+            if got is None or hashlib.sha256(got).digest() != hashlib.sha256(want).digest():
+                raise InjectError(f"read-back of {e.dest} differs from {e.source}")
+    return len(entries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module docstring. Errors are one line on stderr: exit 1 for an image
+    that is not usable, 3 for a failed write or read-back."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    what, target = args[0], args[1]
+    try:
+        offsets = layout(target)
+    except InjectError as e:
+        print(f"flash.sh: {e}", file=sys.stderr)
+        return 1
+    try:
+        if what == "layout":
+            print(json.dumps(offsets))
+        elif what == "detect":
+            print(json.dumps(detect(target, offsets)))
+        elif what == "write":
+            write(target, offsets, read_manifest(args[2]))
+        else:
+            print(verify(target, offsets, read_manifest(args[2])))
+    except (InjectError, OSError) as e:
+        print(f"flash.sh: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

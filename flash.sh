@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# flash.sh: write Raspberry Pi OS and polelink onto a pole's SD card, verified.
+# See the README, "For technicians". Exit codes: 0 done, 1 bad input or refused target,
+# 2 usage error, 3 the write or its verification failed (do not use the card).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LIB=$HERE/deploy/flash
+# the repository's venv (make test/demo creates it) has pip, setuptools and wheel for the build
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$HERE/.venv/bin/python" ]; then PYTHON=$HERE/.venv/bin/python; else PYTHON=python3; fi
+fi
+
+usage() {
+    cat <<'EOF'
+usage: flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
+                [--wheelhouse DIR] [--hostname NAME] [--network-config FILE]
+                [--provision auto|cloud-init|firstrun]
+                (--device /dev/sdX [--yes --expect-serial SERIAL] | --to-file OUT.img [--force])
+
+Writes the image, verifies it by reading it back, then puts the agent (a wheel of this
+repository, plus the wheels in --wheelhouse), the pole's files (/etc/polelink/), the systemd
+unit and the first-boot provisioning on it, and reads those back too.
+
+  --image FILE          Raspberry Pi OS image, raw or .xz (streamed, never unpacked to disk)
+  --config FILE         the pole's provisioning file -> /etc/polelink/pole.yaml
+  --secrets FILE        -> /etc/polelink/secrets.yaml, mode 0600, on the root partition
+  --site FILE           the site defaults file -> /etc/polelink/site.yaml
+  --wheelhouse DIR      wheels for the Pi (aarch64); a polelink wheel in it is used as is,
+                        otherwise one is built from this repository (pip wheel --no-deps)
+  --hostname NAME       the Pi's hostname (default: the config file's name without .yaml)
+  --network-config FILE cloud-init network-config to use instead of DHCP on eth0
+  --provision KIND      first-boot mechanism; auto (default) detects it from the image
+  --device DEV          the SD card's whole disk; refused unless removable, unmounted and
+                        not the system disk; asks for its serial to be typed
+  --yes --expect-serial SERIAL
+                        no question: go on only if the card's serial is SERIAL
+  --to-file FILE        write an image file instead of a card (--force: overwrite it)
+EOF
+}
+
+die() {  # die CODE MESSAGE...
+    local code=$1
+    shift
+    echo "flash.sh: $*" >&2
+    exit "$code"
+}
+step() { echo "==> $*" >&2; }
+
+image='' config='' secrets='' site='' wheelhouse='' device='' to_file='' yes=0 expect_serial=''
+hostname='' network_config='' provision=auto force=0
+
+if [ $# -gt 0 ] && [[ $1 != -* ]]; then
+    case $1 in
+        node) die 2 "unknown subcommand 'node': flashing lamp nodes is not built yet (issue 11)" ;;
+        help) usage; exit 0 ;;
+        *) die 2 "unknown subcommand '$1' (flash.sh takes options only; see flash.sh --help)" ;;
+    esac
+fi
+need_value() {
+    if [ $# -lt 2 ] || [ -z "$2" ]; then die 2 "$1 needs a value (see flash.sh --help)"; fi
+}
+while [ $# -gt 0 ]; do
+    opt=$1
+    if [[ $opt == --*=* ]]; then
+        set -- "${opt%%=*}" "${opt#*=}" "${@:2}"
+        opt=$1
+    fi
+    case $opt in
+        --image) need_value "$@"; image=$2; shift 2 ;;
+        --config) need_value "$@"; config=$2; shift 2 ;;
+        --secrets) need_value "$@"; secrets=$2; shift 2 ;;
+        --site) need_value "$@"; site=$2; shift 2 ;;
+        --wheelhouse) need_value "$@"; wheelhouse=$2; shift 2 ;;
+        --device) need_value "$@"; device=$2; shift 2 ;;
+        --to-file) need_value "$@"; to_file=$2; shift 2 ;;
+        --expect-serial) need_value "$@"; expect_serial=$2; shift 2 ;;
+        --hostname) need_value "$@"; hostname=$2; shift 2 ;;
+        --network-config) need_value "$@"; network_config=$2; shift 2 ;;
+        --provision) need_value "$@"; provision=$2; shift 2 ;;
+        --yes) yes=1; shift ;;
+        --force) force=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die 2 "unknown option '$opt' (see flash.sh --help)" ;;
+    esac
+done
+
+# ---- the command line --------------------------------------------------------------------
+[ -n "$image" ] || die 2 "--image is required (see flash.sh --help)"
+[ -n "$config" ] || die 2 "--config is required (see flash.sh --help)"
+if [ -n "$device" ] && [ -n "$to_file" ]; then die 2 "give --device or --to-file, not both"; fi
+if [ -z "$device" ] && [ -z "$to_file" ]; then die 2 "give --device /dev/sdX or --to-file OUT.img"; fi
+if [ "$yes" = 1 ] && [ -z "$expect_serial" ]; then
+    die 2 "--yes needs --expect-serial SERIAL: the card's serial is the proof that it is the right one"
+fi
+if [ -n "$expect_serial" ] && [ "$yes" = 0 ]; then die 2 "--expect-serial goes with --yes"; fi
+if [ -n "$to_file" ] && { [ "$yes" = 1 ] || [ -n "$expect_serial" ]; }; then
+    die 2 "--yes and --expect-serial are for --device; --to-file asks nothing"
+fi
+case $provision in auto | cloud-init | firstrun) ;; *) die 2 "--provision must be auto, cloud-init or firstrun, not '$provision'" ;; esac
+
+readable_file() {  # readable_file OPTION PATH
+    [ -e "$2" ] || die 1 "$1 $2: no such file"
+    [ -f "$2" ] || die 1 "$1 $2: not a regular file"
+    [ -r "$2" ] || die 1 "$1 $2: not readable"
+    [ -s "$2" ] || die 1 "$1 $2: empty file"
+}
+readable_file --image "$image"
+readable_file --config "$config"
+if [ -n "$secrets" ]; then readable_file --secrets "$secrets"; fi
+if [ -n "$site" ]; then readable_file --site "$site"; fi
+if [ -n "$network_config" ]; then readable_file --network-config "$network_config"; fi
+if [ -n "$wheelhouse" ]; then
+    [ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
+    compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
+fi
+[ -n "$hostname" ] || hostname=$(basename "$config" .yaml)
+hostname=${hostname%.yml}
+[[ $hostname =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
+    die 1 "hostname '$hostname' is not valid (lower-case letters, digits and '-', at most 63): use --hostname"
+
+missing=()
+for tool in "$PYTHON":python3 sfdisk:fdisk debugfs:e2fsprogs mcopy:mtools mtype:mtools mdir:mtools; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (Debian package ${tool#*:})")
+done
+[ ${#missing[@]} -eq 0 ] || die 1 "missing tools: ${missing[*]}"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/polelink-flash.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+image_size=$("$PYTHON" "$LIB/imagecopy.py" size "$image") || die 1 "--image $image: cannot read its size"
+[ "$image_size" -gt 0 ] || die 1 "--image $image: empty image"
+
+# ---- the target: refuse anything but the right card ------------------------------------
+if [ -n "$device" ]; then
+    if [ -n "${POLELINK_FLASH_LSBLK_JSON:-}" ]; then
+        echo "flash.sh: TEST MODE: disk facts from $POLELINK_FLASH_LSBLK_JSON and" \
+            "${POLELINK_FLASH_MOUNTS:-/proc/mounts} (POLELINK_FLASH_LSBLK_JSON is for tests only)" >&2
+    fi
+    facts=$("$PYTHON" "$LIB/disks.py" "$device" --image-size "$image_size") || exit $?
+    field() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$facts" "$1"; }
+    target=$(field path)
+    model=$(field model)
+    serial=$(field serial)
+    size_human=$(field size_human)
+    token=${serial:-$(basename "$target")}
+    {
+        echo
+        echo "  target: $target"
+        echo "  model:  ${model:-(none reported)}"
+        echo "  size:   $size_human"
+        if [ -n "$serial" ]; then
+            echo "  serial: $serial"
+        else
+            echo "  serial: (none reported: the disk's name, $token, stands for it)"
+        fi
+        echo "  EVERYTHING ON IT WILL BE ERASED."
+        echo
+    } >&2
+    if [ "$yes" = 1 ]; then
+        [ "$expect_serial" = "$token" ] ||
+            die 1 "refused: $target's serial is '$token', not '$expect_serial' (--expect-serial): wrong card?"
+    else
+        printf 'Type the serial shown above to write to %s: ' "$target" >&2
+        answer=''
+        IFS= read -r answer || die 1 "refused: no answer on stdin (unattended: --yes --expect-serial SERIAL)"
+        [ "$answer" = "$token" ] || die 1 "refused: '$answer' is not the serial '$token': nothing written"
+    fi
+    [ -w "$target" ] || die 1 "cannot write to $target: run flash.sh as root (sudo)"
+else
+    target=$to_file
+    [ ! -b "$target" ] || die 1 "--to-file $target is a block device: use --device for cards"
+    [ -d "$(dirname "$target")" ] || die 1 "--to-file $target: no such directory $(dirname "$target")"
+    if [ -e "$target" ] && [ "$force" = 0 ]; then die 1 "--to-file $target exists (--force overwrites it)"; fi
+    if [ -e "$target" ]; then rm -f "$target"; fi
+fi
+
+# ---- the agent: a wheel of this repository, and the wheelhouse --------------------------
+mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
+if [ -n "$wheelhouse" ]; then cp "$wheelhouse"/*.whl "$WORK/wheels/"; fi
+if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
+    step "building the agent's wheel (pip wheel --no-deps)"
+    "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$HERE" >"$WORK/pip.log" 2>&1 ||
+        die 1 "building the agent's wheel failed (needs pip, setuptools and wheel): $(tail -n 1 "$WORK/pip.log")"
+fi
+agent_wheels=("$WORK"/wheels/polelink-*.whl)
+[ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
+version=$(basename "${agent_wheels[0]}" | cut -d- -f2)
+[[ $version =~ ^[A-Za-z0-9.+_]+$ ]] || die 1 "cannot read the version from ${agent_wheels[0]##*/}"
+
+# ---- write, then read back --------------------------------------------------------------
+step "writing $image ($image_size bytes) to $target"
+source_sha=$("$PYTHON" "$LIB/imagecopy.py" write "$image" "$target") || die 3 "writing $target failed"
+if [ -n "${POLELINK_FLASH_TEST_CORRUPT_AT:-}" ]; then  # test only: a card that lies
+    echo "flash.sh: TEST HOOK: flipping the byte at ${POLELINK_FLASH_TEST_CORRUPT_AT}" >&2
+    "$PYTHON" "$LIB/imagecopy.py" flip "$target" "$POLELINK_FLASH_TEST_CORRUPT_AT"
+fi
+if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
+step "verifying: reading $image_size bytes back"
+written_sha=$("$PYTHON" "$LIB/imagecopy.py" hash "$target" "$image_size") || die 3 "reading $target back failed"
+[ "$source_sha" = "$written_sha" ] ||
+    die 3 "VERIFY FAILED: $target reads back as sha256 $written_sha, the image is $source_sha. Do not use this card (try another one)."
+echo "verified: sha256 $source_sha" >&2
+
+# ---- what goes on it ---------------------------------------------------------------------
+layout=$("$PYTHON" "$LIB/inject.py" layout "$target") || exit $?
+if [ -n "$device" ]; then  # a desktop may automount the new partitions: never write under a mount
+    "$PYTHON" "$LIB/disks.py" "$device" >/dev/null ||
+        die 3 "$target was mounted while flash.sh wrote it (desktop automount?): unmount it and flash again"
+fi
+detected=$("$PYTHON" "$LIB/inject.py" detect "$target") || exit $?
+jget() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+boot_dir=$(jget "$detected" boot_dir)
+if [ "$provision" = auto ]; then
+    provision=$(jget "$detected" flavour)
+    echo "first boot: $provision ($(jget "$detected" why))" >&2
+else
+    echo "first boot: $provision (--provision)" >&2
+fi
+
+rel=/var/lib/polelink/releases/$version
+manifest=$WORK/manifest
+n=0
+entry() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$manifest"; }  # entry FS MODE SOURCE DEST
+stage() {  # stage FS MODE SOURCE DEST: copy SOURCE under a plain name, add it to the manifest
+    n=$((n + 1))
+    cp "$3" "$WORK/stage/$n"
+    entry "$1" "$2" "$WORK/stage/$n" "$4"
+}
+entry dir 0755 - /etc/polelink
+stage root 0644 "$config" /etc/polelink/pole.yaml
+if [ -n "$site" ]; then stage root 0644 "$site" /etc/polelink/site.yaml; fi
+# secrets on the ext4 root, 0600: the FAT boot partition has no permissions, and anyone who
+# takes the card out of the pole reads it in any computer
+if [ -n "$secrets" ]; then stage root 0600 "$secrets" /etc/polelink/secrets.yaml; fi
+stage root 0644 "$HERE/deploy/systemd/polelink.service" /etc/systemd/system/polelink.service
+cat >"$WORK/dropin.conf" <<'EOF'
+# written by flash.sh: until first boot has installed the agent, the unit is skipped (a
+# condition, not a failure that would use up the restart limit); first boot starts it.
+[Unit]
+ConditionPathExists=/var/lib/polelink/current/venv/bin/agent
+EOF
+stage root 0644 "$WORK/dropin.conf" /etc/systemd/system/polelink.service.d/10-first-boot.conf
+entry link - /etc/systemd/system/polelink.service /etc/systemd/system/multi-user.target.wants/polelink.service
+entry dir 0750 - /var/lib/polelink
+entry dir 0755 - /var/lib/polelink/releases
+entry dir 0755 - "$rel"
+for whl in "$WORK"/wheels/*.whl; do stage root 0644 "$whl" "$rel/wheels/$(basename "$whl")"; done
+stage root 0644 "$HERE/README.md" "$rel/README.md"
+
+fb=(--version "$version" --hostname "$hostname")
+if [ "$provision" = cloud-init ]; then
+    if [ -n "$network_config" ]; then fb+=(--network-config "$network_config"); fi
+    "$PYTHON" "$LIB/firstboot.py" cloud-init "$WORK/boot" "${fb[@]}"
+    for f in user-data meta-data network-config; do stage boot - "$WORK/boot/$f" "/$f"; done
+else
+    [ -z "$network_config" ] || die 1 "--network-config needs a cloud-init image (this one uses firstrun.sh)"
+    "$PYTHON" "$LIB/firstboot.py" firstrun "$WORK/boot" "${fb[@]}" --boot-dir "$boot_dir"
+    stage boot - "$WORK/boot/firstrun.sh" /firstrun.sh
+    MTOOLS_SKIP_CHECK=1 mtype -i "$target@@$(jget "$layout" boot)" ::cmdline.txt >"$WORK/cmdline.in" 2>/dev/null ||
+        die 1 "the image's boot partition has no cmdline.txt: not a Raspberry Pi OS image? (--provision cloud-init?)"
+    "$PYTHON" "$LIB/firstboot.py" cmdline "$WORK/cmdline.in" "$WORK/boot/cmdline.txt" --script "$boot_dir/firstrun.sh"
+    stage boot - "$WORK/boot/cmdline.txt" /cmdline.txt
+fi
+
+step "installing polelink $version, the pole's files and first boot ($provision) on the partitions"
+"$PYTHON" "$LIB/inject.py" write "$target" "$manifest" || exit $?
+sync
+if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
+step "verifying: reading the installed files back"
+checked=$("$PYTHON" "$LIB/inject.py" verify "$target" "$manifest") || die 3 "Do not use this card."
+echo "verified: $checked files and links read back with their content and modes" >&2
+echo "done: $target holds the image and polelink $version for $hostname (first boot: $provision)" >&2
