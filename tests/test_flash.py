@@ -1,0 +1,557 @@
+"""flash.sh, the real script: images built here (sfdisk, mkfs.vfat --offset, mke2fs -d; no mount, no
+loop device) are flashed to files and every injected file is read back with mtools and debugfs.
+
+The only fake is the disk facts for --device (POLELINK_FLASH_LSBLK_JSON / POLELINK_FLASH_MOUNTS): a CI
+machine has no removable disk. A device the recorded lsblk lists is a plain file standing in for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+FLASH = ROOT / "flash.sh"
+TOOLS = {"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mtype": "mtools",
+         "mdir": "mtools", "debugfs": "e2fsprogs", "mke2fs": "e2fsprogs", "e2fsck": "e2fsprogs"}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+MiB = 1024 * 1024
+BOOT_START, BOOT_SIZE, ROOT_START = 1 * MiB, 8 * MiB, 9 * MiB
+IMAGE_SIZE = 20 * MiB
+SECRET = "mqtt_password: s3cr3t-never-on-fat-0042"
+CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 rootwait quiet"
+
+
+def _need_tools() -> None:
+    missing = sorted({f"{t} ({pkg})" for t, pkg in TOOLS.items() if shutil.which(t) is None
+                      and not Path("/usr/sbin", t).exists() and not Path("/sbin", t).exists()})
+    if missing:
+        msg = "flash tests need " + ", ".join(missing) + " (CI installs the Debian packages)"
+        if IN_CI:
+            pytest.fail(msg + " (in CI this is an error, not a skip)")
+        pytest.skip(msg)
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    _need_tools()
+
+
+def _lib(name: str):
+    spec = importlib.util.spec_from_file_location(f"flash_{name}", ROOT / "deploy" / "flash" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def sh(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
+    """Run a tool, failing the test with its stderr if it fails."""
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, **kw)
+    assert r.returncode == 0, f"{cmd}: {r.stderr!r}"
+    return r
+
+
+def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bool = False,
+                fstab_boot: str = "/boot/firmware") -> Path:
+    """A small Raspberry Pi OS-like image: MBR, FAT32-type boot (cmdline.txt, config.txt), ext4 root."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    img = tmp / "raspios.img"
+    with open(img, "wb") as f:
+        f.truncate(IMAGE_SIZE)
+    table = (f"label: dos\nlabel-id: 0x4e639091\nstart={BOOT_START // 512}, size={BOOT_SIZE // 512}, type=c\n"
+             f"start={ROOT_START // 512}, type=83\n")
+    sh("sfdisk", "-q", img, input=table.encode())
+    sh("mkfs.vfat", f"--offset={BOOT_START // 512}", "-n", "bootfs", img, str(BOOT_SIZE // 1024))
+    boot = tmp / "bootfiles"
+    boot.mkdir()
+    (boot / "cmdline.txt").write_text(CMDLINE + "\n")
+    (boot / "config.txt").write_text("arm_64bit=1\n")
+    if cloud_init_boot:
+        (boot / "user-data").write_text("#cloud-config\n{}\n")
+        (boot / "meta-data").write_text("instance-id: rpi\n")
+    for f in boot.iterdir():
+        sh("mcopy", "-i", f"{img}@@{BOOT_START}", f, f"::{f.name}",
+           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    rootfs = tmp / "rootfs"
+    for d in ("etc/systemd/system/multi-user.target.wants", "var/lib", "usr/bin", "boot/firmware"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "etc/hostname").write_text("raspberrypi\n")
+    (rootfs / "etc/fstab").write_text("proc /proc proc defaults 0 0\n"
+                                      f"PARTUUID=4e639091-01 {fstab_boot} vfat defaults 0 2\n"
+                                      "PARTUUID=4e639091-02 / ext4 defaults,noatime 0 1\n")
+    if cloud_init_root:
+        (rootfs / "etc/cloud").mkdir()
+        (rootfs / "etc/cloud/cloud.cfg").write_text("datasource_list: [NoCloud]\n")
+    sh("mke2fs", "-q", "-t", "ext4", "-d", rootfs, "-E", f"offset={ROOT_START}", img,
+       f"{(IMAGE_SIZE - ROOT_START) // 1024}k")
+    return img
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The agent's wheel (built once, as flash.sh would) and a second, tiny wheel."""
+    d = tmp_path_factory.mktemp("wheelhouse")
+    sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", d, ROOT)
+    with zipfile.ZipFile(d / "tinydep-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("tinydep/__init__.py", "")
+    return d
+
+
+@pytest.fixture
+def pole_files(tmp_path: Path) -> dict[str, Path]:
+    """A pole's config, secrets and site file."""
+    files = {"config": tmp_path / "pole-0042.yaml", "secrets": tmp_path / "pole-0042.secrets.yaml",
+             "site": tmp_path / "site.yaml"}
+    files["config"].write_text("device:\n  id: pole-0042\n  site: hanoi-d1\n")
+    files["secrets"].write_text(SECRET + "\n")
+    files["secrets"].chmod(0o644)  # flash.sh must make it 0600 whatever it was here
+    files["site"].write_text("mqtt:\n  host: broker.example\n")
+    return files
+
+
+def flash(*args: str | Path, env: dict | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run the real flash.sh."""
+    return subprocess.run(["bash", str(FLASH), *map(str, args)], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, "PYTHON": sys.executable, **(env or {})}, timeout=300)
+
+
+class Card:
+    """Reads a flashed image back the way a technician's tools would: mtools and debugfs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = f"{path}?offset={ROOT_START}"
+
+    def boot_names(self) -> set[str]:
+        out = sh("mdir", "-b", "-i", f"{self.path}@@{BOOT_START}", "::",
+                 env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
+        return {ln.strip().removeprefix("::/") for ln in out.splitlines() if ln.strip()}
+
+    def boot(self, name: str) -> str:
+        return sh("mtype", "-i", f"{self.path}@@{BOOT_START}", f"::{name}",
+                  env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
+
+    def stat(self, path: str) -> dict[str, str]:
+        out = sh("debugfs", "-R", f"stat {path}", self.root).stdout.decode()
+        facts = dict(re.findall(r"(Type|Mode|User|Group):\s+(\S+)", out))
+        link = re.search(r'Fast link dest: "(.*)"', out)
+        if link:
+            facts["link"] = link.group(1)
+        return facts
+
+    def read(self, path: str) -> bytes:
+        assert self.stat(path).get("Type") == "regular", f"{path} is not on the root partition"
+        return sh("debugfs", "-R", f"cat {path}", self.root).stdout
+
+    def ls(self, path: str) -> list[str]:
+        out = sh("debugfs", "-R", f"ls -p {path}", self.root).stdout.decode()
+        names = [f.split("/")[5] for f in out.splitlines() if f.count("/") >= 6]
+        return [n for n in names if n not in (".", "..")]
+
+
+def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
+    """The pole's files, the unit, the wheels: content, mode, owner."""
+    expect = {"/etc/polelink/pole.yaml": (files["config"], "0644"),
+              "/etc/polelink/site.yaml": (files["site"], "0644"),
+              "/etc/polelink/secrets.yaml": (files["secrets"], "0600"),
+              "/etc/systemd/system/polelink.service": (ROOT / "deploy/systemd/polelink.service", "0644")}
+    for dest, (src, mode) in expect.items():
+        assert card.read(dest) == src.read_bytes(), dest
+        st_ = card.stat(dest)
+        assert (st_["Mode"], st_["User"], st_["Group"]) == (mode, "0", "0"), (dest, st_)
+    assert card.stat("/etc/polelink")["Mode"] == "0755"
+    link = card.stat("/etc/systemd/system/multi-user.target.wants/polelink.service")
+    assert link == {**link, "Type": "symlink", "link": "/etc/systemd/system/polelink.service"}
+    dropin = card.read("/etc/systemd/system/polelink.service.d/10-first-boot.conf").decode()
+    assert "ConditionPathExists=/var/lib/polelink/current/venv/bin/agent" in dropin
+    rel = "/var/lib/polelink/releases/0.1.0"
+    assert card.stat("/var/lib/polelink")["Mode"] == "0750"
+    assert sorted(card.ls(f"{rel}/wheels")) == sorted(p.name for p in wheels.glob("*.whl"))
+    for whl in wheels.glob("*.whl"):
+        assert card.read(f"{rel}/wheels/{whl.name}") == whl.read_bytes()
+        assert card.stat(f"{rel}/wheels/{whl.name}")["Mode"] == "0644"
+    assert card.read(f"{rel}/README.md") == (ROOT / "README.md").read_bytes()
+    # the secret is nowhere on the FAT boot partition (anyone with the card could read it)
+    with open(card.path, "rb") as f:
+        f.seek(BOOT_START)
+        assert SECRET.encode() not in f.read(BOOT_SIZE)
+    # and the ext4 root is still a clean file system
+    r = subprocess.run(["e2fsck", "-fn", card.root], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_firstrun_image_building_the_wheel_itself(tmp_path: Path, pole_files: dict[str, Path]) -> None:
+    """An image without cloud-init gets firstrun.sh and the cmdline.txt hook; flash.sh builds the wheel."""
+    img = build_image(tmp_path / "img")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
+              "--site", pole_files["site"], "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert "first boot: firstrun" in r.stderr and "verified: sha256" in r.stderr
+    assert "building the agent's wheel" in r.stderr
+    card = Card(out)
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "polelink-0.1.0-py3-none-any.whl").write_bytes(
+        card.read("/var/lib/polelink/releases/0.1.0/wheels/polelink-0.1.0-py3-none-any.whl"))
+    with zipfile.ZipFile(built / "polelink-0.1.0-py3-none-any.whl") as z:
+        assert "agent/cli/main.py" in z.namelist() or any(n.startswith("agent/") for n in z.namelist())
+    assert_pole_files(card, pole_files, built)
+    names = card.boot_names()
+    assert "firstrun.sh" in names and "user-data" not in names
+    script = card.boot("firstrun.sh")
+    assert script.startswith("#!/bin/bash")
+    assert "useradd --system --user-group" in script and "usermod -a -G dialout,video polelink" in script
+    assert ("pip install --no-index --find-links /var/lib/polelink/releases/0.1.0/wheels "
+            "polelink==0.1.0") in script
+    assert "mv -T /var/lib/polelink/current.new /var/lib/polelink/current" in script
+    assert "systemctl enable polelink.service" in script and "hostname" in script and "pole-0042" in script
+    cmdline = card.boot("cmdline.txt")
+    assert cmdline.count("\n") == 1 and cmdline.startswith(CMDLINE + " ")
+    assert "systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot" in cmdline
+    if shutil.which("shellcheck"):
+        sc = subprocess.run(["shellcheck", "-"], input=script, capture_output=True, text=True)
+        assert sc.returncode == 0, sc.stdout
+
+
+def test_firstrun_path_follows_the_images_fstab(tmp_path: Path, pole_files: dict[str, Path],
+                                                wheelhouse: Path) -> None:
+    """An older image mounting the FAT at /boot gets systemd.run=/boot/firstrun.sh."""
+    img = build_image(tmp_path / "img", fstab_boot="/boot")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert "systemd.run=/boot/firstrun.sh " in Card(out).boot("cmdline.txt")
+    assert "BOOT=/boot\n" in Card(out).boot("firstrun.sh")
+
+
+@pytest.mark.parametrize("where", ["boot", "root"])
+def test_cloud_init_image(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path, where: str) -> None:
+    """cloud-init found on the boot partition or in the root: user-data, meta-data, network-config."""
+    img = build_image(tmp_path / "img", cloud_init_boot=where == "boot", cloud_init_root=where == "root")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
+              "--site", pole_files["site"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert "first boot: cloud-init" in r.stderr
+    card = Card(out)
+    assert_pole_files(card, pole_files, wheelhouse)
+    names = card.boot_names()
+    assert {"user-data", "meta-data", "network-config"} <= names and "firstrun.sh" not in names
+    assert card.boot("cmdline.txt") == CMDLINE + "\n"  # untouched
+    ud = card.boot("user-data")
+    assert ud.startswith("#cloud-config\n")
+    doc = json.loads(ud.split("\n", 2)[2])  # JSON is YAML: cloud-init reads it as such
+    assert doc["hostname"] == "pole-0042"
+    user = doc["users"][1]
+    assert user["name"] == "polelink" and user["system"] is True and user["groups"] == "dialout,video"
+    script = doc["runcmd"][0][2]
+    assert doc["runcmd"][0][:2] == ["sh", "-ec"]
+    order = ["python3 -m venv /var/lib/polelink/releases/0.1.0/venv",
+             "pip install --no-index --find-links /var/lib/polelink/releases/0.1.0/wheels polelink==0.1.0",
+             "mv -T /var/lib/polelink/current.new /var/lib/polelink/current",
+             "systemctl enable polelink.service", "systemctl start --no-block polelink.service"]
+    assert [script.index(s) for s in order] == sorted(script.index(s) for s in order)
+    assert "local-hostname: pole-0042" in card.boot("meta-data")
+    assert "dhcp4: true" in card.boot("network-config")
+
+
+def test_xz_image_and_network_config(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """An .img.xz is streamed; the result equals flashing the raw image; --network-config is used."""
+    img = build_image(tmp_path / "img", cloud_init_boot=True)
+    xz = tmp_path / "raspios.img.xz"
+    xz.write_bytes(lzma.compress(img.read_bytes(), preset=1))
+    net = tmp_path / "net.yaml"
+    net.write_text("network:\n  version: 2\n  ethernets:\n    eth0:\n      addresses: [10.1.2.3/24]\n")
+    out = tmp_path / "out.img"
+    r = flash("--image", xz, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--network-config", net, "--hostname", "pole-x", "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size == IMAGE_SIZE
+    card = Card(out)
+    assert card.boot("network-config") == net.read_text()
+    assert '"hostname": "pole-x"' in card.boot("user-data")
+    assert card.read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+    assert card.stat("/etc/polelink/secrets.yaml") == {}  # no --secrets: none written
+
+
+def test_corrupted_write_is_caught(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """A byte that reads back differently (the test hook flips it) fails verification: exit 3."""
+    img = build_image(tmp_path / "img")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out,
+              env={"POLELINK_FLASH_TEST_CORRUPT_AT": str(ROOT_START + 4 * MiB + 17)})
+    assert r.returncode == 3, r.stderr
+    assert "VERIFY FAILED" in r.stderr and "Do not use this card" in r.stderr
+    assert "installing polelink" not in r.stderr  # nothing injected into a bad card
+    assert "Traceback" not in r.stderr
+
+
+def test_a_file_that_is_not_an_image(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """Not a partitioned image: one clear line, exit 1."""
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\x00" * MiB)
+    r = flash("--image", junk, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--to-file", tmp_path / "out.img")
+    assert r.returncode == 1, r.stderr
+    assert "no FAT boot partition" in r.stderr or "no partition table" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---- the target: every refusal, with recorded disk facts ---------------------------------------
+
+def _row(name: str, path: Path | str, kind: str = "disk", rm: bool = True, size: int = 64 * MiB,
+         serial: str | None = "SN0042", mounts: list | None = None, parent: str | None = None) -> dict:
+    return {"name": name, "path": str(path), "type": kind, "rm": rm, "size": size, "model": "SD Card Reader",
+            "serial": serial, "mountpoints": mounts or [None], "pkname": parent}
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> dict:
+    """Recorded lsblk and mount table: stand-in files for the devices, and the env pointing at them."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    names = ["sdz", "sdz1", "vda", "vda1", "sdy", "loop0", "sdx", "sdx1", "sdw", "sdw1", "sdv", "sdu"]
+    for n in names:
+        (dev / n).write_bytes(b"")
+    rows = [
+        _row("sdz", dev / "sdz"), _row("sdz1", dev / "sdz1", "part", parent="sdz"),
+        _row("vda", dev / "vda", rm=False, size=256 * 10**9, serial=None),
+        _row("vda1", dev / "vda1", "part", rm=False, mounts=["/"], parent="vda"),
+        _row("sdy", dev / "sdy", rm=False, serial="INTERNAL1"),
+        _row("loop0", dev / "loop0", "loop", rm=False, serial=None),
+        _row("sdx", dev / "sdx"),
+        _row("sdx1", dev / "sdx1", "part", mounts=["/media/tech/bootfs"], parent="sdx"),
+        _row("sdw", dev / "sdw"), _row("sdw1", dev / "sdw1", "part", parent="sdw"),
+        _row("sdv", dev / "sdv", size=1 * MiB), _row("sdu", dev / "sdu", serial=None),
+    ]
+    lsblk = tmp_path / "lsblk.json"
+    lsblk.write_text(json.dumps({"blockdevices": rows}))
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda1 / ext4 rw 0 0\n{dev / 'sdw1'} /mnt/card\\040x vfat rw 0 0\n")
+    env = {"POLELINK_FLASH_LSBLK_JSON": str(lsblk), "POLELINK_FLASH_MOUNTS": str(mounts)}
+    return {"dev": dev, "env": env}
+
+
+@pytest.fixture
+def small_image(tmp_path: Path) -> Path:
+    """One image for the refusal tests."""
+    return build_image(tmp_path / "img")
+
+
+@pytest.mark.parametrize(("device", "extra", "stdin", "message"), [
+    ("vda", ["--yes", "--expect-serial", "x"], "", "holds the running system"),
+    ("vda1", ["--yes", "--expect-serial", "x"], "", "is a partition, not a whole disk: give"),
+    ("sdz1", ["--yes", "--expect-serial", "SN0042"], "", "is a partition, not a whole disk: give"),
+    ("sdy", ["--yes", "--expect-serial", "INTERNAL1"], "", "is not a removable disk"),
+    ("loop0", [], "", "is a loop device"),
+    ("sdx", ["--yes", "--expect-serial", "SN0042"], "", "has a mounted partition"),
+    ("sdw", ["--yes", "--expect-serial", "SN0042"], "", "mounted partition"),  # only in /proc/mounts
+    ("sdv", ["--yes", "--expect-serial", "SN0042"], "", "too small"),
+    ("sdz", ["--yes", "--expect-serial", "SN0043"], "", "not 'SN0043'"),
+    ("sdz", [], "SN0043\n", "is not the serial"),
+    ("sdz", [], "", "no answer on stdin"),
+    ("notlisted", [], "", "is not a block device"),
+    ("missing", [], "", "no such device"),
+])
+def test_refusals(tmp_path: Path, disks: dict, small_image: Path, pole_files: dict[str, Path],
+                  wheelhouse: Path, device: str, extra: list[str], stdin: str, message: str) -> None:
+    """Every refusal is one line, exit 1, and nothing is written to the device."""
+    path = disks["dev"] / device
+    if device == "notlisted":
+        path.write_bytes(b"keep")
+    before = path.read_bytes() if path.exists() else None
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", path, *extra, env=disks["env"], stdin=stdin)
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert (path.read_bytes() if path.exists() else None) == before  # not a byte written
+
+
+def test_real_block_device_that_is_not_removable(pole_files: dict[str, Path], small_image: Path,
+                                                 wheelhouse: Path) -> None:
+    """Without the recorded facts flash.sh asks the real lsblk: this machine's system disk is refused."""
+    root_dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True,
+                              text=True).stdout.strip()
+    if not root_dev.startswith("/dev/") or not Path(root_dev).exists():
+        pytest.skip(f"/ is not on a block device here ({root_dev or 'unknown'})")
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", root_dev, "--yes", "--expect-serial", "x")
+    assert r.returncode == 1 and "refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_typed_serial_writes_the_card(disks: dict, small_image: Path, pole_files: dict[str, Path],
+                                      wheelhouse: Path) -> None:
+    """The right card with its serial typed: facts shown, written, verified, files read back."""
+    dev = disks["dev"] / "sdz"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
+              "--site", pole_files["site"], "--wheelhouse", wheelhouse, "--device", dev,
+              env=disks["env"], stdin="SN0042\n")
+    assert r.returncode == 0, r.stderr
+    assert "TEST MODE" in r.stderr and "SD Card Reader" in r.stderr and "67.1 MB" in r.stderr
+    assert "SN0042" in r.stderr and "ERASED" in r.stderr
+    assert_pole_files(Card(dev), pole_files, wheelhouse)
+
+
+def test_unattended_without_serial_uses_the_disk_name(disks: dict, small_image: Path,
+                                                      pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """A reader that reports no serial: the disk's name stands for it."""
+    dev = disks["dev"] / "sdu"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", dev, "--yes", "--expect-serial", "sdu", env=disks["env"])
+    assert r.returncode == 0, r.stderr
+    assert Card(dev).read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["node"], "unknown subcommand 'node'"),
+    (["bogus"], "unknown subcommand 'bogus'"),
+    (["--config", "x.yaml", "--to-file", "o.img"], "--image is required"),
+    (["--image", "i.img", "--to-file", "o.img"], "--config is required"),
+    (["--image", "i.img", "--config", "c.yaml"], "give --device"),
+    (["--image", "i", "--config", "c", "--device", "/dev/null", "--to-file", "o"], "not both"),
+    (["--image", "i", "--config", "c", "--device", "/dev/null", "--yes"], "--yes needs --expect-serial"),
+    (["--image", "i", "--config", "c", "--to-file", "o", "--provision", "x"], "--provision must be"),
+    (["--frobnicate"], "unknown option '--frobnicate'"),
+    (["--image"], "--image needs a value"),
+])
+def test_usage_errors(args: list[str], message: str) -> None:
+    """Usage errors: one line, exit 2."""
+    r = flash(*args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_input_errors(tmp_path: Path, pole_files: dict[str, Path], small_image: Path) -> None:
+    """Missing files, an existing output, a bad hostname: one line naming the option, exit 1."""
+    out = tmp_path / "exists.img"
+    out.write_bytes(b"x")
+    cases = [
+        (["--image", tmp_path / "nope.img", "--config", pole_files["config"], "--to-file", tmp_path / "o"],
+         "--image", "no such file"),
+        (["--image", small_image, "--config", tmp_path, "--to-file", tmp_path / "o"],
+         "--config", "not a regular"),
+        (["--image", small_image, "--config", pole_files["config"], "--wheelhouse", tmp_path / "none",
+          "--to-file", tmp_path / "o"], "--wheelhouse", "not a directory"),
+        (["--image", small_image, "--config", pole_files["config"], "--wheelhouse", tmp_path,
+          "--to-file", tmp_path / "o"], "--wheelhouse", "no .whl files"),
+        (["--image", small_image, "--config", pole_files["config"], "--to-file", out],
+         "--to-file", "--force"),
+        (["--image", small_image, "--config", pole_files["config"], "--hostname", "Bad_Name",
+          "--to-file", tmp_path / "o"], "hostname", "not valid"),
+    ]
+    for args, option, message in cases:
+        r = flash(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        assert option in r.stderr and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert out.read_bytes() == b"x"
+
+
+def test_shellcheck_clean() -> None:
+    """flash.sh is shellcheck clean (skipped without shellcheck, except in CI)."""
+    if shutil.which("shellcheck") is None:
+        if IN_CI:
+            pytest.fail("shellcheck is not installed (CI installs the Debian package)")
+        pytest.skip("shellcheck is not installed (CI installs the Debian package)")
+    r = subprocess.run(["shellcheck", str(FLASH)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+# ---- the parsers, fuzzed -----------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30), max_size=12))
+def test_cmdline_hook_fuzz(tokens: list[str]) -> None:
+    """Whatever cmdline.txt holds, the result is one line with the hook exactly once, at its end."""
+    firstboot = _lib("firstboot")
+    out = firstboot.add_hook(" ".join(tokens) + "\n", "/boot/firmware/firstrun.sh")
+    assert out.endswith("\n") and out.count("\n") == 1
+    assert out.count("systemd.run=") == 1
+    hook = ("systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot "
+            "systemd.unit=kernel-command-line.target")
+    assert out.rstrip("\n").endswith(hook)
+    assert firstboot.add_hook(out, "/boot/firmware/firstrun.sh") == out  # idempotent
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_mounts_parser_fuzz(text: str) -> None:
+    """Any mount table text parses to pairs or is refused with a ValueError, never anything else."""
+    disks_mod = _lib("disks")
+    try:
+        pairs = disks_mod.parse_mounts(text)
+    except (UnicodeDecodeError, UnicodeEncodeError, ValueError):
+        return
+    assert all(isinstance(a, str) and isinstance(b, str) for a, b in pairs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "name": st.sampled_from(["sda", "sda1", "sdb", "sdb1", "mmcblk0", "loop0", "dm-0"]),
+    "type": st.sampled_from(["disk", "part", "loop", "crypt", "rom"]),
+    "rm": st.sampled_from([True, False, "1", "0", None]),
+    "size": st.integers(0, 10**12),
+    "serial": st.one_of(st.none(), st.text(max_size=8)),
+    "mountpoints": st.lists(st.one_of(st.none(), st.sampled_from(["/", "/boot", "[SWAP]", "/media/x"])),
+                            max_size=2),
+    "pkname": st.one_of(st.none(), st.sampled_from(["sda", "sdb", "sda1", "mmcblk0"])),
+}), max_size=8), st.sampled_from(["sda", "sdb", "mmcblk0", "sda1"]))
+def test_disk_check_fuzz(rows: list[dict], name: str) -> None:
+    """On any lsblk facts the check either refuses or returns a removable, unmounted, non-system disk."""
+    disks_mod = _lib("disks")
+    for r in rows:
+        r["path"] = "/dev/" + r["name"]
+    parsed = disks_mod.parse_lsblk(json.dumps({"blockdevices": rows}))
+    try:
+        row = disks_mod.check("/dev/" + name, parsed, [], is_block=True)
+    except disks_mod.Refused as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    tree = disks_mod.descendants(parsed, row.name)
+    assert row.type == "disk" and row.removable and row.size > 0
+    assert not any(r.mountpoints for r in tree)
+
+
+def test_image_copy_progress_is_not_a_traceback(tmp_path: Path) -> None:
+    """imagecopy on an unreadable target: one line, exit 3."""
+    r = subprocess.run([sys.executable, str(ROOT / "deploy/flash/imagecopy.py"), "hash",
+                        str(tmp_path / "absent"), "10"], capture_output=True, text=True)
+    assert r.returncode == 3 and "Traceback" not in r.stderr and "hash failed" in r.stderr
+
+
+def test_read_back_catches_a_file_that_differs(tmp_path: Path, pole_files: dict[str, Path],
+                                               wheelhouse: Path) -> None:
+    """The injector's read-back is not a formality: a manifest that differs from the card fails, exit 3."""
+    img = build_image(tmp_path / "img")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text("device:\n  id: pole-9999\n")
+    inject = ROOT / "deploy" / "flash" / "inject.py"
+    for line, what in [(f"root\t0644\t{other}\t/etc/polelink/pole.yaml", "differs"),
+                       (f"root\t0600\t{pole_files['config']}\t/etc/polelink/pole.yaml", "mode 0600"),
+                       (f"boot\t-\t{other}\t/cmdline.txt", "boot:/cmdline.txt differs"),
+                       ("link\t-\t/nowhere\t/etc/systemd/system/multi-user.target.wants/polelink.service",
+                        "not a symlink to /nowhere")]:
+        manifest = tmp_path / "manifest"
+        manifest.write_text(line + "\n")
+        v = subprocess.run([sys.executable, str(inject), "verify", str(out), str(manifest)],
+                           capture_output=True, text=True)
+        assert v.returncode == 3 and what in v.stderr and "Traceback" not in v.stderr, (line, v.stderr)
