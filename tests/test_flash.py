@@ -555,3 +555,19 @@ def test_read_back_catches_a_file_that_differs(tmp_path: Path, pole_files: dict[
         v = subprocess.run([sys.executable, str(inject), "verify", str(out), str(manifest)],
                            capture_output=True, text=True)
         assert v.returncode == 3 and what in v.stderr and "Traceback" not in v.stderr, (line, v.stderr)
+
+
+def test_wheelhouse_too_big_for_the_root(tmp_path: Path, pole_files: dict[str, Path],
+                                         wheelhouse: Path) -> None:
+    """More wheels than the root partition holds: one line with both figures, before writing any file."""
+    big = tmp_path / "big"
+    shutil.copytree(wheelhouse, big)
+    (big / "huge-1.0-py3-none-any.whl").write_bytes(os.urandom(16 * MiB))
+    img = build_image(tmp_path / "img")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", big, "--to-file", out)
+    assert r.returncode == 3, r.stderr
+    assert re.search(r"root partition has [\d.]+ MB free, the agent and the pole's files need [\d.]+ MB",
+                     r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
+    assert Card(out).stat("/etc/polelink/pole.yaml") == {}  # nothing half-installed

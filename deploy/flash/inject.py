@@ -142,8 +142,7 @@ def detect(target: str, offsets: dict[str, int]) -> dict[str, str]:
         if root_exists(target, offsets, p):
             return {"flavour": "cloud-init", "boot_dir": boot_dir, "why": f"the root has {p}"}
     return {"flavour": "firstrun", "boot_dir": boot_dir,
-            "why": f"no cloud-init on the image; the boot partition is mounted at {boot_dir} "
-                   "(its /etc/fstab)"}
+            "why": f"no cloud-init on the image; its /etc/fstab mounts the boot partition at {boot_dir}"}
 
 
 def read_manifest(path: str) -> list[Entry]:
@@ -164,8 +163,27 @@ def _parents(dest: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def root_free(target: str, offsets: dict[str, int]) -> int:
+    """Free bytes on the root partition (its superblock's free block count)."""
+    out = run(["debugfs", "-R", "stats", _root(target, offsets)]).stdout
+    free = re.search(r"Free blocks:\s+(\d+)", out)
+    size = re.search(r"Block size:\s+(\d+)", out)
+    if not free or not size:
+        raise InjectError("cannot read the root partition's superblock (debugfs stats)")
+    return int(free.group(1)) * int(size.group(1))
+
+
 def write(target: str, offsets: dict[str, int], entries: list[Entry]) -> None:
-    """Copy every entry in: one debugfs session for root, mcopy for boot."""
+    """Copy every entry in: one debugfs session for root, mcopy for boot.
+
+    Refuses first when the root partition has not room for the files (with 5 % and 1 MB to spare).
+    """
+    need = sum(os.path.getsize(e.source) for e in entries if e.fs == "root")
+    free = root_free(target, offsets)
+    if need * 1.05 + 1e6 > free:
+        raise InjectError(f"the image's root partition has {free / 1e6:.1f} MB free, the agent and "
+                          f"the pole's files need {need / 1e6:.1f} MB: use a smaller wheelhouse or an "
+                          "image with more room")
     cmds: list[str] = []
     made: set[str] = set()
     for e in entries:
