@@ -180,7 +180,17 @@ mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
 if [ -n "$wheelhouse" ]; then cp "$wheelhouse"/*.whl "$WORK/wheels/"; fi
 if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
     step "building the agent's wheel (pip wheel --no-deps)"
-    "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$HERE" >"$WORK/pip.log" 2>&1 ||
+    # from a clean copy of the files git knows (committed or not, ignored ones left out): an
+    # old build/ in the checkout could otherwise slip stale modules into the wheel
+    src=$HERE
+    if git -C "$HERE" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        src=$WORK/src
+        mkdir -p "$src"
+        (cd "$HERE" && git ls-files -z --cached --others --exclude-standard |
+            while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
+            tar --null -T - -cf -) | tar -xf - -C "$src"
+    fi
+    "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$src" >"$WORK/pip.log" 2>&1 ||
         die 1 "building the agent's wheel failed (needs pip, setuptools and wheel): $(tail -n 1 "$WORK/pip.log")"
 fi
 agent_wheels=("$WORK"/wheels/polelink-*.whl)

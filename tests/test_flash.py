@@ -106,7 +106,10 @@ def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bo
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The agent's wheel (built once, as flash.sh would) and a second, tiny wheel."""
     d = tmp_path_factory.mktemp("wheelhouse")
-    sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", d, ROOT)
+    src = tmp_path_factory.mktemp("src") / "polelink"  # a copy: no build/ left in the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "var", "out", ".*_cache", ".hypothesis"))
+    sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", d, src)
     with zipfile.ZipFile(d / "tinydep-1.0-py3-none-any.whl", "w") as z:
         z.writestr("tinydep/__init__.py", "")
     return d
