@@ -244,6 +244,8 @@ if [ -n "$site" ]; then stage root 0644 "$site" /etc/polelink/site.yaml; fi
 # takes the card out of the pole reads it in any computer
 if [ -n "$secrets" ]; then stage root 0600 "$secrets" /etc/polelink/secrets.yaml; fi
 stage root 0644 "$HERE/deploy/systemd/polelink.service" /etc/systemd/system/polelink.service
+# systemd-sysusers creates the agent's user and its groups early in the first boot
+stage root 0644 "$HERE/deploy/systemd/polelink.sysusers.conf" /usr/lib/sysusers.d/polelink.conf
 cat >"$WORK/dropin.conf" <<'EOF'
 # written by flash.sh: until first boot has installed the agent, the unit is skipped (a
 # condition, not a failure that would use up the restart limit); first boot starts it.

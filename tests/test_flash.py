@@ -172,7 +172,8 @@ def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
     expect = {"/etc/polelink/pole.yaml": (files["config"], "0644"),
               "/etc/polelink/site.yaml": (files["site"], "0644"),
               "/etc/polelink/secrets.yaml": (files["secrets"], "0600"),
-              "/etc/systemd/system/polelink.service": (ROOT / "deploy/systemd/polelink.service", "0644")}
+              "/etc/systemd/system/polelink.service": (ROOT / "deploy/systemd/polelink.service", "0644"),
+              "/usr/lib/sysusers.d/polelink.conf": (ROOT / "deploy/systemd/polelink.sysusers.conf", "0644")}
     for dest, (src, mode) in expect.items():
         assert card.read(dest) == src.read_bytes(), dest
         st_ = card.stat(dest)
