@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_exit(sub)
 
+    from agent.cli.bundle import add_parser as add_bundle
+
+    add_bundle(sub)
+
     r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
