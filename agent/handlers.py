@@ -50,7 +50,8 @@ class CommandHandlers:
         """Command name → handler."""
         return {"ping": self.ping, "set_override": self.set_override,
                 "clear_override": self.clear_override, "reload_config": self.reload_config,
-                "request_snapshot": self.request_snapshot, "rebirth": self.rebirth}
+                "request_snapshot": self.request_snapshot, "rebirth": self.rebirth,
+                "update": self.update}
 
     def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
         """Proof of life, with the agent's clock and version."""
@@ -118,6 +119,25 @@ class CommandHandlers:
         """Republish the retained birth."""
         up = self.agent.uplink
         return {"bdSeq": up.boot if up else None, "sent": bool(up and up.rebirth())}
+
+
+    def update(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Start an update from a bundle URL or an uploaded bundle (``agent.update``): the
+        arguments and the pole's state are checked here, the steps run on their own
+        thread and report as ``update_*`` events."""
+        from agent.update.install import UpdateRefused, parse_source
+
+        up = self.agent.updater
+        if up is None:
+            raise CommandError("updates are not enabled on this pole (no update: section, or "
+                               "its verify_key cannot be read); not run")
+        try:
+            source = parse_source(args, up.s)
+            running = up.start(source, self.agent.dispatcher.current)
+        except UpdateRefused as e:
+            raise CommandError(f"update refused: {e}") from None
+        return {"started": True, "running": running, "source": source.describe()[:300],
+                "healthDeadlineS": up.s.health_deadline_s}
 
 
 def _then(fut: Future, make: Any) -> Future:

@@ -54,6 +54,10 @@ from agent.service.runs import state_directory
 from agent.service.supervisor import Supervisor
 from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
 from agent.settings.yamlfile import ConfigError
+from agent.update.guard import Layout
+from agent.update.install import Settings as UpdateSettings
+from agent.update.install import Updater
+from agent.update.trial import TrialWatch, running_release
 from agent.uplink.commands import CommandDispatcher, CommandError
 from agent.uplink.guard import CommandGuard, ReplayWindow, load_public_key
 from agent.uplink.mqtt import TlsSettings, Uplink, UplinkSettings, credentials
@@ -115,6 +119,10 @@ class Agent:
         self._next_reject_event = 0.0
         #: ``restarts`` and ``lastExit`` for health (set by ``run_agent``)
         self.service_figures: Callable[[], dict[str, Any]] | None = None
+        #: set (to the new version) when an update switched releases: the run loop exits
+        #: so that the supervisor starts the new one
+        self.restart_for: str | None = None
+        self.updater, self.trial = self._make_updates(cfg)
 
     # -- building -----------------------------------------------------------------------
     def _open_uplink(self, m: MqttConfig | None) -> tuple[Outbox | None, Uplink | None, str]:
@@ -152,6 +160,45 @@ class Agent:
         replay = ReplayWindow(c.replay_path or m.outbox_path.with_name("commands.db"))
         return CommandGuard(self.cfg.device.id, self.cfg.device.site, replay, c.max_ttl_s,
                             key)
+
+    def _make_updates(self, cfg: AgentConfig) -> tuple[Updater | None, TrialWatch | None]:
+        """The update pipeline and the trial watch (``update:`` section); an update key
+        that cannot be read disables updates (reported), never the agent."""
+        u = cfg.update
+        if u is None:
+            return None, None
+        layout = Layout(u.root)
+        running = running_release(layout)
+        trial = TrialWatch(layout, running, self.update_event)
+        try:
+            key = load_public_key(u.verify_key)
+        except ValueError as e:
+            log.error("update: %s; updates are refused", e)
+            return None, trial
+        hosts = tuple(u.url_hosts if u.url_hosts is not None
+                      else [cfg.mqtt.host] if cfg.mqtt else [])
+        settings = UpdateSettings(
+            layout, key, hosts, u.health_deadline_s, u.max_trial_starts,
+            u.free_margin_mb << 20, u.max_bundle_mb << 20, u.download_timeout_s,
+            u.install_timeout_s, u.site_packages_from, self.config_path)
+        return Updater(settings, running, self.update_event, self.request_restart), trial
+
+    def update_event(self, event: str, severity: str, detail: dict[str, Any]) -> None:
+        """Publish an update step's event (from any thread)."""
+        self.reporter.publish(EventRecord(event, severity, "update", detail))
+
+    def request_restart(self, version: str) -> None:
+        """The update switched to ``version``: stop so the supervisor starts it."""
+        log.warning("update: switched to %s; exiting so the supervisor starts it", version)
+        self.restart_for = version
+
+    def update_health(self) -> dict[str, bool]:
+        """What a release on trial must show before it commits: birth published, first
+        interval record written, every lamp group commanded."""
+        groups = self.lighting.summary()["groups"] if self.lighting is not None else {}
+        return {"birthPublished": self.uplink is None or self.uplink.stats.connects >= 1,
+                "intervalWritten": self.sink.written > 0,
+                "lampsCommanded": all(g["commandedPct"] is not None for g in groups.values())}
 
     def _make_worker(self, cam: CameraConfig, strict: bool = False) -> CameraWorker:
         """A camera's worker; its model is loaded here (a failure: the camera is reported,
@@ -245,6 +292,8 @@ class Agent:
         self._watch_uplink()
         self._run_commands()
         self._settle_pending()
+        if self.trial is not None:
+            self.trial.step(self.update_health, mono)
         if self._next_health is None:
             self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
                 * self.cfg.aggregates.interval_s
@@ -629,6 +678,11 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
             supervisor.step(agent.heartbeats(), agent.parts_up, agent.service_status)
             if duration is not None and time.monotonic() - t0 >= duration:
                 why[0] = "--duration reached"
+                break
+            if agent.restart_for is not None:
+                why[0] = f"update: switched to release {agent.restart_for}"
+                print(f"\nupdate: switched to release {agent.restart_for}; exiting so the "
+                      "supervisor starts it", flush=True)
                 break
             if agent.all_ended() and agent.lighting is None:
                 log.info("all sources ended")

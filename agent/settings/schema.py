@@ -13,6 +13,7 @@ problems name the file, line, field path and what would be valid.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -851,6 +852,67 @@ class MqttConfig(Strict):
         return self
 
 
+class UpdateConfig(Strict):
+    """Remote updates (the ``update`` command) and their rollback; see README "Updates and
+    rollback"."""
+
+    root: Path = Field(Path("/var/lib/polelink"), description=(
+        "the releases' root: releases/<version>, the current and previous links, update/ "
+        "state; $POLELINK_ROOT when set overrides it"))
+    verify_key: Path = Field(description=(
+        "Ed25519 public key (PEM) of the bundle signer; a bundle whose manifest it does not "
+        "verify is refused"))
+    url_hosts: Annotated[list[str], Field(max_length=16)] | None = Field(None, description=(
+        "hosts a bundle URL may name (http/https); default: the MQTT broker's host"))
+    health_deadline_s: Annotated[int, Field(strict=True, ge=10, le=86400)] = 600
+    max_trial_starts: Annotated[int, Field(strict=True, ge=1, le=10)] = 3
+    free_margin_mb: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] = 200
+    max_bundle_mb: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 1024
+    download_timeout_s: Annotated[int, Field(strict=True, ge=5, le=3600)] = 300
+    install_timeout_s: Annotated[int, Field(strict=True, ge=10, le=7200)] = 900
+    site_packages_from: Path | None = Field(None, description=(
+        "development and tests only: a site-packages folder every new release's venv also "
+        "sees, so a bundle needs only the agent's wheel; never on a pole"))
+
+    @field_validator("root", "verify_key", "site_packages_from", mode="before")
+    @classmethod
+    def _path_text(cls, v: object) -> object:
+        return _path_text(v)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: Path, info: ValidationInfo) -> Path:
+        env = os.environ.get("POLELINK_ROOT")
+        p = Path(env) if env else _resolve(v, info)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"update root {p} is not a folder")
+        return p
+
+    @field_validator("verify_key")
+    @classmethod
+    def _key_exists(cls, v: Path, info: ValidationInfo) -> Path:
+        return _file(v, info, "file", " (an Ed25519 public key in PEM)")
+
+    @field_validator("site_packages_from")
+    @classmethod
+    def _dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return None
+        p = _resolve(v, info)
+        if not p.is_dir():
+            raise ValueError(f"site_packages_from {p} is not a folder")
+        return p
+
+    @field_validator("url_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            for h in v:
+                _hostname(h)
+            _require_unique("url host", v)
+        return v
+
+
 class AgentConfig(Strict):
     """The whole provisioning file."""
 
@@ -860,6 +922,7 @@ class AgentConfig(Strict):
     clock: ClockConfig = Field(default_factory=ClockConfig)
     lighting: LightingConfig | None = None
     mqtt: MqttConfig | None = None
+    update: UpdateConfig | None = None
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:
