@@ -37,6 +37,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -297,6 +298,24 @@ def status(layout: Layout) -> dict[str, Any]:
             "trial": asdict(trial) if trial else None}
 
 
+def restart_unit(unit: str) -> str:
+    """Make systemd start ``unit`` again: SIGTERM to its main process (allowed to the
+    service's own user; ``Restart=always`` starts it again, now the rolled-back release),
+    else ``systemctl restart`` (needs root)."""
+    try:
+        r = subprocess.run(["systemctl", "show", "--property", "MainPID", "--value", unit],
+                           capture_output=True, text=True, timeout=30, check=False)
+        pid = int(r.stdout.strip() or 0)
+        if pid > 1:
+            os.kill(pid, signal.SIGTERM)
+            return f"sent SIGTERM to {unit} (pid {pid}); systemd starts it again"
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    r2 = subprocess.run(["systemctl", "restart", unit], capture_output=True, text=True,
+                        timeout=120, check=False)
+    return f"systemctl restart {unit}: exit {r2.returncode} {r2.stderr.strip()[:200]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``update-guard {start,stopped,tick,status,rollback} [--root DIR]``."""
     p = argparse.ArgumentParser(prog="update-guard", description=__doc__.split("\n\n")[0])
@@ -315,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.action == "tick":
             if on_tick(layout):
                 if a.restart_unit:
-                    subprocess.run(["systemctl", "restart", a.restart_unit], check=False,
-                                   timeout=120)
+                    _say(restart_unit(a.restart_unit))
                 return EXIT_ROLLED_BACK
         elif a.action == "status":
             print(json.dumps(status(layout), indent=1))
