@@ -326,3 +326,21 @@ def test_a_disk_that_fills_up_fails_cleanly(tmp_path: Path, keys) -> None:
         assert _snapshot(lay) == before
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_the_units_run_the_guard_from_its_fixed_path() -> None:
+    """systemd runs the guard before each start, after each stop, and from the timer, all
+    from the path flash.sh installs it at, with failures of the guard ignored."""
+    unit = (ROOT / "deploy" / "systemd" / "polelink.service").read_text()
+    fixed = "/usr/bin/python3 -I /usr/local/lib/polelink/update-guard.py"
+    assert f"ExecStartPre=-{fixed} start\n" in unit
+    assert f"ExecStopPost=-{fixed} stopped\n" in unit
+    tick = (ROOT / "deploy" / "systemd" / "polelink-update-guard.service").read_text()
+    assert f"ExecStart={fixed} tick --restart-unit polelink.service\n" in tick
+    assert "SuccessExitStatus=10" in tick and f"{g.EXIT_ROLLED_BACK}" == "10"
+    timer = (ROOT / "deploy" / "systemd" / "polelink-update-guard.timer").read_text()
+    assert "OnUnitActiveSec=" in timer
+    for action in ("start", "stopped", "tick"):
+        r = subprocess.run([sys.executable, "-I", str(GUARD), action, "--help"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
