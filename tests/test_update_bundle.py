@@ -344,3 +344,38 @@ def test_the_units_run_the_guard_from_its_fixed_path() -> None:
         r = subprocess.run([sys.executable, "-I", str(GUARD), action, "--help"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
+
+
+def test_trial_commits_only_when_healthy_and_cleans_up(tmp_path: Path) -> None:
+    """The running agent's side: a release on trial commits once every health check
+    passes (previous moves, trial ends, stale releases go); an interrupted install is
+    removed at start; recorded events are published once."""
+    from agent.update.trial import TrialWatch, running_release
+
+    lay = _layout(tmp_path)
+    (lay.release("0.9") / ".incomplete").parent.mkdir(parents=True)
+    (lay.release("0.9") / ".incomplete").write_text("")
+    (lay.release("0.8") / "venv").mkdir(parents=True)
+    lay.record("update_rolled_back", "alarm", {"version": "3.0"})
+    assert running_release(lay, str(lay.release("2.0") / "venv")) == "2.0"
+    assert running_release(lay, str(tmp_path)) is None
+    sent: list[tuple[str, dict]] = []
+    health = {"birthPublished": True, "intervalWritten": False, "lampsCommanded": True}
+    w = TrialWatch(lay, "2.0", lambda e, _s, d: sent.append((e, d)))
+    w.step(lambda: dict(health), mono=1.0)
+    assert not lay.release("0.9").exists()
+    assert [e for e, _ in sent] == ["update_rolled_back"] and sent[0][1]["runningNow"] == "2.0"
+    assert lay.read_trial() is not None and not w.committed        # not healthy yet
+    health["intervalWritten"] = True
+    w.step(lambda: dict(health), mono=3.0)
+    assert w.committed and lay.read_trial() is None
+    assert lay.target(lay.previous) == "1.0" and lay.target(lay.current) == "2.0"
+    ev = sent[-1]
+    assert ev[0] == "update_committed" and ev[1]["removedReleases"] == ["0.8"]
+    w.step(lambda: dict(health), mono=10.0)
+    assert len(sent) == 2
+    # another release's agent never commits someone else's trial
+    lay.write_trial(g.Trial("2.0", "1.0", time.time(), time.time() + 60, 2))
+    other = TrialWatch(lay, "1.0", lambda e, _s, d: sent.append((e, d)))
+    other.step(lambda: dict(health), mono=1.0)
+    assert lay.read_trial() is not None and not other.committed

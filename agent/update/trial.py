@@ -61,6 +61,8 @@ class TrialWatch:
         (checked every second). Never raises."""
         mono = time.monotonic() if mono is None else mono
         try:
+            if self._next_journal == 0.0:
+                self.remove_incomplete()
             if mono >= self._next_journal:
                 self._next_journal = mono + self.journal_every_s
                 self.publish_recorded()
@@ -112,6 +114,21 @@ class TrialWatch:
             "correlationId": trial.via or None,
             "secondsToHealthy": round(time.time() - trial.started, 1),
             "checks": self.conditions, "removedReleases": removed})
+
+    def remove_incomplete(self) -> list[str]:
+        """Delete release folders an interrupted install left (marked ``.incomplete``),
+        never the current or previous one."""
+        lay = self.layout
+        keep = {lay.target(lay.current), lay.target(lay.previous)}
+        removed = []
+        if lay.releases.is_dir():
+            for d in lay.releases.iterdir():
+                if d.name not in keep and (d / ".incomplete").exists():
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d.name)
+        if removed:
+            log.warning("update: removed unfinished install(s): %s", ", ".join(removed))
+        return removed
 
     def _collect_garbage(self) -> list[str]:
         """Delete releases other than current and previous (failed, rolled back, old)."""
