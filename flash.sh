@@ -254,6 +254,13 @@ ConditionPathExists=/var/lib/polelink/current/venv/bin/agent
 EOF
 stage root 0644 "$WORK/dropin.conf" /etc/systemd/system/polelink.service.d/10-first-boot.conf
 entry link - /etc/systemd/system/polelink.service /etc/systemd/system/multi-user.target.wants/polelink.service
+# the update guard lives outside the releases it judges (a release that crashes at start
+# never runs its own code), and its timer checks a release on trial against its deadline
+entry dir 0755 - /usr/local/lib/polelink
+stage root 0644 "$HERE/agent/update/guard.py" /usr/local/lib/polelink/update-guard.py
+stage root 0644 "$HERE/deploy/systemd/polelink-update-guard.service" /etc/systemd/system/polelink-update-guard.service
+stage root 0644 "$HERE/deploy/systemd/polelink-update-guard.timer" /etc/systemd/system/polelink-update-guard.timer
+entry link - /etc/systemd/system/polelink-update-guard.timer /etc/systemd/system/timers.target.wants/polelink-update-guard.timer
 entry dir 0750 - /var/lib/polelink
 entry dir 0755 - /var/lib/polelink/releases
 entry dir 0755 - "$rel"

@@ -173,7 +173,12 @@ def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
               "/etc/polelink/site.yaml": (files["site"], "0644"),
               "/etc/polelink/secrets.yaml": (files["secrets"], "0600"),
               "/etc/systemd/system/polelink.service": (ROOT / "deploy/systemd/polelink.service", "0644"),
-              "/usr/lib/sysusers.d/polelink.conf": (ROOT / "deploy/systemd/polelink.sysusers.conf", "0644")}
+              "/usr/lib/sysusers.d/polelink.conf": (ROOT / "deploy/systemd/polelink.sysusers.conf", "0644"),
+              "/usr/local/lib/polelink/update-guard.py": (ROOT / "agent/update/guard.py", "0644"),
+              "/etc/systemd/system/polelink-update-guard.service":
+                  (ROOT / "deploy/systemd/polelink-update-guard.service", "0644"),
+              "/etc/systemd/system/polelink-update-guard.timer":
+                  (ROOT / "deploy/systemd/polelink-update-guard.timer", "0644")}
     for dest, (src, mode) in expect.items():
         assert card.read(dest) == src.read_bytes(), dest
         st_ = card.stat(dest)
@@ -181,6 +186,9 @@ def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
     assert card.stat("/etc/polelink")["Mode"] == "0755"
     link = card.stat("/etc/systemd/system/multi-user.target.wants/polelink.service")
     assert link == {**link, "Type": "symlink", "link": "/etc/systemd/system/polelink.service"}
+    timer = card.stat("/etc/systemd/system/timers.target.wants/polelink-update-guard.timer")
+    assert timer == {**timer, "Type": "symlink",
+                     "link": "/etc/systemd/system/polelink-update-guard.timer"}
     dropin = card.read("/etc/systemd/system/polelink.service.d/10-first-boot.conf").decode()
     assert "ConditionPathExists=/var/lib/polelink/current/venv/bin/agent" in dropin
     rel = "/var/lib/polelink/releases/0.1.0"
