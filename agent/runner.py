@@ -129,7 +129,8 @@ class Agent:
         if m is None:
             return None, None, ""
         try:
-            user, pw = credentials(m.secrets_file)
+            user, pw = credentials(m.secrets_file, m.username, m.password.get_secret_value()
+                                   if m.password is not None else None)
         except Exception as e:  # an unreadable or invalid secrets file
             problem = f"uplink disabled: {type(e).__name__}: {e}"
             log.error("%s (lighting and counting go on)", problem)

@@ -1,7 +1,11 @@
 """The pole's provisioning file: typed settings validated with pydantic v2.
 
-One YAML file per pole (see ``config/example-pole.yaml`` for every key with comments).
-Unknown keys are errors; relative paths are relative to the config file's folder.
+One YAML file per pole (see ``config/example-pole.yaml`` for every key with comments),
+which may extend a site file with defaults (``extends: site.yaml``, see
+:mod:`agent.settings.layers`) and refer to secrets kept apart (``!secret name``,
+``${NAME}``, see :mod:`agent.settings.secrets`). Unknown keys are errors; relative paths
+are relative to the folder of the file that writes them; ``pkg:models/<file>`` names a
+file shipped with polelink (:mod:`agent.settings.paths`).
 Values are typed strictly: a boolean is never a number, a quoted ``'1e3'`` is text, not
 1000.0 (a whole number is still fine where a decimal is expected), and no number may be
 infinite or NaN. Lists have an upper bound and paths that must be files are checked to be
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,13 +29,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic import Strict as StrictMode
 
-from agent.settings.yamlfile import validate_file
+from agent.settings.paths import is_pkg_path, resolve_pkg_path
+from agent.settings.yamlfile import ConfigError, Problem, Redact, validate_data
 from agent.vision.classes import DEFAULT_COUNTED, ROAD_USER_CLASSES, RoadUserClass
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -47,11 +54,12 @@ class Strict(BaseModel):
 
 def _path_text(v: object) -> object:
     """YAML gives paths as text: make it a :class:`Path` (strict mode takes only a Path);
-    an empty or blank path is an error (``Path("")`` would silently mean this folder)."""
+    an empty or blank path is an error (``Path("")`` would silently mean this folder);
+    ``pkg:models/<file>`` is the file shipped with polelink."""
     if isinstance(v, str):
         if not v.strip():
             raise ValueError("a path must not be empty")
-        return Path(v)
+        return resolve_pkg_path(v) if is_pkg_path(v) else Path(v)
     return v
 
 
@@ -612,8 +620,10 @@ class LightingConfig(Strict):
     latitude: Annotated[float, Field(ge=-90, le=90)]
     longitude: Annotated[float, Field(ge=-180, le=180)]
     timezone: str | None = None
-    model: PathText = Field(default=Path(__file__).resolve().parents[2] / "models" / "dimming.md",
-                            validate_default=True)
+    model: PathText = Field(default="pkg:models/dimming.md",  # type: ignore[assignment]
+                            validate_default=True,
+                            description="dimming model card (default: the one shipped with "
+                                        "polelink)")
     camera_stale_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     traffic_window_s: Annotated[float, Field(ge=60, le=86400)] = 3600.0
     traffic_min_coverage_s: Annotated[float, Field(ge=0, le=86400)] = 600.0
@@ -794,8 +804,10 @@ class CommandsConfig(Strict):
 
 
 class MqttConfig(Strict):
-    """The city uplink. Credentials come from ``secrets_file`` or the environment
-    (POLELINK_MQTT_USERNAME / POLELINK_MQTT_PASSWORD), never from this file."""
+    """The city uplink. Credentials are never written in this file: ``password`` is a
+    reference (``!secret mqtt_password`` or ``${NAME}``) resolved from the secrets file or
+    the environment; without ``password``, they come from the environment
+    (POLELINK_MQTT_USERNAME / POLELINK_MQTT_PASSWORD) or the older ``secrets_file``."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
@@ -805,6 +817,12 @@ class MqttConfig(Strict):
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     tls: MqttTls | None = None
+    username: Annotated[str, Field(min_length=1, max_length=255)] | None = Field(
+        None, description="the broker account (may be a reference like the password)")
+    password: SecretStr | None = Field(
+        None, json_schema_extra={"secret": True},
+        description="the broker password: a reference only (!secret NAME or ${NAME}); "
+                    "written inline it is an error")
     secrets_file: Path | None = None
     outbox_path: Path = Field(default=Path("var/outbox.db"), validate_default=True)
     outbox_max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
@@ -923,6 +941,12 @@ class AgentConfig(Strict):
     lighting: LightingConfig | None = None
     mqtt: MqttConfig | None = None
     update: UpdateConfig | None = None
+    extends: str | None = Field(None, description=(
+        "the site file this pole file builds on, relative to this file (see README "
+        "'For field crews'); read by the loader, None once loaded"))
+    secrets: PathText | None = Field(None, description=(
+        "the secrets file for !secret and ${NAME} references, relative to the file that "
+        "names it (default: secrets.yaml beside the pole file)"))
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:
@@ -944,7 +968,55 @@ class AgentConfig(Strict):
         raise KeyError(f"no camera {name!r}; configured: {', '.join(c.name for c in self.cameras)}")
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Load and validate a provisioning file (raises ``ConfigError`` with located problems)."""
+@dataclass
+class LoadedConfig:
+    """A loaded provisioning file and what loading it found besides errors."""
+
+    config: AgentConfig
+    files: list[Path]                          # the pole file, then each file it extends
+    secrets_file: Path | None = None           # the secrets file read, if any
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def load_config_report(path: Path, secrets: Path | None = None,
+                       secrets_mode: str = "refuse") -> LoadedConfig:
+    """Load a pole file with the files it extends and the secrets it refers to, and
+    validate it; raises ``ConfigError`` listing every located problem (each in the file that
+    holds the value). ``secrets`` is the ``--secrets`` file; ``secrets_mode`` is ``refuse``
+    (a secrets file others may read is an error) or ``warn`` (a warning)."""
+    from agent.settings.layers import load_chain, rebase_paths
+    from agent.settings.secrets import inline_secrets, resolve_references
+
     path = Path(path)
-    return validate_file(path, AgentConfig, context={"base_dir": path.resolve().parent})
+    layered = load_chain(path)
+    rebase_paths(layered, AgentConfig)
+    inline, hidden = inline_secrets(layered, AgentConfig)
+    problems, resolved = resolve_references(layered, secrets, secrets_mode != "warn")
+    redact = Redact(frozenset(hidden | resolved.locs), tuple(resolved.values))
+    problems = inline + problems
+    if isinstance(layered.data, dict):
+        layered.data.pop("extends", None)
+    try:
+        cfg = validate_data(layered.data, AgentConfig, layered.marks, layered.key_marks,
+                            str(path), context={"base_dir": path.resolve().parent},
+                            files=layered.files, redact=redact)
+    except ConfigError as e:
+        # a reference that failed or a secret written inline is reported once, not again
+        # as a wrong type at the same place
+        said = {(p.file, p.line, p.field) for p in problems}
+        problems += [p for p in e.problems if (p.file, p.line, p.field) not in said]
+    if problems:
+        raise ConfigError(_in_order(problems, str(path)))
+    return LoadedConfig(cfg, layered.chain, resolved.secrets_file, resolved.warnings)
+
+
+def _in_order(problems: list[Problem], root: str) -> list[Problem]:
+    """The pole file's problems first, each file's in line order; one line per problem."""
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.file != root, p.file, p.line, p.column))
+
+
+def load_config(path: Path, secrets: Path | None = None) -> AgentConfig:
+    """Load and validate a provisioning file (raises ``ConfigError`` with located problems);
+    see :func:`load_config_report`."""
+    return load_config_report(path, secrets).config

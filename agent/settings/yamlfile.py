@@ -23,6 +23,11 @@ Before PyYAML builds a single value the file is bounded:
   the alias that crosses the bound, with its line, before anything is expanded. An alias
   inside the node its anchor names (a recursive structure) is refused: no setting is
   infinite.
+
+Provisioning files may also hold ``!secret name`` references (:class:`SecretRef`, read only
+when ``load_yaml`` is asked for them); :func:`validate_data` validates data merged from
+several files (a site file and a pole file) with each location's own file, and never shows
+a value that came from a secret (see :class:`Redact`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,42 @@ MAX_ALIAS_VALUES = 10_000
 #: as a line break), DEL, surrogates and the non-characters U+FFFE/U+FFFF.
 _CONTROL = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD"
                       "\U00010000-\U0010FFFF]")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A ``!secret name`` reference in a provisioning file, resolved from the secrets file
+    (see :mod:`agent.settings.secrets`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"!secret {self.name}"
+
+
+#: What a secret's name may be (a secrets-file key).
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Redact:
+    """What a problem message must not show: the input at these locations (values that
+    came from secrets, or secrets written inline) and these values wherever they appear."""
+
+    locs: frozenset[tuple[Any, ...]] = frozenset()
+    values: tuple[str, ...] = ()
+
+    def hides(self, loc: tuple[Any, ...]) -> bool:
+        """Whether the value at ``loc`` (or around it) must not be shown."""
+        return any(loc[:i] in self.locs for i in range(len(loc) + 1)) or \
+            any(x[:len(loc)] == loc for x in self.locs)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret value (of 4 characters or more) replaced by ``***``."""
+        for v in sorted(self.values, key=len, reverse=True):
+            if len(v) >= 4:
+                text = text.replace(v, "***")
+        return text
 
 
 @dataclass(frozen=True)
@@ -131,6 +172,27 @@ class _BoundedLoader(yaml.SafeLoader):
             children = []
         self._sizes[id(node)] = 1 + sum(self._sizes.get(id(c), 1) for c in children)
         return node
+
+
+class _SecretLoader(yaml.SafeLoader):
+    """The safe loader plus the ``!secret name`` tag (a :class:`SecretRef`)."""
+
+
+def _construct_secret(loader: yaml.SafeLoader, node: yaml.Node) -> SecretRef:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, "!secret takes the name of a secret (a plain word), not a list or "
+            "mapping", node.start_mark)
+    name = node.value.strip()
+    if not SECRET_NAME.match(name):  # the "name" may be a pasted password: never shown
+        raise yaml.constructor.ConstructorError(
+            None, None, "!secret needs the name of a secret in the secrets file: letters, "
+            "digits, '_', '.' and '-', starting with a letter or '_' (the value itself goes "
+            "in the secrets file)", node.start_mark)
+    return SecretRef(name)
+
+
+_SecretLoader.add_constructor("!secret", _construct_secret)
 
 
 def _located(file: str, mark: Any, message: str) -> Problem:
@@ -306,7 +368,8 @@ def _explain(err: dict[str, Any], model: type[BaseModel], data: Any, loc: Loc) -
     return msg
 
 
-def _unconstructable(root: yaml.Node) -> yaml.ScalarNode | None:
+def _unconstructable(root: yaml.Node, loader: type[yaml.SafeLoader] = yaml.SafeLoader
+                     ) -> yaml.ScalarNode | None:
     """The first scalar PyYAML cannot turn into a value (e.g. an impossible date)."""
     stack = [root]
     seen: set[int] = set()
@@ -317,7 +380,7 @@ def _unconstructable(root: yaml.Node) -> yaml.ScalarNode | None:
         seen.add(id(n))
         if isinstance(n, yaml.ScalarNode):
             try:
-                yaml.SafeLoader("").construct_object(n, deep=True)
+                loader("").construct_object(n, deep=True)
             except Exception:  # any failure names this scalar
                 return n
         elif isinstance(n, yaml.MappingNode):
@@ -327,10 +390,13 @@ def _unconstructable(root: yaml.Node) -> yaml.ScalarNode | None:
     return None
 
 
-def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tuple[int, int]]]:
+def load_yaml(path: Path, secret_tags: bool = False
+              ) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tuple[int, int]]]:
     """Parse ``path``; return ``(data, value marks, key marks)`` or raise :class:`ConfigError`.
 
-    Nothing PyYAML raises escapes as anything but a located :class:`ConfigError`.
+    Nothing PyYAML raises escapes as anything but a located :class:`ConfigError`. With
+    ``secret_tags``, ``!secret name`` scalars become :class:`SecretRef` (otherwise the tag
+    is an error, as any unknown tag).
     """
     file = str(path)
     try:
@@ -366,7 +432,8 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tu
     if problems:
         raise ConfigError(problems)
     try:
-        data = yaml.SafeLoader("").construct_document(node)
+        constructor = _SecretLoader if secret_tags else yaml.SafeLoader
+        data = constructor("").construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ConfigError([_located(file, mark, f"YAML error: {e.problem}"
@@ -374,7 +441,7 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tu
     except Exception as e:
         # PyYAML's constructors raise without a mark (an unquoted 2026-02-30 is read as a
         # date that does not exist): find the scalar that fails, for its line
-        bad = _unconstructable(node)
+        bad = _unconstructable(node, constructor)
         what = f"{bad.value!r} " if bad is not None else ""
         raise ConfigError([_located(file, bad.start_mark if bad is not None else None,
                                     f"cannot read the value {what}({e}); quote it if it is "
@@ -385,36 +452,54 @@ def load_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]], dict[Loc, tu
 def validate_file(path: Path, model: type[M], context: dict[str, Any] | None = None) -> M:
     """Load and validate ``path`` into ``model``; every error becomes a located :class:`Problem`."""
     data, marks, key_marks = load_yaml(path)
-    file = str(path)
+    return validate_data(data, model, marks, key_marks, str(path), context)
+
+
+def validate_data(data: Any, model: type[M], marks: dict[Loc, tuple[int, int]],
+                  key_marks: dict[Loc, tuple[int, int]], file: str,
+                  context: dict[str, Any] | None = None, files: dict[Loc, str] | None = None,
+                  redact: Redact | None = None) -> M:
+    """Validate loaded ``data`` into ``model``; every error becomes a :class:`Problem` at
+    its value's line, in ``files[location]`` (data merged from several files) or ``file``.
+    Nothing ``redact`` names is shown."""
+    redact = redact or Redact()
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, 1, "", "the file must be a YAML mapping of sections "
                                    f"({', '.join(model.model_fields)})")])
     try:
         return model.model_validate(data, context=context)
     except ValidationError as e:
-        raise ConfigError(_problems(e, model, data, marks, key_marks, file)) from None
+        raise ConfigError(_problems(e, model, data, marks, key_marks, file, files,
+                                    redact)) from None
     except Exception as e:  # a validator's bug must not become a traceback
-        raise ConfigError([Problem(file, 1, 1, "", f"{INTERNAL_ERROR} while validating "
-                                   f"({type(e).__name__}: {e}); please report this "
-                                   f"file")]) from None
+        raise ConfigError([Problem(file, 1, 1, "", redact.scrub(
+            f"{INTERNAL_ERROR} while validating ({type(e).__name__}: {e}); please report "
+            f"this file"))]) from None
 
 
 def _problems(e: ValidationError, model: type[BaseModel], data: Any,
               marks: dict[Loc, tuple[int, int]], key_marks: dict[Loc, tuple[int, int]],
-              file: str) -> list[Problem]:
+              file: str, files: dict[Loc, str] | None = None,
+              redact: Redact | None = None) -> list[Problem]:
     """Each pydantic error as a located :class:`Problem`, in file order."""
+    redact = redact or Redact()
+    files = files or {}
     problems = []
     for err in e.errors(include_url=False):
         loc = _data_path(data, tuple(err["loc"]) + _deeper(err))
         if err["type"] == "extra_forbidden" and loc in key_marks:
             line, col = key_marks[loc]
+            where = files.get(loc, file)
         else:
             probe = loc
             while probe not in marks and probe:
                 probe = probe[:-1]
             line, col = key_marks.get(probe, marks.get(probe, (1, 1))) \
                 if err["type"] == "missing" else marks.get(probe, (1, 1))
-        problems.append(Problem(file, line, col, _dotted(loc),
-                                _explain(err, model, data, loc)))
-    problems.sort(key=lambda p: (p.line, p.column))
+            where = files.get(probe, file)
+        if redact.hides(loc):
+            err = {**err, "input": None}
+        problems.append(Problem(where, line, col, _dotted(loc),
+                                redact.scrub(_explain(err, model, data, loc))))
+    problems.sort(key=lambda p: (p.file != file, p.file, p.line, p.column))
     return problems

@@ -110,12 +110,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def credentials(secrets_file: Path | None) -> tuple[str | None, str | None]:
-    """MQTT username/password from the environment or a secrets file, never from the config.
+def credentials(secrets_file: Path | None, username: str | None = None,
+                password: str | None = None) -> tuple[str | None, str | None]:
+    """MQTT username/password, never written in the config itself.
 
-    ``POLELINK_MQTT_USERNAME`` / ``POLELINK_MQTT_PASSWORD`` win; otherwise the secrets file
-    holds ``username: …`` and ``password: …`` lines (YAML).
+    The config's ``mqtt.password`` (a ``!secret`` or ``${NAME}`` reference, resolved when
+    the config was loaded) with ``mqtt.username`` win; then ``POLELINK_MQTT_USERNAME`` /
+    ``POLELINK_MQTT_PASSWORD``; otherwise the older ``mqtt.secrets_file`` holds
+    ``username: …`` and ``password: …`` lines (YAML).
     """
+    if password is not None:
+        return username, password
     user = os.environ.get("POLELINK_MQTT_USERNAME")
     pw = os.environ.get("POLELINK_MQTT_PASSWORD")
     if user is None and secrets_file is not None:
