@@ -245,10 +245,9 @@ def _human(out: dict[str, Any]) -> str:
 
 def run_schedule(a: argparse.Namespace) -> int:
     """``agent lights schedule``: the night's steps for each group, at the pole's place."""
-    from datetime import date, datetime, timedelta
+    from datetime import date, datetime
     from zoneinfo import ZoneInfo
 
-    from agent.lighting.service import make_schedule
     from agent.settings.schema import load_config
     from agent.settings.yamlfile import ConfigError
 
@@ -270,15 +269,10 @@ def run_schedule(a: argparse.Namespace) -> int:
         print(f"agent: error: --date must be YYYY-MM-DD between 1971 and 2199, got {a.date!r}",
               file=sys.stderr)
         return EXIT_USAGE
-    out: dict[str, Any] = {"date": day.isoformat(), "timezone": str(tz), "groups": {}}
-    for g in cfg.lighting.groups:
-        sched = make_schedule(cfg.lighting, g)
-        steps = [(t, st, prog) for d in (day, day + timedelta(days=1))
-                 for t, st, prog in sched.steps_on(d)]
-        noon = datetime(day.year, day.month, day.day, 12, tzinfo=tz).timestamp()
-        steps = [x for x in steps if noon <= x[0] < noon + 86400]
-        out["groups"][g.name] = [{"time": datetime.fromtimestamp(t, tz).strftime(
-            "%Y-%m-%d %H:%M"), "program": prog, "step": st.describe()} for t, st, prog in steps]
+    from agent.lighting.tonight import NO_STEP, night_profile
+
+    profile = night_profile(cfg.lighting, day)
+    out = profile.to_json()
     if a.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -288,7 +282,5 @@ def run_schedule(a: argparse.Namespace) -> int:
         for s_ in steps:
             print(f"    {s_['time']}  {s_['step']}  [{s_['program']}]")
         if not steps:
-            print("    (no step this night: its astro events do not happen here on this date, "
-                  "e.g. polar day or night; the lamps then follow the sun: at the ceiling "
-                  "while it is below the horizon, off above)")
+            print(f"    {NO_STEP}")
     return 0

@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 invalid input (config, model card, video), 2 usage error,
 3 runtime failure (camera gave no frame, a model that does not match its card or fails to
 run or decode, etc.), 4 ``agent count`` on a damaged video: the counts were printed but
-cover only the frames that could be decoded.
+cover only the frames that could be decoded, 5 ``agent validate --simulate`` found
+warnings only (a line near an edge or that never fired on its clip, weak detections).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from agent.settings.yamlfile import ConfigError
 if TYPE_CHECKING:
     from agent.settings.schema import CameraConfig
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME, EXIT_CORRUPT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUNTIME, EXIT_CORRUPT, EXIT_WARNINGS = 0, 1, 2, 3, 4, 5
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -40,12 +43,16 @@ def _err(msg: str) -> None:
 
 def cmd_validate(a: argparse.Namespace) -> int:
     """``agent validate FILE``: check a provisioning file; list every problem."""
-    from agent.settings.schema import load_config
+    from agent.settings.schema import load_config_report
 
+    if a.date is not None and _day(a.date) is None:
+        _err(f"--date must be YYYY-MM-DD between 1971 and 2199, got {a.date!r}")
+        return EXIT_USAGE
     rc = EXIT_OK
     for path in a.files:
         try:
-            cfg = load_config(Path(path))
+            loaded = load_config_report(Path(path), Path(a.secrets) if a.secrets else None,
+                                        secrets_mode="warn")
         except ConfigError as e:
             for p in e.problems:
                 print(p, file=sys.stderr)
@@ -53,30 +60,78 @@ def cmd_validate(a: argparse.Namespace) -> int:
                   f"{'s' if len(e.problems) != 1 else ''})", file=sys.stderr)
             rc = EXIT_INVALID
             continue
+        cfg = loaded.config
+        for w in loaded.warnings:
+            print(w, file=sys.stderr)
+        file_rc = EXIT_OK
         for cam in cfg.cameras:
             if a.check_models:
-                rc = max(rc, _check_camera_model(path, cam))
+                file_rc = max(file_rc, _check_camera_model(path, cam))
             else:
                 _print_model_view(cam)
-        if rc == EXIT_OK:
+        if file_rc == EXIT_OK:
             cams = ", ".join(f"{c.name} ({len(c.lines)} line{'s' if len(c.lines) != 1 else ''})"
                              for c in cfg.cameras)
             print(f"{path}: OK: device {cfg.device.id} at {cfg.device.site}; cameras: {cams}")
-        if a.clip:
-            rc = max(rc, _validate_clip(path, cfg, Path(a.clip), a.clip_frames))
+            if len(loaded.files) > 1 or loaded.secrets_file:
+                print(f"  files: {' extends '.join(map(str, loaded.files))}"
+                      + (f"; secrets: {loaded.secrets_file}" if loaded.secrets_file else ""))
+        from agent.cli.simulate import clip_map
+
+        clips, problem = clip_map(a.clip, cfg)
+        if problem:
+            _err(problem)
+            return EXIT_USAGE
+        weak = 0
+        if clips:
+            clip_rc, weak = _validate_clip(path, cfg, clips, a.clip_frames)
+            file_rc = max(file_rc, clip_rc)
+        if a.simulate and file_rc in (EXIT_OK, EXIT_RUNTIME):
+            from agent.cli.simulate import simulate
+
+            sim_rc = simulate(path, cfg, clips, a.date, Path(a.snapshots or
+                                                             f"simulate-{cfg.device.id}"),
+                              a.max_frames, a.quiet, [str(w) for w in loaded.warnings])
+            if weak and sim_rc == EXIT_OK:
+                sim_rc = EXIT_WARNINGS
+            file_rc = _worst(file_rc, sim_rc)
+        rc = _worst(rc, file_rc)
     return rc
 
 
-def _validate_clip(path: str, cfg: object, clip: Path, frames: int) -> int:
-    """``agent validate --clip``: each camera's model over the clip; weak detections are a
-    warning (exit 0), a clip that is not a video or a model that fails an error (1)."""
+def _worst(a: int, b: int) -> int:
+    """The exit code that says more: 1 (invalid) over 3 (runtime) over 5 (warnings) over 0."""
+    order = {EXIT_INVALID: 3, EXIT_RUNTIME: 2, EXIT_WARNINGS: 1, EXIT_OK: 0}
+    return max(a, b, key=lambda c: order.get(c, 4))
+
+
+def _day(text: str) -> object:
+    """A ``--date`` as a date between 1971 and 2199, or None."""
+    from datetime import date
+
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    return day if 1971 <= day.year <= 2199 else None
+
+
+def _validate_clip(path: str, cfg: object, clips: dict[str, Path], frames: int
+                   ) -> tuple[int, int]:
+    """``agent validate --clip``: each camera's model over its clip; weak detections are a
+    warning (exit 0), a clip that is not a video or a model that fails an error (1).
+    Returns the exit code and the number of weak cameras."""
     from agent.vision.clipcheck import check_clip, warning
     from agent.vision.detect import ModelError, load_detector
     from agent.vision.videofile import VideoError, quiet_ffmpeg
 
     quiet_ffmpeg()
     rc = EXIT_OK
+    weak = 0
     for cam in cfg.cameras:  # type: ignore[attr-defined]
+        clip = clips.get(cam.name)
+        if clip is None:
+            continue
         d = cam.detector
         try:
             det = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou, d.merge_iou,
@@ -89,11 +144,12 @@ def _validate_clip(path: str, cfg: object, clip: Path, frames: int) -> int:
             continue
         except VideoError as e:
             _err(str(e))
-            return EXIT_INVALID
+            return EXIT_INVALID, weak
         print(f"{path}: camera {cam.name}, model {fig.model}, clip {clip}: {fig.summary()}")
         if fig.weak:
+            weak += 1
             print(f"{path}: WARNING: {warning(fig, det.card, d.model)}", file=sys.stderr)
-    return rc
+    return rc, weak
 
 
 def _print_model_view(cam: CameraConfig) -> None:
@@ -156,11 +212,17 @@ def cmd_count(a: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_INVALID
     try:
-        det = load_detector(Path(a.model), set(a.classes.split(",")) if a.classes else None,
+        from agent.settings.paths import path_from_text
+
+        det = load_detector(path_from_text(a.model),
+                            set(a.classes.split(",")) if a.classes else None,
                             confidence=a.confidence, threads=a.threads)
     except ConfigError as e:
         _err(f"bad model card:\n{e}")
         return EXIT_INVALID
+    except ValueError as e:  # a pkg: path that names nothing shipped
+        _err(str(e))
+        return EXIT_USAGE
     except ModelError as e:
         _err(str(e).splitlines()[0])
         return EXIT_RUNTIME
@@ -219,9 +281,22 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(a: argparse.Namespace) -> int:
+    """``agent schema``: the JSON Schema of the provisioning file, for editors."""
+    from agent.settings.editor_schema import provisioning_schema
+
+    print(json.dumps(provisioning_schema(site=a.site), indent=1))
+    return EXIT_OK
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     """``agent run --config FILE``: run every camera, write aggregates, show live counts."""
     from agent.runner import run_agent
+
+    if a.secrets:  # the loader, and every reload, reads it from here
+        from agent.settings.secrets import SECRETS_ENV
+
+        os.environ[SECRETS_ENV] = str(Path(a.secrets).resolve())
 
     return run_agent(Path(a.config), duration=a.duration, live=not a.quiet)
 
@@ -239,12 +314,35 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check-models", action="store_true",
                    help="also load each camera's model, check it against its card and run it "
                         "on a synthetic frame (scores in [0, 1], boxes inside the input)")
-    v.add_argument("--clip", metavar="VIDEO",
+    v.add_argument("--clip", metavar="[CAMERA=]VIDEO", action="append",
                    help="run each camera's model over this clip and warn when it detects "
-                        "little (a model unfit for the view); a warning, exit 0")
-    v.add_argument("--clip-frames", type=int, default=120, metavar="N",
+                        "little (a model unfit for the view; a warning, exit 0); "
+                        "CAMERA=VIDEO for one camera; repeat for several")
+    v.add_argument("--clip-frames", type=_positive_int, default=120, metavar="N",
                    help="frames taken from the clip, evenly spread (120)")
+    v.add_argument("--secrets", metavar="FILE",
+                   help="the secrets file for !secret and ${NAME} references (default: the "
+                        "file's secrets: key, else secrets.yaml beside it)")
+    v.add_argument("--simulate", action="store_true",
+                   help="also print tonight's lighting profile, check each camera's lines "
+                        "against its frame and replay its clip (--clip, or its video file) "
+                        "through the counting pipeline with an annotated snapshot; exit 5 "
+                        "when there are warnings only")
+    v.add_argument("--date", metavar="YYYY-MM-DD",
+                   help="--simulate: the night to show (default: today at the pole)")
+    v.add_argument("--snapshots", metavar="DIR",
+                   help="--simulate: where the annotated snapshots go "
+                        "(default: ./simulate-<device id>)")
+    v.add_argument("--max-frames", type=_positive_int, metavar="N",
+                   help="--simulate: replay at most N frames of each clip (default: all)")
+    v.add_argument("-q", "--quiet", action="store_true", help="--simulate: no progress output")
     v.set_defaults(func=cmd_validate)
+
+    sc = sub.add_parser("schema", help="print the JSON Schema of the provisioning file "
+                        "(for editors)")
+    sc.add_argument("--site", action="store_true",
+                    help="the schema of a site file: the same keys, none required")
+    sc.set_defaults(func=cmd_schema)
 
     c = sub.add_parser("count", help="count road users crossing lines in a video file")
     c.add_argument("video", metavar="VIDEO")
@@ -299,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent: cameras, counting, aggregates")
     r.add_argument("--config", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.add_argument("--secrets", metavar="FILE",
+                   help="the secrets file (default: the config's secrets: key, else "
+                        "secrets.yaml beside it); sets POLELINK_SECRETS")
     r.add_argument("-q", "--quiet", action="store_true", help="no live status line")
     r.set_defaults(func=cmd_run)
     return p

@@ -25,7 +25,7 @@ import numpy as np
 from agent.vision.annotate import draw_overlay
 from agent.vision.counter import CountEvent, Line
 from agent.vision.detect.base import Detector
-from agent.vision.pipeline import CameraPipeline, PipelineSettings
+from agent.vision.pipeline import CameraPipeline, FrameResult, PipelineSettings
 from agent.vision.videofile import Integrity, VideoError, VideoReader
 
 __all__ = ["CountResult", "VideoError", "count_video", "lines_from_args", "parse_line",
@@ -86,8 +86,12 @@ def lookahead_for(stride: int) -> int:
 def count_video(video: Path, detector: Detector, settings: PipelineSettings,
                 annotate: Path | None = None, max_frames: int | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                overlap: bool = True, depth: int = 1) -> CountResult:
+                overlap: bool = True, depth: int = 1,
+                on_frame: Callable[[np.ndarray, FrameResult], None] | None = None) -> CountResult:
     """Count road users crossing ``settings.lines`` in ``video``.
+
+    ``on_frame`` sees every frame and its result (before any drawing), e.g. to keep one
+    for a snapshot.
 
     ``overlap`` runs inference ahead of tracking and counting, by up to ``depth`` frames
     (higher throughput; see :class:`agent.vision.pipeline.Overlap` and
@@ -135,6 +139,8 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
     try:
         for frame, res in results:
             add(res.events)
+            if on_frame is not None:
+                on_frame(frame, res)
             if annotate is not None:
                 if writer is None:
                     h, w = frame.shape[:2]
