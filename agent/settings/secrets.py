@@ -268,8 +268,9 @@ def resolve_references(layered: Layered, given: Path | None = None, strict_mode:
                 problem(loc, bad)
                 continue
             _set(layered.data, loc, text)
-            out.values += used
-            out.locs.add(loc)
+            if used:
+                out.values += used
+                out.locs.add(loc)
     if explicit and not secrets.read:
         secrets.get("")  # a file named on purpose is checked even when nothing refers to it
         if secrets.table is None and secrets.unusable:
