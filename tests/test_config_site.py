@@ -453,9 +453,12 @@ def test_the_example_files_load(tmp_path: Path) -> None:
     assert cfg.mqtt.username == "pole-hn-0042" and cfg.mqtt.password is not None
     assert "${" not in cfg.cameras[0].source.url and "viewer:" in cfg.cameras[0].source.url
     assert [g.name for g in cfg.lighting.groups] == ["street"] and cfg.lighting.latitude == 21.0301
-    # as checked out (0644): validate warns and passes, the loader for run refuses
-    r = agent("validate", str(ROOT / "config" / "example-pole-0042.yaml"))
+    # as git checks it out (0644): validate warns and passes, the loader for run refuses
+    (tmp_path / "example.secrets.yaml").chmod(0o644)
+    r = agent("validate", str(tmp_path / "example-pole-0042.yaml"))
     assert r.returncode == 0 and "chmod 600" in r.stderr and "OK" in r.stdout
+    with pytest.raises(ConfigError, match="refused"):
+        load_config(tmp_path / "example-pole-0042.yaml")
 
 
 # --- models shipped with the package ---------------------------------------------------------
