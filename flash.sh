@@ -25,6 +25,7 @@ unit and the first-boot provisioning on it, and reads those back too.
   --image FILE          Raspberry Pi OS image, raw or .xz (streamed, never unpacked to disk)
   --config FILE         the pole's provisioning file -> /etc/polelink/pole.yaml
   --secrets FILE        -> /etc/polelink/secrets.yaml, mode 0600, on the root partition
+                           (without it: an empty one; the unit hands it to the agent)
   --site FILE           the site defaults file -> /etc/polelink/site.yaml
   --wheelhouse DIR      wheels for the Pi (aarch64); a polelink wheel in it is used as is,
                         otherwise one is built from this repository (pip wheel --no-deps)
@@ -242,7 +243,12 @@ stage root 0644 "$config" /etc/polelink/pole.yaml
 if [ -n "$site" ]; then stage root 0644 "$site" /etc/polelink/site.yaml; fi
 # secrets on the ext4 root, 0600: the FAT boot partition has no permissions, and anyone who
 # takes the card out of the pole reads it in any computer
-if [ -n "$secrets" ]; then stage root 0600 "$secrets" /etc/polelink/secrets.yaml; fi
+# (always one: the unit hands it to the agent with LoadCredential=, which needs the file)
+if [ -z "$secrets" ]; then
+    secrets=$WORK/no-secrets.yaml
+    printf '# no secrets given to flash.sh: references to secrets in the config fail validation\n{}\n' >"$secrets"
+fi
+stage root 0600 "$secrets" /etc/polelink/secrets.yaml
 stage root 0644 "$HERE/deploy/systemd/polelink.service" /etc/systemd/system/polelink.service
 # systemd-sysusers creates the agent's user and its groups early in the first boot
 stage root 0644 "$HERE/deploy/systemd/polelink.sysusers.conf" /usr/lib/sysusers.d/polelink.conf

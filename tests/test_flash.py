@@ -299,7 +299,9 @@ def test_xz_image_and_network_config(tmp_path: Path, pole_files: dict[str, Path]
     assert card.boot("network-config") == net.read_text()
     assert '"hostname": "pole-x"' in card.boot("user-data")
     assert card.read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
-    assert card.stat("/etc/polelink/secrets.yaml") == {}  # no --secrets: none written
+    # no --secrets: an empty one, 0600 (the unit's LoadCredential= needs the file)
+    assert b"{}" in card.read("/etc/polelink/secrets.yaml")
+    assert card.stat("/etc/polelink/secrets.yaml")["Mode"] == "0600"
 
 
 def test_corrupted_write_is_caught(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:

@@ -31,7 +31,9 @@ def test_the_unit_asks_for_what_the_agent_does() -> None:
     assert k["Restart"] == ["always"] and int(k["StartLimitBurst"][0]) >= 3
     assert k["ProtectSystem"] == ["strict"] and k["StateDirectory"] == ["polelink"]
     assert "dialout" in k["SupplementaryGroups"][0].split()
-    assert k["ExecStopPost"][0].endswith("agent service-exit")
+    assert any(v.endswith("agent service-exit") for v in k["ExecStopPost"])
+    assert any("update-guard.py stopped" in v for v in k["ExecStopPost"])
+    assert k["LoadCredential"] == ["secrets.yaml:/etc/polelink/secrets.yaml"]
     watchdog = int(k["WatchdogSec"][0])
     # the agent pings at half of it; a stop has time to leave the lamps safe
     assert watchdog >= 10 and int(k["TimeoutStopSec"][0]) >= 45
