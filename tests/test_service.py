@@ -1,12 +1,16 @@
 """The service pieces on their own, with real sockets, threads and files: the sd_notify
-protocol (a path and an abstract socket), heartbeats of real threads (one that hangs,
-one that dies, one that waits), the run records (fuzzed), systemd's exit variables and the
-``agent service-exit`` hook as a process."""
+protocol (a path and an abstract socket, one nobody reads, addresses and watchdog values
+no systemd sets), heartbeats of real threads (one that hangs, one that dies, one that
+waits), the run records (fuzzed; corrupt ones moved aside; failed writes under a real
+file-size limit), systemd's exit variables and the ``agent service-exit`` hook as a
+process."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +26,7 @@ from agent.service.heartbeat import Heartbeat, problems
 from agent.service.notify import Notifier, socket_address, watchdog_interval
 from agent.service.runs import (
     EXIT_FILE,
+    MAX_RECORD_BYTES,
     REASONS,
     RUNS_FILE,
     RunLog,
@@ -29,6 +34,7 @@ from agent.service.runs import (
     read_exit,
     record_from_systemd,
     state_directory,
+    write_exit,
 )
 from agent.service.watchdog import Watchdog
 from tests.conftest import ROOT
@@ -191,6 +197,94 @@ def test_whatever_the_files_hold_a_start_is_counted(tmp_path_factory: pytest.Tem
     assert json.loads((d / RUNS_FILE).read_text())["starts"] == log.starts
 
 
+DEEP = b"[" * 100_000                 # the hostile tester's record: RecursionError in json
+
+
+@pytest.mark.parametrize("name", [RUNS_FILE, EXIT_FILE])
+@pytest.mark.parametrize(("what", "content"), [
+    ("nested 100000 deep", DEEP),
+    ("nested 5000 deep, under the size bound", b'{"starts": ' + b"[" * 5000),
+    ("an integer of 5000 digits", b'{"starts": ' + b"7" * 5000 + b"}"),
+    ("over the size bound", b'{"starts": 1' + b" " * MAX_RECORD_BYTES + b"}"),
+    ("not UTF-8", b'{"reason": "clean", "detail": "\xff\xfe"}'),
+    ("not JSON", b'{"starts": 3'),
+    ("a list", b"[1, 2]"),
+    ("empty", b""),
+])
+def test_a_corrupt_record_is_moved_aside_and_the_agent_starts(
+        tmp_path: Path, name: str, what: str, content: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / name).write_bytes(content)
+    log = RunLog(tmp_path).begin()
+    assert isinstance(log.starts, int) and log.starts >= 1, what
+    assert (tmp_path / (name + ".corrupt")).read_bytes() == content
+    moved = [r.getMessage() for r in caplog.records if "moved aside" in r.getMessage()]
+    assert len(moved) == 1 and name in moved[0], (what, moved)
+    assert json.loads((tmp_path / RUNS_FILE).read_text())["starts"] == log.starts
+    assert not list(tmp_path.glob("*.tmp"))
+    # the next start meets a sound record
+    caplog.clear()
+    assert RunLog(tmp_path).begin().starts == log.starts + 1
+    assert not any("moved aside" in r.getMessage() for r in caplog.records)
+
+
+def test_records_that_are_no_files_are_moved_aside_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / RUNS_FILE)                 # reading it would wait for a writer
+    (tmp_path / EXIT_FILE).mkdir()
+    (tmp_path / EXIT_FILE / "x").write_text("")
+    got: list[RunLog] = []
+    t = threading.Thread(target=lambda: got.append(RunLog(tmp_path).begin()), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "blocked reading a FIFO"
+    assert got[0].starts == 1 and got[0].last_exit is None
+    assert (tmp_path / (RUNS_FILE + ".corrupt")).is_fifo()
+    assert (tmp_path / (EXIT_FILE + ".corrupt")).is_dir()
+
+
+def test_an_exit_record_without_a_reason_is_moved_aside_and_details_are_printable(
+        tmp_path: Path) -> None:
+    (tmp_path / EXIT_FILE).write_text(json.dumps({"reason": ["clean"], "detail": "x"}))
+    assert read_exit(tmp_path) is None and (tmp_path / (EXIT_FILE + ".corrupt")).exists()
+    (tmp_path / EXIT_FILE).write_text(json.dumps(
+        {"reason": "clean", "detail": "bad \udcff\x1b[31m end", "at": {"a": 1}}))
+    rec = read_exit(tmp_path)
+    assert rec == {"reason": "clean", "detail": "bad ??[31m end", "at": None}
+    (tmp_path / RUNS_FILE).write_text('{"starts": true}')
+    assert RunLog(tmp_path).begin().starts == 1      # a bool is no count
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / EXIT_FILE).mkdir()                   # os.replace onto it fails
+    (tmp_path / EXIT_FILE / "x").write_text("")
+    assert not write_exit(tmp_path, "clean", "stopped")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_the_hook_says_so(tmp_path: Path) -> None:
+    """A real full disk, per process: RLIMIT_FSIZE 0 makes every write fail (EFBIG)."""
+    def full() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("SERVICE_RESULT",)}
+    done = subprocess.run([sys.executable, "-m", "agent", "service-exit"], cwd=ROOT,
+                          env={**clean, "STATE_DIRECTORY": str(tmp_path),
+                               "SERVICE_RESULT": "signal", "EXIT_CODE": "killed",
+                               "EXIT_STATUS": "KILL"},
+                          capture_output=True, text=True, timeout=60, preexec_fn=full)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "could not record the exit" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    probe = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                            "from agent.service.runs import RunLog; "
+                            "r = RunLog(Path(sys.argv[1])).begin(); print(r.starts)",
+                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, preexec_fn=full)
+    assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("env", "reason"), [
     ({"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"}, "clean"),
     ({"SERVICE_RESULT": "watchdog", "EXIT_CODE": "dumped", "EXIT_STATUS": "ABRT"}, "watchdog"),
@@ -234,6 +328,18 @@ def test_the_exec_stop_post_hook_as_systemd_runs_it(tmp_path: Path) -> None:
                 EXIT_STATUS="KILL")
     assert done.returncode == 0 and "last exit: crash" in done.stdout, done.stderr
     assert RunLog(tmp_path).begin().last_exit["detail"] == "systemd: signal, killed KILL"
+    # a corrupt record the last run left: moved aside, systemd's view recorded
+    (tmp_path / EXIT_FILE).write_bytes(DEEP)
+    done = hook(STATE_DIRECTORY=str(tmp_path), SERVICE_RESULT="signal", EXIT_CODE="killed",
+                EXIT_STATUS="KILL")
+    assert done.returncode == 0 and "last exit: crash" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr and "moved aside" in done.stderr
+    assert (tmp_path / (EXIT_FILE + ".corrupt")).read_bytes() == DEEP
+    # the agent's own record with a detail that cannot be printed as it is
+    (tmp_path / EXIT_FILE).write_text(json.dumps({"reason": "clean", "detail": "bye \udcff"}))
+    done = hook(STATE_DIRECTORY=str(tmp_path), SERVICE_RESULT="success", EXIT_CODE="exited",
+                EXIT_STATUS="0")
+    assert done.returncode == 0 and done.stdout == "last exit: clean (bye ?)\n", done.stderr
     for args, env, words in [((), {"SERVICE_RESULT": "success"}, "no state directory"),
                              (("--state-dir", str(tmp_path)), {}, "SERVICE_RESULT is not set")]:
         done = hook(*args, **env)

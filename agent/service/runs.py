@@ -9,7 +9,10 @@ signal, by the watchdog, or for running out of memory. At the next start the rec
 (and removed); a run that left none ended ``unclean`` (power cut, SIGKILL, a hard hang).
 
 Nothing here stops the agent: an unreadable or unwritable state directory is logged and the
-figures say ``None``.
+figures say ``None``. A record that cannot be read or understood (not a regular file, larger
+than :data:`MAX_RECORD_BYTES`, not UTF-8, not JSON, nested too deep, not an object) is
+logged once and moved aside to ``<name>.corrupt`` (the newest bad one kept, for a look),
+so that the next start does not meet it again. A write that fails leaves no ``.tmp``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +33,9 @@ RUNS_FILE = "service-runs.json"
 EXIT_FILE = "service-exit.json"
 #: The reasons ``lastExit.reason`` can take.
 REASONS = ("clean", "crash", "watchdog", "timeout", "unclean")
+#: The most a record may hold: the agent writes well under 1 KiB (details are cut at 300
+#: characters); anything bigger is not one of its records and is not read into memory.
+MAX_RECORD_BYTES = 16 * 1024
 
 
 def state_directory(default: Path, env: Mapping[str, str] | None = None) -> Path:
@@ -44,33 +51,96 @@ def _now() -> str:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace ``path`` (a power cut leaves the old or the new file)."""
+    """Atomically replace ``path`` (a power cut leaves the old or the new file); a write
+    that fails (a full or read-only disk) raises ``OSError`` and leaves no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Log why ``path`` is no record and rename it to ``<name>.corrupt``."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        log.warning("%s: %s; ignored (cannot move it aside: %s)", path, why, e.strerror or e)
+        return
+    log.warning("%s: %s; ignored and moved aside to %s", path, why, aside.name)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; raises ``FileNotFoundError`` when there is none and
+    ``ValueError`` (saying why) for anything that is not a small regular file holding a
+    JSON object. Never blocks (a FIFO), never reads more than :data:`MAX_RECORD_BYTES`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror or e})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        raw = os.read(fd, MAX_RECORD_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    except ValueError as e:           # json.JSONDecodeError, an integer over the digit limit
+        raise ValueError(f"not JSON ({str(e)[:80]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The record in ``path`` (None: none, or a bad one, which is logged and moved aside)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return _load(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable (%s); ignored", path, e)
+    except ValueError as e:
+        _set_aside(path, str(e))
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _printable(value: Any, limit: int) -> str:
+    """``value`` when it is a string, cut to ``limit`` and with anything that cannot be
+    printed or sent as UTF-8 (control characters, lone surrogates) replaced by ``?``."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
 
 
 def read_exit(directory: Path) -> dict[str, Any] | None:
     """The exit record the last run left (None: none)."""
-    rec = _read(directory / EXIT_FILE)
-    if rec is None or rec.get("reason") not in REASONS:
+    path = directory / EXIT_FILE
+    rec = _read(path)
+    if rec is None:
         return None
-    return {"reason": rec["reason"], "detail": str(rec.get("detail", ""))[:300],
-            "at": rec.get("at") if isinstance(rec.get("at"), str) else None}
+    reason = rec.get("reason")
+    if not isinstance(reason, str) or reason not in REASONS:
+        _set_aside(path, f"no exit reason (one of {', '.join(REASONS)})")
+        return None
+    return {"reason": reason, "detail": _printable(rec.get("detail"), 300),
+            "at": _printable(rec.get("at"), 40) or None}
 
 
 def write_exit(directory: Path, reason: str, detail: str = "") -> bool:
@@ -96,7 +166,7 @@ class RunLog:
         d = self.directory
         previous = _read(d / RUNS_FILE) or {}
         starts = previous.get("starts")
-        starts = starts if isinstance(starts, int) and starts >= 0 else 0
+        starts = starts if type(starts) is int and 0 <= starts < 2**53 else 0
         self.last_exit = read_exit(d)
         if self.last_exit is None and starts > 0:
             self.last_exit = {"reason": "unclean", "at": None,
