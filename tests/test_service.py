@@ -8,6 +8,7 @@ process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -88,6 +89,66 @@ def test_watchdog_interval_is_half_watchdog_usec_for_this_process() -> None:
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+
+
+@pytest.mark.parametrize("value", [
+    "@\udcff",                          # NOTIFY_SOCKET=$'@\xff' as Python sees it
+    "/run/\udcfe\udcff/notify",
+    "/" + "x" * 200,                     # longer than sun_path
+    "@" + "y" * 200,
+])
+def test_a_notify_socket_no_systemd_sets_is_off_with_one_log_line(
+        value: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.service")
+    assert socket_address(value) is None
+    n = Notifier({"NOTIFY_SOCKET": value})
+    assert not n.enabled and not n.ready("up") and not n.watchdog()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "not notifying" in lines[0], lines
+    lines[0].encode("ascii")            # the undecodable bytes are shown escaped
+
+
+@pytest.mark.parametrize("value", [
+    "1" + "0" * 400, "1" * 4301, "18446744073709551616", "99999999999999999999999",
+    "-5", " 5", "1_000", "\u0663", "5e6", "\udcff",
+])
+def test_a_watchdog_usec_no_systemd_sets_is_off_with_one_log_line(
+        value: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.service")
+    assert watchdog_interval({"WATCHDOG_USEC": value}) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "not pinging the watchdog" in lines[0], lines
+    assert len(lines[0]) < 200
+    assert watchdog_interval({"WATCHDOG_USEC": "18446744073709551614"}) == (2**64 - 2) / 2e6
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_and_logs_rarely(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.service")
+    path = tmp_path / "n.sock"
+    rx = bound_socket(str(path))                   # bound, never read (until the end)
+    n = Notifier({"NOTIFY_SOCKET": str(path)})
+    sent: list[bool] = []
+    sender = threading.Thread(target=lambda: sent.extend(n.watchdog() for _ in range(500)),
+                              daemon=True)
+    t0 = time.monotonic()
+    sender.start()
+    sender.join(10)
+    assert not sender.is_alive(), f"blocked in send after {len(sent)} messages"
+    assert time.monotonic() - t0 < 5
+    assert sent[0] and not sent[-1] and n.dropped == sent.count(False) > 400
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "nobody reads it" in warnings[0], warnings
+    rx.settimeout(0.5)
+    while True:                                    # systemd reads again
+        try:
+            rx.recv(100)
+        except TimeoutError:
+            break
+    assert n.status("back") and rx.recv(100) == b"STATUS=back"
+    assert any("again" in r.getMessage() and "dropped before" in r.getMessage()
+               for r in caplog.records)
+    rx.close()
 
 
 # -- heartbeats ---------------------------------------------------------------------------
