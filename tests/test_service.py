@@ -37,6 +37,7 @@ from agent.service.runs import (
     state_directory,
     write_exit,
 )
+from agent.service.supervisor import Supervisor
 from agent.service.watchdog import Watchdog
 from tests.conftest import ROOT
 
@@ -344,6 +345,20 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_hook_says_so(tmp_path: Pat
                            timeout=60, preexec_fn=full)
     assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_supervisor_starts_whatever_the_records_raise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Fault injection (a failure no real input is known to cause any more): the last line
+    of defence in front of the lamps."""
+    def broken(self: RunLog) -> RunLog:
+        raise RuntimeError("a bug in the run records")
+
+    monkeypatch.setattr(RunLog, "begin", broken)
+    sup = Supervisor(tmp_path, {})
+    assert sup.figures() == {"restarts": None, "lastExit": None}
+    assert any("a bug in the run records" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(("env", "reason"), [

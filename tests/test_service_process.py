@@ -9,7 +9,11 @@ child's environment), the DALI emulator on a pty and a real mosquitto (``PoleRig
   nobody writes to, so the reader thread blocks in OpenCV's open (``open(2)`` on a FIFO
   waits for a writer; no timeout reaches it). It is the one blocking call the code really
   has: the lighting's serial reads and the uplink's sockets all have timeouts;
-- health's ``restarts`` and ``lastExit`` across a SIGKILL, a SIGTERM and a watchdog kill.
+- health's ``restarts`` and ``lastExit`` across a SIGKILL, a SIGTERM and a watchdog kill;
+- the lamps never depend on the service's files and sockets: with corrupt run records (the
+  hostile tester's ``"[" * 100000``) and a notify socket nobody reads (its queue fills after
+  a few messages; a blocking send would freeze the main loop) the lamps are lit, health keeps
+  coming and SIGTERM stops the agent promptly.
 """
 
 from __future__ import annotations
@@ -196,4 +200,41 @@ def test_restarts_and_last_exit_across_a_kill_and_a_clean_stop(tmp_path: Path) -
         assert last["at"]
         assert rig.signal() == 0
     finally:
+        rig.close()
+
+
+def test_corrupt_run_records_and_an_unread_notify_socket_leave_the_lamps_lit(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    deep = b"[" * 100_000
+    for name in ("service-runs.json", "service-exit.json"):
+        (state / name).write_bytes(deep)
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)      # bound, never read
+    name = f"polelink-deaf-{os.getpid()}-{time.monotonic_ns()}"
+    deaf.bind("\0" + name)
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        assert rig.levels() == [0.0, 0.0]
+        rig.start(env={"STATE_DIRECTORY": str(state), "NOTIFY_SOCKET": "@" + name,
+                       "WATCHDOG_USEC": "1"})                    # a ping on every pass
+        assert rig.wait_levels(lambda lv: all(v > 0 for v in lv), STARTUP_S), \
+            rig.output()[-3000:]
+        # the main loop runs on: health on every 10 s interval, the lamps still driven
+        assert wait_until(lambda: len(rig.col.where(
+            lambda t, m, r: t.endswith("/health"))) >= 3, 45), rig.output()[-3000:]
+        assert health(rig)["restarts"] == 1 and health(rig)["lastExit"] is None
+        assert rig.alive() and all(v > 0 for v in rig.levels())
+        out = rig.output()
+        assert "nobody reads it" in out and "moved aside" in out, out[-3000:]
+        assert out.count("sd_notify: cannot send") == 1, out[-3000:]      # rate-limited
+        for name_ in ("service-runs.json", "service-exit.json"):
+            assert (state / (name_ + ".corrupt")).read_bytes() == deep
+        assert not list(state.glob("*.tmp"))
+        t0 = time.monotonic()
+        assert rig.signal(signal.SIGTERM, timeout=20) == 0
+        assert time.monotonic() - t0 < 15
+        assert "Traceback" not in rig.output()
+    finally:
+        deaf.close()
         rig.close()

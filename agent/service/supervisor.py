@@ -10,7 +10,10 @@
 - :meth:`Supervisor.finished` with the exit code, which records the exit reason.
 
 Without ``NOTIFY_SOCKET`` (a technician's shell, the tests' plain runs) the notifications
-do nothing; the run records are kept either way.
+do nothing; the run records are kept either way. The lamps never depend on any of it: the
+pieces log and carry on (a bad record is moved aside, a bad variable turns its part off, a
+socket nobody reads drops messages), and should one of them still fail while the run's
+records are taken, that is logged in one line and the agent starts without figures.
 """
 
 from __future__ import annotations
@@ -35,14 +38,19 @@ class Supervisor:
     def __init__(self, state_dir: Path, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.notifier = Notifier(env)
-        self.runs = RunLog(state_dir).begin()
+        try:
+            self.runs = RunLog(state_dir).begin()
+        except Exception as e:            # last line of defence: the lamps come first
+            log.error("cannot take the run records in %s (%s: %s): health shows no restarts",
+                      state_dir, type(e).__name__, e)
+            self.runs = RunLog(state_dir)
         interval = watchdog_interval(env)
         self.watchdog = Watchdog(self.notifier, interval, self.runs)
         self.ready = False
         self._status = ""
         if self.notifier.enabled:
-            log.info("systemd: notifying %s%s", env.get("NOTIFY_SOCKET"),
-                     f", watchdog ping every {interval:.1f} s" if interval else "")
+            log.info("systemd: notifying %s%s", self.notifier.shown,
+                     f", watchdog ping every {interval:g} s" if interval else "")
 
     def figures(self) -> dict[str, Any]:
         """``restarts`` and ``lastExit`` for health."""
