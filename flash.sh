@@ -15,12 +15,15 @@ usage() {
     cat <<'EOF'
 usage: flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
                 [--wheelhouse DIR] [--hostname NAME] [--network-config FILE]
-                [--provision auto|cloud-init|firstrun]
+                [--provision auto|cloud-init|firstrun] [--no-validate]
                 (--device /dev/sdX [--yes --expect-serial SERIAL] | --to-file OUT.img [--force])
 
 Writes the image, verifies it by reading it back, then puts the agent (a wheel of this
 repository, plus the wheels in --wheelhouse), the pole's files (/etc/polelink/), the systemd
-unit and the first-boot provisioning on it, and reads those back too.
+unit and the first-boot provisioning on it, and reads those back too. Before writing
+anything it checks every input: the image (partition table, boot partition, cmdline.txt, room
+on the root), the wheels, the network-config, and the pole's files with the agent's own
+`agent validate` (as the pole will have them: pole.yaml, site.yaml, secrets.yaml).
 
   --image FILE          Raspberry Pi OS image, raw or .xz (streamed, never unpacked to disk)
   --config FILE         the pole's provisioning file -> /etc/polelink/pole.yaml
@@ -32,11 +35,17 @@ unit and the first-boot provisioning on it, and reads those back too.
   --hostname NAME       the Pi's hostname (default: the config file's name without .yaml)
   --network-config FILE cloud-init network-config to use instead of DHCP on eth0
   --provision KIND      first-boot mechanism; auto (default) detects it from the image
+  --no-validate         skip `agent validate` (for a python that cannot import the agent)
   --device DEV          the SD card's whole disk; refused unless removable, unmounted and
                         not the system disk; asks for its serial to be typed
   --yes --expect-serial SERIAL
                         no question: go on only if the card's serial is SERIAL
-  --to-file FILE        write an image file instead of a card (--force: overwrite it)
+  --to-file FILE        write an image file instead of a card (--force: overwrite a regular
+                        file); written beside it under a temporary name, renamed when verified
+
+Exit codes: 0 done; 1 bad input or refused target, nothing written; 2 usage error; 3 the
+write or its verification failed, or it was interrupted while writing (do not use the card;
+a --to-file output is removed).
 EOF
 }
 
@@ -49,7 +58,7 @@ die() {  # die CODE MESSAGE...
 step() { echo "==> $*" >&2; }
 
 image='' config='' secrets='' site='' wheelhouse='' device='' to_file='' yes=0 expect_serial=''
-hostname='' network_config='' provision=auto force=0
+hostname='' network_config='' provision=auto force=0 validate=1
 
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then
     case $1 in
@@ -81,6 +90,7 @@ while [ $# -gt 0 ]; do
         --provision) need_value "$@"; provision=$2; shift 2 ;;
         --yes) yes=1; shift ;;
         --force) force=1; shift ;;
+        --no-validate) validate=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die 2 "unknown option '$opt' (see flash.sh --help)" ;;
     esac
@@ -115,19 +125,47 @@ if [ -n "$wheelhouse" ]; then
     [ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
     compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
 fi
+# debugfs splits its arguments at white space and '?', mtools reads '@@' as an offset: the paths
+# they get (the target, the work directory) must be plain
+plain_path() { [[ $1 =~ ^[A-Za-z0-9._/+,=-]+$ ]]; }
 [ -n "$hostname" ] || hostname=$(basename "$config" .yaml)
 hostname=${hostname%.yml}
 [[ $hostname =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
     die 1 "hostname '$hostname' is not valid (lower-case letters, digits and '-', at most 63): use --hostname"
 
 missing=()
-for tool in "$PYTHON":python3 sfdisk:fdisk debugfs:e2fsprogs mcopy:mtools mtype:mtools mdir:mtools; do
+for tool in "$PYTHON":python3 sfdisk:fdisk debugfs:e2fsprogs e2fsck:e2fsprogs mcopy:mtools mtype:mtools \
+    mdir:mtools flock:util-linux; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (Debian package ${tool#*:})")
 done
 [ ${#missing[@]} -eq 0 ] || die 1 "missing tools: ${missing[*]}"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/polelink-flash.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+tmp_root=${TMPDIR:-/tmp}
+plain_path "$tmp_root" ||
+    die 1 "TMPDIR '$tmp_root' has characters debugfs and mtools cannot take (only letters, digits, ._/+,=-)"
+WORK=$(mktemp -d "$tmp_root/polelink-flash.XXXXXX") || die 1 "cannot make a work directory in $tmp_root"
+partial=''   # the --to-file output being written, under its temporary name
+writing=0    # 1 once the target is being written: a failure then is exit 3
+cleanup() {
+    if [ -n "$partial" ]; then rm -f -- "$partial"; fi
+    rm -rf -- "$WORK"
+}
+interrupted() {
+    trap - INT TERM
+    if [ "$writing" = 0 ]; then
+        echo "flash.sh: interrupted: nothing written" >&2
+        exit 1
+    elif [ -n "$device" ]; then
+        echo "flash.sh: interrupted while writing $device: do not use this card (flash it again)" >&2
+    else
+        echo "flash.sh: interrupted: the partial output was removed, nothing at $to_file" >&2
+    fi
+    exit 3
+}
+trap cleanup EXIT
+trap interrupted INT TERM
+# a step that failed after the write began: exit 3 (its message is already out)
+failed() { exit 3; }
 
 image_size=$("$PYTHON" "$LIB/imagecopy.py" size "$image") || die 1 "--image $image: cannot read its size"
 [ "$image_size" -gt 0 ] || die 1 "--image $image: empty image"
@@ -138,7 +176,7 @@ if [ -n "$device" ]; then
         echo "flash.sh: TEST MODE: disk facts from $POLELINK_FLASH_LSBLK_JSON and" \
             "${POLELINK_FLASH_MOUNTS:-/proc/mounts} (POLELINK_FLASH_LSBLK_JSON is for tests only)" >&2
     fi
-    facts=$("$PYTHON" "$LIB/disks.py" "$device" --image-size "$image_size") || exit $?
+    facts=$("$PYTHON" "$LIB/disks.py" --image-size "$image_size" -- "$device") || exit 1
     field() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$facts" "$1"; }
     target=$(field path)
     model=$(field model)
@@ -168,17 +206,41 @@ if [ -n "$device" ]; then
         [ "$answer" = "$token" ] || die 1 "refused: '$answer' is not the serial '$token': nothing written"
     fi
     [ -w "$target" ] || die 1 "cannot write to $target: run flash.sh as root (sudo)"
+    plain_path "$target" || die 1 "$target: a device path debugfs and mtools cannot take"
+    # one flash.sh per card; LOCK_EX on the whole disk also keeps udev from probing it meanwhile
+    exec 9<"$target" || die 1 "cannot open $target"
+    flock -n 9 || die 1 "$target is being written by another flash.sh (or locked by another tool): wait for it"
 else
-    target=$to_file
-    [ ! -b "$target" ] || die 1 "--to-file $target is a block device: use --device for cards"
-    [ -d "$(dirname "$target")" ] || die 1 "--to-file $target: no such directory $(dirname "$target")"
-    if [ -e "$target" ] && [ "$force" = 0 ]; then die 1 "--to-file $target exists (--force overwrites it)"; fi
-    if [ -e "$target" ]; then rm -f "$target"; fi
+    out_dir=$(dirname -- "$to_file")
+    [ ! -b "$to_file" ] || die 1 "--to-file $to_file is a block device: use --device for cards"
+    plain_path "$to_file" ||
+        die 1 "--to-file '$to_file': only letters, digits and ._/+,=- (debugfs and mtools cannot take the others)"
+    [ ! -L "$to_file" ] || die 1 "--to-file $to_file is a symbolic link: give the file itself"
+    [ -d "$out_dir" ] || die 1 "--to-file $to_file: no such directory $out_dir"
+    if [ -e "$to_file" ]; then
+        [ -f "$to_file" ] || die 1 "--to-file $to_file exists and is not a regular file: refusing to replace it"
+        [ "$force" = 1 ] || die 1 "--to-file $to_file exists (--force overwrites it)"
+        for input in "$image" "$config" "$secrets" "$site" "$network_config" "$wheelhouse"/*.whl; do
+            if [ -n "$input" ] && [ "$to_file" -ef "$input" ]; then
+                die 1 "--to-file $to_file is one of the inputs ($input): refusing to overwrite it"
+            fi
+        done
+    fi
+    # one flash.sh at a time per output directory
+    exec 9<"$out_dir" || die 1 "cannot open $out_dir"
+    flock -n 9 || die 1 "another flash.sh is writing into $out_dir: wait for it to finish"
+    # written under a temporary name beside it, renamed over it only when verified
+    partial=$(mktemp "$out_dir/.polelink-flash.XXXXXX") || die 1 "--to-file: cannot create a file in $out_dir"
+    chmod "$(printf '%04o' $((0666 & ~0$(umask))))" "$partial"  # mktemp's 0600, as a new file would be
+    target=$partial
 fi
 
 # ---- the agent: a wheel of this repository, and the wheelhouse --------------------------
 mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
-if [ -n "$wheelhouse" ]; then cp "$wheelhouse"/*.whl "$WORK/wheels/"; fi
+if [ -n "$wheelhouse" ]; then
+    "$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
+    cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
+fi
 if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
     step "building the agent's wheel (pip wheel --no-deps)"
     # from a clean copy of the files git knows (committed or not, ignored ones left out): an
@@ -196,39 +258,43 @@ if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
 fi
 agent_wheels=("$WORK"/wheels/polelink-*.whl)
 [ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
-version=$(basename "${agent_wheels[0]}" | cut -d- -f2)
-[[ $version =~ ^[A-Za-z0-9.+_]+$ ]] || die 1 "cannot read the version from ${agent_wheels[0]##*/}"
+"$PYTHON" "$LIB/checks.py" wheels "${agent_wheels[0]}" || exit 1
+version=$("$PYTHON" "$LIB/checks.py" version "${agent_wheels[0]}") || exit 1
 
-# ---- write, then read back --------------------------------------------------------------
-step "writing $image ($image_size bytes) to $target"
-source_sha=$("$PYTHON" "$LIB/imagecopy.py" write "$image" "$target") || die 3 "writing $target failed"
-if [ -n "${POLELINK_FLASH_TEST_CORRUPT_AT:-}" ]; then  # test only: a card that lies
-    echo "flash.sh: TEST HOOK: flipping the byte at ${POLELINK_FLASH_TEST_CORRUPT_AT}" >&2
-    "$PYTHON" "$LIB/imagecopy.py" flip "$target" "$POLELINK_FLASH_TEST_CORRUPT_AT"
+# ---- the pole's files and the image, checked before anything is written ----------------------
+if [ -n "$network_config" ]; then "$PYTHON" "$LIB/checks.py" netconfig "$network_config" || exit 1; fi
+if [ -z "$secrets" ]; then
+    secrets=$WORK/no-secrets.yaml
+    printf '# no secrets given to flash.sh: references to secrets in the config fail validation\n{}\n' >"$secrets"
 fi
-if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
-step "verifying: reading $image_size bytes back"
-written_sha=$("$PYTHON" "$LIB/imagecopy.py" hash "$target" "$image_size") || die 3 "reading $target back failed"
-[ "$source_sha" = "$written_sha" ] ||
-    die 3 "VERIFY FAILED: $target reads back as sha256 $written_sha, the image is $source_sha. Do not use this card (try another one)."
-echo "verified: sha256 $source_sha" >&2
+if [ "$validate" = 1 ]; then
+    step "validating the pole's files (agent validate, as /etc/polelink/ on the pole)"
+    "$PYTHON" "$LIB/checks.py" validate "$WORK/etc" "$config" "$secrets" ${site:+"$site"} || exit 1
+fi
 
-# ---- what goes on it ---------------------------------------------------------------------
-layout=$("$PYTHON" "$LIB/inject.py" layout "$target") || exit $?
-if [ -n "$device" ]; then  # a desktop may automount the new partitions: never write under a mount
-    "$PYTHON" "$LIB/disks.py" "$device" >/dev/null ||
-        die 3 "$target was mounted while flash.sh wrote it (desktop automount?): unmount it and flash again"
+step "inspecting $image"
+inspected=$image
+inspect_opts=()
+if "$PYTHON" -c 'import sys; sys.exit(open(sys.argv[1], "rb").read(6) != b"\xfd7zXZ\x00")' "$image"; then
+    inspected=$WORK/prefix.img  # the partition table, the boot partition, the root's start
+    "$PYTHON" "$LIB/imagecopy.py" prefix "$image" "$inspected" || exit 1
+    inspect_opts=(--boot-only)
 fi
-detected=$("$PYTHON" "$LIB/inject.py" detect "$target") || exit $?
+image_facts=$("$PYTHON" "$LIB/inject.py" inspect "$inspected" "$WORK/cmdline.in" "${inspect_opts[@]}" ||
+    exit 1) || exit 1
 jget() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
-boot_dir=$(jget "$detected" boot_dir)
-if [ "$provision" = auto ]; then
-    provision=$(jget "$detected" flavour)
-    echo "first boot: $provision ($(jget "$detected" why))" >&2
-else
-    echo "first boot: $provision (--provision)" >&2
+image_flavour=$provision
+if [ "$provision" = auto ]; then image_flavour=$(jget "$image_facts" flavour); fi
+if [ -n "$network_config" ] && [ "$image_flavour" = firstrun ]; then
+    die 1 "--network-config needs a cloud-init image (this one uses firstrun.sh)"
 fi
-
+if [ -n "$network_config" ] && [ -z "$image_flavour" ]; then
+    die 1 "--network-config: whether this .xz image uses cloud-init shows only in its root partition," \
+        "after writing: give --provision cloud-init if it does"
+fi
+if [ "$image_flavour" != cloud-init ] && [ "$(jget "$image_facts" cmdline)" != True ]; then
+    die 1 "the image's boot partition has no cmdline.txt: not a Raspberry Pi OS image? (--provision cloud-init?)"
+fi
 rel=/var/lib/polelink/releases/$version
 manifest=$WORK/manifest
 n=0
@@ -244,10 +310,6 @@ if [ -n "$site" ]; then stage root 0644 "$site" /etc/polelink/site.yaml; fi
 # secrets on the ext4 root, 0600: the FAT boot partition has no permissions, and anyone who
 # takes the card out of the pole reads it in any computer
 # (always one: the unit hands it to the agent with LoadCredential=, which needs the file)
-if [ -z "$secrets" ]; then
-    secrets=$WORK/no-secrets.yaml
-    printf '# no secrets given to flash.sh: references to secrets in the config fail validation\n{}\n' >"$secrets"
-fi
 stage root 0600 "$secrets" /etc/polelink/secrets.yaml
 stage root 0644 "$HERE/deploy/systemd/polelink.service" /etc/systemd/system/polelink.service
 # systemd-sysusers creates the agent's user and its groups early in the first boot
@@ -273,26 +335,65 @@ entry dir 0755 - "$rel"
 for whl in "$WORK"/wheels/*.whl; do stage root 0644 "$whl" "$rel/wheels/$(basename "$whl")"; done
 stage root 0644 "$HERE/README.md" "$rel/README.md"
 
+"$PYTHON" "$LIB/inject.py" space "$inspected" "$manifest" || exit 1
+
+# ---- write, then read back --------------------------------------------------------------
+step "writing $image ($image_size bytes) to ${to_file:-$target}"
+writing=1
+kind='file'
+if [ -n "$device" ]; then kind=device; fi
+source_sha=$("$PYTHON" "$LIB/imagecopy.py" write "$image" "$target" "$kind" "${to_file:-$target}") || failed
+if [ -n "${POLELINK_FLASH_TEST_CORRUPT_AT:-}" ]; then  # test only: a card that lies
+    echo "flash.sh: TEST HOOK: flipping the byte at ${POLELINK_FLASH_TEST_CORRUPT_AT}" >&2
+    "$PYTHON" "$LIB/imagecopy.py" flip "$target" "$POLELINK_FLASH_TEST_CORRUPT_AT"
+fi
+if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
+step "verifying: reading $image_size bytes back"
+written_sha=$("$PYTHON" "$LIB/imagecopy.py" hash "$target" "$image_size") || failed
+[ "$source_sha" = "$written_sha" ] ||
+    die 3 "VERIFY FAILED: $target reads back as sha256 $written_sha, the image is $source_sha. Do not use this card (try another one)."
+echo "verified: sha256 $source_sha" >&2
+
+# ---- what goes on it ---------------------------------------------------------------------
+if [ -n "$device" ]; then  # a desktop may automount the new partitions: never write under a mount
+    "$PYTHON" "$LIB/disks.py" -- "$device" >/dev/null ||
+        die 3 "$target was mounted while flash.sh wrote it (desktop automount?): unmount it and flash again"
+fi
+detected=$("$PYTHON" "$LIB/inject.py" detect "$target") || failed
+boot_dir=$(jget "$detected" boot_dir)
+if [ "$provision" = auto ]; then
+    provision=$(jget "$detected" flavour)
+    echo "first boot: $provision ($(jget "$detected" why))" >&2
+else
+    echo "first boot: $provision (--provision)" >&2
+fi
+
 fb=(--version "$version" --hostname "$hostname")
 if [ "$provision" = cloud-init ]; then
     if [ -n "$network_config" ]; then fb+=(--network-config "$network_config"); fi
-    "$PYTHON" "$LIB/firstboot.py" cloud-init "$WORK/boot" "${fb[@]}"
+    "$PYTHON" "$LIB/firstboot.py" cloud-init "$WORK/boot" "${fb[@]}" || failed
     for f in user-data meta-data network-config; do stage boot - "$WORK/boot/$f" "/$f"; done
 else
-    [ -z "$network_config" ] || die 1 "--network-config needs a cloud-init image (this one uses firstrun.sh)"
-    "$PYTHON" "$LIB/firstboot.py" firstrun "$WORK/boot" "${fb[@]}" --boot-dir "$boot_dir"
+    [ -z "$network_config" ] || die 3 "--network-config needs a cloud-init image (this one uses firstrun.sh)"
+    "$PYTHON" "$LIB/firstboot.py" firstrun "$WORK/boot" "${fb[@]}" --boot-dir "$boot_dir" || failed
     stage boot - "$WORK/boot/firstrun.sh" /firstrun.sh
-    MTOOLS_SKIP_CHECK=1 mtype -i "$target@@$(jget "$layout" boot)" ::cmdline.txt >"$WORK/cmdline.in" 2>/dev/null ||
-        die 1 "the image's boot partition has no cmdline.txt: not a Raspberry Pi OS image? (--provision cloud-init?)"
-    "$PYTHON" "$LIB/firstboot.py" cmdline "$WORK/cmdline.in" "$WORK/boot/cmdline.txt" --script "$boot_dir/firstrun.sh"
+    [ -s "$WORK/cmdline.in" ] ||
+        die 3 "the image's boot partition has no cmdline.txt: not a Raspberry Pi OS image? (--provision cloud-init?)"
+    "$PYTHON" "$LIB/firstboot.py" cmdline "$WORK/cmdline.in" "$WORK/boot/cmdline.txt" \
+        --script "$boot_dir/firstrun.sh" || failed
     stage boot - "$WORK/boot/cmdline.txt" /cmdline.txt
 fi
 
 step "installing polelink $version, the pole's files and first boot ($provision) on the partitions"
-"$PYTHON" "$LIB/inject.py" write "$target" "$manifest" || exit $?
+"$PYTHON" "$LIB/inject.py" write "$target" "$manifest" || failed
 sync
 if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
 step "verifying: reading the installed files back"
 checked=$("$PYTHON" "$LIB/inject.py" verify "$target" "$manifest") || die 3 "Do not use this card."
-echo "verified: $checked files and links read back with their content and modes" >&2
+echo "verified: $checked files and links read back with their content and modes; e2fsck: clean" >&2
+if [ -n "$to_file" ]; then
+    mv -f -- "$partial" "$to_file" || die 3 "cannot rename $partial to $to_file"
+    partial=''
+    target=$to_file
+fi
 echo "done: $target holds the image and polelink $version for $hostname (first boot: $provision)" >&2

@@ -31,6 +31,19 @@ MiB = 1024 * 1024
 BOOT_START, BOOT_SIZE, ROOT_START = 1 * MiB, 8 * MiB, 9 * MiB
 IMAGE_SIZE = 20 * MiB
 SECRET = "mqtt_password: s3cr3t-never-on-fat-0042"
+# a pole file `agent validate` passes on its own (flash.sh runs it before writing)
+POLE_CONFIG = """\
+device:
+  id: pole-0042
+  site: hanoi-d1
+cameras:
+  - name: north
+    source: {kind: stream, url: "rtsp://192.0.2.42:554/stream1"}
+    detector: {model: "pkg:models/yolox_nano.yaml"}
+    lines:
+      - name: main
+        points: [[40, 150], [280, 150]]
+"""
 CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 rootwait quiet"
 
 
@@ -120,7 +133,7 @@ def pole_files(tmp_path: Path) -> dict[str, Path]:
     """A pole's config, secrets and site file."""
     files = {"config": tmp_path / "pole-0042.yaml", "secrets": tmp_path / "pole-0042.secrets.yaml",
              "site": tmp_path / "site.yaml"}
-    files["config"].write_text("device:\n  id: pole-0042\n  site: hanoi-d1\n")
+    files["config"].write_text(POLE_CONFIG)
     files["secrets"].write_text(SECRET + "\n")
     files["secrets"].chmod(0o644)  # flash.sh must make it 0600 whatever it was here
     files["site"].write_text("mqtt:\n  host: broker.example\n")
@@ -546,7 +559,8 @@ def test_image_copy_progress_is_not_a_traceback(tmp_path: Path) -> None:
     """imagecopy on an unreadable target: one line, exit 3."""
     r = subprocess.run([sys.executable, str(ROOT / "deploy/flash/imagecopy.py"), "hash",
                         str(tmp_path / "absent"), "10"], capture_output=True, text=True)
-    assert r.returncode == 3 and "Traceback" not in r.stderr and "hash failed" in r.stderr
+    assert r.returncode == 3 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert f"reading {tmp_path / 'absent'} back failed" in r.stderr
 
 
 def test_read_back_catches_a_file_that_differs(tmp_path: Path, pole_files: dict[str, Path],
@@ -573,15 +587,493 @@ def test_read_back_catches_a_file_that_differs(tmp_path: Path, pole_files: dict[
 
 def test_wheelhouse_too_big_for_the_root(tmp_path: Path, pole_files: dict[str, Path],
                                          wheelhouse: Path) -> None:
-    """More wheels than the root partition holds: one line with both figures, before writing any file."""
+    """More wheels than the root partition holds: one line with the figures and the margin, found in
+    the image before writing anything (exit 1, no output file)."""
     big = tmp_path / "big"
     shutil.copytree(wheelhouse, big)
-    (big / "huge-1.0-py3-none-any.whl").write_bytes(os.urandom(16 * MiB))
+    with zipfile.ZipFile(big / "huge-1.0-py3-none-any.whl", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("huge/blob.bin", os.urandom(16 * MiB))
     img = build_image(tmp_path / "img")
     out = tmp_path / "out.img"
     r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", big, "--to-file", out)
-    assert r.returncode == 3, r.stderr
-    assert re.search(r"root partition has [\d.]+ MB free, the agent and the pole's files need [\d.]+ MB",
-                     r.stderr), r.stderr
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"root partition has [\d.]+ MB free, the agent and the pole's files need [\d.]+ MB, "
+                     r"[\d.]+ MB with the margin \(5 % and 1 MB\)", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and "writing" not in r.stderr
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["big", "img", "pole-0042.secrets.yaml",
+                                                                 "pole-0042.yaml", "site.yaml"]
+
+
+# ---- hostile inputs: nothing but the intended target is ever written or deleted --------------
+
+def _untouched(path: Path) -> tuple:
+    """What a path is, to compare before and after a run (kind, content of a regular file)."""
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    if not path.exists():
+        return ("absent",)
+    if path.is_file():
+        return ("file", path.read_bytes())
+    return ("other", path.stat().st_mode)
+
+
+def _no_leftovers(directory: Path) -> None:
+    assert not list(directory.glob(".polelink-flash.*")), list(directory.iterdir())
+
+
+@pytest.mark.parametrize("what", ["image", "secrets", "config", "fifo", "directory", "dangling-link",
+                                  "link-to-output"])
+def test_to_file_refuses_what_is_not_its_output(tmp_path: Path, pole_files: dict[str, Path],
+                                                small_image: Path,
+                                                wheelhouse: Path, what: str) -> None:
+    """--to-file X --force never deletes or overwrites an input, a non-regular file or through a link."""
+    target = {"image": small_image, "secrets": pole_files["secrets"], "config": pole_files["config"],
+              "fifo": tmp_path / "fifo", "directory": tmp_path / "adir",
+              "dangling-link": tmp_path / "dangling.img", "link-to-output": tmp_path / "l.img"}[what]
+    if what == "fifo":
+        os.mkfifo(target)
+    elif what == "directory":
+        target.mkdir()
+    elif what == "dangling-link":
+        target.symlink_to(tmp_path / "elsewhere.img")
+    elif what == "link-to-output":
+        (tmp_path / "real.img").write_bytes(b"old")
+        target.symlink_to(tmp_path / "real.img")
+    before = {p: _untouched(p) for p in (target, small_image, pole_files["secrets"],
+                                         tmp_path / "elsewhere.img",
+                                         tmp_path / "real.img")}
+    r = flash("--image", small_image, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
+              "--wheelhouse", wheelhouse, "--to-file", target, "--force")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("flash.sh: --to-file "), r.stderr
+    assert {p: _untouched(p) for p in before} == before
+    _no_leftovers(tmp_path)
+
+
+def test_a_device_that_vanished_is_never_created(tmp_path: Path, small_image: Path) -> None:
+    """The copier opens a card without O_CREAT and wants a block device (outside TEST MODE) right before
+    writing: a card pulled out after the checks does not become a file at its path."""
+    env = {k: v for k, v in os.environ.items() if k != "POLELINK_FLASH_LSBLK_JSON"}
+    gone = tmp_path / "sdq"
+    plain = tmp_path / "sdp"
+    plain.write_bytes(b"KEEP")
+    for dev, message in ((gone, "No such file"), (plain, "no longer a block device")):
+        r = subprocess.run([sys.executable, str(ROOT / "deploy/flash/imagecopy.py"), "write",
+                            str(small_image),
+                            str(dev), "device", "/dev/sdq"], capture_output=True, text=True, env=env)
+        assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "nothing written" in r.stderr
+    assert not gone.exists() and plain.read_bytes() == b"KEEP"
+
+
+def test_device_listed_by_lsblk_must_be_a_block_device_outside_test_mode(tmp_path: Path) -> None:
+    """disks.check no longer takes a listed path for a block device: only TEST MODE's files may stand in."""
+    disks_mod = _lib("disks")
+    rows = disks_mod.parse_lsblk(json.dumps({"blockdevices": [_row("sdq", tmp_path / "sdq")]}))
+    with pytest.raises(disks_mod.Refused, match="not a block device"):
+        disks_mod.check(str(tmp_path / "sdq"), rows, [], is_block=False)
+    assert disks_mod.check(str(tmp_path / "sdq"), rows, [], is_block=True).name == "sdq"
+
+
+# ---- the pole's files are validated before writing ----------------------------------------------
+
+def test_invalid_config_is_refused_before_writing(tmp_path: Path, pole_files: dict[str, Path],
+                                                  small_image: Path, wheelhouse: Path) -> None:
+    """`agent validate` runs on the files as the pole will have them: its located error, one line, exit 1."""
+    bad = tmp_path / "pole-0043.yaml"
+    bad.write_text("device:\n  id: pole-0043\n  site: hanoi-d1\n")  # no cameras
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", bad, "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"flash.sh: --config {bad} is not valid on the pole: {bad}:1:1: cameras"), r.stderr
+    assert "writing" not in r.stderr and not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_site_and_secrets_are_validated_as_on_the_pole(tmp_path: Path, small_image: Path,
+                                                       wheelhouse: Path) -> None:
+    """A pole file that extends site.yaml and uses a secret: validated with --site and --secrets, and the
+    site file's error is reported at the technician's site file, not at a copy."""
+    pole = tmp_path / "pole-0044.yaml"
+    pole.write_text("extends: site.yaml\n" + POLE_CONFIG.replace("  site: hanoi-d1\n", ""))
+    site = tmp_path / "city-site.yaml"
+    site.write_text("device:\n  site: hanoi-d1\n"
+                    "mqtt:\n  host: broker.example\n  password: !secret mqtt_password\n")
+    secrets = tmp_path / "s.yaml"
+    secrets.write_text('mqtt_password: "pw"\n')
+    out = tmp_path / "out.img"
+    base = ["--image", small_image, "--config", pole, "--wheelhouse", wheelhouse, "--to-file", out]
+    r = flash(*base)  # no --site: the pole would have no site.yaml
+    assert r.returncode == 1 and "site.yaml" in r.stderr and not out.exists(), r.stderr
+    r = flash(*base, "--site", site)  # no --secrets: the pole would have an empty one
+    assert r.returncode == 1 and "mqtt_password" in r.stderr and not out.exists(), r.stderr
+    r = flash(*base, "--site", site, "--secrets", secrets)
+    assert r.returncode == 0, r.stderr
+    out.unlink()
+    site.write_text("device:\n  site: hanoi-d1\naggregates:\n  interval_s: -5\n")
+    r = flash(*base, "--site", site, "--secrets", secrets)
+    assert r.returncode == 1 and f"{site}:4:" in r.stderr and r.stderr.strip().count("\n") <= 2, r.stderr
+    assert not out.exists()
+
+
+def test_no_validate_when_the_agent_does_not_import(tmp_path: Path, pole_files: dict[str, Path],
+                                                    small_image: Path, wheelhouse: Path) -> None:
+    """A python that cannot import the agent: one line saying so, refused; --no-validate flashes anyway."""
+    fake = tmp_path / "fake"
+    (fake / "pydantic").mkdir(parents=True)
+    (fake / "pydantic" / "__init__.py").write_text("raise ImportError('no pydantic here')\n")
+    out = tmp_path / "out.img"
+    args = ["--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+            "--to-file", out]
+    r = flash(*args, env={"PYTHONPATH": str(fake)})
+    assert r.returncode == 1 and "the agent does not import" in r.stderr, r.stderr
+    assert "--no-validate" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("flash.sh: cannot validate") and not out.exists()
+    r = flash(*args, "--no-validate", env={"PYTHONPATH": str(fake)})
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"network:\n  version: 2\n  ethernets: [\n", "not valid YAML"),
+    (b"network: \xff\xfe\n", "not UTF-8"),
+    (b"- a list\n", "not a YAML mapping"),
+])
+def test_bad_network_config_is_refused_before_writing(tmp_path: Path, pole_files: dict[str, Path],
+                                                      wheelhouse: Path, content: bytes, message: str) -> None:
+    """--network-config is read as YAML before writing: one line, exit 1."""
+    img = build_image(tmp_path / "img", cloud_init_boot=True)
+    net = tmp_path / "net.yaml"
+    net.write_bytes(content)
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--network-config", net, "--to-file", out)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("flash.sh: --network-config") and not out.exists()
     assert "Traceback" not in r.stderr
-    assert Card(out).stat("/etc/polelink/pole.yaml") == {}  # nothing half-installed
+
+
+# ---- the image is inspected before writing --------------------------------------------------------
+
+def _mtools(*args: str | Path) -> None:
+    sh(*args, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
+@pytest.mark.parametrize("defect", ["no-table", "one-partition", "no-cmdline", "no-cmdline-xz",
+                                    "network-config-on-firstrun", "cmdline-not-utf8", "corrupt-xz"])
+def test_bad_image_is_refused_before_writing(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path,
+                                             defect: str) -> None:
+    """Whatever is wrong with the image is found before a byte is written: exit 1, one line, no output."""
+    img = build_image(tmp_path / "img")
+    extra: list[str | Path] = []
+    if defect == "no-table":
+        img.write_bytes(b"\x00" * IMAGE_SIZE)
+    elif defect == "one-partition":
+        sh("sfdisk", "-q", "--delete", img, "2")
+    elif defect.startswith("no-cmdline"):
+        _mtools("mdel", "-i", f"{img}@@{BOOT_START}", "::cmdline.txt")
+    elif defect == "network-config-on-firstrun":
+        (tmp_path / "net.yaml").write_text("network:\n  version: 2\n")
+        extra = ["--network-config", tmp_path / "net.yaml"]
+    elif defect == "cmdline-not-utf8":
+        (tmp_path / "cmdline.txt").write_bytes(b"console=tty1 root=/dev/\xff rootwait\n")
+        _mtools("mcopy", "-o", "-i", f"{img}@@{BOOT_START}", tmp_path / "cmdline.txt", "::cmdline.txt")
+    if defect.endswith("xz"):
+        data = lzma.compress(img.read_bytes(), preset=1)
+        if defect == "corrupt-xz":
+            data = data[:200] + bytes(b ^ 0x55 for b in data[200:400]) + data[400:]
+        img = tmp_path / "raspios.img.xz"
+        img.write_bytes(data)
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out,
+              *extra)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("flash.sh: "), r.stderr
+    assert "==> writing" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_xz_firstrun_image(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """An .xz firstrun image: inspected from its uncompressed start; flavour and boot dir after writing."""
+    img = build_image(tmp_path / "img")
+    xz = tmp_path / "raspios.img.xz"
+    xz.write_bytes(lzma.compress(img.read_bytes(), preset=1))
+    out = tmp_path / "out.img"
+    r = flash("--image", xz, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert "first boot: firstrun" in r.stderr
+    assert Card(out).boot("cmdline.txt").startswith(CMDLINE + " systemd.run=/boot/firmware/firstrun.sh ")
+
+
+# ---- one flash.sh per target; e2fsck in the verification ------------------------------------------
+
+def test_a_locked_target_is_refused(tmp_path: Path, disks: dict, pole_files: dict[str, Path],
+                                    small_image: Path,
+                                    wheelhouse: Path) -> None:
+    """Another flash.sh holding the card (or the output directory) makes a second one stop, exit 1."""
+    import fcntl
+
+    dev = disks["dev"] / "sdz"
+    outdir = tmp_path / "outdir"
+    outdir.mkdir()
+    for path, args, env in ((dev, ["--device", dev, "--yes", "--expect-serial", "SN0042"], disks["env"]),
+                            (outdir, ["--to-file", outdir / "o.img"], {})):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+                      *args, env=env)
+        finally:
+            os.close(fd)
+        assert r.returncode == 1 and "another flash.sh" in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("flash.sh: ")
+    assert dev.read_bytes() == b"" and list(outdir.iterdir()) == []
+
+
+def test_two_concurrent_runs_on_one_output(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                           wheelhouse: Path) -> None:
+    """Two runs started together on one --to-file: one is done, the other refused; the file is whole."""
+    out = tmp_path / "out.img"
+    cmd = ["bash", str(FLASH), "--image", str(small_image), "--config", str(pole_files["config"]),
+           "--wheelhouse", str(wheelhouse), "--to-file", str(out), "--force"]
+    env = {**os.environ, "PYTHON": sys.executable}
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)  # type: ignore[union-attr]
+    assert [rc for rc, _ in results] == [0, 1], results
+    assert "another flash.sh" in results[1][1]
+    assert Card(out).read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+    r = subprocess.run(["e2fsck", "-fn", Card(out).root], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_verification_runs_e2fsck(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """A root file system e2fsck finds wrong fails the read-back, exit 3, even when the files read back."""
+    img = build_image(tmp_path / "img")
+    out = tmp_path / "out.img"
+    assert flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+                 "--to-file", out).returncode == 0
+    sh("debugfs", "-w", "-R", "sif /etc/hostname links_count 5", Card(out).root)
+    manifest = tmp_path / "manifest"
+    manifest.write_text(f"root\t0644\t{pole_files['config']}\t/etc/polelink/pole.yaml\n")
+    v = subprocess.run([sys.executable, str(ROOT / "deploy/flash/inject.py"), "verify", str(out),
+                        str(manifest)],
+                       capture_output=True, text=True)
+    assert v.returncode == 3 and "e2fsck -fn" in v.stderr and v.stderr.count("\n") == 1, v.stderr
+
+
+# ---- the cmdline.txt hook comes and goes word by word ---------------------------------------------
+
+def test_cmdline_hook_keeps_every_other_word() -> None:
+    """An older hook in the middle of the line: only its words go, root= and what follows stay."""
+    firstboot = _lib("firstboot")
+    line = ("console=tty1 systemd.run=/boot/old.sh systemd.run_success_action=reboot "
+            "systemd.unit=kernel-command-line.target root=PARTUUID=4e639091-02 rootwait "
+            "systemd.unit=rescue.target")
+    out = firstboot.add_hook(line + "\n", "/boot/firmware/firstrun.sh")
+    assert out == ("console=tty1 root=PARTUUID=4e639091-02 rootwait systemd.unit=rescue.target "
+                   "systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot "
+                   "systemd.unit=kernel-command-line.target\n")
+
+
+def test_firstrun_removes_only_its_hook(tmp_path: Path) -> None:
+    """firstrun.sh's own clean-up, run on a boot directory: the hook's words go, root= and the rest stay."""
+    firstboot = _lib("firstboot")
+    script = firstboot.firstrun("0.1.0", "pole-0042", str(tmp_path))
+    start, end = script.index('rm -f "$BOOT/firstrun.sh"'), script.index('echo "polelink first boot finished')
+    cleanup = script[start:end]
+    hooked = firstboot.add_hook("console=tty1 " + CMDLINE + "\n", f"{tmp_path}/firstrun.sh")
+    # the Imager may put the hook before other words; they must survive too
+    hooked = hooked.replace("console=tty1 ", "console=tty1 systemd.run=/x systemd.run_failure_action=none ",
+                            1)
+    (tmp_path / "cmdline.txt").write_text(hooked)
+    (tmp_path / "firstrun.sh").write_text("x")
+    sh("bash", "-euc", f"BOOT={tmp_path}\n{cleanup}")
+    assert (tmp_path / "cmdline.txt").read_text() == "console=tty1 " + CMDLINE + "\n"
+    assert not (tmp_path / "firstrun.sh").exists()
+
+
+# ---- partitions lsblk gives without their disk ---------------------------------------------------
+
+def test_a_partition_without_pkname_is_tied_or_refused() -> None:
+    """A partition with no pkname is tied to its disk by name (sdb1, mmcblk0p1), or the disk is refused."""
+    disks_mod = _lib("disks")
+
+    def rows(*extra: dict) -> list:
+        return disks_mod.parse_lsblk(json.dumps({"blockdevices": [_row("sdb", "/dev/sdb"), *extra]}))
+
+    with pytest.raises(disks_mod.Refused, match="holds the running system"):
+        disks_mod.check("/dev/sdb", rows(_row("sdb2", "/dev/sdb2", "part", mounts=["/"])), [], True)
+    with pytest.raises(disks_mod.Refused, match="mounted partition"):
+        disks_mod.check("/dev/sdb", rows(_row("sdb1", "/dev/sdb1", "part", mounts=["/media/x"])), [], True)
+    mmc = disks_mod.parse_lsblk(json.dumps({"blockdevices": [
+        _row("mmcblk0", "/dev/mmcblk0"), _row("mmcblk0p1", "/dev/mmcblk0p1", "part"),
+        _row("mmcblk0p2", "/dev/mmcblk0p2", "part")]}))
+    disks_mod.check("/dev/mmcblk0", mmc, [("/dev/mmcblk0p2", "/media/y")][:0], True)
+    with pytest.raises(disks_mod.Refused, match="mounted partition"):
+        disks_mod.check("/dev/mmcblk0", mmc, [("/dev/mmcblk0p2", "/media/y")], True)
+    with pytest.raises(disks_mod.Refused, match="without its disk"):
+        disks_mod.check("/dev/sdb", rows(_row("dm-3", "/dev/dm-3", "crypt", mounts=["/"])), [], True)
+
+
+# ---- interrupted, or failed after writing: nothing partial left -----------------------------------
+
+def test_interrupt_while_writing_leaves_no_partial_output(tmp_path: Path, pole_files: dict[str, Path],
+                                                          small_image: Path, wheelhouse: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) during the write: one line, exit 3, no output file."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/bin/bash
+if [[ "$1" == */imagecopy.py && "$2" == write ]]; then
+    "{sys.executable}" "$@"; kill -INT -- -"$(ps -o pgid= $$ | tr -d ' ')"; sleep 5; exit 130
+fi
+exec "{sys.executable}" "$@"
+""")
+    wrapper.chmod(0o755)
+    out = tmp_path / "out" / "o.img"
+    out.parent.mkdir()
+    p = subprocess.Popen(["bash", str(FLASH), "--image", str(small_image), "--config",
+                          str(pole_files["config"]), "--wheelhouse", str(wheelhouse), "--to-file", str(out)],
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHON": str(wrapper)}, start_new_session=True)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 3, err
+    assert err.strip().splitlines()[-1] == \
+        f"flash.sh: interrupted: the partial output was removed, nothing at {out}"
+    assert "Traceback" not in err and list(out.parent.iterdir()) == []
+
+
+def test_copier_interrupted_is_silent(tmp_path: Path) -> None:
+    """imagecopy.py on Ctrl-C: no traceback (flash.sh says it in one line), exit 130."""
+    import signal
+    import time
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, str(ROOT / "deploy/flash/imagecopy.py"), "hash", str(fifo), "100"],
+                         stderr=subprocess.PIPE, text=True)
+    with open(fifo, "wb"):
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and err == "", err
+
+
+def test_failed_verification_leaves_no_output(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                              wheelhouse: Path) -> None:
+    """A failure after the write began removes the partial --to-file output: a rerun needs no --force."""
+    out = tmp_path / "out" / "o.img"
+    out.parent.mkdir()
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--to-file", out, env={"POLELINK_FLASH_TEST_CORRUPT_AT": str(ROOT_START + 17)})
+    assert r.returncode == 3 and "VERIFY FAILED" in r.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+# ---- every error one line ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc", ['[]', '{"blockdevices":[1]}', '{"blockdevices":{"a":1}}',
+                                 '{"blockdevices":[{"name":"sdz","children":"x"}]}',
+                                 '{"blockdevices":[{"name":"sdz","size":[1]}]}', 'not json'])
+def test_odd_lsblk_output_is_one_line(tmp_path: Path, disks: dict, small_image: Path,
+                                      pole_files: dict[str, Path],
+                                      wheelhouse: Path, doc: str) -> None:
+    """lsblk output of any shape: 'cannot read the disk facts', one line, exit 1 (nothing written)."""
+    lsblk = tmp_path / "odd.json"
+    lsblk.write_text(doc)
+    dev = disks["dev"] / "sdz"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", dev, "--yes", "--expect-serial", "SN0042",
+              env={**disks["env"], "POLELINK_FLASH_LSBLK_JSON": str(lsblk)})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("flash.sh: cannot read the disk facts"), r.stderr
+    assert "Traceback" not in r.stderr and dev.read_bytes() == b""
+
+
+@pytest.mark.parametrize("what", ["dangling", "loop", "dash"])
+def test_odd_device_paths_are_one_line(tmp_path: Path, disks: dict, small_image: Path,
+                                       pole_files: dict[str, Path], wheelhouse: Path, what: str) -> None:
+    """--device a dangling symlink, a symlink loop, a name starting with '-': one line, exit 1."""
+    if what == "dangling":
+        dev = tmp_path / "dangling"
+        dev.symlink_to(tmp_path / "nowhere")
+    elif what == "loop":
+        dev = tmp_path / "loop"
+        dev.symlink_to(dev)
+    else:
+        dev = Path("-sdb")
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", dev, "--yes", "--expect-serial", "x", env=disks["env"])
+    assert r.returncode == 1, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "TEST MODE" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("flash.sh: "), r.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_terminal_escapes_in_disk_facts_are_not_printed(tmp_path: Path, disks: dict, small_image: Path,
+                                                        pole_files: dict[str, Path],
+                                                        wheelhouse: Path) -> None:
+    """A model or serial with terminal escapes is shown with '?' in their place."""
+    lsblk = tmp_path / "esc.json"
+    row = _row("sdz", disks["dev"] / "sdz", serial="SN\x1b[2J42")
+    row["model"] = "Evil\x1b]0;pwned\x07Reader"
+    lsblk.write_text(json.dumps({"blockdevices": [row]}))
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--device", disks["dev"] / "sdz", "--yes", "--expect-serial", "SN?[2J42",
+              env={**disks["env"], "POLELINK_FLASH_LSBLK_JSON": str(lsblk)})
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+    assert "model:  Evil?]0;pwned?Reader" in r.stderr
+
+
+# ---- names and paths checked up front -------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("my wheel-1.0-py3-none-any.whl", "file"), ('a"b-1.0-py3-none-any.whl', "file"),
+    ("polelink-1.0.whl", "polelink"), ("polelink-..-...whl", "polelink"),
+    ("polelink-1.x-py3-none-any.whl", "polelink"), ("empty-1.0-py3-none-any.whl", "empty"),
+    ("loop-1.0-py3-none-any.whl", "loop"), ("dir-1.0-py3-none-any.whl", "dir"),
+])
+def test_bad_wheels_are_refused_up_front(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                         wheelhouse: Path, name: str, kind: str) -> None:
+    """A wheel debugfs cannot take, a version that is not PEP 440, an empty or unreadable wheel: exit 1
+    before writing, one line."""
+    house = tmp_path / "house"
+    shutil.copytree(wheelhouse, house)
+    target = house / name
+    if kind == "polelink":
+        for old in house.glob("polelink-*.whl"):
+            old.rename(target)
+    elif kind == "empty":
+        target.write_bytes(b"")
+    elif kind == "loop":
+        target.symlink_to(target)
+    elif kind == "dir":
+        target.mkdir()
+    else:
+        shutil.copy(house / "tinydep-1.0-py3-none-any.whl", target)
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", house,
+              "--to-file", out)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("flash.sh: wheel "), r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["q?x.img", "a@@1.img", "sp ace.img"])
+def test_output_names_debugfs_cannot_take(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                          wheelhouse: Path, name: str) -> None:
+    """--to-file names with '?', '@@' or white space: refused up front, one line."""
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--to-file", tmp_path / name)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--to-file" in r.stderr, r.stderr
+    assert not (tmp_path / name).exists()
+
+
+def test_tmpdir_with_a_space(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                             wheelhouse: Path) -> None:
+    """A TMPDIR debugfs cannot take: refused before anything, one line."""
+    (tmp_path / "sp ace").mkdir()
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--to-file", tmp_path / "o.img", env={"TMPDIR": str(tmp_path / "sp ace")})
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "TMPDIR" in r.stderr, r.stderr
+    assert not (tmp_path / "o.img").exists()

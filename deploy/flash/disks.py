@@ -3,7 +3,8 @@
 The facts come from ``lsblk --json --list -b -o NAME,PATH,TYPE,RM,SIZE,MODEL,SERIAL,MOUNTPOINTS,PKNAME``
 and from the mount table (``/proc/mounts``). Tests point ``POLELINK_FLASH_LSBLK_JSON`` and
 ``POLELINK_FLASH_MOUNTS`` at recorded files instead, the only fake in flash.sh's tests: a CI machine
-has no removable disk. A device the recorded lsblk lists then stands for a block device.
+has no removable disk. A device the recorded lsblk lists then stands for a block device (in that
+TEST MODE only: otherwise the device must be a block device).
 
 Prints the target's facts as one JSON object on stdout (exit 0), or one line saying why the device
 is refused on stderr (exit 1). Never writes anything.
@@ -46,30 +47,66 @@ def _flag(value: object) -> bool:
     return value is True or str(value).strip() in ("1", "true")
 
 
+def printable(text: str) -> str:
+    """Text as it may be shown on a terminal: anything not printable (escapes...) becomes '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _list(value: object, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"lsblk's {what} is not a list")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"lsblk's {what} is not text")
+    return str(value)
+
+
 def parse_lsblk(text: str) -> list[Row]:
-    """Rows of ``lsblk --json --list`` output (a nested tree is flattened too)."""
+    """Rows of ``lsblk --json --list`` output (a nested tree is flattened too).
+
+    Anything not shaped like lsblk's output is a ValueError (one line), never another exception.
+    """
     doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("lsblk's output is not a JSON object")
     rows: list[Row] = []
 
-    def walk(devices: list[dict], parent: str | None) -> None:
-        for d in devices:
+    def walk(devices: object, parent: str | None, depth: int = 0) -> None:
+        if depth > 32:
+            raise ValueError("lsblk's device tree is deeper than 32 levels")
+        for d in _list(devices, "blockdevices"):
+            if not isinstance(d, dict):
+                raise ValueError("lsblk lists a device that is not a JSON object")
+            name = _text(d.get("name"), "name")
             mps = d.get("mountpoints")
             if mps is None:
                 mps = [d.get("mountpoint")]
+            try:
+                size = int(d.get("size") or 0)
+            except (TypeError, ValueError):
+                raise ValueError(f"lsblk's size of {printable(name)!r} is not a number") from None
+            pkname = _text(d.get("pkname"), "pkname")
             rows.append(Row(
-                name=str(d.get("name") or ""),
-                path=str(d.get("path") or "/dev/" + str(d.get("name") or "")),
-                type=str(d.get("type") or ""),
+                name=name,
+                path=_text(d.get("path"), "path") or "/dev/" + name,
+                type=_text(d.get("type"), "type"),
                 removable=_flag(d.get("rm")),
-                size=int(d.get("size") or 0),
-                model=str(d.get("model") or "").strip(),
-                serial=str(d.get("serial") or "").strip(),
-                mountpoints=tuple(m for m in mps if m),
-                parent=d.get("pkname") or parent,
+                size=size,
+                model=printable(_text(d.get("model"), "model").strip()),
+                serial=printable(_text(d.get("serial"), "serial").strip()),
+                mountpoints=tuple(_text(m, "mountpoint") for m in _list(mps, "mountpoints") if m),
+                parent=pkname or parent,
             ))
-            walk(d.get("children") or [], str(d.get("name")))
+            walk(d.get("children"), name, depth + 1)
 
-    walk(doc.get("blockdevices") or [], None)
+    walk(doc.get("blockdevices"), None)
     return rows
 
 
@@ -97,6 +134,28 @@ def descendants(rows: list[Row], disk: str) -> list[Row]:
     return [r for r in rows if r.name in found]
 
 
+# the kinds of device that have no parent disk; anything else must be tied to one
+WHOLE = ("disk", "loop", "rom")
+
+
+def tie_orphans(rows: list[Row]) -> list[Row]:
+    """Rows whose parent lsblk did not give get it from their name (sdb1 -> sdb, mmcblk0p1 ->
+    mmcblk0, nvme0n1p2 -> nvme0n1); raises Refused for one that cannot be tied to a disk, since
+    the system-disk and mount checks could not see it."""
+    disks = sorted((r.name for r in rows if r.type in WHOLE and r.name), key=len, reverse=True)
+    out = []
+    for r in rows:
+        if r.parent is None and r.type not in WHOLE:
+            parent = next((d for d in disks if r.name != d and r.name.startswith(d)
+                           and r.name[len(d):].removeprefix("p").isdigit()), None)
+            if parent is None:
+                raise Refused(f"lsblk lists {printable(r.path)} ({printable(r.type)}) without its disk: "
+                              "cannot tell whether it is on the card, so nothing is written")
+            r = Row(**{**r.__dict__, "parent": parent})
+        out.append(r)
+    return out
+
+
 def human(size: int) -> str:
     """A byte count as the technician reads it on the card's label (decimal GB)."""
     for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6)):
@@ -108,10 +167,11 @@ def human(size: int) -> str:
 def check(device: str, rows: list[Row], mounts: list[tuple[str, str]], is_block: bool,
           image_size: int | None = None) -> Row:
     """The disk row ``device`` names if it may be flashed; raises Refused otherwise."""
+    rows = tie_orphans(rows)
     real = os.path.realpath(device)
     by_path = {r.path: r for r in rows}
     row = by_path.get(real) or by_path.get(device)
-    if row is None:
+    if row is None or not is_block:
         if not is_block:
             raise Refused(f"{device} is not a block device: give the SD card's whole disk, e.g. /dev/sdb")
         raise Refused(f"{device}: lsblk does not list it; is the card reader plugged in?")
@@ -167,15 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("device")
     ap.add_argument("--image-size", type=int)
     args = ap.parse_args(argv)
+    shown = printable(args.device)
     if not os.path.lexists(args.device):
-        print(f"flash.sh: {args.device}: no such device", file=sys.stderr)
+        print(f"flash.sh: {shown}: no such device", file=sys.stderr)
+        return 1
+    try:
+        mode = os.stat(args.device).st_mode
+    except OSError as e:  # a dangling symbolic link, a loop of them
+        print(f"flash.sh: {shown}: cannot reach the device it names ({e.strerror})", file=sys.stderr)
         return 1
     try:
         rows, mounts = _facts()
     except (OSError, ValueError, subprocess.CalledProcessError) as e:
-        print(f"flash.sh: cannot read the disk facts (lsblk, mount table): {e}", file=sys.stderr)
-        return 3
-    is_block = stat.S_ISBLK(os.stat(args.device).st_mode)
+        why = printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        print(f"flash.sh: cannot read the disk facts (lsblk, mount table): {why}: nothing written",
+              file=sys.stderr)
+        return 1
+    # only the recorded facts of the tests let a plain file stand for a disk
+    listed = {os.path.realpath(r.path) for r in rows}
+    is_block = stat.S_ISBLK(mode) or (bool(os.environ.get("POLELINK_FLASH_LSBLK_JSON"))
+                                      and stat.S_ISREG(mode) and os.path.realpath(args.device) in listed)
     try:
         row = check(args.device, rows, mounts, is_block, args.image_size)
     except Refused as e:

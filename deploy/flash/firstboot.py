@@ -104,18 +104,35 @@ set -e
 )
 rc=$?
 rm -f "$BOOT/firstrun.sh"
-sed -i 's| systemd.run.*||g' "$BOOT/cmdline.txt"
+# remove the hook's own words only, word by word: root= and the rest of the line stay
+read -r -a words <"$BOOT/cmdline.txt" || true
+kept=()
+for w in "${{words[@]}}"; do
+    case $w in
+        systemd.run=* | systemd.run_success_action=* | systemd.run_failure_action=* | \
+            systemd.unit=kernel-command-line.target) ;;
+        *) kept+=("$w") ;;
+    esac
+done
+printf '%s\n' "${{kept[*]}}" >"$BOOT/cmdline.txt"
 echo "polelink first boot finished (exit $rc); the reboot follows"
 exit 0
 """
 
 
+HOOK_WORD = re.compile(r"systemd\.run=.*|systemd\.run_(success|failure)_action=.*|"
+                       r"systemd\.unit=kernel-command-line\.target")
+
+
 def add_hook(cmdline: str, script: str) -> str:
-    """cmdline.txt with the systemd.run= hook appended (an older hook replaced); one line."""
-    line = " ".join(cmdline.split())
-    line = re.sub(r" ?systemd\.run.*$", "", line)
-    line = re.sub(r" ?systemd\.unit=kernel-command-line\.target", "", line)
-    return f"{line} {HOOK.format(script=script)}\n".lstrip()
+    """cmdline.txt with the systemd.run= hook appended (an older hook replaced); one line.
+
+    Only the hook's own words are removed (``systemd.run=...``, ``systemd.run_success_action=...``,
+    ``systemd.run_failure_action=...``, ``systemd.unit=kernel-command-line.target``): every other
+    word stays where it is, whatever follows an older hook.
+    """
+    words = [w for w in cmdline.split() if not HOOK_WORD.fullmatch(w)]
+    return " ".join([*words, HOOK.format(script=script)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,17 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", type=Path)
     p.add_argument("--script", required=True)
     args = ap.parse_args(argv)
-    if args.what == "cmdline":
-        args.dst.write_text(add_hook(args.src.read_text(encoding="utf-8"), args.script), encoding="utf-8")
-    elif args.what == "cloud-init":
-        (args.outdir / "user-data").write_text(user_data(args.version, args.hostname), encoding="utf-8")
-        (args.outdir / "meta-data").write_text(meta_data(args.hostname), encoding="utf-8")
-        net = args.network_config.read_text(encoding="utf-8") if args.network_config else NETWORK_CONFIG
-        (args.outdir / "network-config").write_text(net, encoding="utf-8")
-    else:
-        (args.outdir / "firstrun.sh").write_text(firstrun(args.version, args.hostname, args.boot_dir),
-                                                 encoding="utf-8")
+    try:
+        if args.what == "cmdline":
+            text = _utf8(args.src, "the image's cmdline.txt")
+            args.dst.write_text(add_hook(text, args.script), encoding="utf-8")
+        elif args.what == "cloud-init":
+            (args.outdir / "user-data").write_text(user_data(args.version, args.hostname), encoding="utf-8")
+            (args.outdir / "meta-data").write_text(meta_data(args.hostname), encoding="utf-8")
+            net = _utf8(args.network_config, f"--network-config {args.network_config}") \
+                if args.network_config else NETWORK_CONFIG
+            (args.outdir / "network-config").write_text(net, encoding="utf-8")
+        else:
+            (args.outdir / "firstrun.sh").write_text(firstrun(args.version, args.hostname, args.boot_dir),
+                                                     encoding="utf-8")
+    except (OSError, ValueError) as e:
+        print(f"flash.sh: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _utf8(path: Path, what: str) -> str:
+    """A text file's content; ValueError naming ``what`` when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} is not UTF-8 text (byte {e.start})") from None
 
 
 if __name__ == "__main__":

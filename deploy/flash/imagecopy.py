@@ -1,7 +1,15 @@
 """Write an OS image (raw or .xz, streamed) to a disk or file and read it back: flash.sh's copier.
 
 ``imagecopy.py size IMAGE``            the image's uncompressed size in bytes
-``imagecopy.py write IMAGE TARGET``    writes it, with progress on stderr; prints the source's sha256
+``imagecopy.py write IMAGE TARGET KIND [NAME]``
+                                       writes it, with progress on stderr; prints the source's sha256.
+                                       KIND ``device``: TARGET must exist and be a block device (a
+                                       regular file in flash.sh's TEST MODE); ``file``: TARGET must be
+                                       an existing regular file (flash.sh's temporary output). Never
+                                       creates TARGET. NAME: what the messages call it
+``imagecopy.py prefix IMAGE OUT``      the image's partition table, boot partition and the start of
+                                       its root partition, uncompressed into a sparse OUT of the
+                                       image's size (to inspect an .xz before writing anything)
 ``imagecopy.py hash TARGET SIZE``      sha256 of TARGET's first SIZE bytes read back (progress on stderr)
 ``imagecopy.py flip TARGET OFFSET``    inverts one byte (flash.sh's test-only corruption hook)
 
@@ -10,9 +18,12 @@ The target's page cache is dropped after writing so that the read-back reads the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import lzma
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -75,14 +86,35 @@ def _drop_cache(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def write(image: str, target: str) -> str:
+class Refused(Exception):
+    """The target is not what flash.sh checked: nothing was written."""
+
+
+def open_target(target: str, kind: str) -> int:
+    """Open target for writing without ever creating it, and check what it is, right before the
+    write: a card pulled out since the checks must not become a file at its path."""
+    try:
+        fd = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+                     * (kind == "file"))
+    except OSError as e:
+        raise Refused(f"{target}: {e.strerror}: nothing written") from None
+    mode = os.fstat(fd).st_mode
+    test_mode = bool(os.environ.get("POLELINK_FLASH_LSBLK_JSON"))
+    ok = stat.S_ISBLK(mode) or (test_mode and stat.S_ISREG(mode)) if kind == "device" else stat.S_ISREG(mode)
+    if not ok:
+        os.close(fd)
+        raise Refused(f"{target} is no longer a {'block device' if kind == 'device' else 'regular file'}"
+                      ": nothing written")
+    return fd
+
+
+def write(image: str, target: str, kind: str = "file") -> str:
     """Copy the image onto target (not truncated: a disk stays a disk); returns the source sha256."""
     total = image_size(image)
     digest = hashlib.sha256()
+    fd = open_target(target, kind)
     progress = Progress("writing", total)
     done = 0
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(target, flags, 0o644)
     try:
         with _open_image(image) as src:
             while chunk := src.read(CHUNK):
@@ -108,7 +140,8 @@ def read_hash(target: str, size: int) -> str:
     fd = os.open(target, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # not a file or disk (a pipe): no cache to drop
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         done = 0
         while done < size:
             chunk = os.read(fd, min(CHUNK, size - done))
@@ -125,6 +158,42 @@ def read_hash(target: str, size: int) -> str:
     return digest.hexdigest()
 
 
+def prefix(image: str, out: str) -> None:
+    """Uncompress what inspecting the image needs (partition table, boot partition, the root's
+    first 8 MiB) into ``out``, a sparse file of the image's size; the rest stays holes."""
+    total = image_size(image)
+    need = 1024 * 1024  # the partition tables first, then as far as they say
+    done = 0
+    with _open_image(image) as src, open(out, "wb") as dst:
+        dst.truncate(total)
+        while done < need:
+            chunk = src.read(min(CHUNK, need - done))
+            if not chunk:
+                break
+            if chunk.count(0) != len(chunk):
+                dst.seek(done)
+                dst.write(chunk)
+            done += len(chunk)
+            if done >= 1024 * 1024 and need == 1024 * 1024:
+                dst.flush()
+                need = max(need, min(total, _needed(out)))
+
+
+def _needed(path: str) -> int:
+    """Where the boot partition ends or the root's first 8 MiB end, whichever is further."""
+    r = subprocess.run(["sfdisk", "--json", path], capture_output=True, text=True)
+    if r.returncode != 0:
+        return 0
+    try:
+        table = json.loads(r.stdout)["partitiontable"]
+        sector = int(table.get("sectorsize", 512))
+        ends = [(int(p["start"]) + min(int(p["size"]), 16384 if i else int(p["size"]))) * sector
+                for i, p in enumerate(table.get("partitions", [])[:2])]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return max(ends, default=0)
+
+
 def flip(target: str, offset: int) -> None:
     """Invert the byte at offset (test-only: simulates a card that returns what was not written)."""
     with open(target, "r+b") as f:
@@ -139,11 +208,19 @@ def flip(target: str, offset: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line; see the module docstring. Errors are one line on stderr, exit 3."""
     args = sys.argv[1:] if argv is None else argv
+    name = args[4] if len(args) == 5 and args[0] == "write" else \
+        args[2] if len(args) >= 3 and args[0] == "write" else args[1] if len(args) >= 2 else ""
     try:
         if len(args) == 2 and args[0] == "size":
             print(image_size(args[1]))
-        elif len(args) == 3 and args[0] == "write":
-            print(write(args[1], args[2]))
+        elif len(args) in (4, 5) and args[0] == "write" and args[3] in ("device", "file"):
+            try:
+                print(write(args[1], args[2], args[3]))
+            except Refused as e:
+                _line(f"flash.sh: refused: {str(e).replace(args[2], name)}")
+                return 1
+        elif len(args) == 3 and args[0] == "prefix":
+            prefix(args[1], args[2])
         elif len(args) == 3 and args[0] == "hash":
             print(read_hash(args[1], int(args[2])))
         elif len(args) == 3 and args[0] == "flip":
@@ -151,10 +228,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(__doc__, file=sys.stderr)
             return 2
+    except KeyboardInterrupt:  # flash.sh says it, in one line
+        _line("")
+        return 130
     except (OSError, lzma.LZMAError, EOFError) as e:
-        print(f"\nflash.sh: {args[0]} failed: {e}", file=sys.stderr)
+        what = {"write": f"writing {name}", "hash": f"reading {name} back", "size": "reading the image",
+                "prefix": "reading the image"}.get(args[0], args[0])
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        if isinstance(e, (lzma.LZMAError, EOFError)):
+            why = f"the .xz image is damaged ({why})"
+        _line(f"flash.sh: {what} failed: {why}")
         return 3
     return 0
+
+
+def _line(text: str) -> None:
+    """One line on stderr, the progress line (on a terminal) wiped first; nothing for ''."""
+    wipe = "\r\x1b[K" if sys.stderr.isatty() else ""
+    sys.stderr.write(wipe + (text + "\n" if text else ""))
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,15 @@ it works on an image file as an unprivileged user and on a card as root alike.
 ``inject.py layout TARGET``             the partitions (sfdisk --json): JSON {boot, root} byte offsets
 ``inject.py detect TARGET``             the first-boot flavour: JSON {flavour, boot_dir, why}
 ``inject.py write TARGET MANIFEST``     copies what the manifest lists
-``inject.py verify TARGET MANIFEST``    reads every listed file back: content, mode, owner
+``inject.py verify TARGET MANIFEST``    reads every listed file back: content, mode, owner; then
+                                        ``e2fsck -fn`` checks the root file system
+``inject.py inspect IMAGE CMDLINE_OUT [--boot-only]``
+                                        before writing: the partitions, the boot partition, its
+                                        cmdline.txt (copied to CMDLINE_OUT when there is one), the
+                                        root's free space and the flavour (with --boot-only, for the
+                                        partial copy of an .xz, only what the boot partition shows:
+                                        flavour "" when it does not tell); JSON on stdout
+``inject.py space IMAGE MANIFEST``      before writing: refuses when the root has not room for it
 
 A manifest line is ``FS<TAB>MODE<TAB>SOURCE<TAB>DEST`` with FS ``root`` or ``boot`` (MODE is octal,
 ignored on FAT, which has no permissions), ``dir<TAB>MODE<TAB>-<TAB>DEST`` for a root directory, or
@@ -62,8 +70,11 @@ def layout(target: str) -> dict[str, int]:
     r = run(["sfdisk", "--json", target])
     if r.returncode != 0:
         raise InjectError(f"no partition table on the image ({r.stderr.strip() or 'sfdisk failed'})")
-    table = json.loads(r.stdout)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
+    try:
+        table = json.loads(r.stdout)["partitiontable"]
+        sector = int(table.get("sectorsize", 512))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InjectError("cannot read the image's partition table (sfdisk --json)") from None
     boot = root = None
     for p in table.get("partitions", []):
         kind = str(p.get("type", "")).lower()
@@ -173,17 +184,49 @@ def root_free(target: str, offsets: dict[str, int]) -> int:
     return int(free.group(1)) * int(size.group(1))
 
 
+def check_space(target: str, offsets: dict[str, int], entries: list[Entry]) -> None:
+    """Refuses when the root partition has not room for the files, with 5 % and 1 MB to spare."""
+    need = sum(os.path.getsize(e.source) for e in entries if e.fs == "root")
+    free = root_free(target, offsets)
+    want = need * 1.05 + 1e6
+    if want > free:
+        raise InjectError(f"the image's root partition has {free / 1e6:.1f} MB free, the agent and "
+                          f"the pole's files need {need / 1e6:.1f} MB, {want / 1e6:.1f} MB with the "
+                          "margin (5 % and 1 MB): use a smaller wheelhouse or an image with more room")
+
+
+def inspect(target: str, offsets: dict[str, int], cmdline_out: str, boot_only: bool) -> dict:
+    """What flash.sh checks in the image before writing it (see the module docstring)."""
+    names = boot_list(target, offsets)
+    cmdline = boot_read(target, offsets, "cmdline.txt") if "cmdline.txt" in names else None
+    if cmdline is not None:
+        try:
+            cmdline.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InjectError(f"the image's cmdline.txt is not UTF-8 text (byte {e.start})") from None
+        Path(cmdline_out).write_bytes(cmdline)
+    if boot_only and not names & {"user-data", "meta-data"}:
+        found = {"flavour": "", "boot_dir": "", "why": "decided after writing (the root of an .xz)"}
+    else:
+        found = detect(target, offsets)
+    return {**found, "cmdline": cmdline is not None, "root_free": root_free(target, offsets)}
+
+
+def e2fsck(target: str, offsets: dict[str, int]) -> None:
+    """``e2fsck -fn`` on the root partition: a clean file system after the injection, or raises."""
+    r = run(["e2fsck", "-fn", _root(target, offsets)])
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+        raise InjectError(f"e2fsck -fn finds the root file system damaged (exit {r.returncode}): "
+                          f"{lines[1] if len(lines) > 1 else (lines or ['?'])[0]}")
+
+
 def write(target: str, offsets: dict[str, int], entries: list[Entry]) -> None:
     """Copy every entry in: one debugfs session for root, mcopy for boot.
 
-    Refuses first when the root partition has not room for the files (with 5 % and 1 MB to spare).
+    Refuses first when the root partition has not room for the files (``check_space``).
     """
-    need = sum(os.path.getsize(e.source) for e in entries if e.fs == "root")
-    free = root_free(target, offsets)
-    if need * 1.05 + 1e6 > free:
-        raise InjectError(f"the image's root partition has {free / 1e6:.1f} MB free, the agent and "
-                          f"the pole's files need {need / 1e6:.1f} MB: use a smaller wheelhouse or an "
-                          "image with more room")
+    check_space(target, offsets, entries)
     cmds: list[str] = []
     made: set[str] = set()
     for e in entries:
@@ -254,6 +297,7 @@ def verify(target: str, offsets: dict[str, int], entries: list[Entry]) -> int:
             want = Path(e.source).read_bytes()
             if got is None or hashlib.sha256(got).digest() != hashlib.sha256(want).digest():
                 raise InjectError(f"read-back of {e.dest} differs from {e.source}")
+    e2fsck(target, offsets)
     return len(entries)
 
 
@@ -261,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; see the module docstring. Errors are one line on stderr: exit 1 for an image
     that is not usable, 3 for a failed write or read-back."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify"):
+    if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify", "inspect", "space"):
         print(__doc__, file=sys.stderr)
         return 2
     what, target = args[0], args[1]
@@ -275,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(offsets))
         elif what == "detect":
             print(json.dumps(detect(target, offsets)))
+        elif what == "inspect":
+            print(json.dumps({**offsets, **inspect(target, offsets, args[2], "--boot-only" in args[3:])}))
+        elif what == "space":
+            check_space(target, offsets, read_manifest(args[2]))
         elif what == "write":
             write(target, offsets, read_manifest(args[2]))
         else:
             print(verify(target, offsets, read_manifest(args[2])))
     except (InjectError, OSError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)
-        return 3
+        return 1 if what in ("inspect", "space") else 3
     return 0
 
 

@@ -1,0 +1,160 @@
+"""flash.sh's checks of its inputs, run before anything is written.
+
+``checks.py wheels WHEEL...``      each is a readable, non-empty wheel (a zip) with a name that
+                                   follows the wheel file name spec and that debugfs and mtools
+                                   can take (letters, digits, ``._+-``)
+``checks.py version WHEEL``        prints the version in the agent's wheel name (PEP 440, canonical)
+``checks.py netconfig FILE``       a cloud-init network-config: UTF-8 YAML holding a mapping
+``checks.py validate DIR CONFIG SECRETS [SITE]``
+                                   copies the pole's files to DIR under the names they get on the
+                                   card (pole.yaml, secrets.yaml 0600, site.yaml) and runs the agent's
+                                   own ``agent validate`` on them, from this checkout; its first
+                                   problem comes back in one line, naming the technician's file
+
+Errors are one line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[2]
+# PEP 440's canonical public version, plus a local label (the form a wheel's name carries)
+VERSION = re.compile(r"([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*((a|b|rc)(0|[1-9][0-9]*))?"
+                     r"(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?(\+[a-z0-9]+(\.[a-z0-9]+)*)?")
+# the wheel file name spec: {distribution}-{version}(-{build})?-{python}-{abi}-{platform}.whl
+PART = re.compile(r"[A-Za-z0-9_.+]+")
+SAFE = re.compile(r"[A-Za-z0-9._+-]+")
+
+
+class CheckError(Exception):
+    """One line for the technician."""
+
+
+def wheel(path: str) -> None:
+    """A wheel flash.sh may copy onto the card; raises CheckError otherwise."""
+    name = os.path.basename(path)
+    shown = name.encode("unicode_escape").decode("ascii")
+    if not SAFE.fullmatch(name) or not name.endswith(".whl"):
+        raise CheckError(f"wheel {shown!r}: a wheel's name has only letters, digits and ._+- "
+                         "(the wheel file name spec; debugfs cannot take the others)")
+    parts = name[:-4].split("-")
+    if len(parts) not in (5, 6) or not all(PART.fullmatch(p) for p in parts):
+        raise CheckError(f"wheel {shown}: not a wheel file name "
+                         "(NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl)")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CheckError(f"wheel {shown}: {e.strerror}") from None
+    if not os.path.isfile(path):
+        raise CheckError(f"wheel {shown}: not a regular file")
+    if st.st_size == 0:
+        raise CheckError(f"wheel {shown}: empty file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            if not z.namelist():
+                raise CheckError(f"wheel {shown}: an empty zip")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckError(f"wheel {shown}: not a wheel (zip): {e}") from None
+
+
+def version(path: str) -> str:
+    """The agent wheel's version, from its name; raises CheckError when it is not PEP 440."""
+    parts = os.path.basename(path)[:-4].split("-")
+    v = parts[1] if len(parts) in (5, 6) else ""
+    if not VERSION.fullmatch(v):
+        raise CheckError(f"wheel {os.path.basename(path)}: cannot read a version (PEP 440) from its name")
+    return v
+
+
+def netconfig(path: str) -> None:
+    """A network-config cloud-init can read; raises CheckError otherwise."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckError(f"--network-config {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise CheckError(f"--network-config {path}: {e.strerror}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise CheckError(f"--network-config {path}: cannot check it: PyYAML does not import with "
+                         f"{sys.executable} (use the repository's .venv, or --no-validate)") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise CheckError(f"--network-config {path}{where}: not valid YAML "
+                         f"({getattr(e, 'problem', None) or 'syntax error'})") from None
+    if not isinstance(doc, dict):
+        raise CheckError(f"--network-config {path}: not a YAML mapping (network: version: 2 ...)")
+
+
+def validate(work: str, config: str, secrets: str, site: str | None) -> None:
+    """``agent validate`` on the files as the pole will have them; raises CheckError with its
+    first problem (the technician's file names, not the copies')."""
+    etc = Path(work)
+    etc.mkdir(parents=True, exist_ok=True)
+    copies = {etc / "pole.yaml": config, etc / "secrets.yaml": secrets}
+    if site:
+        copies[etc / "site.yaml"] = site
+    for dst, src in copies.items():
+        shutil.copyfile(src, dst)
+    (etc / "secrets.yaml").chmod(0o600)
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    probe = subprocess.run([sys.executable, "-c", "import agent.cli.main"], capture_output=True, text=True,
+                           env=env)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise CheckError(f"cannot validate --config: the agent does not import with {sys.executable} "
+                         f"({last}); use the repository's .venv (make test) or PYTHON=, "
+                         "or --no-validate to flash without the check")
+    r = subprocess.run([sys.executable, "-m", "agent", "validate", str(etc / "pole.yaml"), "--secrets",
+                        str(etc / "secrets.yaml")], capture_output=True, text=True, env=env, cwd=etc)
+    if r.returncode == 0:
+        return
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()] or [f"agent validate exit {r.returncode}"]
+    first = lines[0].removeprefix("agent: error: ")
+    for dst, src in copies.items():
+        first = first.replace(str(dst), src)
+    problems = re.search(r"INVALID \((\d+) problem", r.stderr)
+    more = int(problems.group(1)) - 1 if problems else 0
+    raise CheckError(f"--config {config} is not valid on the pole: {first}"
+                     + (f" (and {more} more: agent validate)" if more > 0 else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module docstring."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args) >= 2 and args[0] == "wheels":
+            for a in args[1:]:
+                wheel(a)
+        elif len(args) == 2 and args[0] == "version":
+            print(version(args[1]))
+        elif len(args) == 2 and args[0] == "netconfig":
+            netconfig(args[1])
+        elif len(args) in (4, 5) and args[0] == "validate":
+            validate(args[1], args[2], args[3], args[4] if len(args) == 5 else None)
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except CheckError as e:
+        print(f"flash.sh: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"flash.sh: {args[0]}: {e.strerror}: {e.filename}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
