@@ -4,12 +4,16 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO_CLIP = var/demo/clip.mp4
 
-.PHONY: demo test lint bench clean help
+.PHONY: demo test lint bench clean help wheelhouse pi-lock pi-test pi-bench
 
 help:
 	@echo "make demo   - set up and run everything on the simulator: camera, DALI bus, broker, dashboard, agent"
 	@echo "make test   - lint (ruff) and the whole test suite (pytest)"
 	@echo "make bench  - pipeline and accuracy benchmarks"
+	@echo "make wheelhouse - the Pi's offline aarch64 wheelhouse in var/wheelhouse/aarch64 (needs the index)"
+	@echo "make pi-test    - (root) install it offline in an emulated arm64 Bookworm root and count there"
+	@echo "make pi-bench   - (root) agent count emulated on arm64 vs this machine, as a ratio"
+	@echo "make pi-lock    - re-pin deploy/pi/requirements-bookworm-arm64.txt from setup.cfg"
 
 $(BIN)/agent: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +36,19 @@ test: lint
 bench: $(BIN)/agent
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/accuracy.py
+
+# The agent on a Pi, offline (README: For technicians).
+wheelhouse: $(BIN)/agent
+	$(BIN)/python -m deploy.pi.wheelhouse
+
+pi-lock: $(BIN)/agent
+	$(BIN)/python -m deploy.pi.lock
+
+pi-test: $(BIN)/agent
+	POLELINK_ARM64_TEST=1 $(BIN)/python -m pytest -q -rs tests/test_pi_arm64.py
+
+pi-bench: $(BIN)/agent
+	$(BIN)/python bench/pi_arm64.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache
