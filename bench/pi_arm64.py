@@ -1,6 +1,7 @@
 """``agent count`` emulated on arm64 (qemu-user) against this machine, measured in one run.
 
-    python bench/pi_arm64.py [--seconds 16] [--repeats 1]          (as root; make pi-bench)
+    python bench/pi_arm64.py [--seconds 16] [--repeats 1] [--runtimes onnx,tflite]
+    (as root; make pi-bench)
 
 Builds (or reuses) the emulated Raspberry Pi OS Bookworm arm64 root of
 ``deploy/pi/arm64-root.sh``, installs the wheelhouse in it offline, renders a simulator
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=16, help="clip length (5 fps, 640x360)")
     ap.add_argument("--repeats", type=int, default=1, help="each emulated run takes minutes")
+    ap.add_argument("--runtimes", default="onnx,tflite", help="which of onnx,tflite to time")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "venv_installed_mb": pi.venv_mb}
         print(f"wheelhouse {pi.wheelhouse_mb} MB, installed venv in the arm64 root {pi.venv_mb} MB, "
               f"clip {gt['frame_count']} frames")
-        for runtime, card in CARDS.items():
+        for runtime in args.runtimes.split(","):
+            card = CARDS[runtime]
             native_cmd = [sys.executable, "-m", "agent", "count", str(clip), "--model",
                           str(ROOT / "models" / card), *opts]
             emu_cmd = [*script, "/opt/polelink/venv/bin/agent", "count", pi.app("var/demo/clip.mp4"),
