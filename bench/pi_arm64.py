@@ -1,6 +1,6 @@
 """``agent count`` emulated on arm64 (qemu-user) against this machine, measured in one run.
 
-    python bench/pi_arm64.py [--seconds 16] [--repeats 1] [--runtimes onnx,tflite]
+    python bench/pi_arm64.py [--seconds 6] [--repeats 1] [--runtimes onnx,tflite]
     (as root; make pi-bench)
 
 Builds (or reuses) the emulated Raspberry Pi OS Bookworm arm64 root of
@@ -45,7 +45,7 @@ def timed(cmd: list[str]) -> tuple[float, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the figures; the last line is JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=16, help="clip length (5 fps, 640x360)")
+    ap.add_argument("--seconds", type=int, default=6, help="clip length (5 fps, 640x360)")
     ap.add_argument("--repeats", type=int, default=1, help="each emulated run takes minutes")
     ap.add_argument("--runtimes", default="onnx,tflite", help="which of onnx,tflite to time")
     args = ap.parse_args(argv)

@@ -55,11 +55,11 @@ def _script(*args: str, timeout: float = 3600) -> str:
     return proc.stdout
 
 
-def make_clip(out: Path, seconds: int = 16, seed: int = 3, density: int = 90, fps: int = 5) -> dict:
+def make_clip(out: Path, seconds: int = 6, seed: int = 6, density: int = 150, fps: int = 5) -> dict:
     """Render a simulator clip with ``python -m sim.traffic``; return its ground truth.
 
-    The default is short and dense (80 frames at 5 fps, 11 crossings): under qemu-user
-    one simnet inference takes about 3 s, so every frame counts.
+    The default is short and dense (30 frames at 5 fps, 13 crossings): under qemu-user
+    on this project's machines ``agent count`` takes 6 to 12 s a frame, so every frame counts.
     """
     subprocess.run([sys.executable, "-m", "sim.traffic", "--out", str(out), "--seconds", str(seconds),
                     "--seed", str(seed), "--density", str(density), "--fps", str(fps)],
