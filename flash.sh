@@ -13,7 +13,9 @@ fi
 
 usage() {
     cat <<'EOF'
-usage: flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
+usage: flash.sh node --port /dev/ttyUSB0 --config NODE.json [--board esp32|rp2040] [--firmware FILE]
+                     [--umqtt DIR] [--yes] [--dry-run] [--verify-only]   (a lamp node: flash.sh node --help)
+       flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
                 [--wheelhouse DIR] [--hostname NAME] [--network-config FILE]
                 [--provision auto|cloud-init|firstrun] [--no-validate]
                 (--device /dev/sdX [--yes --expect-serial SERIAL] | --to-file OUT.img [--force])
@@ -62,7 +64,7 @@ hostname='' network_config='' provision=auto force=0 validate=1
 
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then
     case $1 in
-        node) die 2 "unknown subcommand 'node': flashing lamp nodes is not built yet (issue 11)" ;;
+        node) shift; exec "$PYTHON" "$LIB/node.py" "$@" ;;  # a lamp node (ESP32/RP2040): see its --help
         help) usage; exit 0 ;;
         *) die 2 "unknown subcommand '$1' (flash.sh takes options only; see flash.sh --help)" ;;
     esac
