@@ -447,7 +447,7 @@ def test_unattended_without_serial_uses_the_disk_name(disks: dict, small_image: 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["node"], "unknown subcommand 'node'"),
+    (["node"], "the following arguments are required: --port, --config"),
     (["bogus"], "unknown subcommand 'bogus'"),
     (["--config", "x.yaml", "--to-file", "o.img"], "--image is required"),
     (["--image", "i.img", "--to-file", "o.img"], "--config is required"),
