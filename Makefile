@@ -18,7 +18,7 @@ help:
 $(BIN)/agent: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,node]'
 	@touch $@
 
 $(DEMO_CLIP): | $(BIN)/agent
