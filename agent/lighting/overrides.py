@@ -18,6 +18,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.common.schedule import winner
+
 log = logging.getLogger(__name__)
 
 PRIORITIES = range(1, 10)
@@ -110,8 +112,7 @@ class OverrideStore:
 
     def active(self, group: str, now: float) -> Override | None:
         """The winning unexpired override of ``group`` at wall time ``now``."""
-        live = [o for o in self._by_group.get(group, {}).values() if o.until > now]
-        return max(live, key=lambda o: o.priority) if live else None
+        return winner(self._by_group.get(group, {}).values(), now)
 
     def expire(self, now: float) -> list[tuple[str, Override]]:
         """Drop expired overrides (saved when any went); returns them."""

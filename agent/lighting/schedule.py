@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from agent.common.schedule import latest
 from agent.lighting.astro import EVENTS, event_time, solar_noon
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -178,15 +179,15 @@ class Schedule:
         timeline = [s for d in (today - timedelta(days=1), today, today + timedelta(days=1))
                     for s in self.steps_on(d)]
         timeline.sort(key=lambda x: x[0])
-        current = None
-        for i, (start, step, program) in enumerate(timeline):
-            if start <= t:
-                nxt = timeline[i + 1][0] if i + 1 < len(timeline) else None
-                current = ActiveStep(step, program, start, nxt)
-        if current is None and timeline:  # before the first step of yesterday: rare
-            start, step, program = timeline[0]
+        i = latest(timeline, t)          # shared with the lamp node (agent.common)
+        if i < 0:
+            if not timeline:
+                return None
+            start, step, program = timeline[0]  # before the first step of yesterday: rare
             return ActiveStep(step, program, start, start)
-        return current
+        start, step, program = timeline[i]
+        nxt = timeline[i + 1][0] if i + 1 < len(timeline) else None
+        return ActiveStep(step, program, start, nxt)
 
 
 def calendar_date(value: str | date) -> tuple[int, int] | date:

@@ -1,0 +1,106 @@
+"""Schedule evaluation shared by the agent and the lamp node (MicroPython subset).
+
+A program is a list of steps; each step starts at a fixed local time (``"HH:MM"``) or an
+astro event (``sunset``, ``sunrise``, ``dusk``, ``dawn``) plus ``offset_min``, and holds a
+``level`` (percent). The **active step** at ``t`` is the latest step, over yesterday's,
+today's and tomorrow's, that started at or before ``t`` (see ``agent.lighting.schedule``).
+Overrides (level, priority 1-9, expiry epoch): the highest-priority unexpired one wins.
+
+The agent keeps its calendar and time zones (zoneinfo) and uses :func:`latest` and
+:func:`winner`; the node, which has no zoneinfo, uses a fixed UTC offset and
+:func:`level_at`.
+"""
+
+try:
+    from agent.common import sun
+except ImportError:  # on the node ``common`` is a top-level package (node/manifest.txt)
+    from common import sun
+
+PRIORITIES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+
+
+def latest(timeline, t):
+    """Index of the step in force at ``t`` in ``timeline`` (a list sorted by its items'
+    first element, the start epoch); -1 when every step starts after ``t``."""
+    found = -1
+    for i in range(len(timeline)):
+        if timeline[i][0] <= t:
+            found = i
+        else:
+            break
+    return found
+
+
+def winner(overrides, now):
+    """The winning override at ``now``: the highest ``priority`` among those whose ``until``
+    is later than ``now``; None when none is live. Items are dicts or objects with
+    ``priority`` and ``until``."""
+    best = None
+    for o in overrides:
+        until = o["until"] if isinstance(o, dict) else o.until
+        prio = o["priority"] if isinstance(o, dict) else o.priority
+        if until > now and (best is None or prio > best[0]):
+            best = (prio, o)
+    return None if best is None else best[1]
+
+
+def parse_hhmm(text):
+    """``"HH:MM"`` → minutes after midnight; ValueError otherwise."""
+    hh, sep, mm = str(text).partition(":")
+    if sep and hh.isdigit() and mm.isdigit() and len(mm) == 2:
+        h, m = int(hh), int(mm)
+        if 0 <= h < 24 and 0 <= m < 60:
+            return h * 60 + m
+    raise ValueError("expected a time of day 'HH:MM' or one of "
+                     + ", ".join(sorted(sun.EVENTS)) + "; got " + repr(text))
+
+
+def step_start(step, lat, lon, local_midnight, tz_offset_s):
+    """Start epoch of ``step`` (dict: ``at``, ``offset_min``) on the local day starting at
+    epoch ``local_midnight``; None when its astro event does not happen that day."""
+    off = step.get("offset_min", 0) * 60
+    at = step["at"]
+    if at in sun.EVENTS:
+        day_utc = local_midnight + tz_offset_s     # the UTC midnight of the same date
+        # the solar day whose noon lies nearest local noon
+        noon = local_midnight + 43200
+        best = None
+        for k in (-1, 0, 1):
+            m = day_utc + k * 86400
+            d = abs(sun.solar_noon(lon, m) - noon)
+            if best is None or d < best[0]:
+                best = (d, m)
+        t = sun.event_time(at, lat, lon, best[1])
+        return None if t is None else t + off
+    return local_midnight + parse_hhmm(at) * 60 + off
+
+
+def timeline(program, lat, lon, tz_offset_s, t):
+    """``[(start, step), ...]`` sorted, for the local days before, of and after ``t``."""
+    local_midnight = ((int(t) + tz_offset_s) // 86400) * 86400 - tz_offset_s
+    out = []
+    for k in (-1, 0, 1):
+        mid = local_midnight + k * 86400
+        for step in program:
+            s = step_start(step, lat, lon, mid, tz_offset_s)
+            if s is not None:
+                out.append((s, step))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def level_at(program, lat, lon, tz_offset_s, t, overrides=()):
+    """``(level, source, until)`` at epoch ``t``: the winning override's level
+    (source ``"override"``) or the active step's (``"schedule"``); ``until`` is when
+    that ends (None if unknown). ``(None, "none", None)`` for a program with no usable step."""
+    o = winner(overrides, t)
+    if o is not None:
+        return o["level"], "override", o["until"]
+    line = timeline(program, lat, lon, tz_offset_s, t)
+    i = latest(line, t)
+    if i < 0:
+        if not line:
+            return None, "none", None
+        i = 0
+    nxt = line[i + 1][0] if i + 1 < len(line) else None
+    return line[i][1]["level"], "schedule", nxt

@@ -1,0 +1,57 @@
+"""Run tests/common/cases.json against agent/common under whichever interpreter runs this
+(CPython or MicroPython): prints one line ``<index> ok|FAIL <detail>`` per case.
+
+Usage: ``MICROPYPATH=agent micropython tests/common/run_cases.py tests/common/cases.json``
+(or ``PYTHONPATH=agent python3 ...``).
+"""
+
+import json
+import sys
+
+from common import schedule, sun
+
+
+def call(fn, args):
+    """Evaluate one case's function."""
+    if fn == "elevation_at":
+        return sun.elevation_at(*args)
+    if fn == "event_time":
+        return sun.event_time(*args)
+    if fn == "day_of_year":
+        return sun.day_of_year(*args)
+    if fn == "latest":
+        return schedule.latest(*args)
+    if fn == "winner_level":
+        o = schedule.winner(*args)
+        return None if o is None else o["level"]
+    if fn == "level_at":
+        return schedule.level_at(*args)[0]
+    if fn == "parse_hhmm":
+        try:
+            return schedule.parse_hhmm(*args)
+        except ValueError:
+            return "ValueError"
+    raise ValueError("unknown fn " + fn)
+
+
+def main(path):
+    """Run every case; exit status 1 when any failed."""
+    with open(path) as f:
+        cases = json.load(f)["cases"]
+    bad = 0
+    for i, c in enumerate(cases):
+        try:
+            got = call(c["fn"], c["args"])
+        except Exception as e:
+            got = "raised " + repr(e)
+        want = c["want"]
+        if isinstance(want, float) and isinstance(got, (int, float)):
+            ok = abs(got - want) <= c["tol"]
+        else:
+            ok = got == want
+        bad += not ok
+        print(i, "ok" if ok else "FAIL", json.dumps({"fn": c["fn"], "got": got, "want": want}))
+    sys.exit(1 if bad else 0)
+
+
+main(sys.argv[1])
