@@ -1,0 +1,125 @@
+"""Unit cases of the node's outbox, command rules and clock rules, run inside MicroPython
+(and CPython) by tests/test_node_mp.py: prints ``<name> ok|FAIL <detail>`` per case."""
+
+import json
+import sys
+
+import clockrules
+import cmdrules
+import outbox
+
+TMP = sys.argv[1]
+RESULTS = []
+
+
+def case(name, got, want):
+    """Record one case."""
+    print(name, "ok" if got == want else "FAIL", repr(got), "!=", repr(want))
+
+
+def refused(fn):
+    """The Refused text of ``fn()``, or None when it passed."""
+    try:
+        fn()
+    except cmdrules.Refused as e:
+        return str(e)
+    return None
+
+
+# outbox ring: order, durability, drop-oldest
+box = outbox.Outbox(TMP + "/ob", 3)
+for i in range(5):
+    box.put("t", str(i))
+case("outbox_keeps_newest", [it[1] for it in box.items], ["2", "3", "4"])
+case("outbox_counts_dropped", box.dropped, 2)
+case("outbox_survives_reboot", [it[1] for it in outbox.Outbox(TMP + "/ob", 3).items],
+     ["2", "3", "4"])
+sent = []
+
+
+def fail_second(topic, payload, retain):
+    """Deliver one, then fail (a broker outage mid-flush)."""
+    if sent:
+        raise OSError("broker gone")
+    sent.append(payload)
+
+
+try:  # noqa: SIM105 (MicroPython has no contextlib)
+    box.flush(fail_second)
+except OSError:
+    pass
+case("outbox_flush_stops_at_failure", [it[1] for it in outbox.Outbox(TMP + "/ob", 3).items],
+     ["3", "4"])
+with open(TMP + "/bad", "w") as f:
+    f.write("{not json\n")
+case("outbox_corrupt_set_aside", outbox.Outbox(TMP + "/bad", 3).items, [])
+
+# command rules
+NOW = 1795000000
+g = cmdrules.Guard("node-1", "s", 86400, TMP + "/seen.json")
+
+
+def cmd(**kw):
+    """A command body."""
+    m = {"schema": "polelink/command/2", "correlation_id": "c1", "command": "ping",
+         "expires": "2026-11-18T12:00:00Z"}
+    m.update(kw)
+    return json.dumps(m).encode()
+
+
+case("expiry_parse_z", cmdrules.parse_expiry("2026-11-18T12:00:00Z"), 1795003200)
+case("expiry_parse_offset", cmdrules.parse_expiry("2026-11-18T13:00:00.5+01:00"), 1795003200)
+case("expiry_without_zone", "zone" in refused(
+    lambda: cmdrules.parse_expiry("2026-11-18T12:00:00")), True)
+case("ok_command_runs", refused(lambda: g.check(cmd(), False, NOW)), None)
+case("once_only", "duplicate" in refused(lambda: g.check(cmd(), False, NOW)), True)
+case("once_survives_reboot", "duplicate" in refused(lambda: cmdrules.Guard(
+    "node-1", "s", 86400, TMP + "/seen.json").check(cmd(), False, NOW)), True)
+case("expired", "expired" in refused(lambda: g.check(
+    cmd(correlation_id="c2", expires="2026-11-18T00:00:00Z"), False, NOW)), True)
+case("too_far_ahead", "ahead" in refused(lambda: g.check(
+    cmd(correlation_id="c3", expires="2026-12-18T00:00:00Z"), False, NOW)), True)
+case("retained", "retained" in refused(lambda: g.check(cmd(correlation_id="c4"), True, NOW)),
+     True)
+case("too_big", "limit" in refused(lambda: g.check(b" " * 16385, False, NOW)), True)
+case("not_json", refused(lambda: g.check(b"{", False, NOW)), "not valid JSON")
+case("other_device", "another" in refused(lambda: g.check(
+    cmd(correlation_id="c5", device="node-2"), False, NOW)), True)
+case("unknown_command", "not supported" in refused(lambda: g.check(
+    cmd(correlation_id="c6", command="update"), False, NOW)), True)
+case("override_args_ok", cmdrules.override_args({"level_pct": 20, "expires_in_s": 60}),
+     (20, 5, 60))
+for name, args in (("level_high", {"level_pct": 101, "expires_in_s": 60}),
+                   ("prio_zero", {"level_pct": 1, "priority": 0, "expires_in_s": 60}),
+                   ("ttl_missing", {"level_pct": 1}), ("level_bool", {"level_pct": True,
+                                                                      "expires_in_s": 1})):
+    case("override_refuses_" + name, refused(lambda a=args: cmdrules.override_args(a)) is not None,
+         True)
+
+
+# clock rules
+class Fixed:
+    """A clock that reads ``t`` and syncs when told."""
+
+    def __init__(self, t, ok):
+        self.t, self.ok = t, ok
+
+    def now(self):
+        """Reading."""
+        return self.t
+
+    def sync(self):
+        """NTP outcome."""
+        return self.ok
+
+
+st = {}
+tr = clockrules.Trust(Fixed(NOW, False), st, 86400)
+case("never_synced", tr.mode(NOW), "never-synced")
+case("before_build_untrusted", tr.mode(978307200), "untrusted")
+case("synced_trusted", (tr.try_sync() or True) and clockrules.Trust(
+    Fixed(NOW, True), st, 86400).try_sync(), True)
+tr2 = clockrules.Trust(Fixed(NOW, False), st, 86400)      # reboot: RTC only
+case("rtc_recent_trusted", tr2.mode(NOW + 3600), "trusted")
+case("rtc_stale_untrusted", tr2.mode(NOW + 2 * 86400), "untrusted")
+case("backwards_untrusted", tr2.mode(NOW), "untrusted")
