@@ -227,4 +227,5 @@ class Node:
                 self.box.flush(self._publish)
             except (OSError, AttributeError):
                 self.drop()
+        gc.collect()                            # keep the heap flat; measure live memory
         self.peak_alloc = max(self.peak_alloc, gc.mem_alloc())
