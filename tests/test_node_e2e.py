@@ -44,8 +44,9 @@ def set_clock(tmp: Path, epoch: float, rate: float = 1, synced: bool = True) -> 
 
 def start_node(tmp: Path, cfg: Path, clock: Path) -> subprocess.Popen:
     need_shared(MICROPYTHON, LIB / "umqtt.simple")
-    return subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=128K", str(ROOT / "node" / "main.py"), str(cfg),
-                             "--clock", str(clock)], env={**os.environ, "MICROPYPATH": mp_path()},
+    return subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=128K",
+                             str(ROOT / "node" / "main.py"), str(cfg), "--clock", str(clock)],
+                            env={**os.environ, "MICROPYPATH": mp_path()},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
