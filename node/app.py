@@ -192,9 +192,13 @@ class Node:
         lvl, src, _ = schedule.level_at(program, cfg["latitude"], cfg["longitude"],
                                         cfg["tz_offset_min"] * 60, now,
                                         self.state.d["overrides"])
+        if mode != "trusted":
+            safe = clockrules.never_synced_level(lvl, cfg["latitude"], cfg["longitude"], now,
+                                                 FULL)
+            return safe, mode, "fixed-program" if safe == lvl else "never-synced-dusk"
         if lvl is None:
             return FULL, mode, "no-step"
-        return lvl, mode, src if mode == "trusted" else "fixed-program"
+        return lvl, mode, src
 
     def tick(self):
         """One pass of the loop."""

@@ -4,7 +4,10 @@
   synchronised less than ``rtc_trust_s`` ago (it keeps time across a reset) → the
   configured program, astro steps included.
 - ``never-synced``: the clock reads a plausible time but was never synchronised (the node has
-  never been online) → ``fixed_program`` (fixed times only).
+  never been online) → ``fixed_program`` (fixed times only), raised to full output while its
+  own clock reading puts the sun below ``DUSK_ELEVATION`` (:func:`never_synced_level`): a
+  fixed program written for one season must not leave the road dark after an earlier
+  sunset (Hamburg in December: sunset 15:00 UTC, a 17:00 local "on" step).
 - ``untrusted``: the clock reads before the build date, or earlier than a time already seen
   (it went backwards), or the RTC's last sync is too old → full output (100 %): the node
   cannot tell day from night, so it keeps the road lit.
@@ -13,8 +16,13 @@
 import json
 import time
 
+from common import sun
+
 #: 2026-11-01T00:00Z: a clock reading earlier than this is not plausible.
 BUILD_EPOCH = 1793491200
+#: Sun elevation (degrees) below which a never-synchronised node is lit whatever its fixed
+#: program says: civil dusk plus a margin for a clock a little off.
+DUSK_ELEVATION = 6.0
 #: Seconds between 1970 and 2000, for ports whose time.time() counts from 2000.
 _EPOCH_2000 = 946684800
 
@@ -108,3 +116,12 @@ class Trust:
         if synced_at is None:
             return "never-synced"
         return "trusted" if now - synced_at <= self.rtc_trust_s else "untrusted"
+
+
+def never_synced_level(fixed_level, lat, lon, now, full=100):
+    """The level of a never-synchronised node: ``fixed_level`` (the fixed program's), but
+    ``full`` while the sun, by this clock reading, is below ``DUSK_ELEVATION`` or when the
+    fixed program gives no level."""
+    if fixed_level is None or sun.elevation_at(lat, lon, now) < DUSK_ELEVATION:
+        return full
+    return fixed_level

@@ -123,3 +123,14 @@ tr2 = clockrules.Trust(Fixed(NOW, False), st, 86400)      # reboot: RTC only
 case("rtc_recent_trusted", tr2.mode(NOW + 3600), "trusted")
 case("rtc_stale_untrusted", tr2.mode(NOW + 2 * 86400), "untrusted")
 case("backwards_untrusted", tr2.mode(NOW), "untrusted")
+
+# a never-synchronised node: the fixed program, but lit while the sun is down by its clock
+HAMBURG = (53.55, 9.99)
+DEC15_1530Z = 1797348600   # 2026-12-15 15:30 UTC: after sunset (about 15:00 UTC), before 17:00 local
+DEC15_1200Z = 1797336000   # 2026-12-15 12:00 UTC: daylight
+case("never_synced_dusk_lit", clockrules.never_synced_level(0, HAMBURG[0], HAMBURG[1],
+                                                            DEC15_1530Z), 100)
+case("never_synced_day_fixed", clockrules.never_synced_level(0, HAMBURG[0], HAMBURG[1],
+                                                             DEC15_1200Z), 0)
+case("never_synced_no_step_lit", clockrules.never_synced_level(None, HAMBURG[0], HAMBURG[1],
+                                                               DEC15_1200Z), 100)
