@@ -113,6 +113,8 @@ class Guard:
 
 def override_args(args):
     """``(level, priority, expires_in_s)`` of a set_override; Refused when invalid."""
+    if not isinstance(args, dict):
+        raise Refused("args: expected an object")
     level = args.get("level_pct")
     prio = args.get("priority", 5)
     ttl = args.get("expires_in_s")

@@ -1,0 +1,89 @@
+"""The node's parsers under hostile input, with hypothesis: the command guard, the expiry
+parser, the override arguments, the outbox file and the config validator. They are plain
+Python that MicroPython runs (tests/test_node_mp.py runs their fixed cases there); here
+CPython drives them with generated input. Any failure but a refusal is a bug: on a device it
+would end the loop pass (the node then goes to full output, but stops obeying the platform)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT
+
+sys.path[:0] = [str(ROOT / "node"), str(ROOT / "agent")]
+cmdrules = pytest.importorskip("cmdrules")
+outbox = pytest.importorskip("outbox")
+nodecfg = pytest.importorskip("nodecfg")
+
+NOW = 1795003200 - 30
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+    max_leaves=20)
+command_like = st.fixed_dictionaries(
+    {"schema": st.sampled_from(["polelink/command/2", "x"]),
+     "correlation_id": st.text(max_size=20),
+     "command": st.sampled_from(["ping", "set_override", "clear_override", "rebirth", "boom"]),
+     "expires": st.one_of(st.text(max_size=30),
+                          st.just("2026-11-18T12:00:00Z"), st.integers())},
+    optional={"args": json_values, "device": json_values, "site": json_values})
+
+
+def guard(tmp: Path) -> object:
+    return cmdrules.Guard("node-0042", "hanoi-d1", 3600, str(tmp / "seen.json"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.one_of(st.binary(max_size=300),
+                         command_like.map(lambda d: json.dumps(d).encode()),
+                         json_values.map(lambda v: json.dumps(v).encode())),
+       retained=st.booleans())
+def test_command_guard_refuses_or_accepts_never_crashes(tmp_path: Path, payload: bytes,
+                                                        retained: bool) -> None:
+    try:
+        guard(tmp_path).check(payload, retained, NOW)
+    except cmdrules.Refused as e:
+        assert str(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_expiry_parser_refuses_or_parses(text: str) -> None:
+    try:
+        v = cmdrules.parse_expiry(text)
+    except cmdrules.Refused:
+        return
+    assert isinstance(v, (int, float))
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_override_arguments_refused_or_valid(args: object) -> None:
+    try:
+        cmdrules.override_args(args)
+    except cmdrules.Refused as e:
+        assert str(e)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_a_corrupt_outbox_file_is_set_aside(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "ob"
+    path.write_bytes(data)
+    box = outbox.Outbox(str(path), 4)
+    assert isinstance(box.items, list)
+    box.put("t", "p")
+    assert box.items[-1][1] == "p"
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_config_validator_lists_problems_never_crashes(doc: object) -> None:
+    errs = nodecfg.validate(doc)
+    assert isinstance(errs, list) and all(isinstance(e, str) for e in errs)
