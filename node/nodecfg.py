@@ -77,8 +77,20 @@ def validate(cfg):
             errs.append("output.kind: expected one of " + ", ".join(OUTPUT_KINDS))
         elif o["kind"] == "file" and not isinstance(o.get("path"), str):
             errs.append("output.path: expected a file path (kind file)")
-        elif o["kind"] in ("pwm", "dali") and not isinstance(o.get("pin", o.get("uart")), int):
-            errs.append("output.pin: expected a pin number (pwm) / output.uart: a UART id (dali)")
+        elif o["kind"] == "pwm" and not isinstance(o.get("pin"), int):
+            errs.append("output.pin: expected a pin number (kind pwm)")
+        elif o["kind"] == "dali":
+            if not isinstance(o.get("uart", 1), int) or isinstance(o.get("uart"), bool):
+                errs.append("output.uart: expected a UART id (kind dali)")
+            if "port" in o and not isinstance(o["port"], str):
+                errs.append("output.port: expected a serial device path (kind dali)")
+            if o.get("codec", "hat") not in ("hat", "foxtron"):
+                errs.append("output.codec: expected hat or foxtron (kind dali)")
+            a = o.get("address")
+            if a is not None and (isinstance(a, bool) or not isinstance(a, int)
+                                  or not 0 <= a <= 63):
+                errs.append("output.address: expected a short address 0-63, or none for "
+                            "broadcast (kind dali)")
     if "program" in cfg:
         _steps(cfg["program"], "program", errs)
     if "fixed_program" in cfg:
