@@ -8,6 +8,7 @@ DEMO_CLIP = var/demo/clip.mp4
 
 help:
 	@echo "make demo   - set up and run everything on the simulator: camera, DALI bus, broker, dashboard, agent"
+	@echo "              (NODES=3: also three MicroPython lamp nodes; DURATION=60: stop after 60 s)"
 	@echo "make test   - lint (ruff) and the whole test suite (pytest)"
 	@echo "make bench  - pipeline and accuracy benchmarks"
 	@echo "make wheelhouse - the Pi's offline aarch64 wheelhouse in var/wheelhouse/aarch64 (needs the index)"
@@ -25,7 +26,7 @@ $(DEMO_CLIP): | $(BIN)/agent
 	$(BIN)/python -m sim.traffic --out $(DEMO_CLIP) --seconds 120 --seed 1
 
 demo: $(BIN)/agent $(DEMO_CLIP)
-	$(BIN)/python -m sim.demo $(if $(DURATION),--duration $(DURATION))
+	$(BIN)/python -m sim.demo $(if $(DURATION),--duration $(DURATION)) $(if $(NODES),--nodes $(NODES))
 
 lint: $(BIN)/agent
 	$(BIN)/ruff check .

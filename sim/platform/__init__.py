@@ -53,6 +53,7 @@ class PlatformSim:
         self.invalid_log: list[tuple[str, list[str]]] = []
         self.unanswered: dict[str, tuple[str, bytes, float]] = {}  # cid → topic, body, expiry
         self.responses: dict[str, dict[str, Any]] = {}
+        self._node_warned: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.v5 = protocol == "5"
@@ -123,7 +124,16 @@ class PlatformSim:
             return
         outcome, probs = self.store.add(msg.topic, msg.payload, time.time())
         if outcome == "invalid":
-            log.warning("invalid message on %s: %s", msg.topic, "; ".join(probs))
+            # a lamp node's messages may have no schema yet: say so once per topic, and
+            # keep counting them (the dashboard shows the node anyway)
+            parts = msg.topic.split("/")
+            node = len(parts) > 2 and parts[2] in self.store.nodes
+            if not node or msg.topic not in self._node_warned:
+                if node:
+                    self._node_warned.add(msg.topic)
+                log.warning("invalid message on %s: %s%s", msg.topic, "; ".join(probs),
+                            " (lamp node: repeats on this topic are counted, not logged)"
+                            if node else "")
             self.invalid_log.append((msg.topic, probs))
         elif msg.topic.endswith("/cmd/response") and outcome in ("stored", "duplicate"):
             with contextlib.suppress(ValueError, TypeError, KeyError):
@@ -164,11 +174,14 @@ class PlatformSim:
 
     def state(self) -> dict[str, Any]:
         """Everything the dashboard shows, per device (as named by its topics, which nothing
-        checks: the page must treat every string here as text)."""
+        checks: the page must treat every string here as text). A lamp node (``role``
+        ``node``) has ``node``: its level, clock state and health, even while the contract
+        has no schema for its messages."""
         now = time.time()
         summary = self.store.summary()
         seen = self.store.devices()
         health = self.store.newest("health")
+        nodes = self.store.node_views()
         devices: dict[str, Any] = {}
         for dev in sorted(set(summary) | set(seen)):
             s = summary.get(dev, {})
@@ -178,8 +191,11 @@ class PlatformSim:
             last = seen.get(dev, {}).get("last_seen")
             h = health.get(dev)
             traffic = traffic_view(tr)
+            node = nodes.get(dev)
             devices[dev] = {
-                "site": seen.get(dev, {}).get("site", ""), "summary": s,
+                "role": "node" if node else "pole", "node": node,
+                "site": seen.get(dev, {}).get("site", "") or (node or {}).get("site", ""),
+                "summary": s,
                 "last_seen": None if last is None else {
                     "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
                     "age_s": round(max(0.0, now - last), 1)},

@@ -5,7 +5,11 @@ Gaps are counted per outbox *epoch* (the middle part of ``device:epoch:seq``): a
 whose outbox file was replaced starts ``seq`` again at 1 in a new epoch, which is not a
 gap. Status messages (birth, will) carry no data ``seq``: their repeats are counted apart
 (``status_repeats``) so that connection noise never looks like lost or doubled data.
-Restarted on the same file, the store rebuilds its ledgers from what it kept."""
+Restarted on the same file, the store rebuilds its ledgers from what it kept.
+
+Lamp nodes (``role: "node"`` in their messages) are also kept apart, valid or not, newest
+per kind (``status``, ``lighting``, ``health``), so that the dashboard shows them even where
+the contract has no schema for a node message (such a message still counts as invalid)."""
 
 from __future__ import annotations
 
@@ -49,6 +53,16 @@ class DeviceLedger:
         return sum(max(s) - min(s) + 1 - len(s) for s in self.seen.values())
 
 
+def node_kind(msg: dict[str, Any], topic: str) -> str:
+    """A node message's kind: from its schema id (``polelink/node-lighting/1`` and
+    ``polelink/lighting/1`` are both ``lighting``), else the topic's last level."""
+    s = msg.get("schema")
+    if isinstance(s, str) and s.count("/") == 2:
+        k = s.split("/")[1]
+        return k.removeprefix("node-")
+    return topic.rsplit("/", 1)[-1]
+
+
 def epoch_of(msg_id: str) -> str:
     """The epoch part of ``device:epoch:seq`` ('' for an older ``device:seq``)."""
     parts = msg_id.split(":")
@@ -69,6 +83,7 @@ class Store:
         self.ledgers: dict[str, DeviceLedger] = {}
         self.msg_ids: set[str] = set()
         self.status: dict[str, dict] = {}
+        self.nodes: dict[str, dict[str, dict]] = {}   # device → kind → newest node message
         for device, kind, seq, msg_id in self.db.execute(
                 "SELECT device, kind, seq, msg_id FROM messages WHERE valid=1"):
             self.msg_ids.add(msg_id)
@@ -90,6 +105,8 @@ class Store:
         parts = topic.split("/")
         device = parts[2] if len(parts) > 2 else "?"
         with self.lock:
+            if isinstance(msg, dict) and msg.get("role") == "node":
+                self.nodes.setdefault(device, {})[node_kind(msg, topic)] = msg
             led = self.ledgers.setdefault(device, DeviceLedger())
             if probs or msg is None:
                 led.invalid += 1
@@ -133,6 +150,30 @@ class Store:
                     for d, led in self.ledgers.items()}
 
     # -- read side: what the dashboard shows ------------------------------------------------
+    def node_views(self) -> dict[str, dict[str, Any]]:
+        """Per lamp node: what the dashboard shows of it (level, clock state, memory, status),
+        each field only when it has the expected type (anyone can publish anything)."""
+        def pick(m: dict, key: str, typ: type | tuple[type, ...]) -> Any:
+            v = m.get(key)
+            return v if isinstance(v, typ) and not isinstance(v, bool) else None
+        with self.lock:
+            nodes = {d: dict(k) for d, k in self.nodes.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for dev, kinds in nodes.items():
+            lt, h, st = kinds.get("lighting", {}), kinds.get("health", {}), kinds.get("status", {})
+            newest = max(kinds.values(), key=lambda m: str(m.get("ts", "")))
+            out[dev] = {"site": pick(newest, "site", str) or "",
+                        "status": pick(st, "state", str),
+                        "level": pick(lt, "levelPct", (int, float)),
+                        "clock": pick(lt, "clock", str), "source": pick(lt, "source", str),
+                        "ts": pick(lt, "ts", str),
+                        "memFree": pick(h, "memFree", int),
+                        "memAllocPeak": pick(h, "memAllocPeak", int),
+                        "outbox": pick(h, "outbox", int),
+                        "outboxDropped": pick(h, "outboxDropped", int),
+                        "uptimeS": pick(h, "uptimeS", (int, float))}
+        return out
+
     def devices(self) -> dict[str, dict[str, Any]]:
         """Per device (as named by its topics): when any message of any kind (valid or not)
         last arrived (``received``, platform clock) and the site of its newest valid one."""
