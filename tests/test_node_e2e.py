@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.uplink.contract import errors, kind_of
 from tests.conftest import ROOT, SHARED, need_shared
 from tests.helpers import wait_until
 from tests.mqtt_broker import Broker, Collector
@@ -57,6 +58,21 @@ def level(tmp: Path) -> float | None:
         return None
 
 
+TOPIC_OF = {"status": "/status", "node-lighting": "/lighting", "node-health": "/health",
+            "response": "/cmd/response"}
+
+
+def assert_node_messages_valid(published: list[tuple[str, dict]], base: str) -> None:
+    """Each message validates against the schema its ``schema`` field names, on the topic
+    the AsyncAPI document gives that kind for the node role."""
+    assert published
+    for topic, msg in published:
+        kind = kind_of(msg)
+        assert kind in TOPIC_OF, (topic, msg)
+        assert errors(kind, msg) == [], (topic, msg, errors(kind, msg))
+        assert topic == base + TOPIC_OF[kind], (topic, kind)
+
+
 def test_bad_config_is_one_clear_line_per_problem(tmp_path: Path) -> None:
     need_shared(MICROPYTHON)
     bad = tmp_path / "node.json"
@@ -83,7 +99,8 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
     platform = None
     try:
         clock = set_clock(tmp_path, time.time())
-        node = start_node(tmp_path, node_config(tmp_path, broker.port, report_s=1), clock)
+        node = start_node(tmp_path, node_config(tmp_path, broker.port, report_s=1, health_s=2),
+                          clock)
         base = "polelink/harbour/node-0042"
 
         def births() -> list[dict]:
@@ -125,6 +142,17 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
         assert wait_until(lambda: col.where(
             lambda t, m, r: t == base + "/lighting" and m.get("clock") == "untrusted"), 10)
         assert node.poll() is None, node.stdout.read().decode() if node.stdout else ""
+
+        # every message the node published fits the contract (agent/uplink/schemas), and
+        # the platform simulator's store, which validates by schema, took them all
+        wait_until(lambda: col.where(lambda t, m, r: t == base + "/health"), 10)
+        published = [(t, m) for t, m, r in col.messages
+                     if t.startswith(base + "/") and t != base + "/cmd"]
+        assert_node_messages_valid(published, base)
+        kinds = {kind_of(m) for t, m in published}
+        assert {"status", "node-lighting", "node-health", "response"} <= kinds, kinds
+        stored = platform.store.summary()["node-0042"]
+        assert stored["invalid"] == 0 and stored["status"] == "online", stored
     finally:
         if platform:
             platform.stop()
@@ -132,6 +160,33 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
             node.kill()
             out = node.communicate()[0].decode()
             assert "Traceback" not in out, out
+        col.close()
+        broker.stop()
+
+
+def test_node_will_is_valid_status(tmp_path: Path) -> None:
+    """The will the broker publishes for a node that vanished (killed) fits the contract."""
+    need_shared(MICROPYTHON, LIB / "umqtt.simple")
+    broker = Broker(tmp_path).start()
+    col = Collector(broker.port)
+    node = None
+    try:
+        node = start_node(tmp_path, node_config(tmp_path, broker.port, health_s=1),
+                          set_clock(tmp_path, time.time()))
+        base = "polelink/harbour/node-0042"
+        assert wait_until(lambda: col.where(lambda t, m, r: t == base + "/health"), 20)
+        node.kill()
+        node.wait()
+        assert wait_until(lambda: col.where(
+            lambda t, m, r: t == base + "/status" and m.get("state") == "offline"), 60)
+        published = [(t, m) for t, m, r in col.messages if t.startswith(base + "/")]
+        assert_node_messages_valid(published, base)
+        will = col.where(lambda t, m, r: t == base + "/status" and m.get("state") == "offline")
+        assert will[-1]["role"] == "node" and will[-1]["bdSeq"] >= 1
+    finally:
+        if node and node.poll() is None:
+            node.kill()
+            node.wait()
         col.close()
         broker.stop()
 

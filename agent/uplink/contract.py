@@ -25,7 +25,9 @@ from agent.records import (
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 KINDS = ("status", "traffic", "lighting", "health", "event", "command", "response",
-         "diagnostics")
+         "diagnostics", "node-lighting", "node-health")
+"""Every message kind (``polelink/<kind>/1``), one schema file each; ``node-*`` are a lamp
+node's own forms (``node/app.py``), which also publishes ``status`` and ``response``."""
 
 
 @cache
