@@ -21,6 +21,11 @@ def _num(cfg, key, lo, hi, errs, where=""):
                     + ", got " + repr(v))
 
 
+def _digits(s):
+    """ASCII digits only (``str.isdigit`` takes '²', which ``int`` refuses)."""
+    return 0 < len(s) <= 2 and all(c in "0123456789" for c in s)
+
+
 def _steps(steps, name, errs):
     if not isinstance(steps, list) or not steps:
         errs.append(name + ": expected a non-empty list of steps")
@@ -34,7 +39,7 @@ def _steps(steps, name, errs):
         ok = at in EVENTS
         if not ok and isinstance(at, str):
             hh, sep, mm = at.partition(":")
-            ok = (sep == ":" and hh.isdigit() and mm.isdigit() and len(mm) == 2
+            ok = (sep == ":" and _digits(hh) and _digits(mm) and len(mm) == 2
                   and int(hh) < 24 and int(mm) < 60)
         if not ok:
             errs.append(where + "at: expected 'HH:MM' or one of " + ", ".join(EVENTS)

@@ -50,6 +50,11 @@ def cmd_validate(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     rc = EXIT_OK
     for path in a.files:
+        from agent.cli.nodecheck import is_node_config
+
+        if is_node_config(path):
+            rc = _worst(rc, _validate_node(a, path))
+            continue
         try:
             loaded = load_config_report(Path(path), Path(a.secrets) if a.secrets else None,
                                         secrets_mode="warn")
@@ -97,6 +102,31 @@ def cmd_validate(a: argparse.Namespace) -> int:
             file_rc = _worst(file_rc, sim_rc)
         rc = _worst(rc, file_rc)
     return rc
+
+
+def _validate_node(a: argparse.Namespace, path: str) -> int:
+    """``agent validate NODE.json``: a lamp node's config, with the node's own rules."""
+    from agent.cli import nodecheck
+
+    if a.simulate or a.clip or a.check_models:
+        _err(f"{path}: --simulate, --clip and --check-models are for pole configs (YAML), "
+             "not lamp node configs")
+        return EXIT_USAGE
+    try:
+        problems, cfg = nodecheck.check(path)
+    except OSError as e:
+        _err(str(e))
+        return EXIT_RUNTIME
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        print(f"{path}: INVALID ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+              file=sys.stderr)
+        return EXIT_INVALID
+    assert cfg is not None
+    print(f"{path}: OK: lamp node {cfg['device']} at {cfg['site']}; output "
+          f"{cfg['output']['kind']}; program {len(cfg['program'])} steps")
+    return EXIT_OK
 
 
 def _worst(a: int, b: int) -> int:
