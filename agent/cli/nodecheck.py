@@ -86,9 +86,9 @@ def positions(text: str) -> dict[tuple[str | int, ...], int]:
             while True:
                 key_at = _skip(text, i)
                 key, i = json.decoder.scanstring(text, key_at + 1)
-                out[path + (key,)] = key_at
+                out[(*path, key)] = key_at
                 i = _skip(text, i) + 1                  # the ':'
-                i = _skip(text, value(i, path + (key,)))
+                i = _skip(text, value(i, (*path, key)))
                 if text[i] == "}":
                     return i + 1
                 i += 1                                  # the ','
@@ -98,7 +98,7 @@ def positions(text: str) -> dict[tuple[str | int, ...], int]:
                 return i + 1
             n = 0
             while True:
-                i = _skip(text, value(i, path + (n,)))
+                i = _skip(text, value(i, (*path, n)))
                 n += 1
                 if text[i] == "]":
                     return i + 1
