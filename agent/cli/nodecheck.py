@@ -42,6 +42,12 @@ def nodecfg() -> ModuleType:
     return mod
 
 
+def _printable(text: str) -> str:
+    """``text`` with every unprintable character escaped (a key may hold a newline: one
+    problem stays one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _where(text: str, i: int) -> str:
     """``LINE:COL`` (1-based) of character offset ``i``."""
     return f"{text.count(chr(10), 0, i) + 1}:{i - text.rfind(chr(10), 0, i)}"
@@ -165,7 +171,7 @@ def check(path: str) -> tuple[list[str], dict[str, Any] | None]:
         key = str(e)
         pos = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
         where = _where(text, pos[-1]) if pos else "1:1"
-        return [f"{path}:{where}: {key[:80]}: duplicate key (the device would keep only "
+        return [f"{path}:{where}: {_printable(key[:80])}: duplicate key (the device would keep only "
                 "the last)"], None
     except ValueError as e:
         m = re.search(r"\b(NaN|-?Infinity)\b", text)
@@ -177,5 +183,6 @@ def check(path: str) -> tuple[list[str], dict[str, Any] | None]:
         parts = _path_of(field) if field != "(root)" else ()
         while parts and parts not in pos:
             parts = parts[:-1]
-        problems.append(f"{path}:{_where(text, pos.get(parts, _skip(text, 0)))}: {err}")
+        problems.append(f"{path}:{_where(text, pos.get(parts, _skip(text, 0)))}: "
+                        f"{_printable(err)}")
     return problems, cfg
