@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.settings.modelcard import sha256_file
 from agent.update.guard import valid_version
 
 FORMAT = "polelink-bundle/1"
@@ -239,14 +240,6 @@ def load_private_key(path: Path) -> Any:
     return key
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | None = None,
           agent_wheel: Path | None = None, required_bytes: int | None = None,
           progress: Any = None) -> Manifest:
@@ -283,7 +276,7 @@ def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | No
                              "use letters, digits and . _ + - only")
     files: dict[str, dict[str, Any]] = {}
     for i, (name, p) in enumerate(sources.items(), 1):
-        files[name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files[name] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
         if progress:
             progress(f"hashing {i}/{len(sources)} {name}")
     payload = sum(f["size"] for f in files.values())

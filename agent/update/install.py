@@ -17,7 +17,6 @@ The new release's venv is built offline from the bundle's wheelhouse
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.settings.modelcard import sha256_file
 from agent.update.bundle import CHUNK, BundleError, Manifest, extract, verify
 from agent.update.guard import Layout, Trial
 
@@ -166,7 +166,7 @@ class Updater:
             self.step = "download"
             t0 = time.monotonic()
             bundle = self._fetch(source)
-            digest = _sha256(bundle)
+            digest = sha256_file(bundle)
             if source.sha256 and digest != source.sha256:
                 raise UpdateRefused(f"bundle sha256 {digest[:16]}… is not the command's "
                                     f"{source.sha256[:16]}…")
@@ -353,14 +353,6 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, subprocess.TimeoutExpired):
         return f"{' '.join(map(str, e.cmd))[:100]} took longer than {e.timeout:.0f} s"
     return str(e)[:500] or type(e).__name__
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _du(path: Path) -> int:
