@@ -10,6 +10,7 @@ import time
 
 import clockrules
 import cmdrules
+import nodecfg
 import outbox
 from common import schedule
 
@@ -61,8 +62,10 @@ class Node:
         sd = cfg["state_dir"].rstrip("/") + "/"
         self.state = State(sd + "state.json")
         self.box = outbox.Outbox(sd + "outbox.jsonl", cfg["outbox_max"])
+        key = cfg.get("command_key")
         self.guard = cmdrules.Guard(cfg["device"], cfg["site"], cfg["max_ttl_s"],
-                                    sd + "seen.json")
+                                    sd + "seen.json",
+                                    None if key is None else nodecfg.public_key(key))
         self.trust = clockrules.Trust(clock, self.state.d["clock"], cfg["rtc_trust_s"])
         self.clock = clock
         self.base = "%s/%s/%s" % (cfg["mqtt"]["prefix"], cfg["site"], cfg["device"])  # noqa: UP031
@@ -114,8 +117,10 @@ class Node:
         c.set_callback(self.on_message)
         try:
             c.connect()
-            c.publish(self.base + "/status", self.status("online", now), retain=True, qos=1)
+            # subscribed before the birth: a platform that answers the birth with a
+            # command at once must find the node listening
             c.subscribe(self.base + "/cmd", qos=1)
+            c.publish(self.base + "/status", self.status("online", now), retain=True, qos=1)
             self.client = c
             if not self.trust.synced_now:
                 self.trust.try_sync()
@@ -146,11 +151,16 @@ class Node:
                 cid, command = peek.get("correlation_id"), peek.get("command")
             except Exception:
                 pass
+            gc.collect()                    # room for the signature check's big numbers
             msg = self.guard.check(payload, retained, now)
             data = self.act(msg["command"], msg.get("args", {}), now)
             err = None
         except cmdrules.Refused as e:
             err, data = str(e)[:1000], {}
+        except Exception as e:              # MemoryError above all: answer, keep running
+            self.faults += 1
+            err, data = "not run: the node failed checking it (" + type(e).__name__ + ")", {}
+            gc.collect()
         if not isinstance(cid, str):
             cid = None
         if not isinstance(command, str):
@@ -229,7 +239,7 @@ class Node:
             try:
                 self.client.check_msg()
                 self.box.flush(self._publish)
-            except (OSError, AttributeError):
+            except Exception:               # OSError, or garbage from the broker: reconnect
                 self.drop()
         gc.collect()                            # keep the heap flat; measure live memory
         self.peak_alloc = max(self.peak_alloc, gc.mem_alloc())

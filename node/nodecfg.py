@@ -12,6 +12,33 @@ DEFAULTS = {"tz_offset_min": 0, "outbox_max": 64, "report_s": 60, "health_s": 30
             "rtc_trust_s": 7 * 86400, "retry_s": 5,
             "fixed_program": [{"at": "18:00", "level": 100}, {"at": "07:00", "level": 0}]}
 OUTPUT_KINDS = ("pwm", "file", "dali")
+SPKI_PREFIX = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"   # Ed25519 public key DER
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def b64decode(text):
+    """Strict base64 (padding required, no other characters) → bytes; ValueError otherwise."""
+    import binascii
+    if not isinstance(text, str) or len(text) % 4 or not text \
+            or any(c not in B64 for c in text.rstrip("=")) or len(text) - len(text.rstrip("=")) > 2:
+        raise ValueError("not base64")
+    return binascii.a2b_base64(text)
+
+
+def public_key(text):
+    """The 32-byte Ed25519 key from config text: base64 of the raw key, or of the public-key
+    DER, which is the middle line of the ``.pub.pem`` that ``agent bundle keygen`` writes;
+    ValueError otherwise."""
+    try:
+        raw = b64decode(text)
+    except ValueError:
+        raise ValueError("expected base64 (the middle line of the site's .pub.pem)") from None
+    if len(raw) == 44 and raw[:12] == SPKI_PREFIX:
+        raw = raw[12:]
+    if len(raw) != 32:
+        raise ValueError("expected an Ed25519 public key (32 bytes, or its 44-byte DER), got "
+                         + str(len(raw)) + " bytes")
+    return raw
 
 
 def _num(cfg, key, lo, hi, errs, where=""):
@@ -105,13 +132,18 @@ def validate(cfg):
             if isinstance(s, dict) and s.get("at") in EVENTS:
                 errs.append("fixed_program[" + str(i) + "].at: astro steps need a trusted "
                             "clock; the fixed program takes 'HH:MM' only")
+    if "command_key" in cfg:
+        try:
+            public_key(cfg["command_key"])
+        except ValueError as e:
+            errs.append("command_key: " + str(e))
     for k, lo, hi in (("tz_offset_min", -720, 840), ("outbox_max", 1, 1000),
                       ("report_s", 1, 86400), ("health_s", 1, 86400), ("tick_s", 0.01, 60),
                       ("max_ttl_s", 1, 7 * 86400), ("wdt_ms", 0, 600000),
                       ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
         if k in cfg:
             _num(cfg, k, lo, hi, errs)
-    known = REQUIRED + tuple(DEFAULTS) + ("clock",)
+    known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key")
     for k in cfg:
         if k not in known:
             errs.append(k + ": unknown key")

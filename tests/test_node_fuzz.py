@@ -87,3 +87,51 @@ def test_a_corrupt_outbox_file_is_set_aside(tmp_path: Path, data: bytes) -> None
 def test_config_validator_lists_problems_never_crashes(doc: object) -> None:
     errs = nodecfg.validate(doc)
     assert isinstance(errs, list) and all(isinstance(e, str) for e in errs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values.filter(lambda v: isinstance(v, dict)) | st.dictionaries(st.text(), json_values))
+def test_canonical_bytes_match_the_agents(doc: dict) -> None:
+    """The node's canonical form is the agent's (CPython side; tests/test_node_signatures.py
+    checks the same inside MicroPython)."""
+    from agent.uplink.guard import canonical
+    try:
+        want = canonical(doc)
+    except (ValueError, UnicodeEncodeError):
+        with pytest.raises(cmdrules.Refused):
+            cmdrules.canonical(doc)
+        return
+    assert cmdrules.canonical(doc) == want
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.one_of(st.binary(max_size=300),
+                         command_like.map(lambda d: json.dumps(d).encode())),
+       sig=st.one_of(st.text(max_size=100), st.binary(min_size=64, max_size=64).map(
+           lambda b: __import__("base64").b64encode(b).decode())))
+def test_a_node_with_a_key_runs_nothing_unsigned(tmp_path: Path, payload: bytes,
+                                                  sig: str) -> None:
+    """With a ``command_key`` no generated command runs, signed with garbage or not."""
+    g = cmdrules.Guard("node-0042", "hanoi-d1", 3600, str(tmp_path / "seen.json"), bytes(range(32)))
+    try:
+        msg = json.loads(payload)
+        if isinstance(msg, dict):
+            msg.update({"device": "node-0042", "site": "hanoi-d1", "signature": sig,
+                        "expires": "2026-11-18T12:00:00Z"})
+            payload = json.dumps(msg).encode()
+    except ValueError:
+        pass
+    with pytest.raises(cmdrules.Refused):
+        g.check(payload, False, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80) | st.binary(max_size=60).map(
+    lambda b: __import__("base64").b64encode(b).decode()))
+def test_a_command_key_is_parsed_or_refused_with_a_reason(text: str) -> None:
+    try:
+        key = nodecfg.public_key(text)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert len(key) == 32

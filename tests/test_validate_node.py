@@ -125,3 +125,31 @@ def test_fuzz_random_json_never_tracebacks(doc: object, indent: int | None, cut:
             problems, cfg = nodecheck.check(str(f))
             assert all(p.startswith(f"{f}:") and LOCATED.match(p) for p in problems), problems
             assert problems or isinstance(cfg, dict)
+
+
+def test_command_key_is_checked_and_shown(tmp_path: Path) -> None:
+    """The key is the middle line of the site's ``.pub.pem`` (``agent bundle keygen``);
+    anything else is a located error that says what is expected."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    gen = subprocess.run([sys.executable, "-m", "agent", "bundle", "keygen", "--out",
+                          str(keys / "site.pem")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert gen.returncode == 0, gen.stderr
+    line = (keys / "site.pub.pem").read_text().splitlines()[1]
+    cfg = json.loads(EXAMPLE.read_text())
+    f = tmp_path / "node-0042.json"
+    f.write_text(json.dumps({**cfg, "command_key": line}, indent=2))
+    p = agent(str(f))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.rstrip().endswith("commands signed only (command_key)")
+    f.write_text(json.dumps({**cfg, "command_key": "-----BEGIN PUBLIC KEY-----"}, indent=2))
+    p = agent(str(f))
+    assert p.returncode == 1
+    row = next(i for i, ln in enumerate(f.read_text().splitlines(), 1) if "command_key" in ln)
+    assert re.search(rf"^{re.escape(str(f))}:{row}:\d+: command_key: expected base64 \(the "
+                     r"middle line of the site's \.pub\.pem\)$", p.stderr, re.M), p.stderr
+    f.write_text(json.dumps({**cfg, "command_key": "AAAA"}, indent=2))
+    p = agent(str(f))
+    assert "command_key: expected an Ed25519 public key (32 bytes, or its 44-byte DER), got 3 " \
+           "bytes" in p.stderr, p.stderr

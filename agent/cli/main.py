@@ -125,7 +125,9 @@ def _validate_node(a: argparse.Namespace, path: str) -> int:
         return EXIT_INVALID
     assert cfg is not None
     print(f"{path}: OK: lamp node {cfg['device']} at {cfg['site']}; output "
-          f"{cfg['output']['kind']}; program {len(cfg['program'])} steps")
+          f"{cfg['output']['kind']}; program {len(cfg['program'])} steps; commands "
+          + ("signed only (command_key)" if "command_key" in cfg else
+             "not signed (no command_key)"))
     return EXIT_OK
 
 

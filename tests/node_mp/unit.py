@@ -81,7 +81,7 @@ case("too_far_ahead", "ahead" in refused(lambda: g.check(
     cmd(correlation_id="c3", expires="2026-12-18T00:00:00Z"), False, NOW)), True)
 case("retained", "retained" in refused(lambda: g.check(cmd(correlation_id="c4"), True, NOW)),
      True)
-case("too_big", "limit" in refused(lambda: g.check(b" " * 16385, False, NOW)), True)
+case("too_big", "limit" in refused(lambda: g.check(b" " * 2049, False, NOW)), True)
 case("not_json", refused(lambda: g.check(b"{", False, NOW)), "not valid JSON")
 case("other_device", "another" in refused(lambda: g.check(
     cmd(correlation_id="c5", device="node-2"), False, NOW)), True)
