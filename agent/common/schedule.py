@@ -7,14 +7,18 @@ today's and tomorrow's, that started at or before ``t`` (see ``agent.lighting.sc
 Overrides (level, priority 1-9, expiry epoch): the highest-priority unexpired one wins.
 
 The agent keeps its calendar and time zones (zoneinfo) and uses :func:`latest` and
-:func:`winner`; the node, which has no zoneinfo, uses a fixed UTC offset and
-:func:`level_at`.
+:func:`winner`; the node, which has no zoneinfo, uses :func:`level_at` with its time zone
+given as ``tz``: a fixed UTC offset in seconds (int) or a POSIX TZ rule
+(:class:`tzrule.Rule`, daylight saving time included). With a rule, each local day's
+midnight and fixed steps use the offset in force at that local time, as the agent's
+zoneinfo code does (a step at a time skipped by the clocks going forward starts at the
+same instant as ``datetime(..., fold=0)`` gives).
 """
 
 try:
-    from agent.common import sun
+    from agent.common import sun, tzrule
 except ImportError:  # on the node ``common`` is a top-level package (node/manifest.txt)
-    from common import sun
+    from common import sun, tzrule
 
 PRIORITIES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
@@ -55,15 +59,17 @@ def parse_hhmm(text):
                      + ", ".join(sorted(sun.EVENTS)) + "; got " + repr(text))
 
 
-def step_start(step, lat, lon, local_midnight, tz_offset_s):
-    """Start epoch of ``step`` (dict: ``at``, ``offset_min``) on the local day starting at
-    epoch ``local_midnight``; None when its astro event does not happen that day."""
+def step_start(step, lat, lon, day, tz):
+    """Start epoch of ``step`` (dict: ``at``, ``offset_min``) on local calendar day ``day``
+    (days since 1970-01-01) under ``tz`` (int offset in seconds or a :class:`tzrule.Rule`);
+    None when its astro event does not happen that day."""
     off = step.get("offset_min", 0) * 60
     at = step["at"]
+    wall = day * 86400                          # local midnight, as local seconds
     if at in sun.EVENTS:
-        day_utc = local_midnight + tz_offset_s     # the UTC midnight of the same date
+        day_utc = wall                          # the UTC midnight of the same date
         # the solar day whose noon lies nearest local noon
-        noon = local_midnight + 43200
+        noon = tzrule.utc_of_local(tz, wall + 43200)
         best = None
         for k in (-1, 0, 1):
             m = day_utc + k * 86400
@@ -72,31 +78,37 @@ def step_start(step, lat, lon, local_midnight, tz_offset_s):
                 best = (d, m)
         t = sun.event_time(at, lat, lon, best[1])
         return None if t is None else t + off
-    return local_midnight + parse_hhmm(at) * 60 + off
+    return tzrule.utc_of_local(tz, wall + parse_hhmm(at) * 60) + off
 
 
-def timeline(program, lat, lon, tz_offset_s, t):
-    """``[(start, step), ...]`` sorted, for the local days before, of and after ``t``."""
-    local_midnight = ((int(t) + tz_offset_s) // 86400) * 86400 - tz_offset_s
+def local_day(tz, t):
+    """Local calendar day (days since 1970-01-01) at epoch ``t`` under ``tz``."""
+    return int((int(t) + tzrule.offset_at(tz, t)) // 86400)
+
+
+def timeline(program, lat, lon, tz, t):
+    """``[(start, step), ...]`` sorted, for the local days before, of and after ``t``;
+    ``tz``: a fixed UTC offset in seconds or a :class:`tzrule.Rule`."""
+    today = local_day(tz, t)
     out = []
     for k in (-1, 0, 1):
-        mid = local_midnight + k * 86400
         for step in program:
-            s = step_start(step, lat, lon, mid, tz_offset_s)
+            s = step_start(step, lat, lon, today + k, tz)
             if s is not None:
                 out.append((s, step))
     out.sort(key=lambda x: x[0])
     return out
 
 
-def level_at(program, lat, lon, tz_offset_s, t, overrides=()):
-    """``(level, source, until)`` at epoch ``t``: the winning override's level
+def level_at(program, lat, lon, tz, t, overrides=()):
+    """``(level, source, until)`` at epoch ``t`` (``tz``: UTC offset in seconds or a
+    :class:`tzrule.Rule`): the winning override's level
     (source ``"override"``) or the active step's (``"schedule"``); ``until`` is when
     that ends (None if unknown). ``(None, "none", None)`` for a program with no usable step."""
     o = winner(overrides, t)
     if o is not None:
         return o["level"], "override", o["until"]
-    line = timeline(program, lat, lon, tz_offset_s, t)
+    line = timeline(program, lat, lon, tz, t)
     i = latest(line, t)
     if i < 0:
         if not line:

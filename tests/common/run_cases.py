@@ -8,7 +8,7 @@ Usage: ``MICROPYPATH=agent micropython tests/common/run_cases.py tests/common/ca
 import json
 import sys
 
-from common import schedule, sun
+from common import schedule, sun, tzrule
 
 
 def call(fn, args):
@@ -31,6 +31,20 @@ def call(fn, args):
             return schedule.parse_hhmm(*args)
         except ValueError:
             return "ValueError"
+    if fn == "tz_parse":
+        try:
+            r = tzrule.parse(*args)
+        except ValueError:
+            return "ValueError"
+        return [r.std, r.dst]
+    if fn == "tz_offset":
+        return tzrule.parse(args[0]).offset_at(args[1])
+    if fn == "tz_utc_of_local":
+        return tzrule.parse(args[0]).utc_of_local(args[1])
+    if fn == "level_at_tz":
+        a = list(args)
+        a[3] = tzrule.parse(a[3])
+        return schedule.level_at(*a)[0]
     raise ValueError("unknown fn " + fn)
 
 
