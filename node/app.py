@@ -199,8 +199,10 @@ class Node:
             return FULL, mode, "clock-untrusted"
         cfg = self.cfg
         program = cfg["program"] if mode == "trusted" else cfg["fixed_program"]
-        lvl, src, _ = schedule.level_at(program, cfg["latitude"], cfg["longitude"],
-                                        cfg["tz_offset_min"] * 60, now,
+        tz = getattr(self, "_tz", None)
+        if tz is None:                   # the config's tz rule, parsed once (nodecfg.zone)
+            tz = self._tz = nodecfg.zone(cfg)
+        lvl, src, _ = schedule.level_at(program, cfg["latitude"], cfg["longitude"], tz, now,
                                         self.state.d["overrides"])
         if mode != "trusted":
             safe = clockrules.never_synced_level(lvl, cfg["latitude"], cfg["longitude"], now,

@@ -5,6 +5,11 @@ Used on the device (``main.py``) and, through ``agent validate``, on a laptop.
 
 import json
 
+try:
+    from agent.common import tzrule
+except ImportError:  # on the node ``common`` is a top-level package (node/manifest.txt)
+    from common import tzrule
+
 REQUIRED = ("device", "site", "latitude", "longitude", "mqtt", "output", "program")
 EVENTS = ("sunrise", "sunset", "dawn", "dusk")
 DEFAULTS = {"tz_offset_min": 0, "outbox_max": 64, "report_s": 60, "health_s": 300,
@@ -137,17 +142,34 @@ def validate(cfg):
             public_key(cfg["command_key"])
         except ValueError as e:
             errs.append("command_key: " + str(e))
+    if "tz" in cfg:
+        if "tz_offset_min" in cfg:
+            errs.append("tz: give tz or tz_offset_min, not both (tz_offset_min is for old "
+                        "configs: a fixed offset with no daylight-saving change)")
+        try:
+            tzrule.parse(cfg["tz"])
+        except ValueError as e:
+            errs.append("tz: expected a POSIX TZ rule like CET-1CEST,M3.5.0,M10.5.0/3 or "
+                        "<+07>-7 (" + str(e) + ")")
     for k, lo, hi in (("tz_offset_min", -720, 840), ("outbox_max", 1, 1000),
                       ("report_s", 1, 86400), ("health_s", 1, 86400), ("tick_s", 0.01, 60),
                       ("max_ttl_s", 1, 7 * 86400), ("wdt_ms", 0, 600000),
                       ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
         if k in cfg:
             _num(cfg, k, lo, hi, errs)
-    known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key")
+    known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key", "tz")
     for k in cfg:
         if k not in known:
             errs.append(k + ": unknown key")
     return errs
+
+
+def zone(cfg):
+    """The time zone of a loaded config for ``common.schedule``: the parsed ``tz`` rule,
+    else ``tz_offset_min`` as seconds."""
+    if "tz" in cfg:
+        return tzrule.parse(cfg["tz"])
+    return cfg.get("tz_offset_min", 0) * 60
 
 
 def load(path):

@@ -134,6 +134,13 @@ MICROPYTHON = SHARED / "bin" / "micropython"
 MPLIB = SHARED / "micropython-lib"
 
 
+def solar_zone(lon: float) -> str:
+    """A fixed-offset POSIX TZ rule whose local time is about solar time at ``lon``
+    (``<+07>-7`` at 105° E; the POSIX sign is west-positive)."""
+    h = round(lon / 15)
+    return f"<{'+' if h >= 0 else '-'}{abs(h):02d}>{-h}"
+
+
 def node_config(i: int, work: Path, mqtt_port: int, lat: float, lon: float) -> dict:
     """Node ``i``'s config (the example's programs; file output and state under ``work``)."""
     example = json.loads((ROOT / "node" / "config.example.json").read_text())
@@ -142,7 +149,7 @@ def node_config(i: int, work: Path, mqtt_port: int, lat: float, lon: float) -> d
     return {**example, "device": device, "site": "sim-city",
             "latitude": round(lat + 0.002 * i, 5),
             "longitude": round((lon + 0.002 * i + 180) % 360 - 180, 5),
-            "tz_offset_min": round(lon / 15) * 60,   # local time ≈ solar time
+            "tz": solar_zone(lon),                  # local time ≈ solar time
             "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "prefix": "polelink"},
             "output": {"kind": "file", "path": str(state / "level")},
             "state_dir": str(state), "report_s": 10, "health_s": 30, "retry_s": 1}

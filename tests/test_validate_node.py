@@ -59,6 +59,44 @@ def test_a_bad_field_is_named_at_its_line(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
+def _with_tz(tmp_path: Path, tz: object, **extra: object) -> tuple[Path, list[str], int]:
+    """The example config with ``"tz": tz`` on line 6 (and ``extra``), through ``agent
+    validate``: the file, its stderr lines, its exit code."""
+    text = EXAMPLE.read_text().replace('"tz": "CET-1CEST,M3.5.0,M10.5.0/3"',
+                                       json.dumps("tz") + ": " + json.dumps(tz)
+                                       + "".join(f", {json.dumps(k)}: {json.dumps(v)}"
+                                                 for k, v in extra.items()))
+    f = tmp_path / "node-0042.json"
+    f.write_text(text)
+    p = agent(str(f))
+    assert "Traceback" not in p.stderr
+    return f, p.stderr.splitlines(), p.returncode
+
+
+def test_a_bad_tz_rule_is_named_at_its_line(tmp_path: Path) -> None:
+    f, lines, rc = _with_tz(tmp_path, "CET-1CEST,M13.5.0,M10.5.0/3")
+    assert rc == 1
+    assert lines[0].startswith(f"{f}:6:3: tz: expected a POSIX TZ rule like "), lines
+    assert "month must be 1..12 at character 12" in lines[0]
+
+
+def test_an_iana_zone_name_gets_its_posix_rule_suggested(tmp_path: Path) -> None:
+    f, lines, rc = _with_tz(tmp_path, "Australia/Sydney")
+    assert rc == 1
+    assert lines[0].startswith(f"{f}:6:3: tz: "), lines
+    assert lines[0].endswith('Australia/Sydney is an IANA zone name: write "tz": '
+                             '"AEST-10AEDT,M10.1.0,M4.1.0/3"'), lines[0]
+    _, lines, rc = _with_tz(tmp_path, "Mars/Olympus_Mons")       # no such zone: no hint
+    assert rc == 1 and "IANA" not in lines[0] and lines[0].startswith(f"{f}:6:3: tz: ")
+
+
+def test_tz_and_tz_offset_min_are_exclusive(tmp_path: Path) -> None:
+    f, lines, rc = _with_tz(tmp_path, "UTC0", tz_offset_min=0)
+    assert rc == 1
+    assert lines[0] == (f"{f}:6:3: tz: give tz or tz_offset_min, not both (tz_offset_min is "
+                        "for old configs: a fixed offset with no daylight-saving change)")
+
+
 def test_a_missing_key_points_at_the_object_it_belongs_in(tmp_path: Path) -> None:
     f = tmp_path / "n.json"
     cfg = json.loads(EXAMPLE.read_text())
@@ -109,7 +147,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
                     lambda c: st.lists(c, max_size=4)
                     | st.dictionaries(st.sampled_from(
                         ["device", "site", "latitude", "mqtt", "output", "program", "at",
-                         "level", "kind", "pin", "host", "fixed_program", "tick_s", "x"])
+                         "level", "kind", "pin", "host", "fixed_program", "tick_s", "tz", "x"])
                         | st.text(max_size=6), c, max_size=6), max_leaves=25)
 LOCATED = re.compile(r"^.+?(:\d+:\d+)?: \S")
 

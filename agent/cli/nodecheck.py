@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from agent.lighting.tzfooter import posix_rule
+
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
 NODECFG = Path(__file__).resolve().parents[2] / "node" / "nodecfg.py"
@@ -141,6 +143,17 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def _zone_hint(field: str, cfg: Any) -> str:
+    """For a ``tz`` that names an IANA zone (``Europe/Berlin``): the POSIX rule to write
+    instead, from the zone's TZif footer on this laptop (the node has no zone files)."""
+    if field != "tz" or not isinstance(cfg, dict) or not isinstance(cfg.get("tz"), str):
+        return ""
+    rule = posix_rule(cfg["tz"])
+    if rule is None:
+        return ""
+    return f"; {_printable(cfg['tz'])} is an IANA zone name: write \"tz\": {json.dumps(rule)}"
+
+
 def check(path: str) -> tuple[list[str], dict[str, Any] | None]:
     """Problems of the node config at ``path``, each ``FILE:LINE:COL: field: message``
     (empty when valid), and the config when it parsed."""
@@ -184,5 +197,5 @@ def check(path: str) -> tuple[list[str], dict[str, Any] | None]:
         while parts and parts not in pos:
             parts = parts[:-1]
         problems.append(f"{path}:{_where(text, pos.get(parts, _skip(text, 0)))}: "
-                        f"{_printable(err)}")
+                        f"{_printable(err)}{_zone_hint(field, cfg)}")
     return problems, cfg

@@ -134,3 +134,49 @@ case("never_synced_day_fixed", clockrules.never_synced_level(0, HAMBURG[0], HAMB
                                                              DEC15_1200Z), 0)
 case("never_synced_no_step_lit", clockrules.never_synced_level(None, HAMBURG[0], HAMBURG[1],
                                                                DEC15_1200Z), 100)
+
+# the node's time zone: a POSIX TZ rule (daylight saving time) in Node.level
+import app  # noqa: E402
+import nodecfg  # noqa: E402
+
+
+class Out:
+    """An output that remembers its level."""
+
+    def set(self, level):
+        """Remember."""
+        self.level = level
+
+
+def node_with(tz_key, tz_value, t):
+    """A Node (the example's program at Hamburg) with ``tz_key: tz_value``, its clock synced at ``t``."""
+    cfg = {"device": "node-0042", "site": "harbour", "latitude": 53.55, "longitude": 9.99,
+           "mqtt": {"host": "127.0.0.1"}, "output": {"kind": "file", "path": TMP + "/lvl"},
+           "program": [{"at": "sunset", "offset_min": -10, "level": 100},
+                       {"at": "23:00", "level": 50}, {"at": "05:00", "level": 80},
+                       {"at": "sunrise", "offset_min": 10, "level": 0}],
+           "state_dir": TMP, tz_key: tz_value}
+    path = TMP + "/tzcfg.json"
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    n = app.Node(nodecfg.load(path), Out(), Fixed(t, True), None)
+    n.trust.try_sync()
+    return n
+
+
+JUL1_2130Z = 1814477400    # 2027-07-01 23:30 CEST: after the 23:00 step (50 %)
+DEC15_2230Z = 1828909800   # 2027-12-15 23:30 CET
+BERLIN = "CET-1CEST,M3.5.0,M10.5.0/3"
+case("tz_rule_summer_late", node_with("tz", BERLIN, JUL1_2130Z).level(JUL1_2130Z),
+     (50, "trusted", "schedule"))
+case("tz_fixed_offset_drifts_in_summer",
+     node_with("tz_offset_min", 60, JUL1_2130Z).level(JUL1_2130Z)[0], 100)
+case("tz_rule_winter_late", node_with("tz", BERLIN, DEC15_2230Z).level(DEC15_2230Z)[0], 50)
+case("tz_bad_rule_named", [e.split(":")[0] for e in nodecfg.validate(
+    {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
+     "output": {"kind": "file", "path": "x"}, "program": [{"at": "01:00", "level": 1}],
+     "tz": "Europe/Berlin"})], ["tz"])
+case("tz_and_offset_refused", len([e for e in nodecfg.validate(
+    {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
+     "output": {"kind": "file", "path": "x"}, "program": [{"at": "01:00", "level": 1}],
+     "tz": "UTC0", "tz_offset_min": 0}) if e.startswith("tz: give")]), 1)
