@@ -198,10 +198,11 @@ class Node:
         if mode == "untrusted":
             return FULL, mode, "clock-untrusted"
         cfg = self.cfg
-        program = cfg["program"] if mode == "trusted" else cfg["fixed_program"]
         tz = getattr(self, "_tz", None)
-        if tz is None:                   # the config's tz rule, parsed once (nodecfg.zone)
+        if tz is None:                   # parsed once: the tz rule and the calendar plan
             tz = self._tz = nodecfg.zone(cfg)
+            self._plan = nodecfg.plan(cfg)
+        program = self._plan if mode == "trusted" else cfg["fixed_program"]
         lvl, src, _ = schedule.level_at(program, cfg["latitude"], cfg["longitude"], tz, now,
                                         self.state.d["overrides"])
         if mode != "trusted":

@@ -6,11 +6,11 @@ Used on the device (``main.py``) and, through ``agent validate``, on a laptop.
 import json
 
 try:
-    from agent.common import tzrule
+    from agent.common import calrule, tzrule
 except ImportError:  # on the node ``common`` is a top-level package (node/manifest.txt)
-    from common import tzrule
+    from common import calrule, tzrule
 
-REQUIRED = ("device", "site", "latitude", "longitude", "mqtt", "output", "program")
+REQUIRED = ("device", "site", "latitude", "longitude", "mqtt", "output")
 EVENTS = ("sunrise", "sunset", "dawn", "dusk")
 DEFAULTS = {"tz_offset_min": 0, "outbox_max": 64, "report_s": 60, "health_s": 300,
             "tick_s": 1, "max_ttl_s": 86400, "wdt_ms": 8000, "state_dir": ".",
@@ -84,6 +84,48 @@ def _steps(steps, name, errs):
                 errs.append(where + k + ": unknown key")
 
 
+def _calendar(cfg, errs):
+    """``programs`` (name → steps) and ``calendar`` (rules, the agent's shape)."""
+    progs = cfg.get("programs")
+    if "programs" in cfg:
+        if not isinstance(progs, dict) or not progs:
+            errs.append("programs: expected an object of named programs")
+            progs = {}
+        for name in progs:
+            _steps(progs[name], "programs." + name, errs)
+    elif "calendar" in cfg:
+        errs.append("calendar: needs programs")
+    cal = cfg.get("calendar", [])
+    if not isinstance(cal, list):
+        errs.append("calendar: expected a list of rules")
+        return
+    catch_all = False
+    for i, rule in enumerate(cal):
+        where = "calendar[" + str(i) + "]"
+        try:
+            r = calrule.from_json(rule)
+        except ValueError as e:
+            errs.append(where + str(e))
+            continue
+        if isinstance(progs, dict) and r["program"] not in progs:
+            errs.append(where + ".program: no program " + repr(r["program"]) + " in programs")
+        catch_all = catch_all or not (r["dates"] or r["weekdays"] or r["months"])
+    if isinstance(progs, dict) and len(progs) > 1 and not catch_all:
+        errs.append("calendar: with several programs, end with a rule for every day "
+                    "({\"program\": NAME} with no dates, weekdays or months): the node "
+                    "cannot tell which program in programs comes first")
+
+
+def plan(cfg):
+    """What ``common.schedule`` evaluates for a loaded config: ``program`` (a list of
+    steps), or a calendar plan (``programs``, parsed ``calendar``, ``default``)."""
+    if "programs" not in cfg:
+        return cfg["program"]
+    progs = cfg["programs"]
+    return {"programs": progs, "calendar": [calrule.from_json(r) for r in cfg.get("calendar", [])],
+            "default": next(iter(progs)) if len(progs) == 1 else None}
+
+
 def validate(cfg):
     """Errors of config dict ``cfg`` as ``field: message`` strings (empty when valid)."""
     if not isinstance(cfg, dict):
@@ -130,6 +172,11 @@ def validate(cfg):
                             "broadcast (kind dali)")
     if "program" in cfg:
         _steps(cfg["program"], "program", errs)
+        if "programs" in cfg or "calendar" in cfg:
+            errs.append("program: give program, or programs and calendar, not both")
+    elif "programs" not in cfg:
+        errs.append("program: missing (or programs and calendar)")
+    _calendar(cfg, errs)
     if "fixed_program" in cfg:
         _steps(cfg["fixed_program"], "fixed_program", errs)
         for i, s in enumerate(cfg["fixed_program"] if isinstance(cfg["fixed_program"], list)
@@ -157,7 +204,8 @@ def validate(cfg):
                       ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
         if k in cfg:
             _num(cfg, k, lo, hi, errs)
-    known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key", "tz")
+    known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key", "tz", "program", "programs",
+                                          "calendar")
     for k in cfg:
         if k not in known:
             errs.append(k + ": unknown key")

@@ -16,9 +16,9 @@ same instant as ``datetime(..., fold=0)`` gives).
 """
 
 try:
-    from agent.common import sun, tzrule
+    from agent.common import calrule, sun, tzrule
 except ImportError:  # on the node ``common`` is a top-level package (node/manifest.txt)
-    from common import sun, tzrule
+    from common import calrule, sun, tzrule
 
 PRIORITIES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
@@ -86,13 +86,28 @@ def local_day(tz, t):
     return int((int(t) + tzrule.offset_at(tz, t)) // 86400)
 
 
+def steps_of(program, day):
+    """The steps of local day ``day`` (days since 1970-01-01): ``program`` itself when it
+    is a list of steps, or for a calendar plan (dict: ``programs`` name → steps,
+    ``calendar`` rules as :func:`calrule.program_for` takes them, ``default`` the program
+    of a day no rule matches) the program its calendar picks for that day."""
+    if not isinstance(program, dict):
+        return program
+    y, m, d = sun.civil(day)
+    name = calrule.program_for(program["calendar"], y, m, d)
+    if name is None:
+        name = program.get("default")
+    return program["programs"].get(name, ()) if name is not None else ()
+
+
 def timeline(program, lat, lon, tz, t):
     """``[(start, step), ...]`` sorted, for the local days before, of and after ``t``;
-    ``tz``: a fixed UTC offset in seconds or a :class:`tzrule.Rule`."""
+    ``program``: a list of steps or a calendar plan (see :func:`steps_of`); ``tz``: a
+    fixed UTC offset in seconds or a :class:`tzrule.Rule`."""
     today = local_day(tz, t)
     out = []
     for k in (-1, 0, 1):
-        for step in program:
+        for step in steps_of(program, today + k):
             s = step_start(step, lat, lon, today + k, tz)
             if s is not None:
                 out.append((s, step))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from agent.common import calrule
 from agent.common.schedule import latest
 from agent.lighting.astro import EVENTS, event_time, solar_noon
 
@@ -77,12 +78,10 @@ class CalendarRule:
     months: frozenset[int] = frozenset()
 
     def matches(self, day: date) -> bool:
-        """True when this rule applies to ``day``."""
-        if self.dates and day not in self.dates and (day.month, day.day) not in self.dates:
-            return False
-        if self.weekdays and day.weekday() not in self.weekdays:
-            return False
-        return not (self.months and day.month not in self.months)
+        """True when this rule applies to ``day`` (the rule shared with the lamp node,
+        :func:`agent.common.calrule.matches`)."""
+        dates = {d if isinstance(d, tuple) else (d.year, d.month, d.day) for d in self.dates}
+        return calrule.matches(dates, self.weekdays, self.months, day.year, day.month, day.day)
 
 
 #: The program used when the config names none: on at sunset, full light in twilight,

@@ -8,7 +8,7 @@ Usage: ``MICROPYPATH=agent micropython tests/common/run_cases.py tests/common/ca
 import json
 import sys
 
-from common import schedule, sun, tzrule
+from common import calrule, schedule, sun, tzrule
 
 
 def call(fn, args):
@@ -45,6 +45,27 @@ def call(fn, args):
         a = list(args)
         a[3] = tzrule.parse(a[3])
         return schedule.level_at(*a)[0]
+    if fn == "cal_matches":
+        dates = [tuple(x) for x in args[0]]
+        return calrule.matches(dates, *args[1:])
+    if fn == "cal_weekday":
+        return calrule.weekday(*args)
+    if fn == "cal_parse_date":
+        try:
+            return list(calrule.parse_date(*args))
+        except ValueError:
+            return "ValueError"
+    if fn == "cal_from_json":
+        try:
+            r = calrule.from_json(*args)
+        except ValueError as e:
+            return "ValueError " + str(e).split(":")[0]
+        r["dates"] = [list(x) for x in r["dates"]]
+        return r
+    if fn == "level_at_cal":
+        plan = {"programs": args[0]["programs"],
+                "calendar": [calrule.from_json(r) for r in args[0]["calendar"]]}
+        return schedule.level_at(plan, args[1], args[2], tzrule.parse(args[3]), args[4])[0]
     raise ValueError("unknown fn " + fn)
 
 

@@ -148,7 +148,7 @@ class Out:
         self.level = level
 
 
-def node_with(tz_key, tz_value, t):
+def node_with(tz_key, tz_value, t, **extra):
     """A Node (the example's program at Hamburg) with ``tz_key: tz_value``, its clock synced at ``t``."""
     cfg = {"device": "node-0042", "site": "harbour", "latitude": 53.55, "longitude": 9.99,
            "mqtt": {"host": "127.0.0.1"}, "output": {"kind": "file", "path": TMP + "/lvl"},
@@ -156,6 +156,10 @@ def node_with(tz_key, tz_value, t):
                        {"at": "23:00", "level": 50}, {"at": "05:00", "level": 80},
                        {"at": "sunrise", "offset_min": 10, "level": 0}],
            "state_dir": TMP, tz_key: tz_value}
+    for k in extra:
+        cfg[k] = extra[k]
+    if "programs" in extra:
+        cfg.pop("program")
     path = TMP + "/tzcfg.json"
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -180,3 +184,14 @@ case("tz_and_offset_refused", len([e for e in nodecfg.validate(
     {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
      "output": {"kind": "file", "path": "x"}, "program": [{"at": "01:00", "level": 1}],
      "tz": "UTC0", "tz_offset_min": 0}) if e.startswith("tz: give")]), 1)
+
+# the node's calendar: 24 December runs the holiday program (100 % all night)
+HOLIDAY = {"programs": {"holiday": [{"at": "sunset", "level": 100}, {"at": "sunrise", "level": 0}],
+                        "normal": [{"at": "sunset", "level": 100}, {"at": "23:00", "level": 30},
+                                   {"at": "sunrise", "level": 0}]},
+           "calendar": [{"program": "holiday", "dates": ["12-24"]}, {"program": "normal"}]}
+DEC24_2230Z = 1829687400   # 2027-12-24 23:30 CET
+case("calendar_holiday_full", node_with("tz", BERLIN, DEC24_2230Z, **HOLIDAY).level(
+    DEC24_2230Z)[0], 100)
+case("calendar_other_day_dimmed", node_with("tz", BERLIN, DEC15_2230Z, **HOLIDAY).level(
+    DEC15_2230Z)[0], 30)
