@@ -78,6 +78,11 @@ class Node:
         self.mode = ""
         self.source = ""
         self.faults = 0
+        self.rejected = 0                   # commands refused since the last event
+        self.last_refusal = ("", None)
+        self.next_reject_event = 0
+        self.dropped_seen = 0
+        self.next_overflow_event = 0
         self.t_start = time.ticks_ms()
 
     # -- messages --------------------------------------------------------------------
@@ -165,6 +170,9 @@ class Node:
             cid = None
         if not isinstance(command, str):
             command = None
+        if err:
+            self.rejected += 1
+            self.last_refusal = (err[:500], command)
         self.queue("response", {"correlation_id": cid, "command": command,
                                 "result": "error" if err else "ok", "error": err,
                                 "data": data}, now, topic=self.base + "/cmd/response")
@@ -190,6 +198,41 @@ class Node:
             self.client.publish(self.base + "/status", self.status("online", now),
                                 retain=True, qos=1)
         return {}
+
+    # -- events ----------------------------------------------------------------------
+    def event(self, name, severity, subject, detail, now):
+        """Queue a ``polelink/event/1``: the agent's event schema and names."""
+        self.queue("event", {"event": name, "severity": severity, "subject": subject,
+                             "detail": detail}, now)
+
+    def events(self, mode, was, now):
+        """Events for what changed in this pass: the fail-safe entered or left (a fault in
+        the pass), the clock distrusted or trusted again, messages dropped from a full
+        outbox (at most one event a minute), refused commands (one event per 10 s, with a
+        count, as the agent does)."""
+        if mode != was:
+            if mode == "fault":
+                self.event("failsafe_entered", "alarm", "output",
+                           {"mode": "fault", "levelPct": FULL}, now)
+            elif was == "fault":
+                self.event("failsafe_left", "info", "output", {"mode": mode}, now)
+            if mode == "untrusted":
+                self.event("clock_untrusted", "alarm", "clock",
+                           {"levelPct": FULL, "reason": self.trust.reason}, now)
+            elif was == "untrusted" and mode != "fault":
+                self.event("clock_trusted", "info", "clock", {"clock": mode}, now)
+        if self.box.dropped > self.dropped_seen and now >= self.next_overflow_event:
+            self.event("outbox_overflow", "warning", "outbox",
+                       {"dropped": self.box.dropped - self.dropped_seen,
+                        "outboxMax": self.cfg["outbox_max"]}, now)
+            self.dropped_seen = self.box.dropped
+            self.next_overflow_event = now + 60
+        if self.rejected and now >= self.next_reject_event:
+            self.event("command_rejected", "warning", "cmd",
+                       {"error": self.last_refusal[0], "command": self.last_refusal[1],
+                        "count": self.rejected}, now)
+            self.rejected = 0
+            self.next_reject_event = now + 10
 
     # -- lighting --------------------------------------------------------------------
     def level(self, now):
@@ -223,7 +266,11 @@ class Node:
             self.faults += 1
         changed = lvl != self.out.level or mode != self.mode or src != self.source
         self.out.set(lvl)
-        self.mode, self.source = mode, src
+        was, self.mode, self.source = self.mode, mode, src
+        try:
+            self.events(mode, was, now)
+        except Exception:                   # a full flash must not stop the lighting
+            self.faults += 1
         if changed or now - self.last_report >= self.cfg["report_s"]:
             self.last_report = now
             self.queue("lighting", {"role": "node", "levelPct": lvl, "clock": mode,

@@ -96,6 +96,7 @@ class Trust:
         self.state = state
         self.rtc_trust_s = rtc_trust_s
         self.synced_now = False
+        self.reason = ""
 
     def try_sync(self):
         """Ask the clock to synchronise (NTP); remember when it worked."""
@@ -106,8 +107,14 @@ class Trust:
         return self.synced_now
 
     def mode(self, now):
-        """``trusted``, ``never-synced`` or ``untrusted`` at clock reading ``now``."""
-        if now < BUILD_EPOCH or now < self.state.get("last_seen", 0) - 300:
+        """``trusted``, ``never-synced`` or ``untrusted`` at clock reading ``now``;
+        ``reason`` says why it is untrusted."""
+        self.reason = ""
+        if now < BUILD_EPOCH:
+            self.reason = "before the build date"
+            return "untrusted"
+        if now < self.state.get("last_seen", 0) - 300:
+            self.reason = "ran backwards"
             return "untrusted"
         self.state["last_seen"] = max(now, self.state.get("last_seen", 0))
         synced_at = self.state.get("synced_at")
@@ -115,7 +122,10 @@ class Trust:
             return "trusted"
         if synced_at is None:
             return "never-synced"
-        return "trusted" if now - synced_at <= self.rtc_trust_s else "untrusted"
+        if now - synced_at <= self.rtc_trust_s:
+            return "trusted"
+        self.reason = "not synchronised for more than rtc_trust_s"
+        return "untrusted"
 
 
 def never_synced_level(fixed_level, lat, lon, now, full=100):

@@ -169,9 +169,13 @@ def start_nodes(n: int, work: Path, mqtt_port: int, lat: float,
     nodes.mkdir(parents=True)
     clock = nodes / "clock.json"     # the demo machine's clock, trusted (as the pole's is)
     clock.write_text(json.dumps({"epoch": time.time(), "rate": 1, "synced": True}))
-    env = {**os.environ, "MICROPYPATH": ":".join(
-        [str(ROOT / "node"), str(ROOT / "agent"), str(MPLIB / "umqtt.simple"),
-         str(MPLIB / "umqtt.robust")])}
+    from sim.nodestage import stage  # the .mpy files flash.sh node writes to a board
+
+    try:
+        env = {**os.environ, "MICROPYPATH": stage(nodes / "board", MPLIB)}
+    except Exception as e:                # the flasher's Refused (mpy-cross missing or failed)
+        print(f"--nodes {n}: no lamp nodes: {e}", flush=True)
+        return []
     procs = []
     for i in range(1, n + 1):
         cfg = node_config(i, work, mqtt_port, lat, lon)
@@ -180,7 +184,7 @@ def start_nodes(n: int, work: Path, mqtt_port: int, lat: float,
         path.write_text(json.dumps(cfg, indent=2) + "\n")
         with (nodes / f"{cfg['device']}.log").open("wb") as log:
             procs.append(subprocess.Popen(
-                [str(MICROPYTHON), "-X", "heapsize=128K", str(ROOT / "node" / "main.py"),
+                [str(MICROPYTHON), "-X", "heapsize=128K", str(nodes / "board" / "main.py"),
                  str(path), "--clock", str(clock)], env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     names = ", ".join(f"demo-node-{i:02d}" for i in range(1, n + 1))

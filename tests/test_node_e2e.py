@@ -44,10 +44,16 @@ def set_clock(tmp: Path, epoch: float, rate: float = 1, synced: bool = True) -> 
 
 
 def start_node(tmp: Path, cfg: Path, clock: Path) -> subprocess.Popen:
-    need_shared(MICROPYTHON, LIB / "umqtt.simple")
-    return subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=128K",
-                             str(ROOT / "node" / "main.py"), str(cfg), "--clock", str(clock)],
-                            env={**os.environ, "MICROPYPATH": mp_path()},
+    """The node as a board runs it (``sim.nodestage``: the ``.mpy`` files ``flash.sh node``
+    writes) in a 128 KiB heap."""
+    need_shared(MICROPYTHON, LIB / "umqtt.simple", SHARED / "bin" / "mpy-cross")
+    from sim.nodestage import stage
+
+    board = tmp / "board"
+    path = stage(board, LIB)
+    return subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=128K", str(board / "main.py"),
+                             str(cfg), "--clock", str(clock)],
+                            env={**os.environ, "MICROPYPATH": path},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -59,7 +65,7 @@ def level(tmp: Path) -> float | None:
 
 
 TOPIC_OF = {"status": "/status", "node-lighting": "/lighting", "node-health": "/health",
-            "response": "/cmd/response"}
+            "response": "/cmd/response", "event": "/event"}
 
 
 def stop_all(node: subprocess.Popen | None, col: Collector, broker: Broker) -> None:
@@ -154,6 +160,12 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
         assert wait_until(lambda: level(tmp_path) == 100, 20), level(tmp_path)
         assert wait_until(lambda: col.where(
             lambda t, m, r: t == base + "/lighting" and m.get("clock") == "untrusted"), 10)
+        # ... and says so: one alarm event with the reason
+        untrusted = col.where(lambda t, m, r: t == base + "/event"
+                              and m.get("event") == "clock_untrusted")
+        assert len(untrusted) == 1, untrusted
+        assert untrusted[0]["severity"] == "alarm"
+        assert untrusted[0]["detail"] == {"levelPct": 100, "reason": "before the build date"}
         assert node.poll() is None, node.stdout.read().decode() if node.stdout else ""
 
         # every message the node published fits the contract (agent/uplink/schemas), and
@@ -256,6 +268,12 @@ def test_a_node_with_a_key_obeys_only_the_sites_signed_commands(tmp_path: Path) 
             lambda t, m, r: t == base + "/cmd/response"
             and m.get("correlation_id") == ok["correlation_id"])) == 2, 20)
         assert "duplicate" in answer(ok["correlation_id"])["error"]
+        # the refusals are reported as command_rejected events (rate-limited, counted)
+        assert wait_until(lambda: sum(m["detail"]["count"] for m in col.where(
+            lambda t, m, r: t == base + "/event" and m.get("event") == "command_rejected"))
+            == 3, 30), col.where(lambda t, m, r: t == base + "/event")
+        assert_node_messages_valid([(t, m) for t, m, r in col.messages
+                                    if t.startswith(base + "/") and t != base + "/cmd"], base)
         time.sleep(1)
         assert level(tmp_path) == 30
         assert node.poll() is None

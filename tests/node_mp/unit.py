@@ -195,3 +195,31 @@ case("calendar_holiday_full", node_with("tz", BERLIN, DEC24_2230Z, **HOLIDAY).le
     DEC24_2230Z)[0], 100)
 case("calendar_other_day_dimmed", node_with("tz", BERLIN, DEC15_2230Z, **HOLIDAY).level(
     DEC15_2230Z)[0], 30)
+
+# events: a fault in a loop pass → failsafe_entered (output 100 %), then failsafe_left;
+# a full outbox → outbox_overflow with the count
+import time  # noqa: E402
+
+
+def events_of(n):
+    """The event names queued in ``n``'s outbox, in order."""
+    return [json.loads(p)["event"] for t, p, r in n.box.items if t.endswith("/event")]
+
+
+ev = node_with("tz", BERLIN, JUL1_2130Z)
+ev.next_try = time.ticks_add(time.ticks_ms(), 600000)      # stay offline
+ev.level = lambda now: 1 / 0
+ev.tick()
+case("event_fault_full_output", ev.out.level, 100)
+del ev.level
+ev.tick()
+case("event_failsafe_entered_and_left", events_of(ev), ["failsafe_entered", "failsafe_left"])
+ov = node_with("tz", BERLIN, JUL1_2130Z, outbox_max=4)
+ov.next_try = time.ticks_add(time.ticks_ms(), 600000)
+for _ in range(6):
+    ov.queue("lighting", {"role": "node", "levelPct": 1, "clock": "trusted", "source": "x"},
+             JUL1_2130Z)
+ov.tick()
+dropped = [json.loads(p)["detail"]["dropped"] for t, p, r in ov.box.items
+           if t.endswith("/event")]
+case("event_outbox_overflow_counted", len(dropped) == 1 and dropped[0] >= 2, True)
