@@ -15,6 +15,7 @@ Python takes seconds on an ESP32, near the watchdog's limit; a node's commands a
 import json
 
 import ed25519
+from common import tzrule
 from nodecfg import b64decode
 
 MAX_COMMAND_BYTES = 2 * 1024
@@ -181,15 +182,6 @@ def canonical(msg, update=None):
     return b"".join(out)
 
 
-def _days(y, m, d):
-    y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
 def parse_expiry(text):
     """``YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)`` → epoch seconds; Refused otherwise."""
     if not isinstance(text, str) or len(text) < 20 or len(text) > 40:
@@ -215,7 +207,7 @@ def parse_expiry(text):
             raise Refused("expires " + repr(text) + " has no time zone (add Z or +hh:mm)")
     except (ValueError, IndexError):
         raise Refused("expires " + repr(text) + " is not an ISO-8601 date-time") from None
-    return _days(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off
+    return tzrule.days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off
 
 
 class Guard:
