@@ -119,7 +119,8 @@ def level_at(program, lat, lon, tz, t, overrides=()):
     """``(level, source, until)`` at epoch ``t`` (``tz``: UTC offset in seconds or a
     :class:`tzrule.Rule`): the winning override's level
     (source ``"override"``) or the active step's (``"schedule"``); ``until`` is when
-    that ends (None if unknown). ``(None, "none", None)`` for a program with no usable step."""
+    that ends (None if unknown). ``(None, "no-step", None)`` for a program with no usable
+    step (the node reports that source, at full output)."""
     o = winner(overrides, t)
     if o is not None:
         return o["level"], "override", o["until"]
@@ -127,7 +128,7 @@ def level_at(program, lat, lon, tz, t, overrides=()):
     i = latest(line, t)
     if i < 0:
         if not line:
-            return None, "none", None
+            return None, "no-step", None
         i = 0
     nxt = line[i + 1][0] if i + 1 < len(line) else None
     return line[i][1]["level"], "schedule", nxt
