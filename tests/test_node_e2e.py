@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,26 @@ def node_config(tmp: Path, port: int, **extra: object) -> Path:
     return path
 
 
+#: Instants the node's clock is set to (never the machine's clock: what the node does
+#: depends on the hour). The config's site is Hamburg: in mid-December the sun sets at
+#: about 14:55 UTC and rises at about 07:30 UTC.
+DAY = 1797332400.0        # 2026-12-15 11:00 UTC
+DUSK = 1797349800.0       # 2026-12-15 15:50 UTC: sun below +6°, a never-synced node at 100 %
+NIGHT = 1797375600.0      # 2026-12-15 23:00 UTC
+
+
 def set_clock(tmp: Path, epoch: float, rate: float = 1, synced: bool = True) -> Path:
     p = tmp / "clock.json"
     p.write_text(json.dumps({"epoch": epoch, "rate": rate, "synced": synced}))
     return p
+
+
+def clock_of(epoch: float, rate: float = 1) -> Callable[[], float]:
+    """The node's clock as the test and the platform simulator read it (set from the same
+    instant as the node's clock file: within a second of the node's, which is what
+    command expiries need)."""
+    t0 = time.monotonic()
+    return lambda: epoch + (time.monotonic() - t0) * rate
 
 
 def start_node(tmp: Path, cfg: Path, clock: Path) -> subprocess.Popen:
@@ -117,7 +134,8 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
     node = None
     platform = None
     try:
-        clock = set_clock(tmp_path, time.time())
+        clock = set_clock(tmp_path, DAY)
+        node_clock = clock_of(DAY)
         node = start_node(tmp_path, node_config(tmp_path, broker.port, report_s=1, health_s=2),
                           clock)
         base = "polelink/harbour/node-0042"
@@ -148,7 +166,7 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
         assert not lost, f"lost across the broker restart: {sorted(lost)}"
 
         # an override from the platform simulator
-        platform = PlatformSim(port=broker.port, retry_s=2).start()
+        platform = PlatformSim(port=broker.port, retry_s=2, clock=node_clock).start()
         platform.command({"device": "node-0042", "site": "harbour", "command": "set_override",
                           "args": {"level_pct": 20, "priority": 7, "expires_in_s": 600}})
         assert wait_until(lambda: level(tmp_path) == 20, 20), level(tmp_path)
@@ -184,17 +202,27 @@ def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:
         stop_all(node, col, broker)
 
 
-def test_node_will_is_valid_status(tmp_path: Path) -> None:
-    """The will the broker publishes for a node that vanished (killed) fits the contract."""
+@pytest.mark.parametrize("now,first_source", [(DAY, "fixed-program"),
+                                               (DUSK, "never-synced-dusk"),
+                                               (NIGHT, "fixed-program")],
+                         ids=["day", "dusk", "night"])
+def test_node_will_is_valid_status(tmp_path: Path, now: float, first_source: str) -> None:
+    """Every message of a node that starts at this hour, before and after its clock is
+    synchronised, and the will the broker publishes when it vanished (killed), fit the
+    contract. At dusk a never-synchronised node's first report is ``never-synced-dusk``,
+    which no schema allowed before contract 2.6.0."""
     need_shared(MICROPYTHON, LIB / "umqtt.simple")
     broker = Broker(tmp_path).start()
     col = Collector(broker.port)
     node = None
     try:
         node = start_node(tmp_path, node_config(tmp_path, broker.port, health_s=1),
-                          set_clock(tmp_path, time.time()))
+                          set_clock(tmp_path, now))
         base = "polelink/harbour/node-0042"
         assert wait_until(lambda: col.where(lambda t, m, r: t == base + "/health"), 20)
+        lighting = col.where(lambda t, m, r: t == base + "/lighting")
+        assert lighting and lighting[0]["clock"] == "never-synced", lighting
+        assert lighting[0]["source"] == first_source, lighting
         node.kill()
         node.wait()
         assert wait_until(lambda: col.where(
@@ -232,7 +260,8 @@ def test_a_node_with_a_key_obeys_only_the_sites_signed_commands(tmp_path: Path) 
     try:
         node = start_node(tmp_path, node_config(tmp_path, broker.port,
                                                 command_key=pem.decode().splitlines()[1]),
-                          set_clock(tmp_path, time.time()))
+                          set_clock(tmp_path, NIGHT))
+        node_clock = clock_of(NIGHT)
         # no pause after the birth: the node listens before it says it is online
         assert wait_until(lambda: col.where(lambda t, m, r: t == base + "/status"), 20)
 
@@ -243,7 +272,7 @@ def test_a_node_with_a_key_obeys_only_the_sites_signed_commands(tmp_path: Path) 
 
         def send(key: Ed25519PrivateKey | None, level: int) -> dict:
             p = PlatformSim(port=broker.port, retry_s=60, signing_key=key,
-                            host_id=f"ops{len(platforms)}").start()
+                            host_id=f"ops{len(platforms)}", clock=node_clock).start()
             platforms.append(p)
             assert p.subscribed.wait(20), "platform simulator not connected"
             cid = p.command({"device": "node-0042", "site": "harbour",

@@ -25,6 +25,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -43,8 +44,10 @@ class PlatformSim:
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "polelink",
                  db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0,
                  host_id: str = "ops", signing_key: Any | None = None,
-                 protocol: str = "5", retry_s: float = 5.0, token: str | None = None) -> None:
+                 protocol: str = "5", retry_s: float = 5.0, token: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.prefix = prefix
+        self.clock = clock              # what commands' ``expires`` count from
         self.host_id = host_id
         self.state_topic = f"{prefix}/STATE/{host_id}"
         self.signing_key = signing_key
@@ -148,21 +151,22 @@ class PlatformSim:
         if not isinstance(req.get("command"), str) or not isinstance(req.get("device"), str) \
                 or not isinstance(req.get("site"), str):
             raise ValueError("a command needs device, site and command (strings)")
+        now = self.clock()
         body = new_command(req["command"], req.get("args") or None,
                            correlation_id=req.get("correlation_id"), ttl_s=ttl_s,
                            device=req["device"], site=req["site"],
-                           signing_key=self.signing_key)
+                           signing_key=self.signing_key, now=now)
         topic = f"{self.prefix}/{req['site']}/{req['device']}/cmd"
         raw = json.dumps(body).encode()
         with self._lock:
-            self.unanswered[body["correlation_id"]] = (topic, raw, time.time() + ttl_s)
+            self.unanswered[body["correlation_id"]] = (topic, raw, now + ttl_s)
         self.client.publish(topic, raw, qos=1)
         return {"correlation_id": body["correlation_id"], "topic": topic}
 
     def _retry_loop(self) -> None:
         """Send unanswered commands again (same correlation id) until they expire."""
         while not self._stopping.wait(self.retry_s):
-            now = time.time()
+            now = self.clock()
             with self._lock:
                 for cid, (_t, _b, expiry) in list(self.unanswered.items()):
                     if expiry <= now:
