@@ -166,8 +166,12 @@ interrupted() {
 }
 trap cleanup EXIT
 trap interrupted INT TERM
-# a step that failed after the write began: exit 3 (its message is already out)
-failed() { exit 3; }
+# a step that failed after the write began: exit 3 (its message is already out); a step
+# killed by Ctrl-C or TERM is an interruption, whichever of this and the trap bash runs first
+failed() {
+    case $? in 130|143) interrupted ;; esac
+    exit 3
+}
 
 image_size=$("$PYTHON" "$LIB/imagecopy.py" size "$image") || die 1 "--image $image: cannot read its size"
 [ "$image_size" -gt 0 ] || die 1 "--image $image: empty image"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ SHARED = ROOT.parent / "shared"
 SIMNET = ROOT / "models" / "simnet.yaml"
 YOLOX = ROOT / "models" / "yolox_nano.yaml"
 MOTORWAY = SHARED / "data" / "motorway-cctv-320x240.avi"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start every process as a terminal would. A suite started in the background by a
+    non-interactive shell (``make test &``) inherits SIGINT *ignored*, and so would every
+    process it starts: Python then installs no KeyboardInterrupt handler and bash cannot
+    trap INT, so the tests of what Ctrl-C does would see nothing happen (this once looked
+    like a timing failure under load)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def need_shared(*paths: Path) -> None:

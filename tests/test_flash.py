@@ -945,14 +945,12 @@ exec "{sys.executable}" "$@"
 def test_copier_interrupted_is_silent(tmp_path: Path) -> None:
     """imagecopy.py on Ctrl-C: no traceback (flash.sh says it in one line), exit 130."""
     import signal
-    import time
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     p = subprocess.Popen([sys.executable, str(ROOT / "deploy/flash/imagecopy.py"), "hash", str(fifo), "100"],
                          stderr=subprocess.PIPE, text=True)
-    with open(fifo, "wb"):
-        time.sleep(0.5)
+    with open(fifo, "wb"):  # returns once the copier has opened the FIFO: it is reading
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
     assert p.returncode == 130 and err == "", err
