@@ -7,6 +7,11 @@ import threading
 import time
 from collections.abc import Callable
 
+#: How late a loaded machine may run a thread or a process (two test suites side by side on
+#: 2 cores). A test of a deadline ("the call gives up, it does not hang") asserts
+#: ``elapsed < deadline + SLACK_S``: a hang would exceed it by far, a busy machine cannot.
+SLACK_S = 5.0
+
 
 def free_port() -> int:
     """A free TCP port on loopback."""

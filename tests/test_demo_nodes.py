@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from sim.demo import free_port
 from sim.traffic import write_clip
 from tests.conftest import ROOT, SHARED, need_shared
+from tests.helpers import SLACK_S
 
 MICROPYTHON = SHARED / "bin" / "micropython"
 LIB = SHARED / "micropython-lib"
@@ -25,8 +27,10 @@ def test_demo_runs_two_lamp_nodes_that_the_dashboard_shows(tmp_path: Path) -> No
     need_shared(MICROPYTHON, LIB / "umqtt.simple")
     write_clip(tmp_path / "clip.mp4", 10, seed=1)     # a short clip: the demo loops it
     port = free_port(0)
+    # stopped with Ctrl-C once the nodes show (not by --duration, which a slow start on a
+    # busy machine could outrun)
     proc = subprocess.Popen([sys.executable, "-m", "sim.demo", "--nodes", "2", "--duration",
-                             "20", "--http-port", str(port), "--workdir", str(tmp_path)],
+                             "600", "--http-port", str(port), "--workdir", str(tmp_path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines: list[str] = []
@@ -35,7 +39,7 @@ def test_demo_runs_two_lamp_nodes_that_the_dashboard_shows(tmp_path: Path) -> No
     wanted = {"demo-node-01", "demo-node-02"}
     seen: dict = {}
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 + 4 * SLACK_S
         while time.monotonic() < deadline and proc.poll() is None:
             url = next((m.group(1) for ln in list(lines)
                         if (m := re.search(r"dashboard:\s+(http://[^/]+)/", ln))), None)
@@ -59,6 +63,7 @@ def test_demo_runs_two_lamp_nodes_that_the_dashboard_shows(tmp_path: Path) -> No
             assert v["site"] == "sim-city", (dev, v)
         cfg = json.loads((tmp_path / "nodes" / "demo-node-01.json").read_text())
         assert cfg["site"] == "sim-city" and cfg["mqtt"]["host"] == "127.0.0.1"
+        proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, "".join(lines)
     finally:
         if proc.poll() is None:

@@ -40,6 +40,7 @@ from agent.service.runs import (
 from agent.service.supervisor import Supervisor
 from agent.service.watchdog import Watchdog
 from tests.conftest import ROOT
+from tests.helpers import SLACK_S
 
 
 def bound_socket(address: str | bytes) -> socket.socket:
@@ -136,7 +137,7 @@ def test_a_notify_socket_nobody_reads_never_blocks_and_logs_rarely(
     sender.start()
     sender.join(10)
     assert not sender.is_alive(), f"blocked in send after {len(sent)} messages"
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 5 + SLACK_S
     assert sent[0] and not sent[-1] and n.dropped == sent.count(False) > 400
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "nobody reads it" in warnings[0], warnings

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from sim.traffic import SceneConfig, write_clip
-from tests.helpers import wait_until
+from tests.helpers import SLACK_S, wait_until
 from tests.pole_rig import PoleRig
 
 pytestmark = pytest.mark.slow
@@ -112,11 +112,13 @@ def test_ready_after_the_lamps_and_watchdog_pings_with_a_dead_camera(tmp_path: P
         assert ready["READY"] == "1" and ready["MAINPID"] == str(rig.proc.pid)
         assert "cam1" in ready["STATUS"] and "lamps street" in ready["STATUS"]
         t_ready = sd.times("READY")[0]
-        # the camera is unreachable all along (reconnecting), yet the pings keep coming
-        time.sleep(12)
+        # the camera is unreachable all along (reconnecting), yet the pings keep coming:
+        # one a second; gaps within the watchdog period plus what a busy machine may add
+        assert wait_until(lambda: len([t for t in sd.times("WATCHDOG") if t > t_ready]) >= 8,
+                          8 + 3 * SLACK_S), rig.output()[-3000:]
         pings = [t for t in sd.times("WATCHDOG") if t > t_ready]
-        assert len(pings) >= 8, (len(pings), rig.output()[-3000:])
-        assert max(b - a for a, b in zip([t_ready, *pings], pings, strict=False)) < 2.0
+        assert max(b - a for a, b in zip([t_ready, *pings], pings, strict=False)) \
+            < WATCHDOG_USEC / 1e6 + SLACK_S
         assert all(f["WATCHDOG"] == "1" for _, f in sd.messages if "WATCHDOG" in f)
         assert any("reconnecting" in s for s in sd.statuses()), sd.statuses()
         assert rig.alive()
@@ -148,10 +150,10 @@ def test_watchdog_stops_when_the_camera_reader_hangs_and_health_says_why(
         os.replace(fifo, clip)
         t_hang = time.monotonic()
         # the reader's bound: 2 x stall_timeout_s + 20 s; the clip is 4 s long
-        assert wait_until(lambda: any("STUCK" in s for s in sd.statuses()), 40), \
+        assert wait_until(lambda: any("STUCK" in s for s in sd.statuses()), 40 + SLACK_S), \
             rig.output()[-3000:]
         t_stuck = next(t for t, f in sd.messages if "STUCK" in f.get("STATUS", ""))
-        assert 20 <= t_stuck - t_hang <= 40
+        assert 20 <= t_stuck - t_hang <= 40 + SLACK_S
         stuck = next(s for s in sd.statuses() if "STUCK" in s)
         assert "camera cam1 reader" in stuck and "camera-cam1" in stuck
         time.sleep(5)
@@ -232,8 +234,8 @@ def test_corrupt_run_records_and_an_unread_notify_socket_leave_the_lamps_lit(
             assert (state / (name_ + ".corrupt")).read_bytes() == deep
         assert not list(state.glob("*.tmp"))
         t0 = time.monotonic()
-        assert rig.signal(signal.SIGTERM, timeout=20) == 0
-        assert time.monotonic() - t0 < 15
+        assert rig.signal(signal.SIGTERM, timeout=20 + SLACK_S) == 0
+        assert time.monotonic() - t0 < 15 + SLACK_S
         assert "Traceback" not in rig.output()
     finally:
         deaf.close()
