@@ -163,7 +163,7 @@ def test_watchdog_stops_when_the_camera_reader_hangs_and_health_says_why(
         # systemd's watchdog kill (WatchdogSignal= defaults to SIGABRT): faulthandler prints
         # every thread's stack, the hung open among them
         rig.proc.send_signal(signal.SIGABRT)
-        assert rig.proc.wait(20) == -signal.SIGABRT
+        assert rig.proc.wait(20) == -signal.SIGABRT, rig.output()[-6000:]
         assert "Fatal Python error: Aborted" in rig.output()
         # the next start says why the last run ended
         os.replace(keep, clip)

@@ -1,0 +1,7 @@
+"""``python -m tests.clockshift``: see the package docstring."""
+
+import sys
+
+from tests.clockshift import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The clock-shift tool that proves the suite does not depend on when it runs
+(``python -m tests.clockshift``; the full campaign is ``make test-clock``): a command and
+every process it starts read the shifted wall clock, while timeouts (the monotonic clock),
+sleeps and waits behave as on a machine whose clock is simply set to another hour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.clockshift import CAMPAIGN, Setting, build, environment, main, shift_for
+from tests.conftest import ROOT, SHARED
+
+PROBE = """
+import json, subprocess, sys, threading, time
+t0, m0 = time.time(), time.monotonic()
+time.sleep(0.2)
+threading.Event().wait(0.2)
+child = subprocess.run([sys.executable, "-c", "import time; print(time.time())"],
+                       capture_output=True, text=True).stdout
+print(json.dumps({"wall": t0, "mono": m0, "waited": time.monotonic() - m0,
+                  "child": float(child)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return build(tmp_path_factory.mktemp("clockshift"))
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+def test_a_process_and_its_children_read_the_shifted_wall_clock(shim: Path) -> None:
+    setting = Setting("15:50", "Europe/Berlin")
+    now = time.time()
+    env = environment(setting, shim, now)
+    real_mono = time.monotonic()
+    out = json.loads(subprocess.run([sys.executable, "-c", PROBE], env=env, check=True,
+                                    capture_output=True, text=True, timeout=60).stdout)
+    seen = datetime.fromtimestamp(out["wall"], UTC)
+    assert (seen.hour, seen.minute) == (15, 50)
+    assert abs(out["child"] - out["wall"]) < 60           # children inherit the shift
+    assert abs(out["mono"] - real_mono) < 60               # timeouts' clock is untouched
+    assert 0.4 <= out["waited"] < 30                       # sleeps and waits still wait
+    date = subprocess.run(["date", "-u", "+%H:%M"], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert date in ("15:50", "15:51")
+    tz = subprocess.run([sys.executable, "-c", "import time; print(time.strftime('%Z'))"],
+                        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert tz == "CET"
+
+
+def test_micropython_reads_the_shifted_clock(shim: Path) -> None:
+    mp = SHARED / "bin" / "micropython"
+    if not mp.exists():
+        pytest.skip("needs ../shared (MicroPython)")
+    env = environment(Setting("07:40"), shim)
+    out = subprocess.run([str(mp), "-c", "import time; print(time.gmtime()[3:5])"], env=env,
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    assert out.strip() in ("(7, 40)", "(7, 41)")
+
+
+@pytest.mark.parametrize("at", ["00:00", "07:40", "12:00", "23:59"])
+def test_the_shift_is_forward_and_lands_on_the_hour(at: str) -> None:
+    now = datetime(2026, 12, 6, 17, 53, 12, tzinfo=UTC).timestamp()
+    s = shift_for(Setting(at), now)
+    assert 0 < s <= 86400
+    assert datetime.fromtimestamp(now + s, UTC).strftime("%H:%M") == at
+
+
+def test_a_date_in_the_past_is_refused() -> None:
+    now = datetime(2026, 12, 6, tzinfo=UTC).timestamp()
+    assert shift_for(Setting("01:30", day="2027-03-28"), now) > 100 * 86400
+    with pytest.raises(ValueError, match="only shifted forward"):
+        shift_for(Setting("01:30", day="2026-01-01"), now)
+
+
+def test_the_campaign_covers_four_hours_zones_and_a_date() -> None:
+    hours = {s.at.split(":")[0] for s in CAMPAIGN}
+    assert len(hours) >= 4 and len({s.tz for s in CAMPAIGN}) >= 4
+    assert any(s.day for s in CAMPAIGN)
+
+
+def test_the_command_line_runs_each_setting_and_says_which_failed(
+        shim: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shim.parent.parent))
+    monkeypatch.setattr("tests.clockshift.build", lambda cache=None: shim)
+    rc = main(["--at", "03:00,21:30", "--", sys.executable, "-c",
+               "import time,sys; sys.exit(time.gmtime().tm_hour == 21)"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "passed" in out and "FAILED (exit 1)" in out and "21:30 UTC" in out
+
+
+def test_the_command_line_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--at", "03:00"])
+    assert e.value.code == 2
+    assert "no command given" in capsys.readouterr().err
+
+
+def test_a_time_sensitive_test_passes_at_two_other_hours(shim: Path) -> None:
+    """The short mode of ``make test-clock``: one test that reads the machine's clock (the
+    rig places the pole where it is noon now; a GNSS receiver, the agent and the lamps
+    then agree or disagree about the time) run with the clock at two other hours."""
+    test = "tests/test_failsafe.py::test_untrusted_clock_keeps_lamps_on_by_day"
+    for setting in (Setting("15:50", "Europe/Berlin"), Setting("00:00", "Asia/Kolkata")):
+        env = environment(setting, shim)
+        env.pop("PYTEST_ADDOPTS", None)
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "-p", "no:xdist", test], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, (setting, r.stdout[-3000:], r.stderr[-2000:])
+        assert "1 passed" in r.stdout, r.stdout[-2000:]
