@@ -17,13 +17,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from sim.platform import PlatformSim
 from tests.conftest import ROOT
-from tests.helpers import wait_until
+from tests.helpers import SLACK_S, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +226,13 @@ def test_a_full_disk_holds_messages_in_memory_and_loses_none(tmp_path: Path, sim
                 pass
         assert wait_until(lambda: "holding messages in memory" in s.output(), 40), \
             s.output()[-2000:]
-        time.sleep(12)                                  # an interval closes on a full disk
+        t_full = time.time()                            # an interval ends on a full disk:
+
+        def closed_on_full_disk() -> bool:              # held in memory, delivered
+            ends = [datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() + 10
+                    for start, _line in s.delivered()]
+            return any(end > t_full + 1 for end in ends)
+        assert wait_until(closed_on_full_disk, 12 + 3 * SLACK_S), s.output()[-2000:]
         assert s.proc is not None and s.proc.poll() is None
         filler.unlink()                                 # space again
         assert wait_until(lambda: "writes work again" in s.output(), 30)
@@ -236,7 +243,7 @@ def test_a_full_disk_holds_messages_in_memory_and_loses_none(tmp_path: Path, sim
         starts = sorted({m["samplingPeriod"]["start"] for m in
                          s.platform.store.latest("traffic", 100_000)
                          if not m["samplingPeriod"]["partial"]})
-        secs = [time.mktime(time.strptime(x[:19], "%Y-%m-%dT%H:%M:%S")) for x in starts]
+        secs = [datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp() for x in starts]
         assert len(secs) >= 3 and all(b - a == 10 for a, b in itertools.pairwise(secs)), starts
         assert s.events("outbox_degraded")
         assert "Traceback" not in s.output()

@@ -163,8 +163,10 @@ def test_watchdog_stops_when_the_camera_reader_hangs_and_health_says_why(
         # systemd's watchdog kill (WatchdogSignal= defaults to SIGABRT): faulthandler prints
         # every thread's stack, the hung open among them
         rig.proc.send_signal(signal.SIGABRT)
-        assert rig.proc.wait(20) == -signal.SIGABRT, rig.output()[-6000:]
-        assert "Fatal Python error: Aborted" in rig.output()
+        # the dump reads the other threads while they run and can crash part way (CPython
+        # issue 116008, seen here once in a loaded run): SIGSEGV after the dump began
+        assert rig.proc.wait(20) in (-signal.SIGABRT, -signal.SIGSEGV), rig.output()[-6000:]
+        assert "Fatal Python error: Aborted" in rig.output(), rig.output()[-6000:]
         # the next start says why the last run ended
         os.replace(keep, clip)
         rig.start(env=sd.env())
