@@ -1,20 +1,34 @@
 """Every value the agent and the lamp node can put in an enumerated contract field, read
 from their source code, not from a hand-kept list.
 
-A *field* (say node-lighting's ``source``) is written at a few *sinks*: a call's argument
-(``self.event("clock_trusted", ...)``), a dict key (``{"source": src}``), an attribute
-assignment (``d.mode = "adaptive"``), a function's return value. From each sink the
-expression is followed back, statically, through the code that computes it: literals,
-``a if c else b``, local variables and tuple unpacking, parameters (to every call of their
-function), calls (to every ``return`` of the functions of that name), attributes (to every
-assignment of that attribute, and every constructor call of a dataclass with that field),
-module constants and ``for`` loops over literal tuples. What cannot be followed (a value
-read from a file, an f-string) is a *problem*, reported at ``file:line``: the code must be
-written so that its contract values can be enumerated, or the sink declared opaque, with
-the reason, in ``tests/test_contract_values.py``.
+A *field* (say node-lighting's ``source``) is written at a few *sinks*, where the message
+is built: a dict key (``{"source": src}``, ``msg["source"] = src``), a call's argument (an
+event journal's ``record("update_failed", ...)``), the items put into a list
+(``notices.append((name, severity, detail))``). From each sink the expression is followed
+back, statically, through the code that computes it:
 
-The analysis over-approximates (a value that some path could reach counts), which is the
-safe direction for a schema: a value that is listed but never sent costs nothing.
+- literals, ``a if c else b``, ``a or b``, ``str(x)``, ``x if x in ("a", "b") else ...``
+  (only the listed literals), module constants, ``for`` loops over literal tuples;
+- local variables, tuple unpacking, and parameters (to every call of their function by
+  name, the parameter's default included, and to local reassignments);
+- calls (to every ``return`` of the functions of that name);
+- attributes (to every assignment of that attribute name, and, for each dataclass with a
+  field of that name, every constructor call, ``dataclasses.replace(..., name=...)`` and
+  the field's default).
+
+What cannot be followed is a *problem*, reported at ``file:line``: a value read from a file,
+an f-string, ``+=``, a starred argument, a loop over a computed sequence, a function passed
+as a callback (never called by name). The code must be written so that its contract values
+can be enumerated, or the problem declared, with the reason, in
+``tests/test_contract_values.py`` (``OPAQUE``; a declaration excuses that one problem, the
+rest of the path is still followed).
+
+The analysis is a guard rail, not a proof. It matches attributes and functions by name, not
+by type, so it over-approximates (a value some same-named attribute gets counts: safe for a
+schema, at worst a value listed that is never sent). It does not see a value that reaches a
+sink through a container it does not model (a dict filled by key elsewhere and passed
+whole, a value read back from a file or the network, which the declared opaque reasons
+then have to cover).
 
 ``python -m tests.contract_values`` prints every field's values and where each is made.
 """
@@ -22,34 +36,46 @@ safe direction for a schema: a value that is listed but never sent costs nothing
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 FuncNode = ast.FunctionDef | ast.AsyncFunctionDef
+Where = tuple["_Module", ast.expr, int | None]
 
 
 @dataclass(frozen=True)
 class Arg:
     """The argument at ``pos`` (or keyword ``kw``) of every call to a function, method or
-    class named ``callee``; ``tuple_index``: the call's argument is a tuple (as in
-    ``notices.append((name, severity, detail))``) and the value is its element."""
+    class named ``callee`` (in ``files``, on ``receiver`` as in ``x.receiver.callee()``,
+    when given); ``tuple_index``: the argument is a tuple and the value is its element."""
 
     callee: str
     pos: int | None = None
     kw: str | None = None
     tuple_index: int | None = None
-    files: tuple[str, ...] = ()       # only calls in these files (globs); all when empty
-    receiver: str | None = None       # only ``<...>.receiver.callee(...)`` calls
+    files: tuple[str, ...] = ()
+    receiver: str | None = None
 
 
 @dataclass(frozen=True)
 class Key:
-    """The value of every dict literal's ``key`` (``{"source": src}``) in ``files``."""
+    """Every value given to dict key ``key`` in ``files``: ``{"key": v}``, ``d["key"] = v``,
+    ``dict(key=v)``."""
 
     key: str
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Items:
+    """Element ``tuple_index`` of every tuple put into a list named ``receiver`` in
+    ``files``: ``.append(t)``, ``.insert(i, t)``, ``.extend([t, ...])``, ``+= [t, ...]``."""
+
+    receiver: str
+    tuple_index: int
     files: tuple[str, ...] = ()
 
 
@@ -68,7 +94,7 @@ class Returns:
     index: int | None = None
 
 
-Sink = Arg | Key | Attr | Returns
+Sink = Arg | Key | Items | Attr | Returns
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,16 @@ class _Module:
     parents: dict[ast.AST, ast.AST]
 
 
+@dataclass(frozen=True)
+class _Field:
+    """A dataclass field: its class, position among the fields, and default."""
+
+    cls: str
+    pos: int
+    default: ast.expr | None
+    module: _Module
+
+
 def _files(root: Path, globs: Iterable[str]) -> list[Path]:
     out: list[Path] = []
     for g in globs:
@@ -112,7 +148,12 @@ def _files(root: Path, globs: Iterable[str]) -> list[Path]:
 class Code:
     """The parsed modules of one scope (the files that can produce a field's values)."""
 
-    def __init__(self, globs: Iterable[str], root: Path = ROOT) -> None:
+    def __init__(self, globs: Iterable[str], root: Path = ROOT,
+                 carriers: dict[str, tuple[str, ...]] | None = None) -> None:
+        #: attribute → the (frozen) dataclasses that carry it: for these attributes only
+        #: those classes' constructors, replace() and defaults are followed, not every
+        #: assignment of a same-named attribute
+        self.carriers = carriers or {}
         self.modules: list[_Module] = []
         for p in _files(root, globs):
             text = p.read_text()
@@ -122,7 +163,7 @@ class Code:
         if not self.modules:
             raise FileNotFoundError(f"no source files match {list(globs)}")
         self.functions: dict[str, list[tuple[_Module, FuncNode]]] = {}
-        self.dataclass_fields: dict[str, list[tuple[str, int]]] = {}   # field → [(class, pos)]
+        self.fields: dict[str, list[_Field]] = {}
         self.constants: dict[tuple[str, str], ast.expr] = {}
         for m in self.modules:
             for node in ast.walk(m.tree):
@@ -132,8 +173,8 @@ class Code:
                     pos = 0
                     for stmt in node.body:
                         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                            self.dataclass_fields.setdefault(stmt.target.id, []).append(
-                                (node.name, pos))
+                            self.fields.setdefault(stmt.target.id, []).append(
+                                _Field(node.name, pos, stmt.value, m))
                             pos += 1
             for stmt in m.tree.body:
                 if isinstance(stmt, ast.Assign):
@@ -143,8 +184,9 @@ class Code:
                 elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) \
                         and stmt.value is not None:
                     self.constants[(m.path, stmt.target.id)] = stmt.value
+        self.classes = {f.cls for fs in self.fields.values() for f in fs}
 
-    # -- the sinks -------------------------------------------------------------------
+    # -- where the sinks are written -------------------------------------------------
     def calls(self, callee: str, files: tuple[str, ...] = (),
               receiver: str | None = None) -> Iterator[tuple[_Module, ast.Call]]:
         """Every call of a function, method or class named ``callee`` (in ``files``, on
@@ -160,30 +202,65 @@ class Code:
             return self.modules
         return [m for m in self.modules if any(Path(m.path).match(g) for g in files)]
 
-    def sink_exprs(self, sink: Sink) -> Iterator[tuple[_Module, ast.expr, int | None]]:
-        """``(module, expression, tuple index)`` for every place ``sink`` is written."""
+    def sink_exprs(self, sink: Sink, found: Found) -> Iterator[Where]:
+        """``(module, expression, tuple index)`` for every place ``sink`` is written; what
+        cannot be taken apart (a starred argument) is a problem in ``found``."""
         if isinstance(sink, Arg):
             for m, call in self.calls(sink.callee, sink.files, sink.receiver):
-                e = _arg(call, sink.pos, sink.kw)
-                if e is not None:
-                    yield m, e, sink.tuple_index
+                yield from self._arg_or_problem(m, call, sink.pos, sink.kw, sink.tuple_index,
+                                                found)
         elif isinstance(sink, Key):
             for m in self._in(sink.files):
-                for node in ast.walk(m.tree):
-                    if isinstance(node, ast.Dict):
-                        for k, v in zip(node.keys, node.values, strict=True):
-                            if isinstance(k, ast.Constant) and k.value == sink.key:
-                                yield m, v, None
+                yield from ((m, e, None) for e in _key_values(m.tree, sink.key))
+        elif isinstance(sink, Items):
+            for m in self._in(sink.files):
+                yield from self._items(m, sink, found)
         elif isinstance(sink, Attr):
-            yield from self._attr_exprs(sink.attr)
+            yield from self._attr_exprs(sink.attr, found)
         else:
             for m, fn in self.functions.get(sink.func, []):
                 for r in _returns(fn):
                     if r.value is not None:
                         yield m, r.value, sink.index
 
-    def _attr_exprs(self, attr: str) -> Iterator[tuple[_Module, ast.expr, int | None]]:
-        for m in self.modules:
+    def _arg_or_problem(self, m: _Module, call: ast.Call, pos: int | None, kw: str | None,
+                        idx: int | None, found: Found) -> Iterator[Where]:
+        e = _arg(call, pos, kw)
+        if e is not None:
+            yield m, e, idx
+        elif _starred_before(call, pos) or any(k.arg is None for k in call.keywords):
+            found.problems.append(f"{m.path}:{call.lineno}: a starred argument to "
+                                  f"{_callee_name(call)}(): its values cannot be followed")
+
+    def _items(self, m: _Module, sink: Items, found: Found) -> Iterator[Where]:
+        def each(seq: ast.expr, line: int) -> Iterator[Where]:
+            if isinstance(seq, ast.List | ast.Tuple) and \
+                    not any(isinstance(x, ast.Starred) for x in seq.elts):
+                yield from ((m, x, sink.tuple_index) for x in seq.elts)
+            else:
+                found.problems.append(f"{m.path}:{line}: items added to {sink.receiver} "
+                                      "from a computed sequence cannot be followed")
+        for node in ast.walk(m.tree):
+            if isinstance(node, ast.Call) and _receiver_name(node) == sink.receiver:
+                name = _callee_name(node)
+                if name == "append" and node.args:
+                    yield m, node.args[0], sink.tuple_index
+                elif name == "insert" and len(node.args) == 2:
+                    yield m, node.args[1], sink.tuple_index
+                elif name == "extend" and node.args:
+                    yield from each(node.args[0], node.lineno)
+            elif isinstance(node, ast.AugAssign) and _target_name(node.target) == sink.receiver:
+                yield from each(node.value, node.lineno)
+            elif isinstance(node, ast.Assign):
+                for t in node.targets:
+                    if _target_name(t) == sink.receiver and not (
+                            isinstance(node.value, ast.List | ast.Tuple) and not node.value.elts):
+                        yield from each(node.value, node.lineno)
+
+    def _attr_exprs(self, attr: str, found: Found) -> Iterator[Where]:
+        """Everything that can give an object's attribute ``attr`` its value."""
+        carriers = self.carriers.get(attr)
+        for m in self.modules if carriers is None else ():
             for node in ast.walk(m.tree):
                 if isinstance(node, ast.Assign):
                     for t in node.targets:
@@ -192,24 +269,46 @@ class Code:
                 elif isinstance(node, ast.AnnAssign) and node.value is not None \
                         and isinstance(node.target, ast.Attribute) and node.target.attr == attr:
                     yield m, node.value, None
-        for cls, pos in self.dataclass_fields.get(attr, []):
-            for m, call in self.calls(cls):
-                e = _arg(call, pos, attr)
+                elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Attribute) \
+                        and node.target.attr == attr:
+                    found.problems.append(f"{m.path}:{node.lineno}: .{attr} is changed in "
+                                          "place (an augmented assignment)")
+        for f in self.fields.get(attr, []):
+            if carriers is not None and f.cls not in carriers:
+                continue
+            if f.default is not None:
+                yield f.module, f.default, None
+            for m, call in self.calls(f.cls):
+                yield from self._arg_or_problem(m, call, f.pos, attr, None, found)
+        if attr in self.fields:
+            for m, call in self.calls("replace"):
+                e = _arg(call, None, attr)
                 if e is not None:
                     yield m, e, None
 
     # -- following a value back ------------------------------------------------------
     def values(self, sinks: Iterable[Sink], opaque: Iterable[str] = ()) -> Found:
-        """Every value the sinks can be given; ``opaque``: ``path:function:source`` of
-        expressions known not to be enumerable (declared, with the reason, by the caller)."""
+        """Every value the sinks can be given; ``opaque``: problems declared by the caller
+        (``path:function:what``, see :meth:`_problem`), each excusing that one problem."""
         found = Found()
         allowed = set(opaque)
         for sink in sinks:
-            for m, e, idx in self.sink_exprs(sink):
+            for m, e, idx in list(self.sink_exprs(sink, found)):
                 found.sinks_seen += 1
                 self._resolve(m, e, idx, found, set(), allowed)
         found.problems = list(dict.fromkeys(found.problems))
         return found
+
+    def _problem(self, found: Found, m: _Module, node: ast.AST, what: str, message: str,
+                 opaque: set[str]) -> None:
+        """Report ``message`` at ``node`` unless ``path:function:what`` is declared."""
+        fn = node if isinstance(node, FuncNode) else _enclosing_function(m, node)
+        key = f"{m.path}:{fn.name if fn else ''}:{what}"
+        if key in opaque:
+            found.opaque_used.add(key)
+        else:
+            found.problems.append(f"{m.path}:{getattr(node, 'lineno', 0)}: {message} "
+                                  f"[to declare: {key!r}]")
 
     def _resolve(self, m: _Module, e: ast.expr, idx: int | None, found: Found,
                  seen: set, opaque: set[str]) -> None:
@@ -219,21 +318,16 @@ class Code:
         seen.add(key)
         where = f"{m.path}:{e.lineno}"
         src = ast.get_source_segment(m.text, e) or ast.dump(e)
-        fn = _enclosing_function(m, e)
-        here = f"{m.path}:{fn.name if fn else ''}:{src}"
-        if here in opaque:
-            found.opaque_used.add(here)
-            return
         if idx is not None and isinstance(e, ast.Tuple | ast.List):
             if idx < len(e.elts) and not any(isinstance(x, ast.Starred) for x in e.elts):
                 self._resolve(m, e.elts[idx], None, found, seen, opaque)
             else:
-                found.problems.append(f"{where}: cannot take element {idx} of {src}")
+                self._problem(found, m, e, src, f"cannot take element {idx} of {src}", opaque)
             return
         if isinstance(e, ast.Constant):
             if idx is not None and e.value is not None:
-                found.problems.append(f"{where}: element {idx} of a constant {src}")
-            elif idx is None and e.value is not None:          # null is the schema's type, not a value
+                self._problem(found, m, e, src, f"element {idx} of a constant {src}", opaque)
+            elif idx is None and e.value is not None:   # null is the schema's type
                 found.add(Value(e.value, where))
         elif isinstance(e, ast.IfExp):
             checked = _checked_against(e) if idx is None else None
@@ -250,52 +344,51 @@ class Code:
         elif isinstance(e, ast.Call) and _callee_name(e) == "str" and len(e.args) == 1:
             self._resolve(m, e.args[0], idx, found, seen, opaque)
         elif isinstance(e, ast.Call):
-            name = _callee_name(e)
-            defs = self.functions.get(name or "", [])
-            if name in self.dataclass_fields_classes():
-                found.problems.append(f"{where}: {src} is an object, not a value")
+            name = _callee_name(e) or ""
+            defs = self.functions.get(name, [])
+            if name in self.classes:
+                self._problem(found, m, e, src, f"{src} is an object, not a value", opaque)
             elif not defs:
-                found.problems.append(f"{where}: {src}: no function {name!r} in scope to follow")
+                self._problem(found, m, e, src, f"{src}: no function {name!r} in scope to "
+                              "follow", opaque)
             for fm, fn in defs:
                 for r in _returns(fn):
-                    if r.value is None:
-                        continue
-                    self._resolve(fm, r.value, idx, found, seen, opaque)
+                    if r.value is not None:
+                        self._resolve(fm, r.value, idx, found, seen, opaque)
         elif isinstance(e, ast.Attribute):
-            exprs = list(self._attr_exprs(e.attr))
+            exprs = list(self._attr_exprs(e.attr, found))
             if not exprs:
-                found.problems.append(f"{where}: {src}: nothing in scope assigns .{e.attr}")
+                self._problem(found, m, e, src, f"{src}: nothing in scope assigns .{e.attr}",
+                              opaque)
             for am, ae, ai in exprs:
                 self._resolve(am, ae, idx if ai is None else ai, found, seen, opaque)
         elif isinstance(e, ast.For):
-            found.problems.append(f"{where}: the loop variable of `for ... in "
-                                  f"{ast.get_source_segment(m.text, e.iter)}`")
+            loop = f"for ... in {ast.get_source_segment(m.text, e.iter)}"
+            self._problem(found, m, e, loop, f"the loop variable of `{loop}`", opaque)
         else:
-            found.problems.append(f"{where}: cannot enumerate the values of {src}")
-
-    def dataclass_fields_classes(self) -> set[str]:
-        """Names of the classes that declare annotated fields."""
-        return {c for fields in self.dataclass_fields.values() for c, _ in fields}
+            self._problem(found, m, e, src, f"cannot enumerate the values of {src}", opaque)
 
     def _resolve_name(self, m: _Module, e: ast.Name, idx: int | None, found: Found,
                       seen: set, opaque: set[str]) -> None:
         fn = _enclosing_function(m, e)
-        where = f"{m.path}:{e.lineno}"
         if fn is not None:
             assigned = list(_local_assignments(fn, e.id))
-            if assigned:
-                for ae, ai in assigned:
-                    self._resolve(m, ae, _compose(ai, idx), found, seen, opaque)
-                return
+            for n in _own_nodes(fn):
+                if isinstance(n, ast.AugAssign) and _target_name(n.target) == e.id:
+                    self._problem(found, m, n, f"{e.id} +=", f"{e.id} is changed in place "
+                                  "(an augmented assignment)", opaque)
+            for ae, ai in assigned:
+                self._resolve(m, ae, _compose(ai, idx), found, seen, opaque)
             params = _param_positions(fn, e.id)
             if params is not None:
                 self._resolve_param(m, fn, e.id, params, idx, found, seen, opaque)
+            if assigned or params is not None:
                 return
         const = self.constants.get((m.path, e.id))
         if const is not None:
             self._resolve(m, const, idx, found, seen, opaque)
         else:
-            found.problems.append(f"{where}: cannot follow the name {e.id!r}")
+            self._problem(found, m, e, e.id, f"cannot follow the name {e.id!r}", opaque)
 
     def _resolve_param(self, m: _Module, fn: FuncNode, name: str, params: tuple[int, int],
                        idx: int | None, found: Found, seen: set, opaque: set[str]) -> None:
@@ -306,14 +399,20 @@ class Code:
                  if not _on_self(c) or (cm is m and _enclosing_class(cm, c) is cls)]
         for cm, call in calls:
             a = _arg(call, pos - offset if pos >= 0 else None, name)
-            if a is None:
-                if default is not None:
-                    self._resolve(m, default, idx, found, seen, opaque)
-                continue
-            self._resolve(cm, a, idx, found, seen, opaque)
-        if not calls:
-            found.problems.append(f"{m.path}:{fn.lineno}: {fn.name}() is never called by name "
-                                  f"here: its parameter {name!r} cannot be followed")
+            if a is not None:
+                self._resolve(cm, a, idx, found, seen, opaque)
+            elif _starred_before(call, pos - offset if pos >= 0 else None) or \
+                    any(k.arg is None for k in call.keywords):
+                found.problems.append(f"{cm.path}:{call.lineno}: a starred argument to "
+                                      f"{fn.name}(): its values cannot be followed")
+            elif default is not None:
+                self._resolve(m, default, idx, found, seen, opaque)
+        if _referenced_not_called(self, fn.name):
+            self._problem(found, m, fn, name, f"{fn.name}() is also passed as a callback: "
+                          f"what its callers give {name!r} cannot be followed", opaque)
+        elif not calls:
+            self._problem(found, m, fn, name, f"{fn.name}() is never called by name here: "
+                          f"its parameter {name!r} cannot be followed", opaque)
 
 
 # -- small AST helpers -----------------------------------------------------------------
@@ -326,10 +425,16 @@ def _callee_name(call: ast.Call) -> str | None:
 def _receiver_name(call: ast.Call) -> str | None:
     """``notices`` for ``self.notices.append(...)``."""
     f = call.func
-    if not isinstance(f, ast.Attribute):
-        return None
-    r = f.value
-    return r.attr if isinstance(r, ast.Attribute) else r.id if isinstance(r, ast.Name) else None
+    return _target_name(f.value) if isinstance(f, ast.Attribute) else None
+
+
+def _target_name(t: ast.AST) -> str | None:
+    """``x`` for a name ``x`` or an attribute ``<...>.x``."""
+    return t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
+
+
+def _starred_before(call: ast.Call, pos: int | None) -> bool:
+    return pos is not None and any(isinstance(a, ast.Starred) for a in call.args[:pos + 1])
 
 
 def _arg(call: ast.Call, pos: int | None, kw: str | None) -> ast.expr | None:
@@ -337,21 +442,44 @@ def _arg(call: ast.Call, pos: int | None, kw: str | None) -> ast.expr | None:
         for k in call.keywords:
             if k.arg == kw:
                 return k.value
-    if pos is not None and 0 <= pos < len(call.args) \
-            and not any(isinstance(a, ast.Starred) for a in call.args[:pos + 1]):
+    if pos is not None and 0 <= pos < len(call.args) and not _starred_before(call, pos):
         return call.args[pos]
     return None
 
 
+def _key_values(tree: ast.AST, key: str) -> Iterator[ast.expr]:
+    """Values given to dict key ``key``: literals, ``d[key] = v``, ``dict(key=v)``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == key:
+                    yield v
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) \
+                        and t.slice.value == key:
+                    yield node.value
+        elif isinstance(node, ast.Call) and _callee_name(node) == "dict":
+            yield from (k.value for k in node.keywords if k.arg == key)
+
+
+def _referenced_not_called(code: Code, name: str) -> bool:
+    """``name`` is used as a value (``self.name`` passed on), not only called."""
+    for m in code.modules:
+        for node in ast.walk(m.tree):
+            if isinstance(node, ast.Attribute) and node.attr == name \
+                    and isinstance(node.ctx, ast.Load):
+                parent = m.parents.get(node)
+                if not (isinstance(parent, ast.Call) and parent.func is node):
+                    return True
+    return False
+
+
 def _returns(fn: FuncNode) -> Iterator[ast.Return]:
     """The function's own return statements (not those of functions nested in it)."""
-    stack: list[ast.AST] = list(fn.body)
-    while stack:
-        n = stack.pop()
+    for n in _own_nodes(fn):
         if isinstance(n, ast.Return):
             yield n
-        if not isinstance(n, FuncNode | ast.ClassDef | ast.Lambda):
-            stack.extend(ast.iter_child_nodes(n))
 
 
 def _own_nodes(fn: FuncNode) -> Iterator[ast.AST]:
@@ -363,7 +491,8 @@ def _own_nodes(fn: FuncNode) -> Iterator[ast.AST]:
             stack.extend(ast.iter_child_nodes(n))
 
 
-def _assigned(target: ast.expr, value: ast.expr, match) -> Iterator[tuple[ast.expr, int | None]]:
+def _assigned(target: ast.expr, value: ast.expr,
+              match: Callable[[ast.AST], bool]) -> Iterator[tuple[ast.expr, int | None]]:
     """``(value, index)`` pairs for the parts of ``target`` that ``match``: a plain target
     gets the whole value; an element of a tuple target gets the value's element (directly
     when the value is a tuple literal, else as an index into what the value evaluates to)."""
@@ -378,7 +507,7 @@ def _assigned(target: ast.expr, value: ast.expr, match) -> Iterator[tuple[ast.ex
                     yield value, i
 
 
-def _local_assignments(fn: FuncNode, name: str) -> Iterator[tuple[ast.expr, int | None]]:
+def _local_assignments(fn: FuncNode, name: str) -> Iterator[tuple[ast.AST, int | None]]:
     def is_name(x: ast.AST) -> bool:
         return isinstance(x, ast.Name) and x.id == name
     for n in _own_nodes(fn):
@@ -388,12 +517,17 @@ def _local_assignments(fn: FuncNode, name: str) -> Iterator[tuple[ast.expr, int 
         elif isinstance(n, ast.AnnAssign | ast.NamedExpr) and n.value is not None \
                 and is_name(n.target):
             yield n.value, None
-        elif isinstance(n, ast.For):
+        elif isinstance(n, ast.For | ast.comprehension):
             if isinstance(n.iter, ast.Tuple | ast.List):
                 for elt in n.iter.elts:
                     yield from _assigned(n.target, elt, is_name)
             elif any(is_name(x) for x in ast.walk(n.target)):
-                yield n, None  # an item of a computed sequence: reported as a problem
+                yield (n if isinstance(n, ast.For) else n.iter), None  # reported when followed
+        elif isinstance(n, ast.withitem) and n.optional_vars is not None \
+                and any(is_name(x) for x in ast.walk(n.optional_vars)):
+            yield n.context_expr, None            # what __enter__ gives: reported
+        elif isinstance(n, ast.ExceptHandler) and n.name == name:
+            yield n, None                         # an exception object: reported
 
 
 def _compose(first: int | None, then: int | None) -> int | None:
@@ -463,22 +597,29 @@ def _default(fn: FuncNode, name: str) -> ast.expr | None:
 AGENT = ("agent/**/*.py", "drivers/**/*.py")
 NODE = ("node/*.py", "agent/common/*.py")
 CONTRACT = ("agent/uplink/contract.py",)
-EVENT_SINKS_AGENT = (
-    # (callee, files, receiver): the first two arguments are the event's name and severity
-    ("EventRecord", (), None), ("_event", ("agent/lighting/service.py",), None),
-    ("_notify", ("agent/uplink/outbox.py",), None), ("emit", ("agent/update/*.py",), None),
-    ("record", ("agent/update/guard.py",), None))
+NODE_APP = ("node/app.py",)
+
+#: The message kinds each producer publishes (``agent/uplink/schemas/<kind>.schema.json``).
+PUBLISHES = {
+    "agent": ("status", "traffic", "lighting", "health", "event", "response", "diagnostics"),
+    "node": ("status", "node-lighting", "node-health", "event", "response"),
+}
 
 
 @dataclass(frozen=True)
 class ContractField:
-    """An enumerated field of a message kind and where the code writes it."""
+    """An enumerated field of a message kind and where one producer's code writes it."""
 
     kind: str                       # the schema file: ``agent/uplink/schemas/<kind>.schema.json``
-    path: tuple[str, ...]           # the field's place in the schema's ``properties``
+    path: tuple[str, ...]           # the field's place under ``properties`` (``items``: array)
     scope: tuple[str, ...]          # the source files that can produce its values
     sinks: tuple[Sink, ...]
     producer: str                   # "agent" or "node"
+    optional: bool = False          # the producer may not write it at all (no sink found)
+    carriers: tuple[tuple[str, tuple[str, ...]], ...] = ()   # see Code's ``carriers``
+    #: ``module:NAME`` of the code's own tuple of the values that reach the field where the
+    #: analysis cannot follow (a value read back from a file and checked against it)
+    vocabulary: str = ""
 
     @property
     def name(self) -> str:
@@ -486,47 +627,54 @@ class ContractField:
         return f"{self.kind}.{'.'.join(self.path)} ({self.producer})"
 
 
-def _event_field(pos: int, name: str) -> tuple[ContractField, ContractField]:
-    agent = (*(Arg(c, pos, None, None, f, r) for c, f, r in EVENT_SINKS_AGENT),
-             Arg("append", 0, tuple_index=pos, files=("agent/uplink/mqtt.py",),
-                 receiver="notices"))
-    node = (Arg("event", pos, files=("node/app.py",)),)
-    return (ContractField("event", (name,), AGENT, agent, "agent"),
-            ContractField("event", (name,), NODE, node, "node"))
+def _event_fields(key: str, pos: int) -> tuple[ContractField, ContractField]:
+    """The event name (``pos`` 0) or severity (1): where the message is built, plus the
+    update journal (re-sent after a restart) and the uplink's notices (handed over in a
+    loop), which reach the message only through code the analysis does not follow."""
+    agent = (Key(key, CONTRACT),
+             Arg("record", pos, files=("agent/update/*.py",)),
+             Items("notices", pos, files=("agent/uplink/mqtt.py",)))
+    return (ContractField("event", (key,), AGENT, agent, "agent"),
+            ContractField("event", (key,), NODE, (Key(key, NODE_APP),), "node"))
 
 
 FIELDS: tuple[ContractField, ...] = (
-    *_event_field(0, "event"),
-    *_event_field(1, "severity"),
+    *_event_fields("event", 0),
+    *_event_fields("severity", 1),
     ContractField("lighting", ("lampActuator", "mode"),
                   ("agent/lighting/*.py", "agent/records.py", *CONTRACT),
                   (Key("mode", CONTRACT),), "agent"),
     ContractField("lighting", ("lampMonitor", "lamps", "items", "state"),
-                  ("drivers/**/*.py", "agent/records.py", *CONTRACT),
-                  (Key("state", CONTRACT),), "agent"),
+                  ("drivers/**/*.py", "agent/lighting/*.py", "agent/records.py", *CONTRACT),
+                  (Key("state", CONTRACT),), "agent", carriers=(("state", ("LampStatus",)),)),
     ContractField("lighting", ("energySavedSource",),
                   ("agent/lighting/energy.py", "agent/lighting/service.py", "agent/records.py",
                    *CONTRACT),
                   (Key("energySavedSource", CONTRACT),), "agent"),
     ContractField("health", ("lastExit", "reason"), ("agent/service/*.py",),
-                  (Arg("write_exit", 1, "reason"), Key("reason", ("agent/service/runs.py",))),
-                  "agent"),
+                  (Key("reason", ("agent/service/*.py",)),
+                   Arg("write_exit", 1, "reason", files=("agent/service/*.py",))), "agent",
+                  vocabulary="agent.service.runs:REASONS"),
     ContractField("status", ("state",), ("agent/uplink/mqtt.py",),
-                  (Arg("_status", 0, "state"),), "agent"),
+                  (Key("state", ("agent/uplink/mqtt.py",)),), "agent"),
+    ContractField("status", ("role",), ("agent/uplink/mqtt.py",),
+                  (Key("role", ("agent/uplink/mqtt.py",)),), "agent", optional=True),
     ContractField("response", ("result",), CONTRACT, (Key("result", CONTRACT),), "agent"),
-    ContractField("node-lighting", ("source",), NODE, (Key("source", ("node/app.py",)),),
-                  "node"),
-    ContractField("node-lighting", ("clock",), NODE, (Key("clock", ("node/app.py",)),), "node"),
-    ContractField("status", ("state",), NODE, (Arg("status", 0, files=("node/app.py",)),),
-                  "node"),
-    ContractField("status", ("role",), NODE, (Key("role", ("node/app.py",)),), "node"),
-    ContractField("response", ("result",), NODE, (Key("result", ("node/app.py",)),), "node"),
+    ContractField("traffic", ("roadUserCounts", "items", "roadUserType"), AGENT,
+                  (Key("roadUserType", CONTRACT),), "agent",
+                  vocabulary="agent.vision.classes:ROAD_USER_CLASSES"),
+    ContractField("node-lighting", ("source",), NODE, (Key("source", NODE_APP),), "node"),
+    ContractField("node-lighting", ("clock",), NODE, (Key("clock", NODE_APP),), "node"),
+    *(ContractField(kind, ("role",), NODE, (Key("role", NODE_APP),), "node")
+      for kind in ("status", "node-lighting", "node-health")),
+    ContractField("status", ("state",), NODE, (Key("state", NODE_APP),), "node"),
+    ContractField("response", ("result",), NODE, (Key("result", NODE_APP),), "node"),
 )
 
 
 def field_values(f: ContractField, opaque: Iterable[str] = ()) -> Found:
     """What the code can write into ``f``."""
-    return Code(f.scope).values(f.sinks, opaque)
+    return Code(f.scope, carriers=dict(f.carriers)).values(f.sinks, opaque)
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ def lighting_message(rec: LightingRecord, device: str, site: str, ts: str) -> di
                                       "until": iso(o["until"])} if o else None},
         "lampMonitor": {"activePower": rec.power_w, "activeEnergy": rec.energy_wh,
                         "lampFailures": [{"address": lamp.address,
-                                          "failure": _FAILURE_NAMES[lamp.state]}
+                                          "failure": _FAILURE_NAMES.get(lamp.state, lamp.state)}
                                          for lamp in rec.lamps if lamp.state != "ok"],
                         "lamps": [{"address": lamp.address, "state": lamp.state,
                                    "levelPct": lamp.level_pct} for lamp in rec.lamps]},

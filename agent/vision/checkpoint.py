@@ -73,6 +73,7 @@ class Checkpoints:
             if not isinstance(cp, dict) or cp.get("camera") != camera:
                 raise ValueError("not a checkpoint of this camera")
             float(cp["begin"]), float(cp["saved"]), int(cp["start"])
+            _check_counts(cp.get("counts"))
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             bad = p.with_suffix(".bad")
             with contextlib.suppress(OSError):
@@ -83,6 +84,28 @@ class Checkpoints:
             self.remove(camera)
             return None
         return cp
+
+
+def _check_counts(counts: Any) -> None:
+    """ValueError unless ``counts`` is ``{line: {direction: {class: n}}}`` with every class
+    one the contract knows (``ROAD_USER_CLASSES``) and every ``n`` a whole number >= 0: a
+    damaged file must not put a class the platform's schema rejects into a record."""
+    from agent.vision.classes import ROAD_USER_CLASSES
+
+    if not isinstance(counts, dict):
+        raise ValueError("counts is not an object")
+    for line, dirs in counts.items():
+        if not isinstance(dirs, dict):
+            raise ValueError(f"counts of line {str(line)[:40]!r} are not an object")
+        for d, per in dirs.items():
+            if not isinstance(d, str) or not isinstance(per, dict):
+                raise ValueError(f"counts of line {str(line)[:40]!r} are not by direction")
+            for cls, n in per.items():
+                if cls not in ROAD_USER_CLASSES:
+                    raise ValueError(f"unknown class {str(cls)[:40]!r} (one of "
+                                     f"{', '.join(ROAD_USER_CLASSES)})")
+                if type(n) is not int or n < 0:
+                    raise ValueError(f"count of {cls} is not a whole number >= 0")
 
 
 def _in_sink(sink: Path, camera: str, begin: str) -> bool:
