@@ -627,7 +627,19 @@ class _UnusableKey:
 
 def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:
     """Load the config, run until stopped (or ``duration`` real seconds), return an exit
-    code: 0 stopped, 1 invalid config, 2 bad environment, 3 internal error."""
+    code: 0 stopped, 1 invalid config, 2 bad environment, 3 internal error. SIGINT and
+    SIGTERM stop it cleanly from the first line on: one that comes while it starts is
+    acted on as soon as the parts are up (they are then stopped as on any stop)."""
+    stop = threading.Event()
+    why = ["stopped"]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signum)
+        why[0] = f"stopped by {signal.Signals(signum).name}"
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -645,16 +657,6 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
     supervisor = Supervisor(state_directory(cfg.aggregates.path.parent))
     agent = Agent(cfg, config, clock)
     agent.service_figures = supervisor.figures
-    stop = threading.Event()
-    why = ["stopped"]
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signum)
-        why[0] = f"stopped by {signal.Signals(signum).name}"
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     agent.start()
     t0 = time.monotonic()
     last_print = 0.0

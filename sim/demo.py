@@ -30,6 +30,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,17 +260,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print("rendering the simulated camera's clip (once)…", flush=True)
         write_clip(clip, 120, seed=1, progress=True)
-    from agent.runner import run_agent
     from sim.dali import DaliEmulator, make_gear
     from sim.platform import PlatformSim
-    from sim.platform.web import dashboard_url
 
     mqtt_port = free_port(0)
-    broker = start_broker(work, mqtt_port)
-    emu = DaliEmulator(make_gear(4), "hat").start()
-    protocol = "3.1.1" if isinstance(broker, EmbeddedBroker) else "5"
-    platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port), host_id="ops",
-                           protocol=protocol).start()
+    with contextlib.ExitStack() as stack:   # Ctrl-C at any point stops what was started
+        broker = start_broker(work, mqtt_port)
+        stack.callback(broker.wait)
+        stack.callback(broker.kill)
+        emu = DaliEmulator(make_gear(4), "hat").start()
+        stack.callback(emu.stop)
+        protocol = "3.1.1" if isinstance(broker, EmbeddedBroker) else "5"
+        platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port),
+                               host_id="ops", protocol=protocol).start()
+        stack.callback(platform.stop)
+        rc = _run(a, work, clip, protocol, emu, platform, mqtt_port)
+    return rc
+
+
+def _run(a: argparse.Namespace, work: Path, clip: Path, protocol: str, emu: Any,
+         platform: Any, mqtt_port: int) -> int:
+    """Write the pole's config, start the lamp nodes, run the agent; the nodes are stopped
+    on the way out (the caller stops the rest)."""
+    from agent.runner import run_agent
+    from sim.platform.web import dashboard_url
+
     lon = night_longitude(datetime.now(UTC))
     cfg = work / "pole.yaml"
     cfg.write_text(POLE.format(clip=clip, root=ROOT, work=work, lon=lon, pty=emu.path,
@@ -289,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_agent(cfg, duration=a.duration)
     finally:
         stop_nodes(nodes)
-        platform.stop()
-        emu.stop()
-        broker.kill()
-        broker.wait()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:       # Ctrl-C before the agent runs (the clip, the broker)
+        print("\ndemo: stopped (Ctrl-C)", file=sys.stderr)
+        sys.exit(0)
