@@ -11,10 +11,19 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.clockshift import CAMPAIGN, Setting, build, environment, main, shift_for
+from tests.clockshift import (
+    CAMPAIGN,
+    Setting,
+    build,
+    environment,
+    main,
+    real_time,
+    shift_for,
+)
 from tests.conftest import ROOT, SHARED
 
 PROBE = """
@@ -39,8 +48,9 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_process_and_its_children_read_the_shifted_wall_clock(shim: Path) -> None:
     setting = Setting("15:50", "Europe/Berlin")
-    now = time.time()
+    now = real_time()                   # this test may itself run shifted (make test-clock)
     env = environment(setting, shim, now)
+    target = now + shift_for(setting, now)
     real_mono = time.monotonic()
     out = json.loads(subprocess.run([sys.executable, "-c", PROBE], env=env, check=True,
                                     capture_output=True, text=True, timeout=60).stdout)
@@ -54,7 +64,7 @@ def test_a_process_and_its_children_read_the_shifted_wall_clock(shim: Path) -> N
     assert date in ("15:50", "15:51")
     tz = subprocess.run([sys.executable, "-c", "import time; print(time.strftime('%Z'))"],
                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert tz == "CET"
+    assert tz == datetime.fromtimestamp(target, ZoneInfo("Europe/Berlin")).tzname()  # CET/CEST
 
 
 def test_micropython_reads_the_shifted_clock(shim: Path) -> None:
