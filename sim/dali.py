@@ -105,6 +105,9 @@ class PoleGear(fakes.Gear):
         self.fade_time = 0
         self.energy_wh = 0.0                # exact, for tests; bank 202 holds whole Wh
         self.bus_powered = True
+        #: ``(clock.time(), arc level)`` at each change of the output, newest last (at most
+        #: 10,000): when each level was set, on the gear's own (possibly simulated) clock
+        self.history: deque[tuple[float, int]] = deque(maxlen=10_000)
         self._t = self.clock.monotonic()
         self.memory_banks[0].set_memory_data([None] * 11 + list(serial.to_bytes(8, "big")))
         self.rated_w = rated_w
@@ -141,9 +144,12 @@ class PoleGear(fakes.Gear):
     def set_level_now(self, level: int) -> None:
         """Change the output by itself (mains return, bus power failure)."""
         self._update_energy()
+        before = self.level
         if level != 255:            # MASK: keep the level
             self.level = max(0, min(level, self.level_max)) if level else 0
         self._update_energy()
+        if self.level != before:
+            self.history.append((self.clock.time(), self.level))
 
     def send(self, cmd: Command) -> int | None:
         """Handle one command like real gear would; returns the backward frame or None."""
@@ -175,6 +181,7 @@ class PoleGear(fakes.Gear):
                 return (self.fade_time << 4) | 7
         if self.level != before:
             self._update_energy()
+            self.history.append((self.clock.time(), self.level))
         return r
 
 
@@ -186,6 +193,7 @@ class EmulatorStats:
     malformed: int = 0
     single_config_ignored: int = 0
     faults_injected: int = 0
+    late_replies_sent: int = 0          # ``late`` replies written (after their delay)
     commands: list[str] = field(default_factory=list)
 
 
@@ -341,6 +349,8 @@ class DaliEmulator:
             time.sleep(self.late_s)
         out = self._reply(reply, bits, value)
         self._write(out * (2 if twice else 1))   # one answer per transmitted frame
+        if fault == "late":
+            self.stats.late_replies_sent += 1
 
     def handle(self, bits: int, value: int, twice: bool) -> Reply:
         """Put one forward frame on the fake bus; return what the gateway reports."""

@@ -50,6 +50,24 @@ DEFAULT_MAP = {"level_register": 0, "level_scale": 1000, "onoff_coil": 0,
 FAULTS = ("drop", "garble", "late")
 
 
+def _times_open(path: str) -> int:
+    """How many of this process's descriptors are ``path`` (Linux /proc; elsewhere: 2
+    after 0.3 s)."""
+    target = os.path.realpath(path)
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        time.sleep(0.3)
+        return 2
+    n = 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == target
+        except OSError:
+            continue
+    return n
+
+
 class ModbusEmulator:
     """A dimmer on a virtual RS-485 line with fault injection; see the module docstring."""
 
@@ -127,7 +145,11 @@ class ModbusEmulator:
             t.start()
             self._threads.append(t)
         ready.wait(5)
-        time.sleep(0.3)  # let the server open its port
+        # the server opens its port inside serve_forever(): wait until it holds it (a
+        # fixed sleep here was a guess that a busy machine could outrun)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and _times_open(self._server_path) < 2:  # ours + it
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:

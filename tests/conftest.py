@@ -7,8 +7,15 @@ import signal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sim.traffic import SceneConfig, write_clip
+
+# Property tests judge what the code does, never how fast: no per-example deadline and no
+# "too slow" health check, which a machine busy with a second test run would trip.
+settings.register_profile("polelink", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("polelink")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -23,9 +23,12 @@ from sim.dali import DaliEmulator, make_gear
 from tests.conftest import ROOT, SIMNET
 from tests.helpers import NudgeClock, Running
 from tests.mqtt_broker import Broker, Collector, wait_until
+from tests.pole_rig import longitude_at
 
 
 def config_text(tmp: Path, video: Path, line: list[int], port: int, dali: str) -> str:
+    """A pole on the simulated clip, at 21° N and a longitude where it is 01:00 (night) now,
+    whatever the hour the tests run: the lamps are lit and an override ramps."""
     x1, y1, x2, y2 = line
     return f"""
 device: {{id: pole-7, site: lab}}
@@ -39,7 +42,7 @@ clock: {{sources: [assume_synced]}}
 lighting:
   model: {ROOT / 'models' / 'dimming.md'}
   latitude: 21.03
-  longitude: 105.85
+  longitude: {longitude_at(1.0)}
   tick_s: 0.5
   overrides_path: {tmp / 'overrides.json'}
   buses: [{{name: dali1, kind: dali, port: {dali}, codec: hat}}]
@@ -189,7 +192,7 @@ def is_invalid(payload: bytes) -> bool:
 @pytest.mark.slow
 def test_a_thousand_malformed_commands_change_nothing(rig, tmp_path: Path) -> None:
     agent, emu, col, broker, _clock = rig
-    time.sleep(1.5)
+    assert agent.lighting is not None and agent.lighting.ticked.wait(30)  # the lamps are set
     levels = [g.level for g in emu.gear]
     seen: list[bytes] = []
     topic = agent.uplink.topic("cmd")  # type: ignore[union-attr]

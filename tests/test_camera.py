@@ -29,10 +29,15 @@ def test_file_source_delivers_every_frame(sim_clip: tuple[Path, dict]) -> None:
     video, gt = sim_clip
     src = CameraSource(FileSource(kind="file", path=video)).start()
     n, idx = 0, []
-    while True:
-        f = src.get(timeout=2)
+    end = time.monotonic() + 120
+    done = False                                # ended seen: every frame had been queued
+    while time.monotonic() < end:
+        f = src.get(timeout=0.5)
         if f is None:
-            break
+            if done:
+                break                           # the file's end, not a slow reader
+            done = src.ended.is_set()
+            continue
         idx.append(f.index)
         n += 1
         time.sleep(0.001 if n % 50 else 0.2)  # a slow consumer must not lose file frames

@@ -37,7 +37,9 @@ def corpus(seed: int, n: int) -> list[tuple[bytes, bool, bool]]:
         args = {"set_override": {"group": "street", "level_pct": 40, "expires_in_s": 600},
                 "clear_override": {"group": "street"}, "request_snapshot": {},
                 "reload_config": {}, "ping": {}, "rebirth": {}}[cmd]
-        return new_command(cmd, args or None, ttl_s=600)
+        # an hour: the corpus is signed before the run, which may take long on a busy
+        # machine; a command must not expire before it is sent
+        return new_command(cmd, args or None, ttl_s=3600)
 
     while len(out) < n:
         kind = rnd.randrange(14)

@@ -17,7 +17,7 @@ from drivers.bus import BusCollision, BusDisconnected, BusProtocolError, BusTime
 from drivers.dali import FoxtronCodec, HatCodec, SerialDaliBus, ops
 from drivers.dali.codecs import Reply
 from sim.dali import DaliEmulator, PoleGear, make_gear
-from tests.helpers import SLACK_S
+from tests.helpers import SLACK_S, wait_until
 
 CODEC_NAMES = ["hat", "foxtron"]
 
@@ -149,7 +149,7 @@ def test_late_reply_times_out_and_does_not_poison_the_next_command(rig) -> None:
     emu.inject("late")
     with pytest.raises(BusTimeout):
         bus.send(QueryActualLevel(GearShort(3)))
-    time.sleep(0.5)                                   # the late reply arrives now
+    assert wait_until(lambda: emu.stats.late_replies_sent == 1, 5 + SLACK_S)  # it arrives
     ops.set_level(bus, GearShort(3), 120)
     assert bus.send(QueryActualLevel(GearShort(3))).value == 120
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -226,12 +227,12 @@ def test_a_full_disk_holds_messages_in_memory_and_loses_none(tmp_path: Path, sim
                 pass
         assert wait_until(lambda: "holding messages in memory" in s.output(), 40), \
             s.output()[-2000:]
-        t_full = time.time()                            # an interval ends on a full disk:
+        t_full = time.time()
 
-        def closed_on_full_disk() -> bool:              # held in memory, delivered
-            ends = [datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() + 10
-                    for start, _line in s.delivered()]
-            return any(end > t_full + 1 for end in ends)
+        def closed_on_full_disk() -> bool:              # an interval ends on the full disk
+            starts = re.findall(r"^(\S+Z) cam1/main: total", s.output(), re.MULTILINE)
+            return any(datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp() + 10
+                       > t_full + 1 for x in starts)    # (its record waits in memory)
         assert wait_until(closed_on_full_disk, 12 + 3 * SLACK_S), s.output()[-2000:]
         assert s.proc is not None and s.proc.poll() is None
         filler.unlink()                                 # space again
@@ -239,10 +240,15 @@ def test_a_full_disk_holds_messages_in_memory_and_loses_none(tmp_path: Path, sim
         n = len(s.records())
         assert wait_until(lambda: len(s.records()) >= n + 2, 40)
         s.all_delivered()
+
+        def whole_intervals() -> list[str]:
+            return sorted({m["samplingPeriod"]["start"] for m in
+                           s.platform.store.latest("traffic", 100_000)
+                           if not m["samplingPeriod"]["partial"]})
         # the JSON-lines file missed what came on the full disk; the platform did not:
-        starts = sorted({m["samplingPeriod"]["start"] for m in
-                         s.platform.store.latest("traffic", 100_000)
-                         if not m["samplingPeriod"]["partial"]})
+        # every whole interval, before, on and after the full disk, one after the other
+        assert wait_until(lambda: len(whole_intervals()) >= 3, 30 + SLACK_S), whole_intervals()
+        starts = whole_intervals()
         secs = [datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp() for x in starts]
         assert len(secs) >= 3 and all(b - a == 10 for a, b in itertools.pairwise(secs)), starts
         assert s.events("outbox_degraded")

@@ -23,8 +23,8 @@ from agent.uplink.commands import new_command
 from sim.gnss import GnssEmulator
 from sim.traffic import SceneConfig, write_clip
 from tests.conftest import ROOT, SIMNET
-from tests.helpers import free_port, wait_until
-from tests.pole_rig import PoleRig, record_time
+from tests.helpers import SLACK_S, free_port, wait_until
+from tests.pole_rig import BUS_TIMEOUT_S, PoleRig, record_time
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,9 @@ def test_camera_dying_mid_run_returns_to_the_schedule_level(tmp_path: Path) -> N
         assert t is not None, rig.output()[-3000:]
         # bound: camera_stale_s + a tick, plus this loop's 50 ms polling and a bus round trip
         record_time("camera dies mid-run (from the last frame)", t - t_dead, 6.6)
-        assert t - t_dead <= 6.0 + 0.5 + 3.0           # stale bound + a tick + MJPEG buffering
+        # stale bound + a tick + MJPEG buffering, and what a busy machine adds (the bound
+        # on a quiet machine is measured by bench/failsafe.py)
+        assert t - t_dead <= 6.0 + 0.5 + 3.0 + SLACK_S
         ev = rig.events("failsafe_entered")[-1]
         assert "no traffic data from camera cam1" in ev["detail"]["reasons"][0]
         assert wait_until(lambda: rig.events("camera_lost"), 20)
@@ -286,8 +288,11 @@ def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_pat
         assert r.returncode == 3 and "in use by the running agent" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
         good = rig.cfg.read_text()
-        rig.cfg.write_text(good.replace("codec: hat, timeout_s: 0.1}]", "codec: hat, timeout_s: "
-                                        "0.1}, {name: dali2, kind: dali, port: /dev/no-such-port}]"))
+        rig.cfg.write_text(good.replace(
+            f"codec: hat, timeout_s: {BUS_TIMEOUT_S}}}]",
+            f"codec: hat, timeout_s: {BUS_TIMEOUT_S}}}, "
+            "{name: dali2, kind: dali, port: /dev/no-such-port}]"))
+        assert "/dev/no-such-port" in rig.cfg.read_text()
         command(rig, {"correlation_id": "r1", "command": "reload_config"})
         assert wait_until(lambda: response(rig, "r1"), 30), rig.output()[-2000:]
         bad = response(rig, "r1")

@@ -14,6 +14,7 @@ import pytest
 from agent.uplink.mqtt import Uplink, UplinkSettings
 from agent.uplink.outbox import Outbox
 from tests.conftest import ROOT
+from tests.helpers import SLACK_S
 from tests.mqtt_broker import Broker, Collector, wait_until
 
 
@@ -68,7 +69,9 @@ def test_broker_outage_loses_nothing(broker: Broker, tmp_path: Path) -> None:
                 col = Collector(broker.port, "polelink/city/p2/traffic/#")
             time.sleep(0.005)
         assert wait_until(lambda: len(ob) == 0, 30), f"{len(ob)} still queued"
-        time.sleep(0.5)
+        # acknowledged by the broker is not yet received by the collector: wait for it
+        assert wait_until(lambda: set(sent[201:]) <= {
+            m["msg_id"] for m in col.where(lambda t, m, r: True)}, 10 + SLACK_S)
     finally:
         up.stop()
         col.close()

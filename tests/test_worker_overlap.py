@@ -20,6 +20,7 @@ from agent.vision.offline import count_video
 from agent.vision.worker import CameraWorker, settings_for
 from sim.traffic import SceneConfig, write_clip
 from tests.conftest import SIMNET
+from tests.helpers import SLACK_S
 
 
 def pole_config(tmp_path: Path, video: Path, line: list[int], gating: str) -> Path:
@@ -78,47 +79,62 @@ class SlowDetector:
 
     def __init__(self, inner: object, delay: float) -> None:
         self.inner, self.delay = inner, delay
+        self.spans: dict[str, list[tuple[float, float]]] = {"infer": [], "decode": []}
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
     def infer(self, tensor: np.ndarray) -> object:
+        t0 = time.monotonic()
         time.sleep(self.delay)
-        return self.inner.infer(tensor)  # type: ignore[attr-defined]
+        out = self.inner.infer(tensor)  # type: ignore[attr-defined]
+        self.spans["infer"].append((t0, time.monotonic()))
+        return out
 
     def decode(self, *args: object) -> object:
+        t0 = time.monotonic()
         time.sleep(self.delay)
-        return self.inner.decode(*args)  # type: ignore[attr-defined]
+        out = self.inner.decode(*args)  # type: ignore[attr-defined]
+        self.spans["decode"].append((t0, time.monotonic()))
+        return out
+
+    def overlapping(self) -> int:
+        """Model runs that happened while a frame was being finished (decoded)."""
+        return sum(any(a < d1 and d0 < b for d0, d1 in self.spans["decode"])
+                   for a, b in self.spans["infer"])
 
 
 def test_inference_overlaps_tracking(tmp_path: Path) -> None:
     """Model and finish each take ~60 ms: one at a time a frame costs their sum, overlapped
-    about the larger one. Sleeps release the GIL, so this holds on a busy 2-core machine."""
+    about the larger one. Checked by when each ran, not by the wall time of the run (which
+    a busy machine stretches): overlapped, the next frame's model run happens while the
+    last frame is finished; one at a time, never. (The wall time fell 1.86 x in one run on
+    this 2-core machine under load: seen, not asserted.)"""
     video = tmp_path / "short.avi"
     gt = write_clip(video, 3, seed=3, cfg=SceneConfig())
     cfg = load_config(pole_config(tmp_path, video, gt["line"], "{motion: false}"))
 
-    def run(overlap: bool) -> tuple[float, int, dict]:
+    def run(overlap: bool) -> tuple[int, int, dict]:
         agent = Agent(cfg)
         w: CameraWorker = agent.workers["cam1"]
-        w.detector = SlowDetector(w.detector, 0.06)  # type: ignore[assignment]
+        slow = SlowDetector(w.detector, 0.06)
+        w.detector = slow  # type: ignore[assignment]
         w.overlap = overlap
         stop = threading.Event()
-        t0 = time.perf_counter()
         w.start(stop)
         assert w.thread is not None
-        w.thread.join(timeout=60)
-        wall = time.perf_counter() - t0
+        w.thread.join(timeout=60 + 10 * SLACK_S)
         w.stop()
         assert w.pipeline is not None
-        return wall, w.pipeline.frames, w.totals
+        return slow.overlapping(), w.pipeline.frames, w.totals
 
     serial, overlapped = run(False), run(True)
     assert serial[1] == overlapped[1] == gt["frame_count"]
     assert serial[2] == overlapped[2]                      # same counts either way
-    speedup = serial[0] / overlapped[0]
-    print(f"overlap speed-up {speedup:.2f}x")
-    assert speedup > 1.35, f"overlap gave {speedup:.2f}x (ideal ~2x)"
+    print(f"model runs overlapping a finish: {serial[0]} one at a time, {overlapped[0]} "
+          f"overlapped, of {gt['frame_count']} frames")
+    assert serial[0] == 0
+    assert overlapped[0] >= gt["frame_count"] // 3, overlapped[0]
 
 
 class ScriptedSource:
