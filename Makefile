@@ -9,9 +9,10 @@ DEMO_CLIP = var/demo/clip.mp4
 help:
 	@echo "make demo   - set up and run everything on the simulator: camera, DALI bus, broker, dashboard, agent"
 	@echo "              (NODES=3: also three MicroPython lamp nodes; DURATION=60: stop after 60 s)"
-	@echo "make test   - lint (ruff) and the whole test suite (pytest)"
+	@echo "make test   - lint (ruff) and the whole test suite (pytest, WORKERS=2 processes;"
+	@echo "              TESTS='tests/test_x.py ...': only those)"
 	@echo "make test-clock - the suite with the machine's clock at 5 other hours, dates and zones"
-	@echo "              (TESTS='tests/test_x.py ...': only those files)"
+	@echo "              (about an hour; TESTS='tests/test_x.py ...': only those files)"
 	@echo "make bench  - pipeline and accuracy benchmarks"
 	@echo "make wheelhouse - the Pi's offline aarch64 wheelhouse in var/wheelhouse/aarch64 (needs the index)"
 	@echo "make pi-test    - (root) install it offline in an emulated arm64 Bookworm root and count there"
@@ -35,17 +36,18 @@ lint: $(BIN)/agent
 
 # Two workers (pytest-xdist): most tests wait on processes (the agent, brokers, emulators,
 # MicroPython), so two run side by side in about half the time on 2 cores. WORKERS=0: one
-# process. The 10 slowest tests and the time taken are printed at the end.
+# process; TESTS: only those files or test ids. The 10 slowest tests and the time taken
+# are printed at the end.
 WORKERS ?= 2
+TESTS ?=
 test: lint
-	@t0=$$(date +%s); $(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal --durations=10; \
+	@t0=$$(date +%s); $(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal --durations=10 $(TESTS); \
 	rc=$$?; echo "make test: pytest took $$(( $$(date +%s) - t0 )) s (budget: 25 min on 2 cores)"; \
 	exit $$rc
 
-# No test may depend on when it runs: the suite (or TESTS) at midnight, dawn, noon and dusk
-# UTC, each in another time zone, and on the night Europe's clocks go forward
+# No test may depend on when it runs: the suite (or TESTS) at midnight UTC, sunrise, noon
+# UTC and sunset, each in another time zone, and 5 minutes before Europe's clocks go forward
 # (tests/clockshift: the wall clock shifted for the tests and every process they start).
-TESTS ?=
 test-clock: $(BIN)/agent
 	$(BIN)/python -m tests.clockshift --campaign -- \
 		$(BIN)/python -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist worksteal $(TESTS)

@@ -6,6 +6,7 @@ sleeps and waits behave as on a machine whose clock is simply set to another hou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,12 +18,16 @@ import pytest
 
 from tests.clockshift import (
     CAMPAIGN,
+    EU_SPRING_FORWARD,
+    BuildError,
+    NoCompiler,
     Setting,
     build,
     environment,
     main,
     real_time,
     shift_for,
+    target_time,
 )
 from tests.conftest import ROOT, SHARED
 
@@ -40,9 +45,13 @@ print(json.dumps({"wall": t0, "mono": m0, "waited": time.monotonic() - m0,
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built shim. Without a C compiler these tests skip, except in CI (``CI=true``,
+    which installs one): there, and whenever the file does not compile, they fail."""
     try:
         return build(tmp_path_factory.mktemp("clockshift"))
-    except RuntimeError as e:
+    except NoCompiler as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must build the clock shim: {e}")
         pytest.skip(str(e))
 
 
@@ -88,32 +97,98 @@ def test_the_shift_is_forward_and_lands_on_the_hour(at: str) -> None:
 def test_a_date_in_the_past_is_refused() -> None:
     now = datetime(2026, 12, 6, tzinfo=UTC).timestamp()
     assert shift_for(Setting("01:30", day="2027-03-28"), now) > 100 * 86400
-    with pytest.raises(ValueError, match="only shifted forward"):
+    with pytest.raises(ValueError, match="only moved forward"):
         shift_for(Setting("01:30", day="2026-01-01"), now)
 
 
+@pytest.mark.parametrize("when", ["2026-12-06T17:53:12", "2027-06-21T03:00:00",
+                                  "2027-03-28T00:56:00"])
+def test_sunrise_sunset_and_the_spring_forward_night_follow_the_date(when: str) -> None:
+    """The campaign's sunrise and sunset are the node site's, whatever the season, and its
+    last setting is 5 minutes before the next change to summer time in Europe."""
+    from zoneinfo import ZoneInfo
+
+    from agent.common.sun import elevation_at
+
+    now = datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp()
+    for event in ("sunrise", "sunset"):
+        t = target_time(Setting(event), now)
+        assert now < t <= now + 86400 + 600
+        assert abs(elevation_at(53.55, 9.99, t) - -0.833) < 0.1
+    t = target_time(Setting("00:55", "Europe/Berlin", EU_SPRING_FORWARD), now)
+    berlin = ZoneInfo("Europe/Berlin")
+    before = datetime.fromtimestamp(t, berlin)
+    after = datetime.fromtimestamp(t + 600, berlin)
+    assert t > now and (before.tzname(), after.tzname()) == ("CET", "CEST")
+
+
 def test_the_campaign_covers_four_hours_zones_and_a_date() -> None:
-    hours = {s.at.split(":")[0] for s in CAMPAIGN}
+    now = datetime(2026, 12, 6, tzinfo=UTC).timestamp()
+    hours = {datetime.fromtimestamp(target_time(s, now), UTC).hour for s in CAMPAIGN}
     assert len(hours) >= 4 and len({s.tz for s in CAMPAIGN}) >= 4
     assert any(s.day for s in CAMPAIGN)
 
 
+def run_main(argv: list[str], shim: Path | None, monkeypatch: pytest.MonkeyPatch,
+             capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    if shim is not None:
+        monkeypatch.setattr("tests.clockshift.build", lambda cache=None: shim)
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = int(e.code or 0)
+    got = capfd.readouterr()
+    return rc, got.out, got.err
+
+
 def test_the_command_line_runs_each_setting_and_says_which_failed(
-        shim: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shim.parent.parent))
-    monkeypatch.setattr("tests.clockshift.build", lambda cache=None: shim)
-    rc = main(["--at", "03:00,21:30", "--", sys.executable, "-c",
-               "import time,sys; sys.exit(time.gmtime().tm_hour == 21)"])
-    out = capsys.readouterr().out
+        shim: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, out, err = run_main(["--at", "03:00,21:30", "--", sys.executable, "-c",
+                             "import time,sys; print('hi'); "
+                             "sys.exit(time.gmtime().tm_hour == 21)"],
+                            shim, monkeypatch, capfd)
     assert rc == 1
-    assert "passed" in out and "FAILED (exit 1)" in out and "21:30 UTC" in out
+    assert out == "hi\nhi\n"                     # the tool's own lines go to stderr
+    assert "passed" in err and "FAILED (exit 1)" in err and "21:30 UTC" in err
+    rc, _, err = run_main(["--at", "sunset", "--", sys.executable, "-c",
+                           "import sys; sys.exit(3)"], shim, monkeypatch, capfd)
+    assert rc == 3 and "summary" not in err       # one setting: the command's own status
 
 
-def test_the_command_line_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["--at", "03:00"])
-    assert e.value.code == 2
-    assert "no command given" in capsys.readouterr().err
+@pytest.mark.parametrize("argv,words", [
+    (["--at", "03:00"], "no command given"),
+    (["--at", "25:00", "--", "true"], "expected HH:MM"),
+    (["--at", "noon", "--", "true"], "expected HH:MM"),
+    (["--at", "7:40,", "--", "true"], "expected HH:MM"),
+    (["--date", "tomorrow", "--", "true"], "expected YYYY-MM-DD"),
+    (["--date", "2001-01-01", "--", "true"], "has passed"),
+    (["--date", "2400-01-01", "--", "true"], "up to 2199"),
+    (["--tz", "Mars/Olympus", "--", "true"], "not a time zone"),
+    (["--place", "95,0", "--", "true"], "latitude"),
+    (["--campaign", "--at", "03:00", "--", "true"], "--campaign has its own settings"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], words: str, shim: Path,
+                                             capfd: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, out, err = run_main(argv, shim, monkeypatch, capfd)
+    assert rc == 2 and words in err and "Traceback" not in err and out == "", err
+
+
+def test_a_missing_command_is_127_and_a_compiler_problem_is_one_line(
+        shim: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, _, err = run_main(["--", "no-such-command-x"], shim, monkeypatch, capfd)
+    assert rc == 127 and "command not found" in err
+    monkeypatch.undo()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(NoCompiler, match="not there"):
+        build(tmp_path / "a")
+    broken = tmp_path / "broken.c"
+    broken.write_text("#error this does not compile\n")
+    monkeypatch.delenv("CC")
+    monkeypatch.setattr("tests.clockshift.SOURCE", broken)
+    with pytest.raises(BuildError, match="does not compile"):   # a failure, not a skip
+        build(tmp_path / "b")
 
 
 def test_a_time_sensitive_test_passes_at_two_other_hours(shim: Path) -> None:

@@ -9,7 +9,6 @@ The analysis rules have their own tests below, on small made-up modules.
 
 from __future__ import annotations
 
-import importlib
 import json
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ from agent.uplink.contract import KINDS, SCHEMA_DIR
 from tests.conftest import ROOT
 from tests.contract_values import (
     FIELDS,
+    OPAQUE,
     PUBLISHES,
     Arg,
     Attr,
@@ -30,51 +30,9 @@ from tests.contract_values import (
     Key,
     Returns,
     field_values,
+    schema_enum,
+    vocabulary,
 )
-
-#: Problems the analysis reports that are known not to hide a value, each with the reason.
-#: Keyed ``path:function:what`` as the problem says; a declaration excuses that one problem
-#: (the rest of the path is still followed), and one that no longer matches fails the test.
-OPAQUE: dict[str, str] = {
-    "agent/runner.py:update_event:event":
-        "the update steps' emit callback (Updater, TrialWatch): their event names are "
-        "written where those classes build them, which are sinks of this field through "
-        "EventRecord; calls of update_event by name are still followed",
-    "agent/runner.py:update_event:severity": "as above",
-    "agent/runner.py:_watch_uplink:for ... in self.uplink.take_notices()":
-        "the uplink's notices: every tuple put into a notices list in agent/uplink/mqtt.py "
-        "(append, insert, extend, +=, assignment) is a sink of this field (Items)",
-    'agent/service/runs.py:read_exit:rec.get("reason")':
-        "read back from the run record and kept only when it is one of runs.REASONS (the "
-        "field's vocabulary)",
-    "agent/uplink/contract.py:traffic_message:sorted(per.items())":
-        "classes are the keys of an interval's counts: the counter counts the classes a "
-        "model card maps to, which the card's loader restricts to ROAD_USER_CLASSES (the "
-        "field's vocabulary; test_model_cards_take_only_the_contracts_classes), and a "
-        "checkpoint is read back only with those (tests/test_checkpoint.py)",
-}
-
-
-def schema_node(kind: str, path: tuple[str, ...]) -> dict[str, Any]:
-    """A field of a schema, by its place under ``properties`` (``items``: an array's)."""
-    node = json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text())
-    for part in path:
-        node = node["items"] if part == "items" else node["properties"][part]
-    return node
-
-
-def schema_enum(kind: str, path: tuple[str, ...]) -> list[Any]:
-    """The ``enum`` (or ``const``) of a field."""
-    node = schema_node(kind, path)
-    return node["enum"] if "enum" in node else [node["const"]]
-
-
-def vocabulary(f: ContractField) -> dict[object, list[str]]:
-    """The values of the field's code vocabulary (``module:NAME``), if it has one."""
-    if not f.vocabulary:
-        return {}
-    module, name = f.vocabulary.split(":")
-    return {v: [f.vocabulary] for v in getattr(importlib.import_module(module), name)}
 
 
 @pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
@@ -144,13 +102,6 @@ def test_model_cards_take_only_the_contracts_classes(tmp_path: Path) -> None:
     assert get_args(RoadUserClass) == ROAD_USER_CLASSES       # the card's type is the tuple
 
 
-#: Enumerated fields (enum or const) of kinds a producer publishes that it never writes
-#: from code, with the reason.
-NOT_ANALYSED = {
-    ("agent", "status", ("schema",)): "constants of each message's schema id",
-}
-
-
 def _enum_fields(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every field with an enum or const, wherever it is nested: properties, items,
     additionalProperties, patternProperties, allOf/anyOf/oneOf, if/then/else, $defs."""
@@ -178,14 +129,14 @@ def _enum_fields(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]
 
 def test_every_enumerated_field_each_producer_publishes_is_analysed() -> None:
     """A new enum or const in a kind the agent or the node publishes needs its sinks in
-    tests/contract_values.py (or a reason in NOT_ANALYSED)."""
-    covered = {(f.producer, f.kind, f.path) for f in FIELDS} | set(NOT_ANALYSED)
+    tests/contract_values.py."""
+    covered = {(f.producer, f.kind, f.path) for f in FIELDS}
     for producer, kinds in PUBLISHES.items():
         for kind in kinds:
             schema = json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text())
             for path in _enum_fields(schema):
                 if path == ("schema",):
-                    continue                    # the schema id: a constant per builder
+                    continue                    # the schema id: one constant per builder
                 assert (producer, kind, path) in covered, \
                     f"{kind}.{'.'.join(path)} ({producer}) is not analysed"
     assert set(PUBLISHES["agent"]) | set(PUBLISHES["node"]) | {"command"} == set(KINDS)

@@ -6,11 +6,14 @@
  *
  * Shifted: clock_gettime(CLOCK_REALTIME*, CLOCK_TAI), gettimeofday(), time(), and
  * clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME) (its deadline is taken back to the real
- * clock). Not shifted: the monotonic and boot clocks (what timeouts use), file times (the
- * kernel's), and absolute-time waits on a CLOCK_REALTIME condition variable or timer.
+ * clock). Not shifted: the monotonic and boot clocks (what timeouts use) and file times
+ * (the kernel's). Not corrected: an absolute CLOCK_REALTIME deadline a program computed
+ * from the shifted clock and waits for on a condition variable, a semaphore or a timer
+ * lasts its timeout plus the shift. The shift is clamped to +-200 years; a value that is
+ * not a number is 0.
  * Debian's libfaketime 0.9.10 was tried first: it hangs Python's threading.Event.wait()
  * when it fakes CLOCK_MONOTONIC and fails time.sleep() with EINVAL when told not to.
- * tests/clockshift.py builds this file and runs commands under it. */
+ * tests/clockshift/__init__.py builds this file and runs commands under it. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -24,7 +27,12 @@ static int (*real_clock_nanosleep)(clockid_t, int, const struct timespec *, stru
 static void setup(void) {
     if (real_clock_gettime) return;
     const char *s = getenv("POLELINK_CLOCK_SHIFT_S");
-    shift_ns = s ? (long long)(strtod(s, NULL) * 1e9) : 0;
+    double shift_s = s ? strtod(s, NULL) : 0.0;
+    const double limit = 200.0 * 366 * 86400;    /* well inside a long long of ns */
+    if (!(shift_s == shift_s)) shift_s = 0.0;    /* NaN */
+    if (shift_s > limit) shift_s = limit;
+    if (shift_s < -limit) shift_s = -limit;
+    shift_ns = (long long)(shift_s * 1e9);
     real_clock_nanosleep = dlsym(RTLD_NEXT, "clock_nanosleep");
     real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
 }
