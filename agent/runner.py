@@ -141,7 +141,10 @@ class Agent:
         uplink = Uplink(UplinkSettings(m.host, m.port, m.prefix, m.protocol, m.keepalive_s,
                                        m.reconnect_min_s, m.reconnect_max_s, username=user,
                                        password=pw, tls=tls, primary_host=m.primary_host,
-                                       session_expiry_s=m.session_expiry_s),
+                                       session_expiry_s=m.session_expiry_s,
+                                       ack_window=m.ack_window,
+                                       ack_timeout_s=m.ack_timeout_s,
+                                       ack_timeout_max_s=10 * m.ack_timeout_s),
                         self.cfg.device.id, self.cfg.device.site, outbox, self.on_command)
         return outbox, uplink, ""
 
@@ -308,6 +311,10 @@ class Agent:
         """Closed intervals: to the JSON-lines file, the platform and the lighting."""
         if not records:
             return
+        # the outbox first (a durable commit): a crash between the two leaves an interval
+        # the platform has and the file lacks, never one in the file the platform never gets
+        for r in records:
+            self.reporter.publish(r)
         try:
             self.sink.write(records)
             if self._storage_failing:
@@ -320,8 +327,6 @@ class Agent:
                 self._storage_failing = True
                 self.reporter.publish(EventRecord("storage_error", "alarm", "aggregates",
                                                   {"path": str(self.sink.path), "error": str(e)}))
-        for r in records:
-            self.reporter.publish(r)
         if self.lighting is not None:
             samples = []
             for cam in {r.camera for r in records}:
@@ -542,6 +547,8 @@ class Agent:
                 while self.uplink.connected and len(self.outbox) and time.monotonic() < end:
                     time.sleep(0.05)
                 self.uplink.stop()
+            if self.outbox is not None:
+                self.outbox.close()     # its side record names the last seq (continuity)
         return out
 
     # -- supervision ----------------------------------------------------------------------

@@ -661,6 +661,8 @@ FIELDS: tuple[ContractField, ...] = (
                   vocabulary="agent.service.runs:REASONS"),
     ContractField("status", ("state",), ("agent/uplink/mqtt.py",),
                   (Key("state", ("agent/uplink/mqtt.py",)),), "agent"),
+    ContractField("health", ("uplink", "delivery"), ("agent/uplink/mqtt.py",),
+                  (Key("delivery", ("agent/uplink/mqtt.py",)),), "agent"),
     ContractField("status", ("role",), ("agent/uplink/mqtt.py",),
                   (Key("role", ("agent/uplink/mqtt.py",)),), "agent", optional=True),
     ContractField("response", ("result",), CONTRACT, (Key("result", CONTRACT),), "agent"),

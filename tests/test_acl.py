@@ -475,9 +475,9 @@ def test_broker_acl_from_two_config_files(tmp_path: Path,
         if "user " in b}
     assert blocks["user central"] == [
         "topic read city/pl/#", "topic write city/pl/+/+/cmd",
-        "topic readwrite city/pl/STATE/central",
+        "topic write city/pl/+/+/ack", "topic readwrite city/pl/STATE/central",
         "topic read polelink/#", "topic write polelink/+/+/cmd",
-        "topic readwrite polelink/STATE/central"]
+        "topic write polelink/+/+/ack", "topic readwrite polelink/STATE/central"]
     assert blocks["user pole-1"] == [
         "topic write polelink/hanoi/pole-1/status", "topic write polelink/hanoi/pole-1/health",
         "topic write polelink/hanoi/pole-1/event",
@@ -485,7 +485,8 @@ def test_broker_acl_from_two_config_files(tmp_path: Path,
         "topic write polelink/hanoi/pole-1/lighting/+",
         "topic write polelink/hanoi/pole-1/diagnostics/+",
         "topic write polelink/hanoi/pole-1/cmd/response",
-        "topic read polelink/hanoi/pole-1/cmd", "topic read polelink/STATE/+"]
+        "topic read polelink/hanoi/pole-1/cmd", "topic read polelink/hanoi/pole-1/ack",
+        "topic read polelink/STATE/+"]
     assert blocks["user pole-2"][0] == "topic write city/pl/hue/pole-2/status"
     assert "pattern" not in out and "%u" not in out
     assert not [ln for ln in out.splitlines()

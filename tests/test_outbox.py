@@ -173,3 +173,70 @@ def test_a_read_only_file_runs_in_memory_with_an_alarm(tmp_path: Path) -> None:
         ob.close()
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+# -- delivery by the platform's acknowledgement, overflow, epoch continuity ---------------
+
+def test_free_deletes_only_the_acknowledged_ranges_of_its_own_epoch(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", "p")
+    for i in range(10):
+        ob.put("t", {"i": i})
+    assert ob.free("00000000" if ob.epoch != "00000000" else "11111111", [(1, 10)]) == 0
+    assert ob.free(ob.epoch, [(2, 3), (7, 7), (40, 50)]) == 3
+    assert [m.seq for m in ob.pending()] == [1, 4, 5, 6, 8, 9, 10]
+    assert ob.free(ob.epoch, [(2, 3)]) == 0            # an old acknowledgement again: nothing
+
+
+def test_overflow_is_one_notice_naming_count_seqs_and_times(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", "p", max_messages=10)
+    for i in range(14):
+        ob.put("t", {"i": i})
+    (n,) = [x for x in ob.take_notices() if x.event == "outbox_overflow"]
+    d = n.detail
+    assert n.severity == "alarm" and (d["dropped"], d["firstSeq"], d["lastSeq"]) == (4, 1, 4)
+    assert d["from"] <= d["to"] and d["cap"] == 10 and d["epoch"] == ob.epoch
+    assert ob.figures()["lastOverflow"]["dropped"] == 4
+    ob.put("t", {"i": 99})                     # still full: gathered, not said (a minute)
+    assert not [x for x in ob.take_notices() if x.event == "outbox_overflow"]
+    ob.free(ob.epoch, [(1, 100)])              # room again: the rest is said at once
+    (n,) = [x for x in ob.take_notices() if x.event == "outbox_overflow"]
+    assert (n.detail["dropped"], n.detail["firstSeq"], n.detail["lastSeq"]) == (1, 5, 5)
+
+
+def test_a_missing_file_is_an_outbox_lost_naming_the_old_epoch(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", "p")
+    for i in range(7):
+        ob.put("t", {"i": i})
+    old = ob.epoch
+    ob.close()                                 # the side record says: old epoch, seq 7
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"o.db{suffix}").unlink(missing_ok=True)
+    ob2 = Outbox(tmp_path / "o.db", "p")
+    (n,) = [x for x in ob2.take_notices() if x.event == "outbox_lost"]
+    assert n.severity == "alarm" and n.detail["previousEpoch"] == old
+    assert n.detail["previousSeqAtLeast"] == 7 and n.detail["epoch"] == ob2.epoch != old
+    assert "missing" in n.detail["reason"]
+    assert ob2.figures()["previousEpoch"]["previousEpoch"] == old
+    ob2.close()
+    ob3 = Outbox(tmp_path / "o.db", "p")       # said once, not on every start
+    assert not [x for x in ob3.take_notices() if x.event == "outbox_lost"]
+
+
+def test_a_file_deleted_while_open_is_rebuilt_with_everything_it_held(tmp_path: Path) -> None:
+    from agent.uplink import outbox as mod
+
+    ob = Outbox(tmp_path / "o.db", "p")
+    for i in range(5):
+        ob.put("t", {"i": i})
+    epoch = ob.epoch
+    (tmp_path / "o.db").unlink()
+    ob._inode_checked -= mod.INODE_CHECK_S       # the next check is due
+    ob.retry()
+    assert (tmp_path / "o.db").exists() and ob.epoch == epoch
+    assert [m.seq for m in ob.pending()] == [1, 2, 3, 4, 5]
+    notes = [x for x in ob.take_notices() if x.event == "outbox_degraded"]
+    assert notes and notes[0].detail["recreated"] and notes[0].detail["lost"] == 0
+    ob.put("t", {"i": 5})
+    ob.close()
+    again = Outbox(tmp_path / "o.db", "p")       # the rebuilt file is the real one now
+    assert [m.seq for m in again.pending()] == [1, 2, 3, 4, 5, 6] and again.epoch == epoch

@@ -132,4 +132,4 @@ def test_the_asyncapi_document_names_security_bindings_and_every_schema() -> Non
     assert {f"{k}.schema.json" for k in KINDS} <= refs
     assert all((SCHEMA_DIR / r).is_file() for r in refs if r)
     retained = {n for n, op in doc["operations"].items() if op["bindings"]["mqtt"]["retain"]}
-    assert retained == {"publishStatus", "receivePlatformState"}
+    assert retained == {"publishStatus", "receivePlatformState", "receiveAck"}

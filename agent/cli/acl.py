@@ -15,9 +15,11 @@ site and id only::
     topic write <prefix>/<site>/<device>/diagnostics/+
     topic write <prefix>/<site>/<device>/cmd/response
     topic read  <prefix>/<site>/<device>/cmd              (its own commands)
+    topic read  <prefix>/<site>/<device>/ack              (the platform's acknowledgements)
     topic read  <prefix>/STATE/+                          (the platform's online state)
 
-The platform's block: read ``<prefix>/#``, write ``<prefix>/+/+/cmd``, readwrite
+The platform's block: read ``<prefix>/#``, write ``<prefix>/+/+/cmd`` and
+``<prefix>/+/+/ack``, readwrite
 ``<prefix>/STATE/<platform user>`` (its retained state and will: the platform's Sparkplug
 host id is its username). Nothing else is granted; mosquitto denies what no line allows.
 
@@ -115,7 +117,8 @@ def device_block(d: DeviceEntry) -> list[str]:
     base = f"{d.prefix}/{d.site}/{d.device}"
     return ([f"# {' '.join(d.source.split())}", f"user {d.device}"]
             + [f"topic write {base}/{t}" for t in DEVICE_WRITES]
-            + [f"topic read {base}/cmd", f"topic read {d.prefix}/STATE/+"])
+            + [f"topic read {base}/cmd", f"topic read {base}/ack",
+               f"topic read {d.prefix}/STATE/+"])
 
 
 def platform_block(user: str, prefixes: Iterable[str]) -> list[str]:
@@ -123,7 +126,7 @@ def platform_block(user: str, prefixes: Iterable[str]) -> list[str]:
     and its own STATE."""
     lines = [f"user {user}"]
     for p in prefixes:
-        lines += [f"topic read {p}/#", f"topic write {p}/+/+/cmd",
+        lines += [f"topic read {p}/#", f"topic write {p}/+/+/cmd", f"topic write {p}/+/+/ack",
                   f"topic readwrite {p}/STATE/{user}"]
     return lines
 
@@ -135,7 +138,7 @@ def render_acl(devices: Sequence[DeviceEntry], platform_user: str = "platform") 
     out = ["# mosquitto acl_file written by `agent broker-acl`; regenerate, do not edit.",
            "# No topic lines before the first `user`: anonymous clients get nothing.",
            "# Anything not granted below is denied.", "",
-           "# the platform: reads all pole data, commands poles, owns its STATE",
+           "# the platform: reads all pole data, commands poles, acknowledges, owns its STATE",
            *platform_block(platform_user, prefixes)]
     for d in sorted(devices, key=lambda e: (e.prefix, e.site, e.device)):
         out += ["", *device_block(d)]

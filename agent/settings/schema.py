@@ -825,11 +825,20 @@ class MqttConfig(Strict):
                     "written inline it is an error")
     secrets_file: Path | None = None
     outbox_path: Path = Field(default=Path("var/outbox.db"), validate_default=True)
-    outbox_max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    outbox_max_messages: Annotated[int, Field(ge=10, le=10_000_000)] = Field(
+        100_000, description="the outbox's cap: beyond it the oldest messages are dropped, "
+        "with an outbox_overflow alarm (values below about a day of messages are for tests)")
     primary_host: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(None, description=(
         "the platform's host id: data is held in the outbox until the retained "
         "<prefix>/STATE/<primary_host> says the platform is online (Sparkplug-style)"))
     session_expiry_s: Annotated[int, Field(strict=True, ge=0, le=7 * 86400)] = 3600
+    ack_window: Annotated[int, Field(ge=1, le=10_000)] = Field(200, description=(
+        "with a platform that acknowledges what it stores: at most this many messages sent "
+        "and not yet acknowledged (flow control; keep it below the broker's per-client "
+        "queue limit)"))
+    ack_timeout_s: Annotated[float, Field(ge=1, le=3600)] = Field(30.0, description=(
+        "then the unacknowledged messages are sent again (same msg_id); the wait doubles "
+        "up to 10x while nothing is acknowledged"))
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
     @field_validator("outbox_path", "secrets_file", mode="before")

@@ -25,9 +25,10 @@ from agent.records import (
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 KINDS = ("status", "traffic", "lighting", "health", "event", "command", "response",
-         "diagnostics", "node-lighting", "node-health")
+         "diagnostics", "node-lighting", "node-health", "ack")
 """Every message kind (``polelink/<kind>/1``), one schema file each; ``node-*`` are a lamp
-node's own forms (``node/app.py``), which also publishes ``status`` and ``response``."""
+node's own forms (``node/app.py``), which also publishes ``status`` and ``response``;
+``ack`` is the platform's (acknowledgement of what it stored, to the device)."""
 
 
 @cache

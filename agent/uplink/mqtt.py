@@ -12,9 +12,20 @@ One network thread owns a paho-mqtt 2.x client:
   ``<prefix>/STATE/<primary_host>`` says ``online`` (Sparkplug B's primary host): a
   broker that restarted and lost the platform's session then loses nothing, because
   nothing is sent until the platform is back and subscribed;
-- publish the outbox's pending messages with QoS 1, a bounded number in flight, and
-  delete each one from the outbox only after a successful PUBACK (in one transaction per
-  network pass: a power cut in between only means a repeat with the same ``msg_id``). A
+- publish the outbox's pending messages with QoS 1, a bounded number in flight;
+- **delivered means the platform has it**: when the platform's STATE announces
+  acknowledgement (``"ack": 1``), a message leaves the outbox only when the platform's
+  acknowledgement on ``<prefix>/<site>/<device>/ack`` (``polelink/ack/1``: the ``seq``
+  ranges of this outbox epoch it has *stored*, retained, within a second) covers it.
+  At most ``ack_window`` messages are sent and not yet acknowledged (flow control: a slow
+  platform or a broker's queue limit cannot make the pole outrun it); when the oldest of
+  them waits longer than ``ack_timeout_s`` (doubling up to ``ack_timeout_max_s`` while
+  nothing is acknowledged) sending goes back to the oldest unacknowledged message (same
+  ``msg_id``: the platform drops repeats). A platform that does not announce it (or no
+  ``primary_host``) gets today's behaviour: a message is deleted on the broker's PUBACK
+  (health says which: ``delivery`` is ``platform-ack`` or ``broker-ack``). Deletions are
+  one transaction per acknowledgement or network pass: a power cut in between only means
+  a repeat with the same ``msg_id``. A
   PUBACK with a failure reason (MQTT 5 "Not authorized", quota) keeps the message,
   pauses publishing with back-off and raises one ``publish_refused`` alarm. (MQTT 3.1.1
   has no such reason: a broker that drops a denied 3.1.1 publication acknowledges it, and
@@ -89,6 +100,9 @@ class UplinkSettings:
     client_id: str | None = None
     primary_host: str | None = None       # hold data until <prefix>/STATE/<it> is online
     session_expiry_s: int = 3600          # 0: a clean session on every connection
+    ack_window: int = 200                 # sent, not yet acknowledged by the platform
+    ack_timeout_s: float = 30.0           # then go back to the oldest unacknowledged
+    ack_timeout_max_s: float = 300.0
 
 
 @dataclass
@@ -101,6 +115,8 @@ class UplinkStats:
     acked: int = 0
     refused: int = 0                      # PUBACKs with a failure reason
     thread_restarts: int = 0              # errors the network thread recovered from
+    platform_acked: int = 0               # freed by the platform's acknowledgement
+    resends: int = 0                      # go-backs after an acknowledgement timeout
     last_error: str = ""
     protocol: str = ""
 
@@ -160,6 +176,10 @@ class Uplink:
         self._protocol = mqtt.MQTTv311 if self._use_311_once else mqtt.MQTTv5
         self._platform_ts = -1.0                      # timestamp of the last STATE seen
         self._platform_online = False
+        self._platform_acks = False                   # the platform's STATE announces acks
+        self._unacked: dict[int, tuple[int, float]] = {}  # outbox id → (seq, sent at)
+        self._frees: list[tuple[str, list[tuple[int, int]]]] = []   # acks to apply
+        self._ack_timeout = settings.ack_timeout_s
         self._hold_until = 0.0                        # publishing paused (refused) until
         self._refused_backoff = 0.0
         self.notices: list[tuple[str, str, dict[str, Any]]] = []  # (event, severity, detail)
@@ -199,6 +219,17 @@ class Uplink:
         return self.state_topic is None or self._platform_online
 
     @property
+    def delivery(self) -> str:
+        """``platform-ack`` when the platform acknowledges what it stored (a message is
+        freed only then), else ``broker-ack`` (freed on the broker's PUBACK)."""
+        return "platform-ack" if self.state_topic and self._platform_acks else "broker-ack"
+
+    @property
+    def awaiting_ack(self) -> int:
+        """Messages sent and not yet acknowledged by the platform."""
+        return len(self._unacked)
+
+    @property
     def refused(self) -> bool:
         """The broker is refusing our publications right now (e.g. not authorized)."""
         return time.monotonic() < self._hold_until
@@ -228,6 +259,9 @@ class Uplink:
         return {"connected": self.connected, "protocol": st.protocol, "connects": st.connects,
                 "disconnects": st.disconnects, "published": st.published, "acked": st.acked,
                 "refused": st.refused, "threadRestarts": st.thread_restarts,
+                "delivery": "platform-ack" if self.delivery == "platform-ack" else "broker-ack",
+                "awaitingPlatformAck": self.awaiting_ack,
+                "platformAcked": st.platform_acked, "resends": st.resends,
                 "platformOnline": self.platform_online if self.state_topic else None,
                 "lastError": st.last_error[:300]}
 
@@ -301,6 +335,9 @@ class Uplink:
         else:
             c.subscribe(self.topic("cmd"), qos=1)
         if self.state_topic:
+            # the retained acknowledgement first, then the STATE that opens sending: the
+            # pole knows what the platform has before it sends anything again
+            c.subscribe(self.topic("ack"), qos=1)
             c.subscribe(self.state_topic, qos=1)
         self._connected.set()
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.s.host, self.s.port,
@@ -322,9 +359,12 @@ class Uplink:
             return
         oid, topic = entry
         if getattr(reason, "is_failure", False):
+            with self._lock:
+                self._unacked.pop(oid, None)
             self._publication_refused(oid, topic, str(reason))
             return
-        self._acked.append(oid)  # deleted in a batch after this network pass
+        if self.delivery == "broker-ack":
+            self._acked.append(oid)  # deleted in a batch after this network pass
         if self._refused_backoff and not self.refused:
             self._refused_backoff = 0.0
             log.info("mqtt: the broker accepts our publications again")
@@ -353,6 +393,9 @@ class Uplink:
         if self.state_topic and msg.topic == self.state_topic:
             self._on_platform_state(msg.payload)
             return
+        if self.state_topic and msg.topic == self.topic("ack"):
+            self._on_platform_ack(msg.payload)
+            return
         if self.on_command is not None:
             try:
                 self.on_command(msg.topic, msg.payload, bool(msg.retain))
@@ -361,22 +404,107 @@ class Uplink:
 
     def _on_platform_state(self, payload: bytes) -> None:
         """Sparkplug-style primary host STATE: ``{"online": bool, "timestamp": ms}``; an
-        older timestamp than the last one seen is ignored (a stale will)."""
+        older timestamp than the last one seen is ignored (a stale will). An empty payload
+        (the retained STATE deleted) means nobody says the platform is there: hold."""
+        if not payload:
+            self._platform_online = False
+            return
         try:
             msg = json.loads(payload)
             online, ts = msg["online"], float(msg.get("timestamp", 0))
             if not isinstance(online, bool):
                 raise ValueError("online is not a boolean")
-        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            if ts != ts or ts in (float("inf"), float("-inf")):
+                raise ValueError("timestamp is not a finite number")
+        except (ValueError, TypeError, KeyError, RecursionError, OverflowError) as e:
             log.warning("mqtt: ignoring a malformed platform STATE (%s)", str(e)[:200])
             return
         if ts < self._platform_ts:
             return
         self._platform_ts = ts
+        acks = msg.get("ack") if isinstance(msg, dict) else None
+        acks = isinstance(acks, int) and not isinstance(acks, bool) and acks >= 1
+        if online and acks != self._platform_acks:
+            log.info("mqtt: platform %s %s", self.s.primary_host,
+                     "acknowledges what it stores: a message leaves the outbox only then"
+                     if acks else "does not acknowledge: a message leaves the outbox on the "
+                     "broker's PUBACK")
+            self._platform_acks = acks
+            self._go_back()
         if online != self._platform_online:
             log.info("mqtt: platform %s is %s", self.s.primary_host,
                      "online: sending" if online else "offline: holding data in the outbox")
+            if online:      # what it had not stored before it went away goes again, now
+                self._ack_timeout = self.s.ack_timeout_s
+                self._go_back()
         self._platform_online = online
+
+    def _on_platform_ack(self, payload: bytes) -> None:
+        """``polelink/ack/1``: ``{"epoch": e, "ranges": [[first, last], …]}``, the ``seq``
+        ranges of outbox epoch ``e`` the platform has stored. Applied after this pass."""
+        if not payload:                 # the retained acknowledgement deleted: nothing new
+            return
+        try:
+            if len(payload) > 65536:
+                raise ValueError(f"{len(payload)} bytes")
+            msg = json.loads(payload)
+            epoch, raw = msg["epoch"], msg["ranges"]
+            if not isinstance(epoch, str) or not isinstance(raw, list) or len(raw) > 1024:
+                raise ValueError("epoch is not a string or ranges not a list (≤ 1024)")
+            ranges = []
+            for r in raw:
+                if not (isinstance(r, list) and len(r) == 2
+                        and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                        and 1 <= r[0] <= r[1] < 2**62):     # (SQLite integers: 64 bits)
+                    raise ValueError(f"not a range of seqs: {str(r)[:40]}")
+                ranges.append((r[0], r[1]))
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            log.warning("mqtt: ignoring a malformed acknowledgement (%s)", str(e)[:200])
+            return
+        with self._lock:
+            self._frees.append((epoch, ranges))
+
+    def _apply_acks(self) -> None:
+        """Free what the platform acknowledged (one transaction per acknowledgement)."""
+        with self._lock:
+            frees, self._frees = self._frees, []
+        for epoch, ranges in frees:
+            # any epoch: rows salvaged from a replaced file keep their old epoch's msg_id
+            n = self.outbox.free(epoch, ranges)
+            if n < 0:                   # the delete failed: send them again, later
+                self._go_back()
+                continue
+            if epoch != self.outbox.epoch:
+                self.stats.platform_acked += n
+                continue
+            with self._lock:
+                done = [oid for oid, (seq, _t) in self._unacked.items()
+                        if any(a <= seq <= b for a, b in ranges)]
+                for oid in done:
+                    del self._unacked[oid]
+            if n or done:
+                self.stats.platform_acked += n
+                self._ack_timeout = self.s.ack_timeout_s     # progress: patience again
+
+    def _go_back(self) -> None:
+        """Send again from the oldest message still in the outbox (same msg_ids)."""
+        with self._lock:
+            self._unacked.clear()
+            self._sent_up_to = 0
+
+    def _check_ack_timeout(self) -> None:
+        """The oldest unacknowledged message waited too long: go back and send again,
+        with a doubled patience (the platform may be slow, or a broker dropped it)."""
+        if not self._unacked or self.delivery != "platform-ack" or not self.platform_online:
+            return
+        oldest = next(iter(self._unacked.values()))[1]
+        if time.monotonic() - oldest < self._ack_timeout:
+            return
+        self.stats.resends += 1
+        log.warning("mqtt: no acknowledgement from the platform for %d message(s) in %.0f s; "
+                    "sending them again", len(self._unacked), self._ack_timeout)
+        self._ack_timeout = min(self._ack_timeout * 2, self.s.ack_timeout_max_s)
+        self._go_back()
 
     def _run(self) -> None:
         """The network thread: never ends on an error, only on :meth:`stop`."""
@@ -414,6 +542,7 @@ class Uplink:
             return min(backoff * 2, self.s.reconnect_max_s)
         with self._lock:
             self._inflight.clear()
+            self._unacked.clear()
             self._sent_up_to = 0
         deadline = time.monotonic() + 10
         was_connected = False
@@ -421,6 +550,8 @@ class Uplink:
             self.heartbeat.beat()
             rc = client.loop(timeout=0.05)
             self._flush_acks()
+            self._apply_acks()
+            self._check_ack_timeout()
             self.outbox.retry()
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 break
@@ -474,8 +605,11 @@ class Uplink:
         self.heartbeat.wait(self._stop, backoff * random.uniform(0.5, 1.5))
 
     def _pump(self, client: mqtt.Client) -> None:
+        e2e = self.delivery == "platform-ack"
         with self._lock:
             room = self.s.max_inflight - len(self._inflight)
+            if e2e:
+                room = min(room, self.s.ack_window - len(self._unacked))
             after = self._sent_up_to
         if room <= 0:
             return
@@ -486,4 +620,6 @@ class Uplink:
             with self._lock:
                 self._inflight[info.mid] = (m.id, m.topic)
                 self._sent_up_to = m.id
+                if e2e:
+                    self._unacked[m.id] = (m.seq, time.monotonic())
             self.stats.published += 1

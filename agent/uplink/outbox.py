@@ -6,12 +6,21 @@
   file is deleted or quarantined and ``seq`` starts again at 1. It commits the message
   (WAL journal, ``synchronous=FULL``) before returning, so a power cut or SIGKILL right
   after loses nothing.
-- The uplink takes :meth:`pending` messages in order and :meth:`ack_many` deletes them
-  only once the broker has acknowledged them. After a reconnect or a restart the same
-  messages, with the same ``seq`` and ``msg_id``, are sent again; the platform drops
-  repeats by ``msg_id``.
-- Bounded (``max_messages``): when full, the oldest are dropped and counted (persisted,
-  reported). A loss is never silent.
+- The uplink takes :meth:`pending` messages in order. A message leaves the store only when
+  it is *delivered*: :meth:`free` deletes the ``seq`` ranges the platform acknowledged as
+  stored (end-to-end acknowledgement, ``agent/uplink/mqtt.py``), or, with a platform that
+  does not acknowledge, :meth:`ack_many` deletes what the broker acknowledged. After a
+  reconnect or a restart the same messages, with the same ``seq`` and ``msg_id``, are
+  sent again; the platform drops repeats by ``msg_id``.
+- Bounded (``max_messages``): when full, the oldest are dropped and counted (persisted),
+  and one ``outbox_overflow`` notice names what went (count, ``seq`` range, time span; at
+  most one a minute while it lasts, and one when it ends). A loss is never silent.
+- **Epoch continuity**: a small side record beside the file (``outbox.db.epoch``: epoch,
+  last ``seq``, when) is rewritten every 100 messages or 5 minutes, and on close. A store that
+  has to start a new epoch (its file was deleted, or was corrupt beyond its meta) raises
+  ``outbox_lost`` naming the old epoch and its last ``seq`` known, so the platform can
+  count what went. A file deleted *while the agent runs* is rebuilt from the open
+  connection at once: nothing is lost.
 
 It cannot take the agent down (every failure below ends in a :class:`Notice` for the
 runner to raise as an event, never in an exception out of :meth:`put` or :meth:`pending`):
@@ -47,12 +56,21 @@ log = logging.getLogger(__name__)
 
 #: Messages kept in memory while the disk refuses writes (then the oldest are dropped).
 SPILL_MAX = 10_000
+#: At most one ``outbox_overflow`` notice per this many seconds while the store is full.
+OVERFLOW_NOTICE_S = 60.0
+#: The side record (epoch, last seq) is rewritten when ``seq`` moved and this long has
+#: passed, or :data:`SIDE_RECORD_SEQS` messages were queued since (card wear: a few MB a day).
+SIDE_RECORD_S = 300.0
+SIDE_RECORD_SEQS = 100
+#: How often the file is checked for having been deleted or replaced under us (a stat).
+INODE_CHECK_S = 1.0
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
         qos INTEGER NOT NULL, retain INTEGER NOT NULL, seq INTEGER NOT NULL,
         created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_seq ON outbox (seq)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)",
     """CREATE TABLE IF NOT EXISTS quarantine (
         id INTEGER, topic BLOB, payload BLOB, reason TEXT, ts REAL)""",
@@ -79,7 +97,8 @@ class Message:
 class Notice:
     """Something the outbox had to do that the platform must hear about."""
 
-    event: str            # outbox_degraded | outbox_quarantined | outbox_rows_quarantined
+    event: str   # outbox_degraded | outbox_quarantined | outbox_rows_quarantined |
+                 # outbox_overflow | outbox_lost
     severity: str         # alarm | warning | info
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -97,8 +116,23 @@ class Outbox:
         self.spill_dropped = 0
         self.write_error = ""            # the last failed write, "" once writes work again
         self.degraded = ""               # why the store is in memory, "" when on disk
+        self.side_path = self.path.with_name(self.path.name + ".epoch")
+        self._overflow: dict[str, Any] | None = None     # dropped since the last notice
+        self._overflowing = False                        # the last commit dropped some
+        self._overflow_said = -OVERFLOW_NOTICE_S
+        self.last_overflow: dict[str, Any] | None = None
+        self.lost: dict[str, Any] | None = None         # the epoch this one replaced
+        self._side_written = -SIDE_RECORD_S
+        self._side_seq = -1
+        self._seq_mem = -1                  # the last seq handed out, as far as known here
+        self._inode_checked = time.monotonic()
+        existed = self.path.exists()
+        self._opened_corrupt = False
         self.db = self._open()
         self._epoch = self._read_epoch()
+        self._ino = self._inode()
+        self._continuity(existed)
+        self._write_side(force=True)
 
     def _read_epoch(self) -> str:
         return f"{self._meta('epoch'):08x}"
@@ -164,6 +198,7 @@ class Outbox:
             src = Path(str(self.path) + suffix)
             if src.exists():
                 os.replace(src, Path(str(kept) + suffix))
+        self._opened_corrupt = True
         rows, meta = _salvage(kept)
         db = self._connect(self.path)
         with _transaction(db):
@@ -172,6 +207,9 @@ class Outbox:
                     db.execute("UPDATE meta SET value=? WHERE key=?", (meta[key], key))
             db.executemany("INSERT INTO outbox (topic, payload, qos, retain, seq, created) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if rows and "epoch" in meta:    # never hand out a seq a salvaged row holds
+                db.execute("UPDATE meta SET value=MAX(value, ?) WHERE key='seq'",
+                           (max(r[4] for r in rows),))
         log.error("outbox: %s is corrupt (%s); kept as %s, %d message(s) salvaged",
                   self.path, why, kept, len(rows))
         self._notify("outbox_quarantined", "alarm", {
@@ -179,15 +217,148 @@ class Outbox:
             "salvaged": len(rows), "epoch_kept": "epoch" in meta})
         return db
 
+    # -- epoch continuity ----------------------------------------------------------------
+    def _read_side(self) -> dict[str, Any] | None:
+        """The side record, when it exists and makes sense (it is small: read whole)."""
+        try:
+            if self.side_path.stat().st_size > 4096:
+                return None
+            rec = json.loads(self.side_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not (isinstance(rec, dict) and isinstance(rec.get("epoch"), str)
+                and isinstance(rec.get("seq"), int) and isinstance(rec.get("ts"), str)):
+            return None
+        return rec
+
+    def _continuity(self, existed: bool) -> None:
+        """A new epoch where the side record names another one: the old one's history is
+        lost (from what was still queued in it); say so, once, with what is known."""
+        if self.degraded:
+            return
+        rec = self._read_side()
+        if rec is None:
+            return
+        if rec["epoch"] == self._epoch:
+            seq = self._meta("seq")
+            if rec["seq"] > seq:            # an older copy of the file, or lost writes:
+                ahead = rec["seq"] + SIDE_RECORD_SEQS      # never reuse a msg_id
+                with _transaction(self.db):
+                    self.db.execute("UPDATE meta SET value=? WHERE key='seq'", (ahead,))
+                log.error("outbox: %s is behind its side record (seq %d < %d): an older copy "
+                          "or lost writes; seq continues at %d", self.path, seq, rec["seq"],
+                          ahead + 1)
+                self._notify("outbox_degraded", "alarm", {
+                    "path": str(self.path), "behind": True, "fileSeq": seq,
+                    "recordSeq": rec["seq"], "continuesAt": ahead + 1})
+            return
+        reason = ("the outbox file was missing" if not existed else
+                  "the outbox file was corrupt" if self._opened_corrupt else
+                  "the outbox file was replaced by another")
+        self.lost = {"previousEpoch": rec["epoch"], "previousSeqAtLeast": rec["seq"],
+                     "recordedAt": rec["ts"], "epoch": self._epoch, "reason": reason}
+        log.error("outbox: %s: epoch %s (last seq %d or later, recorded %s) is lost; "
+                  "starting epoch %s", reason, rec["epoch"], rec["seq"], rec["ts"],
+                  self._epoch)
+        self._notify("outbox_lost", "alarm", {**self.lost, "path": str(self.path)})
+
+    def _write_side(self, force: bool = False) -> None:
+        """Rewrite the side record (atomically) when ``seq`` moved and it is due."""
+        if self.degraded:
+            return
+        now = time.monotonic()
+        if not force and (self._seq_mem == self._side_seq or (
+                now - self._side_written < SIDE_RECORD_S
+                and self._seq_mem - self._side_seq < SIDE_RECORD_SEQS)):
+            return                          # (checked on every network pass: no query)
+        seq = self.last_seq
+        tmp = self.side_path.with_name(self.side_path.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"epoch": self._epoch, "seq": seq,
+                           "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.side_path)
+        except OSError as e:
+            log.warning("outbox: cannot write %s (%s)", self.side_path, e)
+            return
+        self._side_written, self._side_seq = now, seq
+
+    def _inode(self) -> int:
+        try:
+            return os.stat(self.path).st_ino
+        except OSError:
+            return -1
+
+    def _check_file(self) -> None:
+        """Every few seconds: was the file deleted or replaced under us? Then rebuild it
+        from the open connection (nothing is lost) and carry on in the same epoch."""
+        now = time.monotonic()
+        if self.degraded or now - self._inode_checked < INODE_CHECK_S:
+            return
+        self._inode_checked = now
+        if self._inode() == self._ino:
+            return
+        rebuilt = self.path.with_name(self.path.name + ".rebuild")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)   # the folder may be gone too
+            with contextlib.suppress(FileNotFoundError):
+                rebuilt.unlink()
+            self.db.execute("VACUUM INTO ?", (str(rebuilt),))
+            self.db.close()
+            for suffix in ("-wal", "-shm"):     # the replaced file's, if any are left
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(self.path) + suffix)
+            os.replace(rebuilt, self.path)
+            self.db = self._connect(self.path)
+        except (sqlite3.Error, OSError) as e:
+            log.error("outbox: %s was removed and cannot be rebuilt (%s)", self.path, e)
+            self._recover(f"file removed, rebuild failed: {e}")
+            self._ino = self._inode()
+            return
+        self._ino = self._inode()
+        log.error("outbox: %s was deleted or replaced while running; rebuilt with the %d "
+                  "message(s) it held", self.path, len(self))
+        self._notify("outbox_degraded", "warning", {
+            "path": str(self.path), "recreated": True, "lost": 0, "queued": len(self)})
+        self._write_side(force=True)
+
     # -- helpers -------------------------------------------------------------------------
     def _notify(self, event: str, severity: str, detail: dict[str, Any]) -> None:
         self._notices.append(Notice(event, severity, detail))
 
     def take_notices(self) -> list[Notice]:
-        """Notices since the last call (the runner turns them into events)."""
+        """Notices since the last call (the runner turns them into events); what overflow
+        dropped is said at most once a minute while it goes on, with everything dropped
+        since, and at once when it has stopped (a message was queued without a drop)."""
         with self._lock:
+            now = time.monotonic()
+            if self._overflow and (now - self._overflow_said >= OVERFLOW_NOTICE_S
+                                   or not self._overflowing):
+                o, self._overflow = self._overflow, None
+                self._overflow_said = now
+                self.last_overflow = o
+                self._notify("outbox_overflow", "alarm", {**o, "cap": self.max_messages,
+                                                          "epoch": self._epoch})
             out, self._notices = self._notices, []
         return out
+
+    def _note_dropped(self, n: int, seqs: tuple[int, int] | None,
+                      span: tuple[float, float] | None, unstamped: bool = False) -> None:
+        """Add dropped messages to the overflow notice being gathered."""
+        o = self._overflow or {"dropped": 0, "droppedUnstamped": 0}
+        if unstamped:
+            o["droppedUnstamped"] += n
+        else:
+            o["dropped"] += n
+        if seqs:
+            o["firstSeq"] = min(o.get("firstSeq", seqs[0]), seqs[0])
+            o["lastSeq"] = max(o.get("lastSeq", seqs[1]), seqs[1])
+        if span:
+            o["from"] = min(o.get("from", _iso(span[0])), _iso(span[0]))
+            o["to"] = max(o.get("to", _iso(span[1])), _iso(span[1]))
+        self._overflow = o
 
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
@@ -218,16 +389,24 @@ class Outbox:
             if len(self._spill) > SPILL_MAX:
                 self._spill.popleft()
                 self.spill_dropped += 1
-            return self._commit_spill()
+                self._note_dropped(1, None, (time.time(), time.time()), unstamped=True)
+            self._check_file()          # (also while offline: the uplink's passes stop)
+            stamped = self._commit_spill()
+            self._write_side()
+            return stamped
 
     def retry(self) -> None:
-        """Try again to commit messages that a failed write left in memory."""
+        """Try again to commit messages that a failed write left in memory; check that the
+        file is still there; rewrite the side record when due (every network pass)."""
         with self._lock:
+            self._check_file()
             if self._spill:
                 self._commit_spill()
+            self._write_side()
 
     def _commit_spill(self) -> dict[str, Any] | None:
         stamped: dict[str, Any] | None = None
+        dropped: tuple[int, tuple[int, int], tuple[float, float]] | None = None
         try:
             with _transaction(self.db):
                 epoch = f"{self._meta('epoch'):08x}"
@@ -243,6 +422,10 @@ class Outbox:
                 n = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
                 if n > self.max_messages:
                     over = n - self.max_messages
+                    lo, hi, t0, t1 = self.db.execute(
+                        "SELECT MIN(seq), MAX(seq), MIN(created), MAX(created) FROM (SELECT "
+                        "seq, created FROM outbox ORDER BY id LIMIT ?)", (over,)).fetchone()
+                    dropped = (over, (lo, hi), (t0, t1))
                     self.db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
                                     "ORDER BY id LIMIT ?)", (over,))
                     self.db.execute("UPDATE meta SET value=value+? WHERE key='dropped'",
@@ -251,6 +434,11 @@ class Outbox:
             self._write_failed(e)
             return None
         self._spill.clear()
+        if stamped is not None:
+            self._seq_mem = stamped["seq"]
+        self._overflowing = dropped is not None
+        if dropped:
+            self._note_dropped(*dropped)
         if self.write_error:
             log.info("outbox: writes work again (%s)", self.path)
             self._notify("outbox_degraded", "info", {"path": str(self.path), "recovered": True})
@@ -272,6 +460,8 @@ class Outbox:
         """Corruption found while running: quarantine the file and carry on with a new one."""
         if self.degraded:
             return
+        old_epoch, old_seq = self._epoch, max(self._side_seq, self._seq_mem, self._count(
+            "SELECT value FROM meta WHERE key='seq'"))
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
         try:
@@ -282,6 +472,13 @@ class Outbox:
                                                       "error": str(e), "durable": False})
             self.db = self._connect(":memory:")
         self._epoch = self._read_epoch()
+        if self._epoch != old_epoch:
+            self.lost = {"previousEpoch": old_epoch, "previousSeqAtLeast": old_seq,
+                         "recordedAt": _iso(time.time()), "epoch": self._epoch,
+                         "reason": f"the outbox file was corrupt: {why[:200]}"}
+            self._notify("outbox_lost", "alarm", {**self.lost, "path": str(self.path)})
+        self._ino = self._inode()           # the new file is ours: not a deletion
+        self._write_side(force=True)
 
     # -- reading -------------------------------------------------------------------------
     def pending(self, limit: int = 100, after_id: int = 0) -> list[Message]:
@@ -346,6 +543,32 @@ class Outbox:
                                         [(i,) for i in message_ids])
             except sqlite3.Error as e:
                 self._write_failed(e)
+                return
+            self._overflowing = False
+
+    def free(self, epoch: str, ranges: list[tuple[int, int]]) -> int:
+        """The platform has stored these ``seq`` ranges of ``epoch``: forget exactly those
+        rows (their ``msg_id`` names that epoch: rows salvaged from a replaced file keep
+        their old epoch), in one transaction. Returns how many went; -1 when the delete
+        failed (the rows stay and are sent again)."""
+        if not ranges:
+            return 0
+        prefix = f'"msg_id":"{self.device}:{epoch}:'.encode()
+        with self._lock:
+            try:
+                with _transaction(self.db):
+                    before = self.db.total_changes
+                    self.db.executemany(
+                        "DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND instr(payload, ?) > 0",
+                        [(a, b, prefix) for a, b in ranges])
+                    n = self.db.total_changes - before
+            except (sqlite3.Error, OverflowError, ValueError) as e:
+                if isinstance(e, sqlite3.Error):
+                    self._write_failed(e)
+                return -1
+            if n:
+                self._overflowing = False       # room again: what overflow dropped is said
+            return n
 
     def ack(self, message_id: int) -> None:
         """The broker has one message: forget it."""
@@ -379,9 +602,16 @@ class Outbox:
 
     def figures(self) -> dict[str, Any]:
         """For health: queued, dropped, quarantined, held in memory, durable or not."""
-        return {"queued": len(self), "dropped": self.dropped, "quarantined": self.quarantined,
-                "heldInMemory": len(self._spill), "durable": not self.degraded
-                and not self.write_error, "epoch": self.epoch}
+        out: dict[str, Any] = {
+            "queued": len(self), "dropped": self.dropped, "quarantined": self.quarantined,
+            "heldInMemory": len(self._spill), "durable": not self.degraded
+            and not self.write_error, "epoch": self.epoch}
+        if self.last_overflow or self._overflow:
+            out["lastOverflow"] = {**(self._overflow or self.last_overflow or {})}
+        if self.lost:
+            out["previousEpoch"] = {k: self.lost[k] for k in
+                                    ("previousEpoch", "previousSeqAtLeast", "recordedAt")}
+        return out
 
     def close(self) -> None:
         """Close the database (messages still held in memory are lost; logged)."""
@@ -390,6 +620,7 @@ class Outbox:
             if self._spill:
                 log.error("outbox: %d message(s) could not be written and are lost",
                           len(self._spill))
+            self._write_side(force=True)
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
 
@@ -406,6 +637,10 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
         raise
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _is_corruption(e: sqlite3.Error) -> bool:

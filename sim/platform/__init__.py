@@ -13,6 +13,14 @@ It behaves as a real platform should, so that poles can rely on it:
   ``{"online": true, "timestamp": ms}`` on ``<prefix>/STATE/<host_id>`` and leaves a will
   saying ``online: false``; poles configured with ``primary_host`` hold their data while
   it is offline, so a broker that restarts and forgets the platform's session loses nothing;
+- **acknowledges what it stored** (``acks``, on by default; the STATE says ``"ack": 1``):
+  per device and outbox epoch that sent data, once a second or as soon as ``ack_every``
+  (50) of its messages were stored since the last one (so that a replay is never held to
+  one window a second), the ``seq`` ranges its store holds, retained QoS 1 on
+  ``<prefix>/<site>/<device>/ack`` (``polelink/ack/1``).
+  A pole frees a message only then. Several platform processes may share one ``--db``
+  and one subscription (``share``: MQTT 5 ``$share/<group>/<prefix>/#``): the ranges are
+  read from the shared file, so none acknowledges what another has not stored;
 - commands expire (``ttl_s``), are signed when given an Ed25519 key, and are sent again
   with the same correlation id until answered or expired (the pole runs each id once).
 """
@@ -45,13 +53,21 @@ class PlatformSim:
                  db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0,
                  host_id: str = "ops", signing_key: Any | None = None,
                  protocol: str = "5", retry_s: float = 5.0, token: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, acks: bool = True,
+                 share: str | None = None, ack_interval_s: float = 1.0, ack_every: int = 50,
+                 client_id: str | None = None, session_expiry_s: int = 3600) -> None:
         self.prefix = prefix
         self.clock = clock              # what commands' ``expires`` count from
         self.host_id = host_id
         self.state_topic = f"{prefix}/STATE/{host_id}"
         self.signing_key = signing_key
         self.retry_s = retry_s
+        self.acks = acks
+        self.share = share
+        self.ack_interval_s = ack_interval_s
+        self.ack_every = ack_every
+        self.session_expiry_s = session_expiry_s
+        self.acks_sent = 0
         self.store = Store(db)
         self.invalid_log: list[tuple[str, list[str]]] = []
         self.unanswered: dict[str, tuple[str, bytes, float]] = {}  # cid → topic, body, expiry
@@ -63,7 +79,7 @@ class PlatformSim:
         # a fixed client id and a persistent session (as a real platform should have):
         # while the platform is away, the broker keeps its QoS 1 messages for it
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"polelink-platform-{host_id}",
+                                  client_id=client_id or f"polelink-platform-{host_id}",
                                   protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
                                   clean_session=None if self.v5 else False)
         self.subscribed = threading.Event()
@@ -88,20 +104,50 @@ class PlatformSim:
         self.client.will_set(self.state_topic, self._state(False), qos=1, retain=True)
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 3600
-            self.client.connect_async(self.host, self.port, clean_start=False,
+            props.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect_async(self.host, self.port,
+                                      clean_start=self.session_expiry_s == 0,
                                       properties=props)
         else:
             self.client.connect_async(self.host, self.port)
         self.client.loop_start()
         threading.Thread(target=self.http.serve_forever, daemon=True, name="platform-http").start()
         threading.Thread(target=self._retry_loop, daemon=True, name="platform-retry").start()
+        if self.acks:
+            threading.Thread(target=self._ack_loop, daemon=True, name="platform-ack").start()
         return self
+
+    def _ack_loop(self) -> None:
+        """About once a second: acknowledge what the store holds, per device and epoch."""
+        while not self._stopping.wait(min(0.05, self.ack_interval_s)):
+            try:
+                self.send_acks(self.ack_interval_s, self.ack_every)
+            except Exception:               # a locked database, a broken client: next pass
+                log.exception("platform: acknowledging failed; trying again")
+
+    def send_acks(self, max_age_s: float = 0.0, min_count: int = 1) -> int:
+        """Publish the acknowledgements due (by default all pending; retained, QoS 1);
+        returns how many."""
+        if not self.acks:
+            return 0
+        n = 0
+        for base, epoch, ranges in self.store.take_acks(max_age_s, min_count):
+            device = base.rsplit("/", 1)[-1]
+            body = {"schema": "polelink/ack/1", "device": device, "epoch": epoch,
+                    "ranges": ranges,
+                    "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self.client.publish(f"{base}/ack", json.dumps(body, separators=(",", ":")),
+                                qos=1, retain=True)
+            n += 1
+        self.acks_sent += n
+        return n
 
     def stop(self) -> None:
         """Say offline (retained), disconnect and stop the dashboard."""
         self._stopping.set()
         if self.subscribed.is_set():
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.send_acks()
             info = self.client.publish(self.state_topic, self._state(False), qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2)
@@ -110,12 +156,16 @@ class PlatformSim:
         self.http.shutdown()
 
     def _state(self, online: bool) -> str:
-        return json.dumps({"online": online, "timestamp": self._state_ts})
+        body: dict[str, Any] = {"online": online, "timestamp": self._state_ts}
+        if self.acks:
+            body["ack"] = 1
+        return json.dumps(body)
 
     def _on_connect(self, c: mqtt.Client, _u: object, _f: object, _rc: object,
                     _p: object) -> None:
         self.subscribed.clear()
-        c.subscribe(f"{self.prefix}/#", qos=1)
+        c.subscribe(f"$share/{self.share}/{self.prefix}/#" if self.share
+                    else f"{self.prefix}/#", qos=1)
 
     def _on_subscribe(self, c: mqtt.Client, *_a: object) -> None:
         # only now, subscribed, may the poles send: say so (retained) for them to see
@@ -123,7 +173,7 @@ class PlatformSim:
         self.subscribed.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.startswith(f"{self.prefix}/STATE/"):
+        if msg.topic.startswith(f"{self.prefix}/STATE/") or msg.topic.endswith("/ack"):
             return
         outcome, probs = self.store.add(msg.topic, msg.payload, time.time())
         if outcome == "invalid":

@@ -26,6 +26,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="primary host id: the STATE topic is <prefix>/STATE/<host-id> (poles "
                         "name it as mqtt.primary_host)")
     p.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign commands with")
+    p.add_argument("--no-ack", action="store_true",
+                   help="do not acknowledge stored messages (poles then free a message on "
+                        "the broker's PUBACK, as before contract 2.7: for comparison only)")
+    p.add_argument("--share", metavar="GROUP",
+                   help="subscribe as one of several consumers sharing $share/GROUP/<prefix>/# "
+                        "(each with its own --client-id, all on the same --db)")
+    p.add_argument("--client-id", help="MQTT client id (default polelink-platform-<host-id>)")
+    p.add_argument("--session-expiry", type=int, default=3600, metavar="S",
+                   help="how long the broker keeps this platform's session and queues its "
+                        "messages while it is away (default 3600; 0: a clean session)")
     a = p.parse_args(argv)
     bh, _, bp = a.broker.rpartition(":")
     hh, _, hp = a.http.rpartition(":")
@@ -43,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error("--broker and --http take HOST:PORT")
     sim = PlatformSim(bh or "127.0.0.1", port, a.prefix, a.db, hh or "127.0.0.1", http_port,
-                      token=a.token, host_id=a.host_id, signing_key=key)
+                      token=a.token, host_id=a.host_id, signing_key=key, acks=not a.no_ack,
+                      share=a.share, client_id=a.client_id,
+                      session_expiry_s=max(0, a.session_expiry))
     sim.start()
     return serve_until_interrupted(
         sim, f"platform: subscribed to {a.prefix}/# on {a.broker}; dashboard "

@@ -7,6 +7,13 @@ gap. Status messages (birth, will) carry no data ``seq``: their repeats are coun
 (``status_repeats``) so that connection noise never looks like lost or doubled data.
 Restarted on the same file, the store rebuilds its ledgers from what it kept.
 
+Every data message it stores (valid or not, once it has a ``device:epoch:seq`` id) is
+also what it **acknowledges**: :meth:`Store.take_acks` gives, per device and epoch that
+received messages since the last call, the ``seq`` ranges the store holds (read from the
+database, so several consumers sharing one file and one subscription acknowledge the
+shared store, never one consumer's view). An ``outbox_lost`` event names the tail of an
+old epoch that will never come: it counts as gaps.
+
 Lamp nodes (``role: "node"`` in their messages) are also kept apart, valid or not, newest
 per kind (``status``, ``lighting``, ``health``), so that the dashboard shows them even where
 the contract has no schema for a node message (such a message still counts as invalid)."""
@@ -15,8 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +38,7 @@ class DeviceLedger:
     """What the platform knows about one device's message stream."""
 
     seen: dict[str, set[int]] = field(default_factory=dict)   # epoch → data seqs seen
+    declared: dict[str, int] = field(default_factory=dict)    # epoch → last seq (outbox_lost)
     duplicates: int = 0
     status_repeats: int = 0
     invalid: int = 0
@@ -50,7 +60,18 @@ class DeviceLedger:
     @property
     def gaps(self) -> int:
         """Data seqs missing between the first one seen and the highest, per epoch."""
-        return sum(max(s) - min(s) + 1 - len(s) for s in self.seen.values())
+        out = sum(max(s) - min(s) + 1 - len(s) for s in self.seen.values())
+        for epoch, last in self.declared.items():     # a lost epoch's tail that never came
+            s = self.seen.get(epoch)
+            if s and last > max(s):
+                out += last - max(s)
+        return out
+
+    def lost_epoch(self, detail: dict[str, Any]) -> None:
+        """An ``outbox_lost`` event: the old epoch went up to at least this seq."""
+        e, last = detail.get("previousEpoch"), detail.get("previousSeqAtLeast")
+        if isinstance(e, str) and isinstance(last, int) and not isinstance(last, bool):
+            self.declared[e] = max(self.declared.get(e, 0), last)
 
 
 def node_kind(msg: dict[str, Any], topic: str) -> str:
@@ -63,23 +84,80 @@ def node_kind(msg: dict[str, Any], topic: str) -> str:
     return topic.rsplit("/", 1)[-1]
 
 
+def interval_key(kind: str | None, msg: dict[str, Any]) -> str | None:
+    """A traffic record's interval (camera, line or zone, start): one row per interval,
+    whatever its ``msg_id``."""
+    if kind != "traffic":
+        return None
+    where = msg.get("line") if msg.get("line") is not None else f"zone:{msg.get('zone')}"
+    return f"{msg.get('camera')}|{where}|{msg['samplingPeriod']['start']}"
+
+
 def epoch_of(msg_id: str) -> str:
     """The epoch part of ``device:epoch:seq`` ('' for an older ``device:seq``)."""
     parts = msg_id.split(":")
     return parts[1] if len(parts) == 3 else ""
 
 
+_MSG_ID = re.compile(rb'"msg_id"\s*:\s*"([a-z0-9_-]{1,63}:[0-9a-f]{1,16}:[0-9]{1,18})"')
+
+#: At most this many ranges in one acknowledgement (from the lowest seq just received).
+ACK_RANGES = 256
+
+
+def data_id(raw: bytes) -> tuple[str, str, int] | None:
+    """``(msg_id, epoch, seq)`` of an outbox data message, even one that fails its schema
+    (it is stored, so it is acknowledged); None for status messages and anything else."""
+    try:
+        msg = json.loads(raw)
+        mid = msg["msg_id"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        # not JSON (a damaged payload): it is kept as invalid, so it is acknowledged too,
+        # or its pole would send it for ever
+        m = _MSG_ID.search(bytes(raw[:65536]))
+        if m is None:
+            return None
+        mid = m.group(1).decode("ascii")
+    if not isinstance(mid, str) or len(mid) > 300:
+        return None
+    parts = mid.split(":")
+    if len(parts) != 3 or not parts[2].isdigit() or not parts[2].isascii():
+        return None
+    seq = int(parts[2])
+    return (mid, parts[1], seq) if 1 <= seq < 2**62 else None
+
+
 class Store:
     """SQLite store + ledgers; thread-safe."""
 
     def __init__(self, path: str = ":memory:") -> None:
-        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("""CREATE TABLE IF NOT EXISTS messages (
             id INTEGER PRIMARY KEY, received REAL, topic TEXT, device TEXT, site TEXT,
             kind TEXT, seq INTEGER, msg_id TEXT UNIQUE, valid INTEGER, errors TEXT,
-            payload TEXT)""")
+            payload TEXT, epoch TEXT, data INTEGER, interval_key TEXT)""")
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(messages)")}
+        for col, typ in (("epoch", "TEXT"), ("data", "INTEGER"), ("interval_key", "TEXT")):
+            if col not in cols:         # a file from before acknowledgements
+                try:
+                    self.db.execute(f"ALTER TABLE messages ADD COLUMN {col} {typ}")
+                except sqlite3.OperationalError as e:   # another consumer added it first
+                    if "duplicate column" not in str(e):
+                        raise
+        if "epoch" not in cols:         # rows stored before: acknowledged like new ones
+            self.db.execute(
+                "UPDATE messages SET epoch = substr(msg_id, instr(msg_id, ':') + 1, "
+                "instr(substr(msg_id, instr(msg_id, ':') + 1), ':') - 1), data = 1 "
+                "WHERE valid = 1 AND kind != 'status' AND msg_id LIKE '%:%:%'")
+        self.db.execute("CREATE INDEX IF NOT EXISTS messages_ack ON messages "
+                        "(device, epoch, seq) WHERE data=1")
+        self.db.execute("CREATE INDEX IF NOT EXISTS messages_interval ON messages "
+                        "(device, kind, interval_key) WHERE interval_key IS NOT NULL")
+        self.db.commit()
         self.lock = threading.Lock()
+        # (topic base, epoch) → (lowest seq, messages, since when) not yet acknowledged
+        self._to_ack: dict[tuple[str, str], tuple[int, int, float]] = {}
         self.ledgers: dict[str, DeviceLedger] = {}
         self.msg_ids: set[str] = set()
         self.status: dict[str, dict] = {}
@@ -89,11 +167,17 @@ class Store:
             self.msg_ids.add(msg_id)
             if kind != "status":
                 self.ledgers.setdefault(device, DeviceLedger()).add(epoch_of(msg_id), seq)
+        for device, payload in self.db.execute(
+                "SELECT device, payload FROM messages WHERE kind='event' AND valid=1 AND "
+                "payload LIKE '%outbox_lost%'"):
+            m = json.loads(payload)
+            if m.get("event") == "outbox_lost" and isinstance(m.get("detail"), dict):
+                self.ledgers.setdefault(device, DeviceLedger()).lost_epoch(m["detail"])
 
     def add(self, topic: str, raw: bytes, received: float) -> tuple[str, list[str]]:
         """Store one message; returns ``(outcome, schema errors)``; outcome is ``stored``,
         ``duplicate``, ``invalid`` or ``command`` (the platform's own commands, ignored)."""
-        if topic.endswith("/cmd"):
+        if topic.endswith("/cmd") or topic.endswith("/ack"):
             return "command", []
         try:
             msg = json.loads(raw)
@@ -104,16 +188,29 @@ class Store:
             probs = errors(kind, msg) if kind else ["no known 'schema' field"]
         parts = topic.split("/")
         device = parts[2] if len(parts) > 2 else "?"
+        base = "/".join(parts[:3])
+        ident = data_id(raw) if msg is not None and kind_of(msg) != "status" else None
         with self.lock:
             if isinstance(msg, dict) and msg.get("role") == "node":
                 self.nodes.setdefault(device, {})[node_kind(msg, topic)] = msg
             led = self.ledgers.setdefault(device, DeviceLedger())
             if probs or msg is None:
                 led.invalid += 1
-                self.db.execute("INSERT INTO messages (received, topic, device, valid, errors, "
-                                "payload) VALUES (?, ?, ?, 0, ?, ?)",
-                                (received, topic, device, json.dumps(probs), raw[:2000]
-                                 .decode("utf-8", "replace")))
+                # kept whole when it is a pole's data message: it is acknowledged (the pole
+                # frees it), so this row is where it lives now
+                try:
+                    self.db.execute(
+                        "INSERT INTO messages (received, topic, device, valid, errors, "
+                        "payload, msg_id, epoch, seq, data) VALUES (?,?,?,0,?,?,?,?,?,?)",
+                        (received, topic, device, json.dumps(probs),
+                         raw.decode("utf-8", "replace") if ident else
+                         raw[:2000].decode("utf-8", "replace"),
+                         *(ident or (None, None, None)), 1 if ident else None))
+                    self.db.commit()
+                except sqlite3.IntegrityError:
+                    self.db.rollback()
+                if ident:
+                    self._ack_later(base, ident[1], ident[2])
                 return "invalid", probs
             kind = kind_of(msg)
             if kind == "status":
@@ -123,16 +220,77 @@ class Store:
                     led.status_repeats += 1
                 else:
                     led.duplicates += 1
+                    if ident:
+                        self._ack_later(base, ident[1], ident[2])
+                return "duplicate", []
+            epoch = epoch_of(msg["msg_id"])
+            key = interval_key(kind, msg)
+            repeat = key is not None and self.db.execute(
+                "SELECT 1 FROM messages WHERE device=? AND kind=? AND interval_key=?",
+                (device, kind, key)).fetchone() is not None
+            if repeat:
+                # the same interval again under a new msg_id (closed again from a
+                # checkpoint after a crash): the first one stands; this one is kept as a
+                # 'repeat' row, so that its seq is acknowledged and is no gap
+                kind, key = "repeat", None
+            try:
+                self.db.execute(
+                    "INSERT INTO messages (received, topic, device, site, kind, seq, msg_id, "
+                    "valid, errors, payload, epoch, data, interval_key) "
+                    "VALUES (?,?,?,?,?,?,?,1,'[]',?,?,?,?)",
+                    (received, topic, device, msg["site"], kind, msg["seq"], msg["msg_id"],
+                     json.dumps(msg), epoch, 1 if ident else None, key))
+                self.db.commit()
+            except sqlite3.IntegrityError:      # another consumer of the file stored it
+                self.db.rollback()
+                self.msg_ids.add(msg["msg_id"])
+                if kind != "status":
+                    led.duplicates += 1
+                    if ident:
+                        self._ack_later(base, ident[1], ident[2])
                 return "duplicate", []
             self.msg_ids.add(msg["msg_id"])
             if kind != "status":
-                led.add(epoch_of(msg["msg_id"]), msg["seq"])
-            self.db.execute("INSERT INTO messages (received, topic, device, site, kind, seq, "
-                            "msg_id, valid, errors, payload) VALUES (?,?,?,?,?,?,?,1,'[]',?)",
-                            (received, topic, device, msg["site"], kind, msg["seq"],
-                             msg["msg_id"], json.dumps(msg)))
-            self.db.commit()
+                led.add(epoch, msg["seq"])
+            if repeat:
+                led.duplicates += 1
+                if ident:
+                    self._ack_later(base, ident[1], ident[2])
+                return "duplicate", []
+            if kind == "event" and msg.get("event") == "outbox_lost":
+                led.lost_epoch(msg.get("detail") or {})
+            if ident:
+                self._ack_later(base, ident[1], ident[2])
             return "stored", []
+
+    def _ack_later(self, base: str, epoch: str, seq: int) -> None:
+        key = (base, epoch)
+        low, n, since = self._to_ack.get(key, (seq, 0, time.monotonic()))
+        self._to_ack[key] = (min(low, seq), n + 1, since)
+
+    def take_acks(self, max_age_s: float = 0.0, min_count: int = 1
+                  ) -> list[tuple[str, str, list[list[int]]]]:
+        """``(topic base, epoch, ranges)`` for every device and epoch with data stored and
+        not yet acknowledged for ``max_age_s`` or ``min_count`` messages (by default: all):
+        the ``seq`` ranges the shared store holds, from the lowest seq received since
+        (at most :data:`ACK_RANGES`)."""
+        now = time.monotonic()
+        with self.lock:
+            todo = {k: v for k, v in self._to_ack.items()
+                    if v[1] >= min_count or now - v[2] >= max_age_s}
+            for k in todo:
+                del self._to_ack[k]
+            out = []
+            for (base, epoch), (low, _n, _t) in todo.items():
+                device = base.split("/")[2] if base.count("/") >= 2 else "?"
+                rows = self.db.execute(
+                    "SELECT MIN(seq), MAX(seq) FROM (SELECT seq, seq - ROW_NUMBER() OVER "
+                    "(ORDER BY seq) AS g FROM messages WHERE device=? AND epoch=? AND data=1 "
+                    "AND seq >= ?) GROUP BY g ORDER BY 1 LIMIT ?",
+                    (device, epoch, low, ACK_RANGES)).fetchall()
+                if rows:
+                    out.append((base, epoch, [[a, b] for a, b in rows]))
+        return out
 
     def latest(self, kind: str, limit: int = 200) -> list[dict[str, Any]]:
         """The newest stored messages of one kind, oldest first."""
