@@ -217,9 +217,14 @@ def test_a_missing_file_is_an_outbox_lost_naming_the_old_epoch(tmp_path: Path) -
     assert n.detail["previousSeqAtLeast"] == 7 and n.detail["epoch"] == ob2.epoch != old
     assert "missing" in n.detail["reason"]
     assert ob2.figures()["previousEpoch"]["previousEpoch"] == old
-    ob2.close()
-    ob3 = Outbox(tmp_path / "o.db", "p")       # said once, not on every start
-    assert not [x for x in ob3.take_notices() if x.event == "outbox_lost"]
+    ob2.close()                                # stopped before the event was queued:
+    ob3 = Outbox(tmp_path / "o.db", "p")       # said again
+    (again,) = [x for x in ob3.take_notices() if x.event == "outbox_lost"]
+    assert again.detail["previousEpoch"] == old
+    ob3.put("t/event", {"event": "outbox_lost", "detail": again.detail})
+    ob3.close()
+    ob4 = Outbox(tmp_path / "o.db", "p")       # queued: said once, not on every start
+    assert not [x for x in ob4.take_notices() if x.event == "outbox_lost"]
 
 
 def test_a_file_deleted_while_open_is_rebuilt_with_everything_it_held(tmp_path: Path) -> None:

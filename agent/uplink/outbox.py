@@ -128,6 +128,7 @@ class Outbox:
         self._inode_checked = time.monotonic()
         existed = self.path.exists()
         self._opened_corrupt = False
+        self._lost_unqueued = False         # an outbox_lost said, its event not yet queued
         self.db = self._open()
         self._epoch = self._read_epoch()
         self._ino = self._inode()
@@ -261,10 +262,12 @@ class Outbox:
                   "starting epoch %s", reason, rec["epoch"], rec["seq"], rec["ts"],
                   self._epoch)
         self._notify("outbox_lost", "alarm", {**self.lost, "path": str(self.path)})
+        self._lost_unqueued = True
 
     def _write_side(self, force: bool = False) -> None:
-        """Rewrite the side record (atomically) when ``seq`` moved and it is due."""
-        if self.degraded:
+        """Rewrite the side record (atomically) when ``seq`` moved and it is due. Not while
+        an ``outbox_lost`` event is not yet queued: a crash before then says it again."""
+        if self.degraded or self._lost_unqueued:
             return
         now = time.monotonic()
         if not force and (self._seq_mem == self._side_seq or (
@@ -392,6 +395,9 @@ class Outbox:
                 self._note_dropped(1, None, (time.time(), time.time()), unstamped=True)
             self._check_file()          # (also while offline: the uplink's passes stop)
             stamped = self._commit_spill()
+            if stamped is not None and self._lost_unqueued and body.get("event") == "outbox_lost":
+                self._lost_unqueued = False             # the event is on disk: the record
+                self._write_side(force=True)            # may name the new epoch now
             self._write_side()
             return stamped
 
@@ -477,6 +483,7 @@ class Outbox:
                          "recordedAt": _iso(time.time()), "epoch": self._epoch,
                          "reason": f"the outbox file was corrupt: {why[:200]}"}
             self._notify("outbox_lost", "alarm", {**self.lost, "path": str(self.path)})
+            self._lost_unqueued = True
         self._ino = self._inode()           # the new file is ours: not a deletion
         self._write_side(force=True)
 
