@@ -22,6 +22,8 @@ had a backlog and was sending it; ``recovery``: within 5 s of another fault's en
 while another fault held), the totals, and the seed of any failing schedule, then one
 JSON line. Exit 0 when every schedule held, 1 otherwise. ``--replay SEED`` runs the one
 schedule a failing line named (with the same ``--faults``, ``--short`` and ``--ack``).
+Ctrl-C (or SIGTERM) ends the campaign after the schedule under way and prints the summary
+so far (``"interrupted": true``); a second one stops at once.
 
 ``--ack puback`` runs the platform with ``--no-ack`` (a platform from before contract
 2.7: poles free a message on the broker's PUBACK). The campaign is expected to **fail**
@@ -61,6 +63,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -70,6 +73,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+#: Set by Ctrl-C or SIGTERM: the campaign ends after the schedule under way.
+stop_requested = threading.Event()
 
 DEVICE, SITE, HOST_ID = "pole-c", "lab", "ops"
 LINES = 24                  # traffic messages per interval: replays and overflows within seconds
@@ -147,7 +153,7 @@ class Broker:
             f"max_queued_messages {self.queue}\nmax_inflight_messages 20\n")
         with open(self.work / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_for(lambda: listening(self.port), 15):
             raise RuntimeError(f"mosquitto did not start: {self.work / 'mosquitto.log'}")
         self.paused = False
@@ -193,8 +199,10 @@ class Proc:
 
     def start(self) -> None:
         with open(self.log, "ab") as f:
+            # a session of its own: a Ctrl-C at the terminal is the campaign's, not theirs
             self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         start_new_session=True)
         self.paused = False
 
     @property
@@ -636,9 +644,13 @@ def run(schedules: int, seed: int, ack: str = "platform", faults: tuple[str, ...
     failed: list[dict[str, Any]] = []
     totals = Counter()
     t_start = time.monotonic()
+    interrupted = False
     try:
         c.start()
         for i in range(schedules):
+            if stop_requested.is_set():
+                interrupted = True
+                break
             s_seed = replay if replay is not None else seed * 100_003 + i
             rng = random.Random(s_seed)
             t_sched = time.monotonic()
@@ -688,7 +700,8 @@ def run(schedules: int, seed: int, ack: str = "platform", faults: tuple[str, ...
                "duplicates_stored": totals["duplicates"], "invalid": totals["invalid"],
                "failed_seeds": [f["seed"] for f in failed],
                "phases": {k: dict(v) for k, v in per.items()},
-               "seconds": round(time.monotonic() - t_start, 1), "work": str(work)}
+               "seconds": round(time.monotonic() - t_start, 1), "work": str(work),
+               "interrupted": interrupted}
     for f in failed:
         print(f"FAILED schedule {f['schedule']} (seed {f['seed']}): {json.dumps(f)}", file=out)
     print(json.dumps(summary), file=out, flush=True)
@@ -735,9 +748,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.broker_queue < 1:
         p.error("--broker-queue must be at least 1")
     def stop(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt            # SIGTERM too: stop what was started, then exit
+        # Ctrl-C or SIGTERM: finish the schedule under way, then print what was found
+        if stop_requested.is_set():
+            raise KeyboardInterrupt
+        stop_requested.set()
+        print("campaign: stopping after this schedule (again to stop at once)",
+              file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         s = run(1 if a.replay is not None else a.schedules, a.seed, a.ack, kinds, a.short,
                 a.keep, plan=a.plan, broker_queue=a.broker_queue, replay=a.replay)
