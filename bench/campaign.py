@@ -129,65 +129,6 @@ def iso_s(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-class Broker:
-    """mosquitto on a fixed loopback port; persistence on or off per start."""
-
-    def __init__(self, work: Path, queue: int = 20_000) -> None:
-        self.work = work
-        self.queue = queue
-        self.port = free_port()
-        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc: subprocess.Popen | None = None
-        self.persist = True
-        self.paused = False
-
-    def start(self, persist: bool | None = None) -> None:
-        if persist is not None:
-            self.persist = persist
-        conf = self.work / "mosquitto.conf"
-        user = "user root\n" if os.geteuid() == 0 else ""
-        conf.write_text(
-            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence {'true' if self.persist else 'false'}\n"
-            f"persistence_location {self.work}/\nautosave_interval 300\n"
-            f"max_queued_messages {self.queue}\nmax_inflight_messages 20\n")
-        with open(self.work / "mosquitto.log", "ab") as log:
-            self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_for(lambda: listening(self.port), 15):
-            raise RuntimeError(f"mosquitto did not start: {self.work / 'mosquitto.log'}")
-        self.paused = False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.paused:
-            self.proc.send_signal(signal.SIGCONT)
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc, self.paused = None, False
-
-    def forget(self) -> None:
-        """Kill it and delete its persistence file: it forgets every session and retain."""
-        self.stop(signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            (self.work / "mosquitto.db").unlink()
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.proc is not None and self.paused:
-            self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
-
-
 class Proc:
     """A child process with a log file, that can be killed, paused and started again."""
 
@@ -236,6 +177,45 @@ class Proc:
         if self.proc is not None and self.paused:
             self.proc.send_signal(signal.SIGCONT)
         self.paused = False
+
+
+class Broker(Proc):
+    """mosquitto on a fixed loopback port; persistence on or off per start."""
+
+    def __init__(self, work: Path, queue: int = 20_000) -> None:
+        self.work = work
+        self.queue = queue
+        self.port = free_port()
+        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        super().__init__("mosquitto", [self.exe, "-c", str(work / "mosquitto.conf")],
+                         work / "mosquitto.log")
+        self.persist = True
+
+    def start(self, persist: bool | None = None) -> None:
+        if persist is not None:
+            self.persist = persist
+        conf = self.work / "mosquitto.conf"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence {'true' if self.persist else 'false'}\n"
+            f"persistence_location {self.work}/\nautosave_interval 300\n"
+            f"max_queued_messages {self.queue}\nmax_inflight_messages 20\n")
+        super().start()
+        if not wait_for(lambda: listening(self.port), 15):
+            raise RuntimeError(f"mosquitto did not start: {self.work / 'mosquitto.log'}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGTERM: it saves its persistence file first), waiting for the end."""
+        self.signal(sig)
+
+    def forget(self) -> None:
+        """Kill it and delete its persistence file: it forgets every session and retain."""
+        self.stop(signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            (self.work / "mosquitto.db").unlink()
+
+    # pause / resume: Proc's (SIGSTOP, SIGCONT)
 
 
 @dataclass

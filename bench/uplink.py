@@ -161,9 +161,9 @@ def fast_acker(port: int) -> None:
             last = time.monotonic()
 
 
-def replay_fast(port: int, db: Path, n: int, window: int) -> float:
-    """Replay until a platform as fast as the broker (:func:`fast_acker`) acknowledged
-    every message, timed from the moment the uplink sees it online."""
+def holding_pole(port: int, db: Path, n: int, window: int) -> tuple[Outbox, Uplink]:
+    """An outbox filled with ``n`` messages and an uplink connected, holding them until
+    the platform ``bench`` says online (as after an outage)."""
     ob = Outbox(db, "bench")
     for _ in range(n):
         ob.put("polelink/lab/bench/traffic/cam1", RECORD)
@@ -171,6 +171,13 @@ def replay_fast(port: int, db: Path, n: int, window: int) -> float:
                 "bench", "lab", ob).start()
     if not up.wait_connected(10):
         raise SystemExit("the uplink did not connect")
+    return ob, up
+
+
+def replay_fast(port: int, db: Path, n: int, window: int) -> float:
+    """Replay until a platform as fast as the broker (:func:`fast_acker`) acknowledged
+    every message, timed from the moment the uplink sees it online."""
+    ob, up = holding_pole(port, db, n, window)
     acker = start_acker(port)
     try:
         rate = time_replay(up, ob, n, acks=True)
@@ -214,13 +221,7 @@ def replay_once(port: int, db: Path, n: int, window: int, acks: bool) -> float:
     STATE yet), start the platform (``python -m sim.platform``, its own process, acknowledging
     or not) and time the replay from the moment the uplink sees it online until the outbox
     is empty."""
-    ob = Outbox(db, "bench")
-    for _ in range(n):
-        ob.put("polelink/lab/bench/traffic/cam1", RECORD)
-    up = Uplink(UplinkSettings(port=port, primary_host="bench", ack_window=window),
-                "bench", "lab", ob).start()
-    if not up.wait_connected(10):
-        raise SystemExit("the uplink did not connect")
+    ob, up = holding_pole(port, db, n, window)
     platform = subprocess.Popen(
         [sys.executable, "-m", "sim.platform", "--broker", f"127.0.0.1:{port}", "--http",
          "127.0.0.1:0", "--host-id", "bench", "--session-expiry", "0", "--token", "bench",
