@@ -690,6 +690,20 @@ def run(schedules: int, seed: int, ack: str = "platform", faults: tuple[str, ...
     return summary
 
 
+def stop_on_signals(name: str) -> None:
+    """Ctrl-C or SIGTERM: set :data:`stop_requested` (the campaign finishes the schedule
+    under way and prints what it found); a second one stops at once (KeyboardInterrupt)."""
+    def stop(_sig: int, _frame: object) -> None:
+        if stop_requested.is_set():
+            raise KeyboardInterrupt
+        stop_requested.set()
+        print(f"{name}: stopping after this schedule (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python bench/campaign.py``; exit 0 when every schedule held."""
     p = argparse.ArgumentParser(prog="python bench/campaign.py", description=__doc__.split("\n")[0])
@@ -727,16 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--plan: disk_full needs root (to mount a tmpfs)")
     if a.broker_queue < 1:
         p.error("--broker-queue must be at least 1")
-    def stop(_sig: int, _frame: object) -> None:
-        # Ctrl-C or SIGTERM: finish the schedule under way, then print what was found
-        if stop_requested.is_set():
-            raise KeyboardInterrupt
-        stop_requested.set()
-        print("campaign: stopping after this schedule (again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals("campaign")
     try:
         s = run(1 if a.replay is not None else a.schedules, a.seed, a.ack, kinds, a.short,
                 a.keep, plan=a.plan, broker_queue=a.broker_queue, replay=a.replay)

@@ -1,20 +1,43 @@
 """The lamp node's loop: clock rules → level → output; MQTT birth/will, state, health,
-commands, outbox. Any fault in a tick sets full output (the road is never left dark).
+commands, outbox. The lamp is set first in every pass; then each part of the pass (events,
+reports, the network) runs inside its own ``try``: a fault in one, MemoryError included, is
+counted (``faults``) and the loop goes on. The network never waits longer than
+``mqtt.timeout_s`` per step (``node/mqttc.py``), so a broker that stops answering costs the
+lamp nothing.
+
+Delivery follows the agent's rule: without ``mqtt.primary_host`` a message leaves the
+outbox on the broker's PUBACK; with it, data waits until the platform's retained STATE
+(``<prefix>/STATE/<primary_host>``) says online, and when that STATE announces
+``"ack": 1`` a message leaves the outbox only when the platform's acknowledgement
+(``<base>/ack``, ``polelink/ack/1``) names its seq; without progress for ``ACK_TIMEOUT_S``
+(doubling to ten times that) the node sends again from the oldest message it holds.
 
 Node files are MicroPython: no ``contextlib`` (hence ``noqa: SIM105``), and ``%`` formatting
 (``noqa: UP031``) since f-string support differs between ports."""
 
 import gc
 import json
+import sys
 import time
 
 import clockrules
-import cmdrules
-import nodecfg
+import mqttc
 import outbox
 from common import schedule
 
+#: Loaded for a command and unloaded after it (their code does not stay in a small heap).
+COMMAND_MODULES = ("cmdrules", "ed25519", "strictjson", "b64")
+
 FULL = 100
+#: Messages sent and not yet acknowledged, at most (broker PUBACK / platform ack).
+WINDOW = 16
+#: Messages sent per loop pass, at most (the pass stays short).
+SEND_PER_PASS = 8
+ACK_TIMEOUT_S = 30
+#: The largest packet read whole (a command is at most 2 KiB; an ack, a STATE: less).
+MAX_PACKET = 4096
+#: Seconds of back-off after a failed connection: doubling from retry_s to this.
+BACKOFF_MAX_S = 60
 
 
 def iso(t):
@@ -26,63 +49,108 @@ def iso(t):
 
 
 class State:
-    """Small JSON file: seq, epoch, boot count, clock state, overrides."""
+    """Small JSON file: seq, epoch, boot count, clock state, overrides. Saved at start, on
+    an override or clock change, and with each health report, never per message (the seq
+    of the newest message is also in the outbox, which wins at start)."""
 
     def __init__(self, path):
         self.path = path
+        self.bytes_written = 0
+        self.d = {}
         try:
             with open(path) as f:
-                self.d = json.load(f)
-        except (OSError, ValueError):
-            self.d = {}
-        if "epoch" not in self.d:
+                d = json.loads(f.read(4096))
+            if isinstance(d, dict):
+                self.d = d
+        except Exception:               # missing, damaged or too large: start afresh
+            pass
+        e = self.d.get("epoch")
+        if not (isinstance(e, str) and len(e) == 8
+                and all(c in "0123456789abcdef" for c in e)):
             import os
             self.d["epoch"] = "".join("%02x" % b for b in os.urandom(4))  # noqa: UP031
-        self.d["boot"] = self.d.get("boot", 0) + 1
-        self.d.setdefault("seq", 0)
-        self.d.setdefault("clock", {})
-        self.d.setdefault("overrides", [])
+        for k in ("boot", "seq"):
+            if not isinstance(self.d.get(k), int) or self.d[k] < 0:
+                self.d[k] = 0
+        self.d["boot"] += 1
+        if not isinstance(self.d.get("clock"), dict):
+            self.d["clock"] = {}
+        ov = self.d.get("overrides")
+        self.d["overrides"] = [o for o in ov if _override_ok(o)][:9] \
+            if isinstance(ov, list) else []
         self.save()
 
     def save(self):
         """Write atomically."""
         import os
+        text = json.dumps(self.d)
         with open(self.path + ".tmp", "w") as f:
-            json.dump(self.d, f)
+            f.write(text)
         os.rename(self.path + ".tmp", self.path)
+        self.bytes_written += len(text)
+
+
+def _override_ok(o):
+    try:
+        return 0 <= o["level"] <= 100 and 1 <= o["priority"] <= 9 and o["until"] > 0
+    except Exception:
+        return False
 
 
 class Node:
-    """One lamp node; see the module docstring."""
+    """One lamp node; see the module docstring. ``refused``: why the configured file was
+    refused (this ``cfg`` is the last good one): the lamp stays at 100 %."""
 
-    def __init__(self, cfg, out, clock, mqtt_factory):
+    def __init__(self, cfg, out, clock, refused=None):
         self.cfg = cfg
         self.out = out
         self.out.set(FULL)                      # power-on level: full output
         sd = cfg["state_dir"].rstrip("/") + "/"
         self.state = State(sd + "state.json")
-        self.box = outbox.Outbox(sd + "outbox.jsonl", cfg["outbox_max"])
-        key = cfg.get("command_key")
-        self.guard = cmdrules.Guard(cfg["device"], cfg["site"], cfg["max_ttl_s"],
-                                    sd + "seen.json",
-                                    None if key is None else nodecfg.public_key(key))
+        self.box = outbox.Outbox(sd + "ob", cfg["outbox_max"], self.state.d["epoch"])
+        if self.box.epoch != self.state.d["epoch"]:
+            # the state file was lost or damaged: the records' msg_ids keep their epoch
+            self.state.d["epoch"] = self.box.epoch
+            self.state.save()
+        self.seq = max(self.state.d["seq"], self.box.last_seq, self.box.freed_seq)
+        self.seen_path = sd + "seen.json"
+        if "_key" not in cfg:                   # nodemain prepares these before it unloads
+            import nodecfg  # the config validator
+            nodecfg.prepare(cfg)
         self.trust = clockrules.Trust(clock, self.state.d["clock"], cfg["rtc_trust_s"])
         self.clock = clock
-        self.base = "%s/%s/%s" % (cfg["mqtt"]["prefix"], cfg["site"], cfg["device"])  # noqa: UP031
-        self.mqtt_factory = mqtt_factory
+        m = cfg["mqtt"]
+        self.base = "%s/%s/%s" % (m["prefix"], cfg["site"], cfg["device"])  # noqa: UP031
+        self.state_topic = m["prefix"] + "/STATE/" + m["primary_host"] \
+            if m.get("primary_host") else None
+        self.refused = refused
         self.client = None
+        self.online = False
+        self.platform_online = self.state_topic is None
+        self.platform_acks = False
+        self.platform_ts = -1
+        self.inflight = {}                      # pid → seq (broker-ack delivery)
+        self.unacked = 0                        # sent, not freed (platform-ack delivery)
+        self.ack_wait_since = None
+        self.ack_timeout = ACK_TIMEOUT_S
+        self.backoff = cfg["retry_s"]
         self.next_try = 0
+        self.last_refusal_code = None
+        self.connects = 0
         self.last_report = -1e9
         self.last_health = -1e9
         self.peak_alloc = 0
         self.mode = ""
         self.source = ""
         self.faults = 0
-        self.rejected = 0                   # commands refused since the last event
+        self.rejected = 0                       # commands refused since the last event
         self.last_refusal = ("", None)
         self.next_reject_event = 0
-        self.dropped_seen = 0
+        self.loss = None                        # [count, first seq, last seq, reasons]
+        self.loss_first = None                  # first seq lost since the outbox emptied
         self.next_overflow_event = 0
+        self.max_gap_ms = 0
+        self.t_pass = None
         self.t_start = time.ticks_ms()
 
     # -- messages --------------------------------------------------------------------
@@ -90,74 +158,233 @@ class Node:
         return {"schema": "polelink/%s/1" % kind, "device": self.cfg["device"],  # noqa: UP031
                 "site": self.cfg["site"], "ts": iso(now)}
 
-    def queue(self, kind, body, now, retain=False, topic=None):
-        """Give ``body`` a seq and msg_id (kept across reboots) and put it in the outbox."""
-        self.state.d["seq"] += 1
-        self.state.save()
+    def queue(self, kind, body, now, topic=None):
+        """Give ``body`` a seq and msg_id and append it to the outbox."""
+        self.seq += 1
         msg = self._meta(kind, now)
         if kind in ("lighting", "health"):      # not the agent's forms: own schema ids
             msg["schema"] = "polelink/node-%s/1" % kind  # noqa: UP031
         msg.update(body)
-        msg["seq"] = self.state.d["seq"]
-        msg["msg_id"] = "%s:%s:%d" % (self.cfg["device"], self.state.d["epoch"], msg["seq"])  # noqa: UP031
-        self.box.put(topic or self.base + "/" + kind, json.dumps(msg), retain)
+        msg["seq"] = self.seq
+        msg["msg_id"] = "%s:%s:%d" % (self.cfg["device"], self.state.d["epoch"], self.seq)  # noqa: UP031
+        self.box.put(self.seq, topic or self.base + "/" + kind, json.dumps(msg))
 
     def status(self, state, now):
         """Birth/will message (no seq of its own, as on the agent)."""
         msg = self._meta("status", now)
         msg.update({"state": state, "bdSeq": self.state.d["boot"],
-                    "seq": max(1, self.state.d["seq"]), "role": "node",
+                    "seq": max(1, self.seq), "role": "node",
                     "msg_id": "%s:%s:bd%d-%s" % (self.cfg["device"], self.state.d["epoch"],  # noqa: UP031
                                                  self.state.d["boot"], state)})
         return json.dumps(msg)
 
     # -- MQTT ------------------------------------------------------------------------
     def connect(self, now):
-        """(Re)connect when due; birth, subscribe. Errors leave the node offline."""
+        """Open a connection when due (TCP within ``mqtt.timeout_s``; the CONNACK is read
+        by later passes)."""
         if self.client is not None or time.ticks_diff(time.ticks_ms(), self.next_try) < 0:
             return
         m = self.cfg["mqtt"]
-        c = self.mqtt_factory(self.cfg["device"], m["host"], m["port"], m["keepalive"])
-        c.set_last_will(self.base + "/status", self.status("offline", now), retain=True, qos=1)
-        c.set_callback(self.on_message)
+        c = mqttc.Client(self.cfg["device"], m["host"], m["port"], m["keepalive"],
+                         m["timeout_s"], MAX_PACKET, connack_s=max(5, m["keepalive"] // 2))
+        c.on_message = self.on_message
+        c.on_puback = self.on_puback
+        self.client = c
+        c.open(self.base + "/status", self.status("offline", now), True,
+               m.get("user"), m.get("password"))
+
+    def _connected(self, now):
+        """The CONNACK came: subscribe, birth, send from the oldest message held."""
+        c = self.client
+        # subscribed before the birth: a platform that answers the birth with a command
+        # at once must find the node listening; the retained ack before the STATE
+        c.subscribe(self.base + "/cmd", 1)
+        if self.state_topic:
+            c.subscribe(self.base + "/ack", 1)
+            c.subscribe(self.state_topic, 1)
+        c.publish(self.base + "/status", self.status("online", now), True, 1)
+        self.online = True
+        self.connects += 1
+        self.backoff = self.cfg["retry_s"]
+        self.last_refusal_code = None
+        self._go_back()
+        if not self.trust.synced_now:
+            self.trust.try_sync()
+            self.state.save()
+
+    def drop(self, refused=None):
+        """Forget the connection; try again after the back-off (doubling, with jitter)."""
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+        self.online = False
+        if refused is not None:
+            self.last_refusal_code = refused
+        import os
+        wait = self.backoff * (0.75 + os.urandom(1)[0] / 510)
+        self.next_try = time.ticks_add(time.ticks_ms(), int(wait * 1000))
+        self.backoff = min(max(self.backoff * 2, self.cfg["retry_s"]),
+                           max(BACKOFF_MAX_S, self.cfg["retry_s"]))
+
+    def _go_back(self):
+        """Send again from the oldest message held."""
+        self.box.rewind()
+        self.inflight = {}
+        self.unacked = 0
+        self.ack_wait_since = None
+
+    @property
+    def delivery(self):
+        """``platform-ack`` or ``broker-ack`` (the agent's words)."""
+        return "platform-ack" if self.state_topic and self.platform_acks else "broker-ack"
+
+    def network(self, now):
+        """This pass's network work: connect, read, keep alive, send."""
         try:
-            c.connect()
-            # subscribed before the birth: a platform that answers the birth with a
-            # command at once must find the node listening
-            c.subscribe(self.base + "/cmd", qos=1)
-            c.publish(self.base + "/status", self.status("online", now), retain=True, qos=1)
-            self.client = c
-            if not self.trust.synced_now:
-                self.trust.try_sync()
-                self.state.save()
-        except OSError:
+            self.connect(now)
+            c = self.client
+            if c is None:
+                return
+            c.poll()
+            if c.connected and not self.online:
+                self._connected(now)
+            if self.online:
+                self.send(now)
+        except mqttc.Refused as e:
+            self.drop(e.code)
+        except Exception:                       # OSError, garbage, MemoryError: reconnect
             self.drop()
 
-    def drop(self):
-        """Forget the connection; retry after ``retry_s``."""
-        if self.client is not None:
-            try:  # noqa: SIM105
-                self.client.sock.close()
-            except Exception:
-                pass
-        self.client = None
-        self.next_try = time.ticks_add(time.ticks_ms(), int(self.cfg["retry_s"] * 1000))
+    def send(self, now):
+        """Send what waits (holding data while the platform is away, when it is named)."""
+        if not self.platform_online:
+            return
+        platform = self.delivery == "platform-ack"
+        if platform and self.unacked and self.ack_wait_since is not None and \
+                time.ticks_diff(time.ticks_ms(), self.ack_wait_since) > self.ack_timeout * 1000:
+            self.ack_timeout = min(self.ack_timeout * 2, ACK_TIMEOUT_S * 10)
+            self._go_back()
+        for _ in range(SEND_PER_PASS):
+            if (self.unacked if platform else len(self.inflight)) >= WINDOW:
+                break
+            r = self.box.next()
+            if r is None:
+                break
+            seq, topic, payload = r
+            pid = self.client.publish(topic, payload, False, 1)
+            if platform:
+                self.unacked += 1
+                if self.ack_wait_since is None:
+                    self.ack_wait_since = time.ticks_ms()
+            else:
+                self.inflight[pid] = seq
 
-    def _publish(self, topic, payload, retain):
-        self.client.publish(topic, payload, retain=retain, qos=1)
+    def on_puback(self, pid):
+        """The broker has a message: freed here unless the platform acknowledges."""
+        seq = self.inflight.pop(pid, None)
+        if seq is not None and self.delivery == "broker-ack":
+            self.box.free_through(seq)
 
-    def on_message(self, topic, payload, retained=False):
-        """A command arrived: check, act, answer (through the outbox)."""
+    def on_message(self, topic, payload, retained, size):
+        """A packet on one of the node's subscriptions (payload None: too large)."""
+        try:
+            if topic == self.base + "/cmd":
+                self.on_command(payload, retained, size)
+            elif topic == self.base + "/ack":
+                self.on_ack(payload)
+            elif topic == self.state_topic:
+                self.on_state(payload)
+        except Exception:
+            self.faults += 1
+
+    def on_state(self, payload):
+        """The platform's retained STATE: online or not, acknowledging or not."""
+        if not payload:
+            self.platform_online = False
+            return
+        try:
+            msg = json.loads(payload)
+            online, ts = msg["online"], msg.get("timestamp", 0)
+            if not isinstance(online, bool) or not isinstance(ts, (int, float)):
+                return
+        except Exception:
+            return
+        if ts < self.platform_ts:
+            return                              # a stale will
+        self.platform_ts = ts
+        acks = msg.get("ack")
+        acks = isinstance(acks, int) and not isinstance(acks, bool) and acks >= 1
+        if online and acks != self.platform_acks:
+            self.platform_acks = acks
+            self._go_back()
+        if online and not self.platform_online:
+            self.ack_timeout = ACK_TIMEOUT_S
+            self._go_back()
+        self.platform_online = online
+
+    def on_ack(self, payload):
+        """``polelink/ack/1`` for this node's epoch: free what it names, oldest first."""
+        if not payload:
+            return
+        msg = json.loads(payload)
+        if msg.get("epoch") != self.state.d["epoch"]:
+            return
+        ranges = msg.get("ranges")
+        if not isinstance(ranges, list):
+            return
+        ok = [r for r in ranges if isinstance(r, list) and len(r) == 2
+              and isinstance(r[0], int) and isinstance(r[1], int)]
+
+        def covered(seq):
+            return any(a <= seq <= b for a, b in ok)
+        n = self.box.free_if(covered)
+        if n:
+            self.unacked = max(0, self.unacked - n)
+            self.ack_timeout = ACK_TIMEOUT_S
+            self.ack_wait_since = time.ticks_ms() if self.unacked else None
+
+    def on_command(self, payload, retained, size):
+        """A command arrived: check, act, answer (through the outbox). The command modules
+        are loaded for it and unloaded after."""
+        try:
+            self._command(payload, retained, size)
+        finally:
+            for m in COMMAND_MODULES:
+                sys.modules.pop(m, None)
+            gc.collect()
+
+    def _command(self, payload, retained, size):
         now = self.clock.now()
         cid = command = None
+        err = "not run: the node failed checking it (MemoryError)"
+        data = {}
         try:
+            import cmdrules
+        except Exception:                   # no room even for the checks: answer that
+            self.faults += 1
+            self.rejected += 1
+            self.queue("response", {"correlation_id": None, "command": None,
+                                    "result": "error", "error": err, "data": {}}, now,
+                       topic=self.base + "/cmd/response")
+            return
+        try:
+            if payload is None:
+                raise cmdrules.Refused("command of " + str(size) + " bytes (limit "
+                                       + str(cmdrules.MAX_COMMAND_BYTES) + ")")
+            if retained:
+                raise cmdrules.Refused("retained commands are refused")
             try:
                 peek = json.loads(payload)
                 cid, command = peek.get("correlation_id"), peek.get("command")
+                del peek
             except Exception:
                 pass
             gc.collect()                    # room for the signature check's big numbers
-            msg = self.guard.check(payload, retained, now)
+            cfg = self.cfg
+            guard = cmdrules.Guard(cfg["device"], cfg["site"], cfg["max_ttl_s"],
+                                   self.seen_path, cfg["_key"])
+            msg = guard.check(payload, retained, now)
+            del guard
             data = self.act(msg["command"], msg.get("args", {}), now)
             err = None
         except cmdrules.Refused as e:
@@ -166,11 +393,10 @@ class Node:
             self.faults += 1
             err, data = "not run: the node failed checking it (" + type(e).__name__ + ")", {}
             gc.collect()
-        if not isinstance(cid, str):
-            cid = None
-        if not isinstance(command, str):
-            command = None
+        cid = cmdrules.clean(cid, 128) if isinstance(cid, str) else None
+        command = cmdrules.clean(command, 64) if isinstance(command, str) else None
         if err:
+            err = cmdrules.clean(err, 1000)
             self.rejected += 1
             self.last_refusal = (err[:500], command)
         self.queue("response", {"correlation_id": cid, "command": command,
@@ -181,6 +407,7 @@ class Node:
         """Run a checked command."""
         ov = self.state.d["overrides"]
         if command == "set_override":
+            import cmdrules
             level, prio, ttl = cmdrules.override_args(args)
             ov[:] = [o for o in ov if o["priority"] != prio and o["until"] > now]
             ov.append({"level": level, "priority": prio, "until": now + ttl})
@@ -194,9 +421,8 @@ class Node:
             self.state.save()
             self.last_report = -1e9
             return {"cleared": n - len(ov)}
-        if command == "rebirth" and self.client is not None:
-            self.client.publish(self.base + "/status", self.status("online", now),
-                                retain=True, qos=1)
+        if command == "rebirth" and self.online:
+            self.client.publish(self.base + "/status", self.status("online", now), True, 1)
         return {}
 
     # -- events ----------------------------------------------------------------------
@@ -207,13 +433,15 @@ class Node:
 
     def events(self, mode, was, now):
         """Events for what changed in this pass: the fail-safe entered or left (a fault in
-        the pass), the clock distrusted or trusted again, messages dropped from a full
-        outbox (at most one event a minute), refused commands (one event per 10 s, with a
-        count, as the agent does)."""
+        the pass), the clock distrusted or trusted again, messages dropped from a full or
+        damaged outbox (at once: one event per segment dropped), refused commands (one
+        event per 10 s, with a count, as the agent does)."""
         if mode != was:
             if mode == "fault":
-                self.event("failsafe_entered", "alarm", "output",
-                           {"mode": "fault", "levelPct": FULL}, now)
+                detail = {"mode": "fault", "levelPct": FULL}
+                if self.refused:
+                    detail.update({"mode": "config", "reason": self.refused[:300]})
+                self.event("failsafe_entered", "alarm", "output", detail, now)
             elif was == "fault":
                 self.event("failsafe_left", "info", "output", {"mode": mode}, now)
             if mode == "untrusted":
@@ -221,18 +449,37 @@ class Node:
                            {"levelPct": FULL, "reason": self.trust.reason}, now)
             elif was == "untrusted" and mode != "fault":
                 self.event("clock_trusted", "info", "clock", {"clock": mode}, now)
-        if self.box.dropped > self.dropped_seen and now >= self.next_overflow_event:
-            self.event("outbox_overflow", "warning", "outbox",
-                       {"dropped": self.box.dropped - self.dropped_seen,
-                        "outboxMax": self.cfg["outbox_max"]}, now)
-            self.dropped_seen = self.box.dropped
-            self.next_overflow_event = now + 60
+        self.overflow(now)
         if self.rejected and now >= self.next_reject_event:
             self.event("command_rejected", "warning", "cmd",
                        {"error": self.last_refusal[0], "command": self.last_refusal[1],
                         "count": self.rejected}, now)
             self.rejected = 0
             self.next_reject_event = now + 10
+
+    def overflow(self, now):
+        """``outbox_overflow``: what was dropped (full) or unreadable (corrupt) since the
+        last one, and the seq range lost since the outbox was last empty (so the newest
+        event names everything, even when an older event was itself dropped)."""
+        for reason, n, first, last in self.box.take_lost():
+            lo = self.loss or [0, None, None, []]
+            lo[0] += n
+            if first is not None:
+                self.loss_first = first if self.loss_first is None \
+                    else min(self.loss_first, first)
+            if last is not None:
+                lo[2] = last if lo[2] is None else max(lo[2], last)
+            if reason not in lo[3]:
+                lo[3].append(reason)
+            self.loss = lo
+        if self.loss:           # at once: what is lost is known only in memory until then
+            lo, self.loss = self.loss, None
+            self.event("outbox_overflow", "alarm", "outbox",
+                       {"dropped": lo[0], "firstSeq": self.loss_first, "lastSeq": lo[2],
+                        "epoch": self.state.d["epoch"], "outboxMax": self.cfg["outbox_max"],
+                        "reason": ",".join(lo[3])}, now)
+        if self.box.count == 0 and not self.loss:
+            self.loss_first = None
 
     # -- lighting --------------------------------------------------------------------
     def level(self, now):
@@ -241,11 +488,8 @@ class Node:
         if mode == "untrusted":
             return FULL, mode, "clock-untrusted"
         cfg = self.cfg
-        tz = getattr(self, "_tz", None)
-        if tz is None:                   # parsed once: the tz rule and the calendar plan
-            tz = self._tz = nodecfg.zone(cfg)
-            self._plan = nodecfg.plan(cfg)
-        program = self._plan if mode == "trusted" else cfg["fixed_program"]
+        tz = cfg["_tz"]
+        program = cfg["_plan"] if mode == "trusted" else cfg["fixed_program"]
         lvl, src, _ = schedule.level_at(program, cfg["latitude"], cfg["longitude"], tz, now,
                                         self.state.d["overrides"])
         if mode != "trusted":
@@ -257,39 +501,51 @@ class Node:
         return lvl, mode, src
 
     def tick(self):
-        """One pass of the loop."""
-        now = self.clock.now()
+        """One pass of the loop: the lamp first, then each part contained on its own."""
+        t = time.ticks_ms()
+        if self.t_pass is not None:
+            self.max_gap_ms = max(self.max_gap_ms, time.ticks_diff(t, self.t_pass))
+        self.t_pass = t
         try:
-            lvl, mode, src = self.level(now)
+            now = self.clock.now()
+            if self.refused:
+                lvl, mode, src = FULL, "fault", "fault"
+            else:
+                lvl, mode, src = self.level(now)
         except Exception:
             lvl, mode, src = FULL, "fault", "fault"
+            now = getattr(self, "_now", 0)
             self.faults += 1
+        self._now = now
         changed = lvl != self.out.level or mode != self.mode or src != self.source
-        self.out.set(lvl)
+        try:
+            self.out.set(lvl)
+        except Exception:                       # the bus: tried again next pass
+            self.faults += 1
         was, self.mode, self.source = self.mode, mode, src
         try:
             self.events(mode, was, now)
-        except Exception:                   # a full flash must not stop the lighting
+            if changed or now - self.last_report >= self.cfg["report_s"]:
+                self.last_report = now
+                self.queue("lighting", {"role": "node", "levelPct": lvl, "clock": mode,
+                                        "source": src}, now)
+            if now - self.last_health >= self.cfg["health_s"]:
+                self.last_health = now
+                self.state.d["seq"] = self.seq
+                self.state.save()
+                self.queue("health", self.health(), now)
+        except Exception:                       # a full flash must not stop the lighting
             self.faults += 1
-        if changed or now - self.last_report >= self.cfg["report_s"]:
-            self.last_report = now
-            self.queue("lighting", {"role": "node", "levelPct": lvl, "clock": mode,
-                                    "source": src}, now)
-        if now - self.last_health >= self.cfg["health_s"]:
-            self.last_health = now
-            self.state.save()
-            self.queue("health", {"role": "node", "memFree": gc.mem_free(),
-                                  "memAllocPeak": self.peak_alloc,
-                                  "outbox": len(self.box.items),
-                                  "outboxDropped": self.box.dropped, "faults": self.faults,
-                                  "uptimeS": time.ticks_diff(time.ticks_ms(),
-                                                             self.t_start) // 1000}, now)
-        self.connect(now)
-        if self.client is not None:
-            try:
-                self.client.check_msg()
-                self.box.flush(self._publish)
-            except Exception:               # OSError, or garbage from the broker: reconnect
-                self.drop()
-        gc.collect()                            # keep the heap flat; measure live memory
-        self.peak_alloc = max(self.peak_alloc, gc.mem_alloc())
+        self.network(now)
+        try:
+            gc.collect()                        # keep the heap flat; measure live memory
+            self.peak_alloc = max(self.peak_alloc, gc.mem_alloc())
+        except Exception:
+            pass
+
+    def health(self):
+        """The ``polelink/node-health/1`` body."""
+        return {"role": "node", "memFree": gc.mem_free(), "memAllocPeak": self.peak_alloc,
+                "outbox": self.box.count, "outboxDropped": self.box.dropped,
+                "faults": self.faults,
+                "uptimeS": time.ticks_diff(time.ticks_ms(), self.t_start) // 1000}

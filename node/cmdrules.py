@@ -15,10 +15,15 @@ Python takes seconds on an ESP32, near the watchdog's limit; a node's commands a
 import json
 
 import ed25519
+import strictjson
+from b64 import b64decode
 from common import tzrule
-from nodecfg import b64decode
 
 MAX_COMMAND_BYTES = 2 * 1024
+#: Commands remembered at once (until each one's expiry). A correlation id is forgotten
+#: only after its command expired, so a replay is refused as expired or as a duplicate,
+#: never run: when this many unexpired commands are remembered, new ones are refused
+#: ("too many commands") until one expires. Memory and the file stay constant.
 MAX_REMEMBERED = 64
 COMMANDS = ("set_override", "clear_override", "ping", "rebirth")
 
@@ -219,11 +224,16 @@ class Guard:
         self.site = site
         self.max_ttl_s = max_ttl_s
         self.path = path
+        self.seen = {}
         try:
             with open(path) as f:
-                self.seen = json.load(f)
-        except (OSError, ValueError):
-            self.seen = {}
+                seen = json.loads(f.read(MAX_REMEMBERED * 40 + 64))
+            for k in seen:
+                if len(self.seen) < MAX_REMEMBERED and isinstance(k, str) and len(k) == 16 \
+                        and isinstance(seen[k], (int, float)):
+                    self.seen[k] = seen[k]
+        except Exception:           # missing or damaged: commands are refused as expired
+            pass                    # beyond max_ttl_s anyway
 
     def check(self, payload, retained, now):
         """The parsed command; Refused with the reason otherwise."""
@@ -233,9 +243,9 @@ class Guard:
             raise Refused("command of " + str(len(payload)) + " bytes (limit "
                           + str(MAX_COMMAND_BYTES) + ")")
         try:
-            msg = json.loads(payload)
-        except ValueError:
-            raise Refused("not valid JSON") from None
+            msg = strictjson.loads(payload)
+        except ValueError as e:
+            raise Refused("not valid JSON (" + str(e) + ")") from None
         if not isinstance(msg, dict) or msg.get("schema") != "polelink/command/2":
             raise Refused("not a polelink/command/2 object")
         cid = msg.get("correlation_id")
@@ -258,13 +268,17 @@ class Guard:
             self._verify(msg)
         for k in [k for k, v in self.seen.items() if v <= now]:
             del self.seen[k]
-        if cid in self.seen:
-            raise Refused("duplicate correlation_id " + cid)
-        self.seen[cid] = expires
-        while len(self.seen) > MAX_REMEMBERED:
-            del self.seen[min(self.seen, key=lambda k: self.seen[k])]
-        with open(self.path, "w") as f:
+        key = _id_key(cid)
+        if key in self.seen:
+            raise Refused("duplicate correlation_id " + clean(cid))
+        if len(self.seen) >= MAX_REMEMBERED:
+            raise Refused("too many commands: " + str(MAX_REMEMBERED) + " unexpired ones are "
+                          "remembered; send it again after one expires")
+        self.seen[key] = expires
+        import os
+        with open(self.path + ".tmp", "w") as f:
             json.dump(self.seen, f)
+        os.rename(self.path + ".tmp", self.path)
         return msg
 
     def _verify(self, msg):
@@ -279,6 +293,30 @@ class Guard:
             raw = b""
         if not ed25519.verify(self.key, raw, lambda update: canonical(msg, update)):
             raise Refused("signature does not verify with this site's key; not run")
+
+
+def _id_key(cid):
+    """A correlation id as 16 hex digits (64 of them fit in a small heap)."""
+    import binascii
+    import hashlib
+    return binascii.hexlify(hashlib.sha256(cid.encode()).digest()[:8]).decode()
+
+
+def clean(s, limit=500):
+    """``s`` cut to ``limit`` characters, as valid UTF-8 text: MicroPython keeps an escaped
+    surrogate pair as two 3-byte sequences, which its json writes raw (not UTF-8): they are
+    joined into one character; anything else that is not UTF-8 becomes U+FFFD."""
+    if not isinstance(s, str):
+        return s
+    s = s[:limit]
+    if _plain(s):
+        return s
+    out = []
+    try:
+        _string(s, out)
+        return json.loads(b"".join(out))
+    except Exception:
+        return "".join(c if ord(c) < 0xD800 or ord(c) > 0xDFFF else "\ufffd" for c in s)
 
 
 def override_args(args):

@@ -3,7 +3,8 @@
 Used on the device (``main.py``) and, through ``agent validate``, on a laptop.
 """
 
-import json
+
+from b64 import b64decode
 
 try:
     from agent.common import calrule, tzrule
@@ -12,22 +13,18 @@ except ImportError:  # on the node ``common`` is a top-level package (node/manif
 
 REQUIRED = ("device", "site", "latitude", "longitude", "mqtt", "output")
 EVENTS = ("sunrise", "sunset", "dawn", "dusk")
-DEFAULTS = {"tz_offset_min": 0, "outbox_max": 64, "report_s": 60, "health_s": 300,
+DEFAULTS = {"tz_offset_min": 0, "outbox_max": 1024, "report_s": 60, "health_s": 300,
             "tick_s": 1, "max_ttl_s": 86400, "wdt_ms": 8000, "state_dir": ".",
             "rtc_trust_s": 7 * 86400, "retry_s": 5,
             "fixed_program": [{"at": "18:00", "level": 100}, {"at": "07:00", "level": 0}]}
 OUTPUT_KINDS = ("pwm", "file", "dali")
+#: The largest config read at all, and its deepest nesting (checked before parsing: a
+#: 200 KiB or 5,000-level file must not exhaust a small heap).
+MAX_CONFIG_BYTES = 8192
+MAX_CONFIG_DEPTH = 8
+MQTT_KEYS = ("host", "port", "prefix", "keepalive", "timeout_s", "primary_host", "user",
+             "password")
 SPKI_PREFIX = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"   # Ed25519 public key DER
-B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def b64decode(text):
-    """Strict base64 (padding required, no other characters) → bytes; ValueError otherwise."""
-    import binascii
-    if not isinstance(text, str) or len(text) % 4 or not text \
-            or any(c not in B64 for c in text.rstrip("=")) or len(text) - len(text.rstrip("=")) > 2:
-        raise ValueError("not base64")
-    return binascii.a2b_base64(text)
 
 
 def public_key(text):
@@ -148,8 +145,18 @@ def validate(cfg):
     if "mqtt" in cfg:
         if not isinstance(m, dict) or not isinstance(m.get("host"), str):
             errs.append("mqtt.host: expected a host name")
-        elif "port" in m:
-            _num(m, "port", 1, 65535, errs, "mqtt.")
+        else:
+            for k, lo, hi in (("port", 1, 65535), ("keepalive", 5, 3600),
+                              ("timeout_s", 0.05, 10)):
+                if k in m:
+                    _num(m, k, lo, hi, errs, "mqtt.")
+            for k in ("prefix", "primary_host", "user", "password"):
+                if k in m and not (isinstance(m[k], str) and 0 < len(m[k]) <= 128):
+                    errs.append("mqtt." + k + ": expected a string of 1-128 characters")
+            for k in m:
+                if k not in MQTT_KEYS:
+                    errs.append("mqtt." + k + ": unknown key (one of " + ", ".join(MQTT_KEYS)
+                                + ")")
     o = cfg.get("output")
     if "output" in cfg:
         if not isinstance(o, dict) or o.get("kind") not in OUTPUT_KINDS:
@@ -198,7 +205,7 @@ def validate(cfg):
         except ValueError as e:
             errs.append("tz: expected a POSIX TZ rule like CET-1CEST,M3.5.0,M10.5.0/3 or "
                         "<+07>-7 (" + str(e) + ")")
-    for k, lo, hi in (("tz_offset_min", -720, 840), ("outbox_max", 1, 1000),
+    for k, lo, hi in (("tz_offset_min", -720, 840), ("outbox_max", 16, 20000),
                       ("report_s", 1, 86400), ("health_s", 1, 86400), ("tick_s", 0.01, 60),
                       ("max_ttl_s", 1, 7 * 86400), ("wdt_ms", 0, 600000),
                       ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
@@ -212,6 +219,15 @@ def validate(cfg):
     return errs
 
 
+def prepare(cfg):
+    """What the loop needs from this module, computed once (the node then unloads it): the
+    command key's bytes (``_key``), the parsed time zone (``_tz``) and plan (``_plan``)."""
+    key = cfg.get("command_key")
+    cfg["_key"] = None if key is None else public_key(key)
+    cfg["_tz"] = zone(cfg)
+    cfg["_plan"] = plan(cfg)
+
+
 def zone(cfg):
     """The time zone of a loaded config for ``common.schedule``: the parsed ``tz`` rule,
     else ``tz_offset_min`` as seconds."""
@@ -223,11 +239,18 @@ def zone(cfg):
 def load(path):
     """The validated config at ``path`` with defaults filled in; ValueError with one line
     per problem (``path: field: message``)."""
+    import os
     try:
-        with open(path) as f:
-            cfg = json.load(f)
+        size = os.stat(path)[6]
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(path + ": " + str(size) + " bytes (a node config may have at most "
+                             + str(MAX_CONFIG_BYTES) + ")")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ValueError(path + ": cannot read (" + str(e) + ")") from None
+    try:
+        cfg = loads_strict(raw)
     except ValueError as e:
         raise ValueError(path + ": not valid JSON (" + str(e) + ")") from None
     errs = validate(cfg)
@@ -238,4 +261,56 @@ def load(path):
     cfg["mqtt"].setdefault("port", 1883)
     cfg["mqtt"].setdefault("prefix", "polelink")
     cfg["mqtt"].setdefault("keepalive", 30)
+    cfg["mqtt"].setdefault("timeout_s", 0.5)
     return cfg
+
+
+def loads_strict(raw):
+    """Strict JSON of at most :data:`MAX_CONFIG_DEPTH` levels (the node's checker on the
+    node, CPython's json with a depth check on a laptop)."""
+    import strictjson
+    return strictjson.loads(raw, MAX_CONFIG_DEPTH)
+
+
+def keep_good(path):
+    """Copy the config that just loaded to ``path.good`` (the fallback when a later one is
+    refused), unless that copy is already the same; written whole, then renamed."""
+    import os
+    good = path + ".good"
+    try:
+        with open(path, "rb") as a, open(good, "rb") as b:
+            while True:
+                x, y = a.read(512), b.read(512)
+                if x != y:
+                    break
+                if not x:
+                    return False
+    except OSError:
+        pass
+    with open(path, "rb") as a, open(good + ".tmp", "wb") as b:
+        while True:
+            x = a.read(512)
+            if not x:
+                break
+            b.write(x)
+    os.rename(good + ".tmp", good)
+    return True
+
+
+def salvage_output(path):
+    """The ``output`` section of a refused config when it is valid on its own (so the lamp
+    can be driven at 100 %), else None."""
+    try:
+        import os
+        if os.stat(path)[6] > MAX_CONFIG_BYTES:
+            return None
+        with open(path, "rb") as f:
+            cfg = loads_strict(f.read(MAX_CONFIG_BYTES + 1))
+        o = cfg.get("output") if isinstance(cfg, dict) else None
+        probe = {"output": o}
+        errs = []
+        if isinstance(o, dict):
+            errs = [e for e in validate(probe) if e.startswith("output")]
+        return o if isinstance(o, dict) and not errs else None
+    except Exception:
+        return None

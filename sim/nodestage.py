@@ -29,11 +29,12 @@ def _flash_node() -> ModuleType:
     return mod
 
 
-def stage(dest: Path, umqtt: Path = UMQTT) -> str:
-    """Write the node's files into ``dest``; returns the MICROPYPATH (``dest:dest/lib``).
-    Raises the flasher's ``Refused`` (one line) when a file does not compile."""
+def stage(dest: Path, umqtt: Path = UMQTT, app: Path = ROOT) -> str:
+    """Write the node's files (of the checkout ``app``) into ``dest``; returns the
+    MICROPYPATH (``dest:dest/lib``). Raises the flasher's ``Refused`` (one line) when a file
+    does not compile."""
     fn = _flash_node()
-    files = fn.read_manifest(ROOT / "node" / "manifest.txt") + fn.umqtt_files(umqtt)
+    files = fn.read_manifest(app / "node" / "manifest.txt") + fn.umqtt_files(umqtt)
     dest.mkdir(parents=True, exist_ok=True)
     for local, device in fn.compile_files(files, dest):
         target = dest / device

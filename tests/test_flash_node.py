@@ -44,7 +44,7 @@ def app(tmp_path: Path) -> Path:
     (root / "node").mkdir(parents=True)
     (root / "node" / "main.py").write_text(
         "import json\nfrom polenode import lamp\n"
-        "print('node', json.load(open('config.json'))['id'], lamp.level())\n")
+        "print('node', json.load(open('config.json'))['device'], lamp.level())\n")
     (root / "node" / "lamp.py").write_text("def level():\n    return 100\n")
     (root / "node" / "manifest.txt").write_text(
         "# repo path -> device path\nnode/main.py main.py\nnode/lamp.py lib/polenode/lamp.py\n")
@@ -55,7 +55,7 @@ def app(tmp_path: Path) -> Path:
 def config(tmp_path: Path) -> Path:
     """A node config."""
     p = tmp_path / "node-0042.json"
-    p.write_text('{"id": "node-0042"}\n')
+    p.write_text((REPO / "node" / "config.example.json").read_text())
     return p
 
 
@@ -156,6 +156,8 @@ def test_plan_rp2040_copies_the_uf2_to_the_drive(app, config, board, tmp_path):
     ("uf2-for-esp32", 1, "not an ESP32 firmware image"),
     ("bin-for-rp2040", 1, "not a UF2 file"),
     ("bad-json", 1, "node-0042.json:2:1: not valid JSON"),
+    ("node-rules", 1, "latitude: expected a number in -90..90, got 95"),
+    ("node-tz", 1, "tz: expected a POSIX TZ rule"),
     ("manifest-missing-file", 1, "manifest.txt:4: node/gone.py: no such file"),
     ("syntax-error", 1, "lamp.py: mpy-cross:"),
     ("wrong-answer", 1, "refused: 'nope' is not"),
@@ -182,6 +184,11 @@ def test_refusals_are_one_line_and_write_nothing(case, code, message, app, confi
         extra = ["--board", "rp2040", "--firmware", str(bin_fw)]
     elif case == "bad-json":
         config.write_text('{"id": "x",\n}\n')
+    elif case in ("node-rules", "node-tz"):      # valid JSON the node itself refuses
+        text = config.read_text()
+        config.write_text(text.replace('"latitude": 53.55', '"latitude": 95')
+                          if case == "node-rules" else
+                          text.replace('"CET-1CEST,M3.5.0,M10.5.0/3"', '"Europe/Berlin"'))
     elif case == "manifest-missing-file":
         with (app / "node" / "manifest.txt").open("a") as f:
             f.write("node/gone.py lib/gone.py\n")

@@ -72,14 +72,68 @@ def test_override_arguments_refused_or_valid(args: object) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=400))
-def test_a_corrupt_outbox_file_is_set_aside(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "ob"
-    path.write_bytes(data)
-    box = outbox.Outbox(str(path), 4)
-    assert isinstance(box.items, list)
-    box.put("t", "p")
-    assert box.items[-1][1] == "p"
+@given(seg0=st.binary(max_size=400), seg1=st.binary(max_size=200), ptr=st.binary(max_size=60),
+       keep=st.integers(0, 60), flip=st.integers(0, 4000))
+def test_whatever_is_on_flash_the_outbox_opens_and_sends_what_is_new(
+        tmp_path: Path, seg0: bytes, seg1: bytes, ptr: bytes, keep: int, flip: int) -> None:
+    """Garbage segments, a damaged pointer, or a real outbox cut short or with one flipped
+    bit: opening never fails, what is put afterwards is read back, and every record read
+    is one that was written."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    real = outbox.Outbox(str(d / "ob"), 64)
+    for i in range(1, 21):
+        real.put(i, "t", f"payload {i}")
+    raw = bytearray((d / "ob.0").read_bytes())
+    raw[flip % len(raw)] ^= 1 << (flip % 8)
+    (d / "ob.0").write_bytes(bytes(raw[:len(raw) - keep]))
+    for name, data in (("g.0", seg0), ("g.1", seg1), ("g.ptr", ptr)):
+        if data:
+            (d / name).write_bytes(data)
+    for prefix in ("ob", "g"):
+        box = outbox.Outbox(str(d / prefix), 64)
+        box.put(999, "t", "new")
+        got = []
+        while (r := box.next()) is not None:
+            got.append((r[0], bytes(r[2])))
+        assert got[-1] == (999, b"new")
+        if prefix == "ob":
+            assert all(p == f"payload {s}".encode() for s, p in got[:-1]), got
+            named = sum(n for _reason, n, _a, _b in box.take_lost())
+            assert len(got) - 1 + named >= 20 - (keep > 0) - 1 or keep > 30, (got, named)
+
+
+strict = pytest.importorskip("strictjson")
+json_texts = st.one_of(
+    st.binary(max_size=120),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    json_values.map(lambda v: json.dumps(v, ensure_ascii=False).encode()),
+    st.lists(st.sampled_from(['{', '}', '[', ']', ',', ':', '"a"', '1', '-0.5e3', 'true',
+                              'null', ' ', '"\\ud83d\\ude00"', '"\\u00e9"', 'NaN', '01',
+                              '"x\\q"', '1.', '{"a":1,"a":2}']), max_size=12)
+    .map(lambda xs: "".join(xs).encode()))
+
+
+@settings(max_examples=600, deadline=None)
+@given(json_texts)
+def test_the_node_refuses_exactly_the_json_the_agent_refuses(raw: bytes) -> None:
+    """``node/strictjson.py`` (before MicroPython's lenient parser) against the agent's
+    ``parse_strict``: the same verdict, the same value. (The node also refuses a lone
+    escaped surrogate, which no UTF-8 text can hold.)"""
+    from agent.uplink.commands import parse_strict
+    try:
+        want = parse_strict(raw)
+    except ValueError:
+        want = ValueError
+    try:
+        got = strict.loads(raw)
+    except ValueError:
+        got = ValueError
+    if want is not ValueError and got is ValueError:
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(want, ensure_ascii=False)
+                   .encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")), raw
+        return
+    assert got == want, raw
 
 
 @settings(max_examples=300, deadline=None)

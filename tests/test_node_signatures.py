@@ -138,7 +138,9 @@ def batch() -> tuple[list[dict[str, Any]], list[str]]:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"sigcheck-{os.getpid()}"
     tmp.mkdir(exist_ok=True)
     (tmp / "cases.jsonl").write_text("\n".join(
-        json.dumps({k: v for k, v in c.items() if k != "msg"}) for c in cases) + "\n")
+        json.dumps({**{k: v for k, v in c.items() if k != "msg"},
+                    "raw": c["payload"].encode("utf-8", "surrogatepass").hex()})
+        for c in cases) + "\n")
     t = time.monotonic()
     p = subprocess.run([str(MICROPYTHON), str(SCRIPT), str(tmp / "cases.jsonl"),
                         str(tmp / "seen.json")], capture_output=True, text=True, timeout=600,

@@ -4,7 +4,8 @@ own rules (``node/nodecfg.py``, imported under CPython), each problem at its fil
 A file ending in ``.json`` is a node config (pole configs are YAML). JSON syntax errors
 come from :mod:`json`'s own positions; a field error is placed at the line of the key it
 names (or of the nearest enclosing key that exists, e.g. the object a missing key belongs
-in). Duplicate keys, ``NaN``/``Infinity`` and files over 1 MiB are refused too: the device
+in). Duplicate keys, ``NaN``/``Infinity`` and files over 8 KiB or nested deeper than 8
+levels are refused too (the node's own limits): the device
 would silently take the last duplicate, and its ``json`` does not read the constants.
 """
 
@@ -20,8 +21,10 @@ from typing import Any
 
 from agent.lighting.tzfooter import posix_rule
 
-MAX_BYTES = 1 << 20
-MAX_DEPTH = 64
+#: The node's own limits (``node/nodecfg.py``: MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH): it checks
+#: size and nesting before parsing, so a larger file would be refused on the device.
+MAX_BYTES = 8192
+MAX_DEPTH = 8
 NODECFG = Path(__file__).resolve().parents[2] / "node" / "nodecfg.py"
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _WS = " \t\n\r"
@@ -39,6 +42,9 @@ def nodecfg() -> ModuleType:
     if spec is None or spec.loader is None or not NODECFG.is_file():
         raise OSError(f"the node's validator {NODECFG} is missing (agent validate needs a "
                       "polelink checkout for node configs)")
+    import sys
+    if str(NODECFG.parent) not in sys.path:      # its own small modules (b64, strictjson)
+        sys.path.append(str(NODECFG.parent))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -165,7 +171,7 @@ def check(path: str) -> tuple[list[str], dict[str, Any] | None]:
     except OSError as e:
         return [f"{path}: cannot read ({e.strerror or e})"], None
     if len(raw) > MAX_BYTES:
-        return [f"{path}: over 1 MiB: not a node config"], None
+        return [f"{path}: over {MAX_BYTES} bytes: the node refuses a larger config"], None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

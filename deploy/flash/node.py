@@ -235,6 +235,14 @@ def check_config(path: str) -> None:
         raise Refused(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     if not isinstance(data, dict):
         raise Refused(f"{path}:1: the config must be a JSON object")
+    app = str(Path(__file__).resolve().parents[2])
+    if app not in sys.path:
+        sys.path.insert(0, app)
+    from agent.cli import nodecheck  # the node's own rules (node/nodecfg.py), located
+    problems, _ = nodecheck.check(path)
+    if problems:
+        raise Refused("the node would refuse this config (nothing written):\n  "
+                      + "\n  ".join(problems))
 
 
 # ---- the board through mpremote --------------------------------------------------------------

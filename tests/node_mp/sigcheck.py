@@ -18,8 +18,10 @@ def main(cases_path, seen_path):
         if not line:
             continue
         c = json.loads(line)
+        import binascii
+        raw = binascii.unhexlify(c["raw"])      # the bytes on the wire (UTF-8)
         try:
-            canon = "".join("%02x" % b for b in cmdrules.canonical(json.loads(c["payload"])))  # noqa: UP031
+            canon = "".join("%02x" % b for b in cmdrules.canonical(json.loads(raw)))  # noqa: UP031
         except Exception as e:
             canon = "-" + type(e).__name__
         key = None if c["key"] is None else nodecfg.public_key(c["key"])
@@ -30,7 +32,7 @@ def main(cases_path, seen_path):
             pass
         g = cmdrules.Guard(c["device"], c["site"], 86400, seen_path, key)
         try:
-            g.check(c["payload"].encode(), False, c["now"])
+            g.check(raw, False, c["now"])
             verdict = "ok"
         except cmdrules.Refused as e:
             verdict = "refused: " + str(e)
