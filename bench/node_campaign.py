@@ -179,7 +179,8 @@ class NodeCampaign:
                                   str(self.clock.path)], work / "node.log")
         self.node_env = {"MICROPYPATH": self.path}
         self.platform = Proc("platform", [sys.executable, "-m", "sim.platform", "--broker",
-                                          f"127.0.0.1:{self.broker.port}", "--db",
+                                          f"127.0.0.1:{self.broker.port}", "--http",
+                                          "127.0.0.1:0", "--token", "campaign", "--db",
                                           str(work / "platform.db"), "--host-id", HOST_ID],
                              work / "platform.log")
         self.node_down_since: float | None = None

@@ -17,20 +17,20 @@ Node files are MicroPython: no ``contextlib`` (hence ``noqa: SIM105``), and ``%`
 
 import gc
 import json
-import sys
 import time
 
 import clockrules
+import cmdrules
 import mqttc
 import outbox
 from common import schedule
 
-#: Loaded for a command and unloaded after it (their code does not stay in a small heap).
-COMMAND_MODULES = ("cmdrules", "ed25519", "strictjson", "b64")
-
 FULL = 100
-#: Messages sent and not yet acknowledged, at most (broker PUBACK / platform ack).
+#: Messages sent and not yet acknowledged, at most: PUBACKs awaited (each a dict entry),
+#: and messages the platform has not acknowledged yet (a count: the platform acknowledges
+#: every 50 messages or every second, so a backlog drains at up to this many a second).
 WINDOW = 16
+PLATFORM_WINDOW = 64
 #: Messages sent per loop pass, at most (the pass stays short).
 SEND_PER_PASS = 8
 ACK_TIMEOUT_S = 30
@@ -265,7 +265,8 @@ class Node:
             self.ack_timeout = min(self.ack_timeout * 2, ACK_TIMEOUT_S * 10)
             self._go_back()
         for _ in range(SEND_PER_PASS):
-            if (self.unacked if platform else len(self.inflight)) >= WINDOW:
+            if (self.unacked >= PLATFORM_WINDOW) if platform else \
+                    (len(self.inflight) >= WINDOW):
                 break
             r = self.box.next()
             if r is None:
@@ -345,28 +346,10 @@ class Node:
 
     def on_command(self, payload, retained, size):
         """A command arrived: check, act, answer (through the outbox). The command modules
-        are loaded for it and unloaded after."""
-        try:
-            self._command(payload, retained, size)
-        finally:
-            for m in COMMAND_MODULES:
-                sys.modules.pop(m, None)
-            gc.collect()
-
-    def _command(self, payload, retained, size):
+        stay loaded from the start: loaded and unloaded per command, they needed more heap
+        (a fragmented heap could not give their tables; ``bench/node_budget.py``)."""
         now = self.clock.now()
         cid = command = None
-        err = "not run: the node failed checking it (MemoryError)"
-        data = {}
-        try:
-            import cmdrules
-        except Exception:                   # no room even for the checks: answer that
-            self.faults += 1
-            self.rejected += 1
-            self.queue("response", {"correlation_id": None, "command": None,
-                                    "result": "error", "error": err, "data": {}}, now,
-                       topic=self.base + "/cmd/response")
-            return
         try:
             if payload is None:
                 raise cmdrules.Refused("command of " + str(size) + " bytes (limit "
@@ -407,7 +390,6 @@ class Node:
         """Run a checked command."""
         ov = self.state.d["overrides"]
         if command == "set_override":
-            import cmdrules
             level, prio, ttl = cmdrules.override_args(args)
             ov[:] = [o for o in ov if o["priority"] != prio and o["until"] > now]
             ov.append({"level": level, "priority": prio, "until": now + ttl})

@@ -226,3 +226,28 @@ def test_the_nodes_sha512_is_sha512(tmp_path: Path, interpreter: str) -> None:
                        text=True, timeout=120, env={**os.environ, **env})
     assert p.stdout.split() == [hashlib.sha512(d).hexdigest() for d in data
                                 for _ in (1, 2)], p.stderr
+
+
+def test_the_sha512_tables_are_the_standards_derivation() -> None:
+    """The round constants and initial hash typed into ``node/ed25519.py`` are the ones its
+    ``_constants`` derives from the first 80 primes (FIPS 180-4)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("node_ed25519", ROOT / "node" / "ed25519.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    k, h0 = mod._constants()
+    assert [mod._word(mod._KB, i) for i in range(80)] == k
+    assert [mod._word(mod._H0B, i) for i in range(8)] == h0
+    assert len(mod._KB) == 640 and len(mod._H0B) == 64
+
+
+def test_the_curve_constants_are_rfc_8032s() -> None:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("node_ed25519", ROOT / "node" / "ed25519.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    p = 2 ** 255 - 19
+    assert -121665 * pow(121666, p - 2, p) % p == mod.D
+    assert pow(2, (p - 1) // 4, p) == mod.SQRT_M1 and mod.SQRT_M1 ** 2 % p == p - 1
