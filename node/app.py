@@ -105,6 +105,7 @@ class Node:
         self.cfg = cfg
         self.out = out
         self.out.set(FULL)                      # power-on level: full output
+        self.faults = 0
         sd = cfg["state_dir"].rstrip("/") + "/"
         self.state = State(sd + "state.json")
         self.box = outbox.Outbox(sd + "ob", cfg["outbox_max"], self.state.d["epoch"])
@@ -112,6 +113,10 @@ class Node:
             # the state file was lost or damaged: the records' msg_ids keep their epoch
             self.state.d["epoch"] = self.box.epoch
             self.state.save()
+        try:                                    # an outbox from before segments
+            self.box.migrate(sd + "outbox.jsonl")
+        except Exception:                       # counted; the node starts whatever it finds
+            self.faults += 1
         self.seq = max(self.state.d["seq"], self.box.last_seq, self.box.freed_seq)
         self.seen_path = sd + "seen.json"
         if "_key" not in cfg:                   # nodemain prepares these before it unloads
@@ -142,7 +147,6 @@ class Node:
         self.peak_alloc = 0
         self.mode = ""
         self.source = ""
-        self.faults = 0
         self.rejected = 0                       # commands refused since the last event
         self.last_refusal = ("", None)
         self.next_reject_event = 0

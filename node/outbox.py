@@ -298,6 +298,46 @@ class Outbox:
         os.rename(self.path + ".ptr.tmp", self.path + ".ptr")
         self.bytes_written += len(text)
 
+    def migrate(self, old_path, max_line=MAX_RECORD + 512):
+        """Move the messages of an outbox from before segments (``outbox.jsonl``: one JSON
+        ``[topic, payload, retain]`` per line) into this one, line by line, then rename the
+        old file ``.migrated`` (a line that is too long or not that shape is counted and named
+        lost: its seq is unknown). Returns how many moved."""
+        import re
+        try:
+            f = open(old_path)  # noqa: SIM115 (closed below; MicroPython has no contextlib)
+        except OSError:
+            return 0
+        n = bad = 0
+        seq_re = re.compile('"seq": ([0-9]+)')
+        try:
+            while True:
+                line = f.readline(max_line)
+                if not line:
+                    break
+                if not line.endswith("\n") and len(line) >= max_line:
+                    bad += 1                      # the rest of a too-long line: skipped
+                    while line and not line.endswith("\n"):
+                        line = f.readline(max_line)
+                    continue
+                try:
+                    topic, payload = json.loads(line)[:2]
+                    m = seq_re.search(payload)
+                    self.put(int(m.group(1)), topic, payload)
+                    n += 1
+                except Exception:
+                    bad += 1
+        finally:
+            f.close()
+        if bad:
+            self._note_lost("corrupt", bad, None, None)
+            self.dropped += bad
+        try:  # noqa: SIM105
+            os.rename(old_path, old_path + ".migrated")
+        except OSError:
+            pass
+        return n
+
     # -- sending and freeing ----------------------------------------------------------
     def next(self):
         """``(seq, topic, payload)`` at the send cursor, moving it on; None when nothing

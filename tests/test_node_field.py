@@ -190,3 +190,87 @@ def test_an_outage_past_the_cap_is_delivered_or_named(tmp_path: Path) -> None:
         assert os.path.exists(tmp_path / "ob.ptr")
     finally:
         stop_all(node, col, broker)
+
+
+def test_a_broker_that_refuses_the_node_is_tried_again_never_an_exit(tmp_path: Path) -> None:
+    """CONNACK 5 (anonymous clients refused): the node keeps its lamp on the schedule and
+    tries again with back-off; once the broker lets it in, it is online."""
+    assert MICROPYTHON.exists() or pytest.skip("needs ../shared")
+    broker = Broker(tmp_path)
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true",
+                                                           "allow_anonymous false"))
+    broker.start()
+    node = None
+    col = None
+    try:
+        node = start_node(tmp_path, node_config(tmp_path, broker.port, retry_s=0.5),
+                          set_clock(tmp_path, NIGHT))
+        assert wait_until(lambda: "not authorised" in broker.log.read_text(errors="replace")
+                          or "not authorized" in broker.log.read_text(errors="replace")
+                          or broker.log.read_text().count("New connection") >= 3, 30)
+        time.sleep(3)
+        assert node.poll() is None, "the node exited on a refused connection"
+        assert (level(tmp_path) or 0) >= 50
+        broker.stop()
+        broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous false",
+                                                               "allow_anonymous true"))
+        broker.start()
+        col = Collector(broker.port)
+        assert wait_until(lambda: col.where(lambda t, m, r: t == BASE + "/lighting"), 90)
+    finally:
+        if col is not None:
+            stop_all(node, col, broker)
+        else:
+            if node is not None:
+                node.kill()
+                assert "Traceback" not in node.communicate()[0].decode()
+            broker.stop()
+
+
+def test_a_refused_config_runs_the_last_good_one_at_full_output_and_says_why(
+        tmp_path: Path) -> None:
+    """The node ran a good config once (kept as ``.good``); a broken one replaces it: the
+    node runs the last good one with the lamp at 100 % (night, 23:00: the schedule says
+    50 %) and publishes ``failsafe_entered`` with mode ``config`` and the reason."""
+    assert MICROPYTHON.exists() or pytest.skip("needs ../shared")
+    broker = Broker(tmp_path).start()
+    col = Collector(broker.port)
+    node = None
+    try:
+        cfg = node_config(tmp_path, broker.port)
+        clock = set_clock(tmp_path, NIGHT)
+        node = start_node(tmp_path, cfg, clock)
+        assert wait_until(lambda: level(tmp_path) == 50, 20)
+        assert Path(str(cfg) + ".good").exists()
+        node.kill()
+        node.wait()
+        cfg.write_text(cfg.read_text().replace('"latitude": 53.55', '"latitude": 95'))
+        node = start_node(tmp_path, cfg, clock)
+        assert wait_until(lambda: col.where(
+            lambda t, m, r: t == BASE + "/event" and m.get("event") == "failsafe_entered"
+            and m["detail"].get("mode") == "config"), 30)
+        ev = col.where(lambda t, m, r: t == BASE + "/event"
+                       and m.get("event") == "failsafe_entered")[-1]
+        assert "latitude" in ev["detail"]["reason"], ev
+        assert level(tmp_path) == 100
+        time.sleep(2)
+        assert level(tmp_path) == 100 and node.poll() is None
+    finally:
+        stop_all(node, col, broker)
+
+
+def test_the_hostile_command_set_in_a_small_heap() -> None:
+    """``bench/node_budget.py --hostile``: signed, forged, unsigned, replayed, 1.2 KiB,
+    50 KiB, 100 KiB retained, lenient and fuzzed commands, 65 then a replay, against the node
+    with its code in place (ROMFS) in a 96 KiB heap: every one answered, none with a
+    MemoryError (the smallest heap that does it is a bench figure: README)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    assert MICROPYTHON.exists() or pytest.skip("needs ../shared")
+    p = subprocess.run([sys.executable, "bench/node_budget.py", "--hostile", "--heap", "96K"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["started"] and r["alive"], p.stdout[-2000:]
+    assert r["responses"] >= r["sent"] and r["memory_errors"] == 0, r

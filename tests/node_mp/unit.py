@@ -84,6 +84,21 @@ with open(TMP + "/ob.ptr", "w") as f:
     f.write("\x00\xff garbage")
 case("outbox_damaged_pointer_finds_oldest", drain(outbox.Outbox(TMP + "/ob", 16))[:1], [17])
 
+# an outbox from before segments (outbox.jsonl, 1,024 lines) is moved in line by line
+import os  # noqa: E402
+
+os.mkdir(TMP + "/mig")
+with open(TMP + "/mig/outbox.jsonl", "w") as f:
+    for i in range(1, 1025):
+        f.write(json.dumps(["t", json.dumps({"seq": i, "x": "y" * 200}), False]) + "\n")
+    f.write("{not json\n")
+    f.write("z" * 20000 + "\n")
+mb = outbox.Outbox(TMP + "/mig/ob", 2048)
+moved = mb.migrate(TMP + "/mig/outbox.jsonl")
+case("old_outbox_migrated", (moved, len(drain(mb)), mb.count, mb.take_lost()[0][:2]),
+     (1024, 1024, 1024, ["corrupt", 2]))
+case("old_outbox_renamed", sorted(os.listdir(TMP + "/mig"))[-1], "outbox.jsonl.migrated")
+
 # command rules
 NOW = 1795000000
 g = cmdrules.Guard("node-1", "s", 86400, TMP + "/seen.json")
@@ -96,6 +111,19 @@ def cmd(**kw):
     m.update(kw)
     return json.dumps(m).encode()
 
+
+# replay protection in constant memory: 64 unexpired ids, never one forgotten early
+g64 = cmdrules.Guard("node-1", "s", 86400, TMP + "/seen64.json")
+for i in range(64):
+    g64.check(cmd(correlation_id="r%d" % i), False, NOW)  # noqa: UP031
+case("sixty_fifth_command_waits", "too many commands" in refused(
+    lambda: g64.check(cmd(correlation_id="r64"), False, NOW)), True)
+case("replay_after_64_newer_refused", "duplicate" in refused(lambda: cmdrules.Guard(
+    "node-1", "s", 86400, TMP + "/seen64.json").check(cmd(correlation_id="r0"), False, NOW)),
+    True)
+case("an_expired_id_frees_its_place", refused(lambda: g64.check(
+    cmd(correlation_id="r65", expires="2026-11-19T12:00:00Z"), False, NOW + 86400 - 60)),
+    None)
 
 case("expiry_parse_z", cmdrules.parse_expiry("2026-11-18T12:00:00Z"), 1795003200)
 case("expiry_parse_offset", cmdrules.parse_expiry("2026-11-18T13:00:00.5+01:00"), 1795003200)
@@ -206,6 +234,30 @@ case("tz_rule_summer_late", node_with("tz", BERLIN, JUL1_2130Z).level(JUL1_2130Z
 case("tz_fixed_offset_drifts_in_summer",
      node_with("tz_offset_min", 60, JUL1_2130Z).level(JUL1_2130Z)[0], 100)
 case("tz_rule_winter_late", node_with("tz", BERLIN, DEC15_2230Z).level(DEC15_2230Z)[0], 50)
+with open(TMP + "/huge.json", "w") as f:        # written in pieces: a small heap here too
+    f.write('{"device": "')
+    for _ in range(200):
+        f.write("a" * 1000)
+    f.write('"}')
+with open(TMP + "/deep.json", "w") as f:        # 4,000 levels in 8,000 bytes (5,000: too big)
+    for _ in range(4):
+        f.write("[" * 1000)
+    for _ in range(4):
+        f.write("]" * 1000)
+
+
+def load_error(path):
+    """The first line of nodecfg.load's ValueError for ``path``."""
+    try:
+        nodecfg.load(path)
+    except ValueError as e:
+        return str(e).split(": ", 1)[1][:40]
+    return None
+
+
+case("config_200k_refused_before_parsing", "200014 bytes" in load_error(TMP + "/huge.json"),
+     True)
+case("config_4000_deep_refused", "nested" in (load_error(TMP + "/deep.json") or ""), True)
 case("tz_bad_rule_named", [e.split(":")[0] for e in nodecfg.validate(
     {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
      "output": {"kind": "file", "path": "x"}, "program": [{"at": "01:00", "level": 1}],
