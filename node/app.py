@@ -38,6 +38,10 @@ ACK_TIMEOUT_S = 30
 MAX_PACKET = 4096
 #: Seconds of back-off after a failed connection: doubling from retry_s to this.
 BACKOFF_MAX_S = 60
+#: Refused commands answered per minute, at most.
+REFUSALS_PER_MIN = 60
+#: Seconds between NTP attempts while the clock is not synchronised.
+NTP_RETRY_S = 600
 
 
 def iso(t):
@@ -78,7 +82,10 @@ class State:
         ov = self.d.get("overrides")
         self.d["overrides"] = [o for o in ov if _override_ok(o)][:9] \
             if isinstance(ov, list) else []
-        self.save()
+        try:  # noqa: SIM105 (a full flash: the node runs, the boot count is not kept)
+            self.save()
+        except OSError:
+            pass
 
     def save(self):
         """Write atomically."""
@@ -106,6 +113,7 @@ class Node:
         self.out = out
         self.out.set(FULL)                      # power-on level: full output
         self.faults = 0
+        self._naming = False
         sd = cfg["state_dir"].rstrip("/") + "/"
         self.state = State(sd + "state.json")
         self.box = outbox.Outbox(sd + "ob", cfg["outbox_max"], self.state.d["epoch"])
@@ -148,6 +156,11 @@ class Node:
         self.mode = ""
         self.source = ""
         self.rejected = 0                       # commands refused since the last event
+        self.refusal_tokens = REFUSALS_PER_MIN
+        self.refusal_t = time.ticks_ms()
+        self.next_sync = time.ticks_ms()
+        self.addr = None                        # the broker's address, resolved once
+        self.failures = 0
         self.last_refusal = ("", None)
         self.next_reject_event = 0
         self.loss = None                        # [count, first seq, last seq, reasons]
@@ -163,7 +176,9 @@ class Node:
                 "site": self.cfg["site"], "ts": iso(now)}
 
     def queue(self, kind, body, now, topic=None):
-        """Give ``body`` a seq and msg_id and append it to the outbox."""
+        """Give ``body`` a seq and msg_id and append it to the outbox; a message that could
+        not be written is named (``outbox_overflow``, reason ``failed``), and what the
+        outbox dropped to make room is named in the same pass."""
         self.seq += 1
         msg = self._meta(kind, now)
         if kind in ("lighting", "health"):      # not the agent's forms: own schema ids
@@ -171,7 +186,19 @@ class Node:
         msg.update(body)
         msg["seq"] = self.seq
         msg["msg_id"] = "%s:%s:%d" % (self.cfg["device"], self.state.d["epoch"], self.seq)  # noqa: UP031
-        self.box.put(self.seq, topic or self.base + "/" + kind, json.dumps(msg))
+        try:
+            self.box.put(self.seq, topic or self.base + "/" + kind, json.dumps(msg))
+        except Exception:
+            self.box._note_lost("failed", 1, self.seq, self.seq)
+            self.box.dropped += 1
+            raise
+        finally:
+            if self.box.lost and not self._naming:
+                self._naming = True
+                try:
+                    self.overflow(now)
+                finally:
+                    self._naming = False
 
     def status(self, state, now):
         """Birth/will message (no seq of its own, as on the agent)."""
@@ -194,8 +221,10 @@ class Node:
         c.on_message = self.on_message
         c.on_puback = self.on_puback
         self.client = c
+        if self.failures >= 5:                  # the name may point elsewhere now
+            self.addr = None
         c.open(self.base + "/status", self.status("offline", now), True,
-               m.get("user"), m.get("password"))
+               m.get("user"), m.get("password"), self.addr)
 
     def _connected(self, now):
         """The CONNACK came: subscribe, birth, send from the oldest message held."""
@@ -209,12 +238,15 @@ class Node:
         c.publish(self.base + "/status", self.status("online", now), True, 1)
         self.online = True
         self.connects += 1
+        self.failures = 0
+        self.addr = c.addr
         self.backoff = self.cfg["retry_s"]
         self.last_refusal_code = None
         self._go_back()
-        if not self.trust.synced_now:
-            self.trust.try_sync()
-            self.state.save()
+        if not self.trust.synced_now and time.ticks_diff(time.ticks_ms(), self.next_sync) >= 0:
+            self.next_sync = time.ticks_add(time.ticks_ms(), NTP_RETRY_S * 1000)
+            if self.trust.try_sync():           # (ntptime: DNS and a 1 s UDP wait)
+                self.state.save()
 
     def drop(self, refused=None):
         """Forget the connection; try again after the back-off (doubling, with jitter)."""
@@ -224,6 +256,7 @@ class Node:
         self.online = False
         if refused is not None:
             self.last_refusal_code = refused
+        self.failures += 1
         import os
         wait = self.backoff * (0.75 + os.urandom(1)[0] / 510)
         self.next_try = time.ticks_add(time.ticks_ms(), int(wait * 1000))
@@ -386,6 +419,16 @@ class Node:
             err = cmdrules.clean(err, 1000)
             self.rejected += 1
             self.last_refusal = (err[:500], command)
+            # refusals answered at most REFUSALS_PER_MIN a minute: a flood on the command
+            # topic must not push the night's reports out of the outbox (the rest are
+            # counted in the command_rejected event)
+            t = time.ticks_ms()
+            self.refusal_tokens = min(REFUSALS_PER_MIN, self.refusal_tokens + time.ticks_diff(
+                t, self.refusal_t) * REFUSALS_PER_MIN / 60000)
+            self.refusal_t = t
+            if self.refusal_tokens < 1:
+                return
+            self.refusal_tokens -= 1
         self.queue("response", {"correlation_id": cid, "command": command,
                                 "result": "error" if err else "ok", "error": err,
                                 "data": data}, now, topic=self.base + "/cmd/response")
@@ -459,11 +502,18 @@ class Node:
                 lo[3].append(reason)
             self.loss = lo
         if self.loss:           # at once: what is lost is known only in memory until then
-            lo, self.loss = self.loss, None
-            self.event("outbox_overflow", "alarm", "outbox",
-                       {"dropped": lo[0], "firstSeq": self.loss_first, "lastSeq": lo[2],
-                        "epoch": self.state.d["epoch"], "outboxMax": self.cfg["outbox_max"],
-                        "reason": ",".join(lo[3])}, now)
+            lo = self.loss
+            was, self._naming = self._naming, True
+            try:                # kept when the event cannot be written: said next time
+                self.event("outbox_overflow", "alarm", "outbox",
+                           {"dropped": lo[0], "firstSeq": self.loss_first, "lastSeq": lo[2],
+                            "epoch": self.state.d["epoch"],
+                            "outboxMax": self.cfg["outbox_max"], "reason": ",".join(lo[3])},
+                           now)
+                if self.loss is lo:
+                    self.loss = None
+            finally:
+                self._naming = was
         if self.box.count == 0 and not self.loss:
             self.loss_first = None
 

@@ -18,8 +18,8 @@ PINGREQ unless asked. This client, on the port's ``socket`` and ``select``:
 - :meth:`publish` writes QoS 1 packets piece by piece (no copy of the payload) and returns
   the packet id; ``on_puback(pid)`` reports the broker's PUBACK.
 
-Every error is ``OSError`` or :class:`Refused`; the caller drops the client and makes a new
-one later (with back-off).
+Errors are ``OSError`` or :class:`Refused` (and MemoryError or UnicodeError from garbage); the
+caller drops the client on any of them and makes a new one later (with back-off).
 """
 
 import select
@@ -77,6 +77,7 @@ class Client:
         self.connack_s = connack_s
         self.sock = None
         self.poller = None
+        self.addr = None
         self.connected = False
         self.pid = 0
         self.on_message = None        # (topic, payload bytes or None, retained, size)
@@ -123,12 +124,19 @@ class Client:
         return bool(self.poller.poll(0))
 
     # -- connection -------------------------------------------------------------------
-    def open(self, will_topic=None, will_msg=None, will_retain=True, user=None, password=None):
-        """TCP connect (within ``timeout_s``) and send CONNECT (clean session)."""
-        ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        self.sock = socket.socket(ai[0], socket.SOCK_STREAM)
+    def open(self, will_topic=None, will_msg=None, will_retain=True, user=None, password=None,
+             addr=None):
+        """TCP connect (within ``timeout_s``) and send CONNECT (clean session). ``addr``: an
+        address resolved before (``self.addr`` after this call); without it the host name
+        is resolved here: a DNS lookup has only the network stack's own timeout, so the node
+        keeps the address of its last good connection (or give ``mqtt.host`` as an IP)."""
+        if addr is None:
+            ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
+            addr = (ai[0], ai[-1])
+        self.addr = addr
+        self.sock = socket.socket(addr[0], socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout_s)
-        self.sock.connect(ai[-1])
+        self.sock.connect(addr[1])
         self.poller = select.poll()
         self.poller.register(self.sock, select.POLLIN)
         flags = 0x02
@@ -215,8 +223,9 @@ class Client:
             return
         if self.keepalive:
             ka = self.keepalive * 1000
-            if self.ping_sent is not None and _since(self.ping_sent) > ka:
-                raise OSError(110)    # no PINGRESP (nor anything else): dead
+            if self.ping_sent is not None and _since(self.ping_sent) > ka \
+                    and _since(self.last_rx) > ka:
+                raise OSError(110)    # no PINGRESP, no byte at all: dead
             if self.ping_sent is None and _since(self.last_tx) >= ka // 2:
                 self._write(b"\xc0\x00")
                 self.ping_sent = _ms()

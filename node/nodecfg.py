@@ -163,11 +163,16 @@ def validate(cfg):
             errs.append("output.kind: expected one of " + ", ".join(OUTPUT_KINDS))
         elif o["kind"] == "file" and not isinstance(o.get("path"), str):
             errs.append("output.path: expected a file path (kind file)")
-        elif o["kind"] == "pwm" and not isinstance(o.get("pin"), int):
-            errs.append("output.pin: expected a pin number (kind pwm)")
+        elif o["kind"] == "pwm" and (isinstance(o.get("pin"), bool)
+                                     or not isinstance(o.get("pin"), int)
+                                     or not 0 <= o["pin"] <= 48):
+            errs.append("output.pin: expected a pin number 0-48 (kind pwm)")
+        elif o["kind"] == "pwm" and "freq" in o:
+            _num(o, "freq", 1, 1000000, errs, "output.")
         elif o["kind"] == "dali":
-            if not isinstance(o.get("uart", 1), int) or isinstance(o.get("uart"), bool):
-                errs.append("output.uart: expected a UART id (kind dali)")
+            u = o.get("uart", 1)
+            if not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 3:
+                errs.append("output.uart: expected a UART id 0-3 (kind dali)")
             if "port" in o and not isinstance(o["port"], str):
                 errs.append("output.port: expected a serial device path (kind dali)")
             if o.get("codec", "hat") not in ("hat", "foxtron"):
@@ -211,6 +216,12 @@ def validate(cfg):
                       ("rtc_trust_s", 0, 365 * 86400), ("retry_s", 0.1, 3600)):
         if k in cfg:
             _num(cfg, k, lo, hi, errs)
+    wdt, tick = cfg.get("wdt_ms", DEFAULTS["wdt_ms"]), cfg.get("tick_s", DEFAULTS["tick_s"])
+    if isinstance(wdt, (int, float)) and isinstance(tick, (int, float)) and wdt \
+            and wdt < tick * 1000 + 3000:
+        errs.append("wdt_ms: expected 0 (off) or at least tick_s x 1000 + 3000 = "
+                    + str(int(tick * 1000 + 3000)) + " (the watchdog would reset the node "
+                    "between two loop passes), got " + repr(wdt))
     known = REQUIRED + tuple(DEFAULTS) + ("clock", "command_key", "tz", "program", "programs",
                                           "calendar")
     for k in cfg:
@@ -270,31 +281,6 @@ def loads_strict(raw):
     node, CPython's json with a depth check on a laptop)."""
     import strictjson
     return strictjson.loads(raw, MAX_CONFIG_DEPTH)
-
-
-def keep_good(path):
-    """Copy the config that just loaded to ``path.good`` (the fallback when a later one is
-    refused), unless that copy is already the same; written whole, then renamed."""
-    import os
-    good = path + ".good"
-    try:
-        with open(path, "rb") as a, open(good, "rb") as b:
-            while True:
-                x, y = a.read(512), b.read(512)
-                if x != y:
-                    break
-                if not x:
-                    return False
-    except OSError:
-        pass
-    with open(path, "rb") as a, open(good + ".tmp", "wb") as b:
-        while True:
-            x = a.read(512)
-            if not x:
-                break
-            b.write(x)
-    os.rename(good + ".tmp", good)
-    return True
 
 
 def salvage_output(path):

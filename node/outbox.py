@@ -65,20 +65,47 @@ class Outbox:
                 self.epoch = e
         except Exception:                         # missing or damaged: find the oldest
             self.head, self.off = self._oldest(), 0
+        oldest = self._oldest()
+        if oldest < self.head:                    # never orphan what is older: send again
+            self.head, self.off = oldest, 0
+        if self.off and self._skip_header_seq(self.head, self.off) is False:
+            self.off = 0                          # a pointer into no record: from the start
+        self.damaged = {}                         # (segment, offset) → last seq named
         self.tail = self.head
         while _exists(self._seg(self.tail + 1)) and self.tail - self.head < self.max_segs * 4:
             self.tail += 1
         if not _exists(self._seg(self.head)):
             self.off = 0
         self.last_seq = self.freed_seq
+        try:
+            if self.off > os.stat(self._seg(self.head))[6]:
+                self.off = 0
+        except OSError:
+            pass
         self.tail_n, ok = self._check_tail()
         if not ok:                                # torn end: new records go to a new file
             self.tail += 1
             self.tail_n = 0
         self.count = self._count()
         self.cursor = (self.head, self.off)       # next record to send
+        self._fit_to_flash()
         if self.epoch and not _exists(path + ".ptr"):
-            self._save_ptr()                      # the epoch on flash from the start
+            try:  # noqa: SIM105
+                self._save_ptr()                  # the epoch on flash from the start
+            except OSError:                       # a full flash: the node starts anyway
+                pass
+
+    def _fit_to_flash(self, margin=16384, seg_bytes=SEG_RECORDS * 512):
+        """Fewer segments than ``max_records`` asks for when the file system has no room
+        for them (a full flash would fail every write, unnamed): what is free now, less a
+        margin for the state files, plus what the outbox holds already."""
+        try:
+            st = os.statvfs(self.path.rsplit("/", 1)[0] or "/" if "/" in self.path else ".")
+            free = st[0] * st[4]
+        except (AttributeError, OSError, IndexError):
+            return
+        room = (free - margin) // seg_bytes + (self.tail - self.head + 1)
+        self.max_segs = max(2, min(self.max_segs, room))
 
     def _seg(self, n):
         return self.path + "." + str(n)
@@ -171,19 +198,25 @@ class Outbox:
             return 0
 
     def _count(self):
-        """Records waiting (headers only; the newest segment was just counted)."""
+        """Records waiting (headers only, one open per segment; the newest segment was just
+        counted)."""
         total = 0
         for seg in range(self.head, self.tail + 1):
             off = self.off if seg == self.head else 0
             if seg == self.tail and not off:
                 total += self.tail_n
                 continue
-            while True:
-                r = self._skip_header(seg, off)
-                if r is None:
-                    break
-                off = r
-                total += 1
+            try:
+                with open(self._seg(seg), "rb") as f:
+                    while True:
+                        f.seek(off)
+                        h = self._header(f)
+                        if h is None:
+                            break
+                        off += HEAD + h[2] + 1
+                        total += 1
+            except (OSError, ValueError, UnicodeError):
+                pass
         return total
 
     def _skip_header(self, seg, off):
@@ -210,15 +243,18 @@ class Outbox:
             self.tail_n = 0
         sq, ln = ("%08x" % seq).encode(), ("%04x" % n).encode()  # noqa: UP031
         crc = _crc(p, _crc(b"\t", _crc(t, _crc(ln, _crc(sq)))))
-        with open(self._seg(self.tail), "ab") as f:
-            f.write(sq)
-            f.write(("%08x" % crc).encode())  # noqa: UP031
-            f.write(ln)
-            f.write(b" ")
-            f.write(t)
-            f.write(b"\t")
-            f.write(p)
-            f.write(b"\n")
+        head = sq + ("%08x" % crc).encode() + ln + b" "  # noqa: UP031
+        try:
+            with open(self._seg(self.tail), "ab") as f:
+                f.write(head)
+                f.write(t)
+                f.write(b"\t")
+                f.write(p)
+                f.write(b"\n")
+        except Exception:                         # part of a record may be on flash: the
+            self.tail += 1                        # next ones go to a new segment, never
+            self.tail_n = 0                       # after torn bytes
+            raise
         self.tail_n += 1
         self.count += 1
         self.last_seq = max(self.last_seq, seq)
@@ -248,6 +284,8 @@ class Outbox:
         self._remove(self.head)
         self.head += 1
         self.off = 0
+        for k in [k for k in self.damaged if k[0] < self.head]:
+            del self.damaged[k]
         if self.cursor[0] < self.head:
             self.cursor = (self.head, 0)
         if last is not None:
@@ -305,7 +343,7 @@ class Outbox:
         lost: its seq is unknown). Returns how many moved."""
         import re
         try:
-            f = open(old_path)  # noqa: SIM115 (closed below; MicroPython has no contextlib)
+            f = open(old_path, "rb")  # noqa: SIM115 (closed below; no contextlib)
         except OSError:
             return 0
         n = bad = 0
@@ -315,13 +353,13 @@ class Outbox:
                 line = f.readline(max_line)
                 if not line:
                     break
-                if not line.endswith("\n") and len(line) >= max_line:
+                if not line.endswith(b"\n") and len(line) >= max_line:
                     bad += 1                      # the rest of a too-long line: skipped
-                    while line and not line.endswith("\n"):
+                    while line and not line.endswith(b"\n"):
                         line = f.readline(max_line)
                     continue
                 try:
-                    topic, payload = json.loads(line)[:2]
+                    topic, payload = json.loads(line.decode())[:2]
                     m = seq_re.search(payload)
                     self.put(int(m.group(1)), topic, payload)
                     n += 1
@@ -369,19 +407,16 @@ class Outbox:
             n = max(0, last - first + 1)
         else:
             n = 1
-        self._note_lost("corrupt", n, first, last)
-        self.dropped += n
-        self.count = max(0, self.count - n)
+        if (seg, off) not in self.damaged:   # named once (again only after a restart)
+            self._note_lost("corrupt", n, first, last)
+            self.dropped += n
+            self.count = max(0, self.count - n)
+            self.damaged[(seg, off)] = last
         if seg == self.tail:                  # never append after a damaged record
             self.tail += 1
             self.tail_n = 0
-        self.cursor = (seg + 1, 0)
-        if seg == self.head:                  # nothing readable left in it: free it
-            self._remove(seg)
-            self.head, self.off = seg + 1, 0
-            if last is not None:
-                self.freed_seq = max(self.freed_seq, last)
-            self._save_ptr()
+        self.cursor = (seg + 1, 0)            # freed (the segment deleted) by free_if once
+        #                                       everything before it is acknowledged
 
     def _first_seq(self, seg):
         r = self._skip_header_seq(seg, 0)
@@ -413,8 +448,18 @@ class Outbox:
         """Free messages from the oldest while ``covered(seq)``; returns how many."""
         n = 0
         while True:
+            if (self.head, self.off) in self.damaged:   # named: the rest of it goes
+                last = self.damaged.pop((self.head, self.off))
+                self._remove(self.head)
+                self.head, self.off = self.head + 1, 0
+                if last is not None:
+                    self.freed_seq = max(self.freed_seq, last)
+                if self.cursor[0] < self.head:
+                    self.cursor = (self.head, 0)
+                self._save_ptr()
+                continue
             r = self._skip_header_seq(self.head, self.off)
-            if r is False:                    # damaged: next() names it
+            if r is False:                    # damaged: next() names it first
                 break
             if r is None:
                 if self.head < self.tail:     # a finished segment: delete it

@@ -160,10 +160,10 @@ def start_nodes(n: int, work: Path, mqtt_port: int, lat: float,
                 lon: float) -> list[subprocess.Popen]:
     """N lamp nodes in MicroPython processes (none, with one line saying why, without
     ../shared). Their state starts fresh each run; their output goes to ``<id>.log``."""
-    missing = [p for p in (MICROPYTHON, MPLIB / "umqtt.simple") if not p.exists()]
+    missing = [p for p in (MICROPYTHON,) if not p.exists()]
     if missing:
         print(f"--nodes {n}: no lamp nodes: {missing[0]} is missing (the MicroPython unix "
-              "port and micropython-lib live in ../shared)", flush=True)
+              "port lives in ../shared)", flush=True)
         return []
     nodes = work / "nodes"
     shutil.rmtree(nodes, ignore_errors=True)

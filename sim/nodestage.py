@@ -1,6 +1,7 @@
 """Stage the lamp node's files as ``flash.sh node`` puts them on a board, for the MicroPython
 unix port: the files of ``node/manifest.txt`` compiled to ``.mpy`` by the same code
-(``deploy/flash/node.py``), ``main.py`` kept as source, umqtt under ``lib/``. Tests, the demo
+(``deploy/flash/node.py``), ``main.py`` kept as source (umqtt under ``lib/`` too, for an older
+node that imports it). Tests, the demo
 and the bench run the node from here, so they run what a board runs (a board compiles no
 source: compiling ``app.py`` alone needs more than a small heap has to spare).
 
@@ -83,7 +84,9 @@ def stage(dest: Path, umqtt: Path = UMQTT, app: Path = ROOT, romfs: bool = False
     MICROPYPATH (``dest:dest/lib``). Raises the flasher's ``Refused`` (one line) when a file
     does not compile. ``romfs``: also ``romfs.img`` and ``romboot.py`` (module docstring)."""
     fn = _flash_node()
-    files = fn.read_manifest(app / "node" / "manifest.txt") + fn.umqtt_files(umqtt)
+    # umqtt only for an older node (bench/node_campaign.py --app): this one has its own client
+    files = fn.read_manifest(app / "node" / "manifest.txt") + \
+        (fn.umqtt_files(umqtt) if umqtt.is_dir() else [])
     dest.mkdir(parents=True, exist_ok=True)
     staged = []
     for local, device in fn.compile_files(files, dest):

@@ -132,7 +132,7 @@ def test_bad_config_is_one_clear_line_per_problem_and_the_lamp_still_lit(
     lines = out.strip().splitlines()
     assert f"{bad}: latitude: expected a number in -90..90, got 95" in lines
     assert any(ln.startswith(f"{bad}: program[0].at:") for ln in lines)
-    assert lines[-1] == f"{bad}: no usable config: the lamp held at 100 %"
+    assert lines[-1].startswith(f"{bad}: no usable config: the lamp held at 100 %")
 
 
 def test_node_birth_restart_override_and_wrong_clock(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--board", choices=("esp32", "rp2040"), help="when not detected from USB VID:PID")
     p.add_argument("--firmware", help="MicroPython: .bin (ESP32, esptool) or .uf2 (RP2040)")
     p.add_argument("--uf2-drive", help="the mounted RPI-RP2 drive (default: found in /proc/mounts)")
-    p.add_argument("--umqtt", help="a micropython-lib checkout to copy umqtt from (else mpremote mip)")
+    p.add_argument("--umqtt", help="a micropython-lib checkout to copy umqtt from, for an application "
+                   "that imports it (the polelink node has its own MQTT client: not needed)")
     p.add_argument("--app", default=str(HERE), help="the checkout whose node/manifest.txt to flash")
     p.add_argument("--yes", action="store_true", help="erase and write the firmware without asking")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the plan, write nothing")
@@ -336,8 +337,6 @@ def run(a: argparse.Namespace, port: str, board: str, staged: list[tuple[Path, s
             if not a.dry_run:
                 drive = uf2_drive(a.uf2_drive)
             plan.append(["cp", a.firmware, f"{drive}/"])
-    if not a.umqtt:
-        plan.append(["mpremote", "connect", port, "mip", "install", "umqtt.simple", "umqtt.robust"])
     dirs = sorted({str(Path(d).parent) for _, d in staged if "/" in d})
     for src, dst in staged:
         plan.append(["mpremote", "connect", port, "fs", "cp", str(src), f":{dst}"])
@@ -362,9 +361,6 @@ def run(a: argparse.Namespace, port: str, board: str, staged: list[tuple[Path, s
             elif cmd[0] == "cp":
                 shutil.copy(a.firmware, Path(str(drive)) / Path(a.firmware).name)
                 os.sync()
-    if not a.umqtt:
-        step("installing umqtt (mpremote mip: needs a network)")
-        mpremote(port, "mip", "install", "umqtt.simple", "umqtt.robust")
     step(f"copying {len(staged)} files to the board")
     mk = f"import os\nfor d in {dirs!r}:\n  p=''\n  for part in d.split('/'):\n    p=p+part\n" \
          "    try: os.mkdir(p)\n    except OSError: pass\n    p=p+'/'\n"

@@ -99,6 +99,82 @@ case("old_outbox_migrated", (moved, len(drain(mb)), mb.count, mb.take_lost()[0][
      (1024, 1024, 1024, ["corrupt", 2]))
 case("old_outbox_renamed", sorted(os.listdir(TMP + "/mig"))[-1], "outbox.jsonl.migrated")
 
+def flip_bit(path, marker):
+    """Flip one bit of the record holding ``marker`` in segment file ``path``."""
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    raw[raw.find(marker) + 2] ^= 0x04
+    with open(path, "wb") as f:
+        f.write(raw)
+
+
+# a damaged record in the head segment: what was sent before it stays until acknowledged
+hb = outbox.Outbox(TMP + "/hd", 64)
+for i in range(1, 7):
+    hb.put(i, "t", "payload-%d" % i)  # noqa: UP031
+flip_bit(TMP + "/hd.0", b"payload-6")
+hb = outbox.Outbox(TMP + "/hd", 64)
+first_pass = drain(hb)
+hb.rewind()
+case("head_damage_keeps_the_unacknowledged", (first_pass, drain(hb), hb.take_lost()),
+     ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [["corrupt", 1, 6, 6]]))
+case("head_damage_freed_after_the_acks", (hb.free_if(lambda q: q <= 5), hb.head),
+     (5, 1))
+
+# a damaged record further on does not stall freeing (platform acknowledgement: its seq
+# is never acknowledged)
+fb = outbox.Outbox(TMP + "/fb", 64)
+for i in range(1, 41):
+    fb.put(i, "t", "payload-%d" % i)  # noqa: UP031
+flip_bit(TMP + "/fb.1", b"payload-21")
+sent = drain(fb)
+named = fb.take_lost()
+freed = fb.free_if(lambda q: q in sent)
+fb.rewind()
+case("damage_further_on_does_not_stall", (21 in sent, named, freed, drain(fb), fb.count),
+     (False, [["corrupt", 12, 21, 32]], 28, [], 0))
+
+
+# a put that fails halfway (flash full, power): the next records go to a new segment
+class HalfFile:
+    """A file whose second write fails."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.n += 1
+        if self.n == 2:
+            raise OSError(28)
+        return self.f.write(b)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+
+pb = outbox.Outbox(TMP + "/pb", 64)
+for i in range(1, 4):
+    pb.put(i, "t", "x")
+outbox.open = lambda path, mode="r": HalfFile(open(path, mode))  # noqa: SIM115
+try:  # noqa: SIM105 (MicroPython has no contextlib)
+    pb.put(4, "t", "x")
+except OSError:
+    pass
+del outbox.open
+for i in range(5, 8):
+    pb.put(i, "t", "x")
+got = drain(pb)
+case("half_written_put_not_followed", (got, pb.take_lost()), ([1, 2, 3, 5, 6, 7],
+                                                                 [["corrupt", 1, 4, 4]]))
+
+# a pointer whose offset points past its segment: sent again from the start
+with open(TMP + "/pb.ptr", "w") as f:
+    f.write('{"head": 0, "off": 999999, "seq": 0}')
+case("pointer_past_the_end_resends", drain(outbox.Outbox(TMP + "/pb", 64))[:3], [1, 2, 3])
+
 # command rules
 NOW = 1795000000
 g = cmdrules.Guard("node-1", "s", 86400, TMP + "/seen.json")
@@ -258,6 +334,24 @@ def load_error(path):
 case("config_200k_refused_before_parsing", "200014 bytes" in load_error(TMP + "/huge.json"),
      True)
 case("config_4000_deep_refused", "nested" in (load_error(TMP + "/deep.json") or ""), True)
+BASECFG = {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
+           "output": {"kind": "pwm", "pin": 4}, "program": [{"at": "01:00", "level": 1}]}
+
+
+def fields(**kw):
+    """The fields nodecfg.validate names for BASECFG updated with ``kw``."""
+    c = dict(BASECFG)
+    for k in kw:
+        c[k] = kw[k]
+    return [e.split(":")[0] for e in nodecfg.validate(c)]
+
+
+case("watchdog_shorter_than_a_pass_refused", fields(tick_s=10), ["wdt_ms"])
+case("watchdog_off_with_a_long_tick_ok", fields(tick_s=10, wdt_ms=0), [])
+case("pwm_pin_out_of_range_refused", fields(output={"kind": "pwm", "pin": 99}), ["output.pin"])
+case("pwm_freq_zero_refused", fields(output={"kind": "pwm", "pin": 4, "freq": 0}),
+     ["output.freq"])
+case("dali_uart_7_refused", fields(output={"kind": "dali", "uart": 7}), ["output.uart"])
 case("tz_bad_rule_named", [e.split(":")[0] for e in nodecfg.validate(
     {"device": "a", "site": "b", "latitude": 0, "longitude": 0, "mqtt": {"host": "h"},
      "output": {"kind": "file", "path": "x"}, "program": [{"at": "01:00", "level": 1}],
