@@ -78,7 +78,8 @@ class State:
                 self.d[k] = 0
         self.d["boot"] += 1
         if not isinstance(self.d.get("clock"), dict):
-            self.d["clock"] = {}
+            self.d.pop("clock", None)
+        self.d.setdefault("clock", {})          # the clock rules' state (Trust)
         ov = self.d.get("overrides")
         self.d["overrides"] = [o for o in ov if _override_ok(o)][:9] \
             if isinstance(ov, list) else []
