@@ -224,16 +224,20 @@ class Guard:
         self.site = site
         self.max_ttl_s = max_ttl_s
         self.path = path
+        self.seen = None            # read after the signature check (a smaller heap peak)
+
+    def _load_seen(self):
+        """The remembered ids (a missing or damaged file forgets them: README, limit)."""
         self.seen = {}
         try:
-            with open(path) as f:
+            with open(self.path) as f:
                 seen = json.loads(f.read(MAX_REMEMBERED * 40 + 64))
             for k in seen:
                 if len(self.seen) < MAX_REMEMBERED and isinstance(k, str) and len(k) == 16 \
                         and isinstance(seen[k], (int, float)):
                     self.seen[k] = seen[k]
-        except Exception:           # missing or damaged: commands are refused as expired
-            pass                    # beyond max_ttl_s anyway
+        except Exception:
+            pass
 
     def check(self, payload, retained, now):
         """The parsed command; Refused with the reason otherwise."""
@@ -266,6 +270,8 @@ class Guard:
             raise Refused("expires more than " + str(self.max_ttl_s) + " s ahead")
         if self.key is not None:
             self._verify(msg)
+        if self.seen is None:
+            self._load_seen()
         for k in [k for k, v in self.seen.items() if v <= now]:
             del self.seen[k]
         key = _id_key(cid)
