@@ -387,25 +387,17 @@ class Node:
         stay loaded from the start: loaded and unloaded per command, they needed more heap
         (a fragmented heap could not give their tables; ``bench/node_budget.py``)."""
         now = self.clock.now()
-        cid = command = None
+        cfg = self.cfg
+        guard = cmdrules.Guard(cfg["device"], cfg["site"], cfg["max_ttl_s"], self.seen_path,
+                               cfg["_key"])
         try:
             if payload is None:
                 raise cmdrules.Refused("command of " + str(size) + " bytes (limit "
                                        + str(cmdrules.MAX_COMMAND_BYTES) + ")")
             if retained:
                 raise cmdrules.Refused("retained commands are refused")
-            try:
-                peek = json.loads(payload)
-                cid, command = peek.get("correlation_id"), peek.get("command")
-                del peek
-            except Exception:
-                pass
             gc.collect()                    # room for the signature check's big numbers
-            cfg = self.cfg
-            guard = cmdrules.Guard(cfg["device"], cfg["site"], cfg["max_ttl_s"],
-                                   self.seen_path, cfg["_key"])
             msg = guard.check(payload, retained, now)
-            del guard
             data = self.act(msg["command"], msg.get("args", {}), now)
             err = None
         except cmdrules.Refused as e:
@@ -414,6 +406,8 @@ class Node:
             self.faults += 1
             err, data = "not run: the node failed checking it (" + type(e).__name__ + ")", {}
             gc.collect()
+        cid, command = guard.peek           # what the strictly parsed command said, if any
+        del guard
         cid = cmdrules.clean(cid, 128) if isinstance(cid, str) else None
         command = cmdrules.clean(command, 64) if isinstance(command, str) else None
         if err:

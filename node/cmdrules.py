@@ -225,6 +225,7 @@ class Guard:
         self.max_ttl_s = max_ttl_s
         self.path = path
         self.seen = None            # read after the signature check (a smaller heap peak)
+        self.peek = (None, None)    # correlation_id and command, once parsed (for answers)
 
     def _load_seen(self):
         """The remembered ids (a missing or damaged file forgets them: README, limit)."""
@@ -250,7 +251,10 @@ class Guard:
             msg = strictjson.loads(payload)
         except ValueError as e:
             raise Refused("not valid JSON (" + str(e) + ")") from None
-        if not isinstance(msg, dict) or msg.get("schema") != "polelink/command/2":
+        if not isinstance(msg, dict):
+            raise Refused("not a polelink/command/2 object")
+        self.peek = (msg.get("correlation_id"), msg.get("command"))
+        if msg.get("schema") != "polelink/command/2":
             raise Refused("not a polelink/command/2 object")
         cid = msg.get("correlation_id")
         if not isinstance(cid, str) or not 1 <= len(cid) <= 128:

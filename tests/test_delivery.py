@@ -184,15 +184,31 @@ def test_a_corrupt_row_is_quarantined_with_an_alarm_and_the_rest_delivered(
         stack: Stack) -> None:
     stack.start_agent()
     assert wait_until(lambda: stack.delivered(), 40), stack.output()[-2000:]
+    from tests.mqtt_broker import Collector
+    wire = Collector(stack.broker.port, "polelink/#")   # what the pole put on the wire
     stack.platform.stop()                               # let messages queue up
     db = stack.data / "outbox.db"
-    # a row the platform never stored: one it stored but had not yet acknowledged when it
-    # stopped is no gap once quarantined (the platform has it), so it would prove nothing
-    held = stack.platform.store.summary()["pole-7"]["max_seq"]
+    # a row the pole never sent: one it sent before it saw the platform's STATE go offline
+    # is queued for the platform's session by the broker, so quarantining it makes no gap
+    # and would prove nothing. The pole holds once nothing new reaches the wire for 3 s.
     pick = ("SELECT MIN(id) FROM outbox WHERE seq > ? AND "
             "(topic LIKE '%/health' OR topic LIKE '%/lighting/%')")
-    assert wait_until(lambda: sqlite3.connect(db).execute(pick, (held,)).fetchone()[0]
-                      is not None, 60)
+
+    def sent() -> int:
+        return max((m.get("seq", 0) for t, m, r in list(wire.messages)
+                    if isinstance(m.get("seq"), int) and not t.endswith("/status")), default=0)
+
+    def holding() -> int | None:
+        before = sent()
+        time.sleep(3)
+        row = sqlite3.connect(db).execute(pick, (before,)).fetchone()[0]
+        return before if sent() == before and row is not None else None
+    held = None
+    end = time.monotonic() + 90
+    while held is None and time.monotonic() < end:
+        held = holding()
+    wire.close()
+    assert held is not None, "the pole never held its messages with the platform away"
     raw = sqlite3.connect(db, timeout=10)
     raw.execute(f"UPDATE outbox SET topic=CAST(X'ff00fe' AS TEXT) WHERE id=({pick})", (held,))
     raw.commit()
