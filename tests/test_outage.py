@@ -32,6 +32,10 @@ def aggregates(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, city_stack) -> None:
     broker, _, platform, cfg = city_stack
+    # delivered means the platform has it (its acknowledgement): with PUBACK freeing, a
+    # message the broker acknowledged just before it was killed is lost by design (README,
+    # "Queues and the window"), and this test failed under load on exactly that race
+    cfg.write_text(cfg.read_text() + "  primary_host: ops\n")
     agg = tmp_path / "agg.jsonl"
     log = tmp_path / "agent.log"
     proc = start_agent(cfg, log)
@@ -57,8 +61,9 @@ def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, city_st
         want = {(r["interval_start"], r["line"]) for r in closed}
         assert wait_until(lambda: want <= delivered(), 60), (want - delivered(),
                                                              log.read_text()[-2000:])
+        assert wait_until(lambda: platform.store.summary()["pole-7"]["gaps"] == 0, 30), \
+            platform.store.summary()["pole-7"]
         s = platform.store.summary()["pole-7"]
-        assert s["gaps"] == 0, s
         assert s["invalid"] == 0
         assert s["status"] == "online"
     finally:
