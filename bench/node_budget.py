@@ -56,6 +56,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.campaign import wait_for  # noqa: E402
+
 MICROPYTHON = ROOT.parent / "shared" / "bin" / "micropython"
 DEVICE, SITE = "node-0042", "harbour"
 BASE = f"polelink/{SITE}/{DEVICE}"
@@ -247,7 +249,7 @@ def full(heap: str, strace: bool, romfs: bool) -> dict[str, Any]:
             msgs = rig.node_messages()
             h = [m for m in msgs if m.get("schema") == "polelink/node-health/1"]
             return bool(h) and h[-1]["outbox"] <= 2 and h[-1]["ts"] >= _iso(node_now)
-        wait(drained, 300)
+        wait_for(drained, 300, 0.3)
         alive = rig.node is not None and rig.node.poll() is None
         rig.kill_node(signal.SIGTERM)
         made = _ptr_seq(work)
@@ -303,8 +305,8 @@ def hostile_only(heap: str, romfs: bool) -> dict[str, Any]:
     rig = Rig(work, heap, False, romfs)
     try:
         rig.start_node()
-        started = wait(lambda: any(m.get("schema") == "polelink/node-lighting/1"
-                                   for m in rig.node_messages()), 20)
+        started = wait_for(lambda: any(m.get("schema") == "polelink/node-lighting/1"
+                                       for m in rig.node_messages()), 20, 0.3)
         sent = hostile(rig) if started else 0
         time.sleep(10)
         msgs = rig.node_messages()
@@ -318,15 +320,6 @@ def hostile_only(heap: str, romfs: bool) -> dict[str, Any]:
             "responses": len(responses),
             "memory_errors": sum("MemoryError" in (m.get("error") or "") for m in responses)
             + log.count("MemoryError")}
-
-
-def wait(cond: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.3)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

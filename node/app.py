@@ -149,8 +149,6 @@ class Node:
         self.ack_timeout = ACK_TIMEOUT_S
         self.backoff = cfg["retry_s"]
         self.next_try = 0
-        self.last_refusal_code = None
-        self.connects = 0
         self.last_report = -1e9
         self.last_health = -1e9
         self.peak_alloc = 0
@@ -166,7 +164,6 @@ class Node:
         self.next_reject_event = 0
         self.loss = None                        # [count, first seq, last seq, reasons]
         self.loss_first = None                  # first seq lost since the outbox emptied
-        self.next_overflow_event = 0
         self.max_gap_ms = 0
         self.t_pass = None
         self.t_start = time.ticks_ms()
@@ -238,25 +235,21 @@ class Node:
             c.subscribe(self.state_topic, 1)
         c.publish(self.base + "/status", self.status("online", now), True, 1)
         self.online = True
-        self.connects += 1
         self.failures = 0
         self.addr = c.addr
         self.backoff = self.cfg["retry_s"]
-        self.last_refusal_code = None
         self._go_back()
         if not self.trust.synced_now and time.ticks_diff(time.ticks_ms(), self.next_sync) >= 0:
             self.next_sync = time.ticks_add(time.ticks_ms(), NTP_RETRY_S * 1000)
             if self.trust.try_sync():           # (ntptime: DNS and a 1 s UDP wait)
                 self.state.save()
 
-    def drop(self, refused=None):
+    def drop(self):
         """Forget the connection; try again after the back-off (doubling, with jitter)."""
         if self.client is not None:
             self.client.close()
         self.client = None
         self.online = False
-        if refused is not None:
-            self.last_refusal_code = refused
         self.failures += 1
         import os
         wait = self.backoff * (0.75 + os.urandom(1)[0] / 510)
@@ -288,9 +281,7 @@ class Node:
                 self._connected(now)
             if self.online:
                 self.send(now)
-        except mqttc.Refused as e:
-            self.drop(e.code)
-        except Exception:                       # OSError, garbage, MemoryError: reconnect
+        except Exception:       # OSError, a refused CONNACK, garbage, MemoryError: reconnect
             self.drop()
 
     def send(self, now):

@@ -219,15 +219,6 @@ class Outbox:
                 pass
         return total
 
-    def _skip_header(self, seg, off):
-        try:
-            with open(self._seg(seg), "rb") as f:
-                f.seek(off)
-                h = self._header(f)
-                return None if h is None else off + HEAD + h[2] + 1
-        except (OSError, ValueError):
-            return None
-
     # -- writing ----------------------------------------------------------------------
     def put(self, seq, topic, payload):
         """Append one message (durable on return); drops the oldest segment at the cap."""
@@ -481,13 +472,3 @@ class Outbox:
                 self.cursor = (self.head, self.off)
             self._save_ptr()
         return n
-
-    def oldest_seq(self):
-        """The seq of the oldest message not freed (None when none waits)."""
-        r = self._skip_header_seq(self.head, self.off)
-        return r[0] if r else None
-
-    def unsent(self):
-        """True when the send cursor has not reached the newest record."""
-        seg, off = self.cursor
-        return seg < self.tail or (seg == self.tail and self._skip_header(seg, off) is not None)
