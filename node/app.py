@@ -34,8 +34,9 @@ PLATFORM_WINDOW = 64
 #: Messages sent per loop pass, at most (the pass stays short).
 SEND_PER_PASS = 8
 ACK_TIMEOUT_S = 30
-#: The largest packet read whole (a command is at most 2 KiB; an ack, a STATE: less).
-MAX_PACKET = 4096
+#: The largest packet read whole: a command is at most 2 KiB (a larger one is drained in
+#: pieces and answered "too large"); an ack or a STATE is far smaller.
+MAX_PACKET = cmdrules.MAX_COMMAND_BYTES
 #: Seconds of back-off after a failed connection: doubling from retry_s to this.
 BACKOFF_MAX_S = 60
 #: Refused commands answered per minute, at most.
@@ -566,7 +567,8 @@ class Node:
             pass
 
     def health(self):
-        """The ``polelink/node-health/1`` body."""
+        """The ``polelink/node-health/1`` body (``memFree``: after a collection)."""
+        gc.collect()
         return {"role": "node", "memFree": gc.mem_free(), "memAllocPeak": self.peak_alloc,
                 "outbox": self.box.count, "outboxDropped": self.box.dropped,
                 "faults": self.faults,

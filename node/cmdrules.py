@@ -26,6 +26,9 @@ MAX_COMMAND_BYTES = 2 * 1024
 #: ("too many commands") until one expires. Memory and the file stay constant.
 MAX_REMEMBERED = 64
 COMMANDS = ("set_override", "clear_override", "ping", "rebirth")
+#: Strings of more bytes than this stay in the payload (:class:`strictjson.Span`): none that
+#: the node reads is this long (a correlation id: 128 characters, at most 512 bytes).
+SPAN_OVER = 512
 
 
 class Refused(Exception):
@@ -141,6 +144,10 @@ def _value(v, out):
         out.append(b"null" if v is None else b"true" if v else b"false")
     elif isinstance(v, str):
         _string(v, out)
+    elif isinstance(v, strictjson.Span):    # UTF-8 without escapes: CPython writes it as is
+        out.append(b'"')
+        out.append(v.raw())
+        out.append(b'"')
     elif isinstance(v, int):
         out.append(str(v).encode())
     elif isinstance(v, float):
@@ -248,7 +255,7 @@ class Guard:
             raise Refused("command of " + str(len(payload)) + " bytes (limit "
                           + str(MAX_COMMAND_BYTES) + ")")
         try:
-            msg = strictjson.loads(payload)
+            msg = strictjson.loads(payload, span_over=SPAN_OVER)
         except ValueError as e:
             raise Refused("not valid JSON (" + str(e) + ")") from None
         if not isinstance(msg, dict):

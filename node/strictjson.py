@@ -1,13 +1,13 @@
-"""A strict check of raw JSON bytes before MicroPython's lenient parser sees them.
+"""Strict JSON for the node: the agent's rules (``agent/uplink/commands.py``: UTF-8, no NaN
+or Infinity, no duplicate keys, at most 16 levels), which MicroPython's ``json`` does not keep
+(it reads ``{"a": , "b": 0}`` as ``{'a': 'b'}``, takes bytes that are not UTF-8, and recurses
+without a bound). :func:`loads` reads the bytes once and builds the value itself, raising
+``ValueError`` that names the problem and its byte. Escaped surrogates must come in pairs (a
+lone one cannot be UTF-8); strings with escapes are decoded by the port's ``json`` (short).
 
-MicroPython's ``json`` reads ``{"a": , "b": 0}`` as ``{'a': 'b'}``, takes bytes that are
-not UTF-8, and recurses without a bound. The agent refuses such commands
-(``agent/uplink/commands.py``: UTF-8, no NaN or Infinity, no duplicate keys, at most 16
-levels); the node must refuse the same. :func:`check` walks the bytes once, in constant
-memory besides a nesting stack of ``max_depth`` bytes, and raises ``ValueError`` naming the
-position; it returns the number of object members, which :func:`members` of the parsed value
-must equal (a smaller count means a duplicate key). Escaped surrogates must come in pairs
-(a lone one cannot be UTF-8)."""
+Memory: every string is allocated once at its final size (the port's ``json`` grows a buffer
+and then copies it: twice a string's size in one piece); long strings can stay in the payload
+as :class:`Span` (``span_over``), so a command makes no large allocation at all."""
 
 _WS = b" \t\n\r"
 _DIGITS = b"0123456789"
@@ -107,66 +107,80 @@ def _number(b, i, n):
     return i
 
 
-def check(b, max_depth=16):
-    """Object members in strict JSON ``b`` (bytes); ValueError when it is not strict JSON
-    or nests deeper than ``max_depth``."""
-    n = len(b)
-    stack = bytearray(max_depth)    # the open brackets; depth of them in use
-    depth = 0
-    members = 0
-    i = _ws(b, 0, n)
-    want_value = True
-    while True:
-        if want_value:
-            if i >= n:
-                _err("a value expected", i)
-            c = b[i]
-            if c in b"{[":
-                if depth >= max_depth:
-                    _err("nested more than " + str(max_depth) + " levels", i)
-                stack[depth] = c
-                depth += 1
-                i = _ws(b, i + 1, n)
-                if i < n and b[i] == c + 2:             # {} or []
-                    depth -= 1
-                    i += 1
-                    want_value = False
-                    continue
-                if c == 0x7B:
-                    i = _key(b, i, n)
-                    members += 1
-                continue
-            if c == 0x22:
-                i = _string(b, i, n)
-            elif c == 0x2D or c in _DIGITS:
-                i = _number(b, i, n)
-            elif b[i:i + 4] == b"true" or b[i:i + 4] == b"null":
-                i += 4
-            elif b[i:i + 5] == b"false":
-                i += 5
-            else:
-                _err("a value expected", i)
-            want_value = False
-            continue
-        i = _ws(b, i, n)
-        if not depth:
-            if i != n:
-                _err("extra data", i)
-            return members
-        if i >= n:
-            _err("unterminated " + ("object" if stack[depth - 1] == 0x7B else "array"), i)
-        c = b[i]
-        if c == 0x2C:
-            i = _ws(b, i + 1, n)
-            if stack[depth - 1] == 0x7B:
+class Span:
+    """A long string left where it is in the payload: ``b[start:end]``, its UTF-8, holds no
+    escape. A node reads no long string; the signature check hashes it in place (so a
+    command's 900-character note is never copied on a small heap)."""
+
+    def __init__(self, b, start, end):
+        self.b = b
+        self.start = start
+        self.end = end
+
+    def raw(self):
+        """The string's UTF-8 bytes (a view: nothing copied)."""
+        return memoryview(self.b)[self.start:self.end]
+
+
+def _text(b, s, e, span_over):
+    """The string whose token (quotes included) is ``b[s:e]``."""
+    mv = memoryview(b)
+    for j in range(s + 1, e - 1):
+        if b[j] == 0x5C:                    # escapes: the port's decoder
+            import json
+            return json.loads(bytes(mv[s:e]))
+    if span_over and e - s - 2 > span_over:
+        return Span(b, s + 1, e - 1)
+    return str(mv[s + 1:e - 1], "utf-8")
+
+
+def _value(b, i, n, left, max_depth, span_over):
+    """``(value, index after it)`` for the value at ``b[i]``; ``left`` levels may open."""
+    if i >= n:
+        _err("a value expected", i)
+    c = b[i]
+    if c == 0x22:
+        e = _string(b, i, n)
+        return _text(b, i, e, span_over), e
+    if c == 0x2D or c in _DIGITS:
+        e = _number(b, i, n)
+        t = bytes(memoryview(b)[i:e])
+        return (float(t) if b"." in t or b"e" in t or b"E" in t else int(t)), e
+    if c == 0x7B or c == 0x5B:
+        if not left:
+            _err("nested more than " + str(max_depth) + " levels", i)
+        obj = {} if c == 0x7B else []
+        i = _ws(b, i + 1, n)
+        if i < n and b[i] == c + 2:         # {} or []
+            return obj, i + 1
+        while True:
+            if c == 0x7B:
+                k = i
                 i = _key(b, i, n)
-                members += 1
-            want_value = True
-        elif c == stack[depth - 1] + 2:
-            depth -= 1
-            i += 1
-        else:
-            _err("',' or a closing bracket expected", i)
+                e = _string(b, k, n)
+                key = _text(b, k, e, 0)
+                if key in obj:
+                    _err("duplicate key", k)
+                obj[key], i = _value(b, i, n, left - 1, max_depth, span_over)
+            else:
+                v, i = _value(b, i, n, left - 1, max_depth, span_over)
+                obj.append(v)
+            i = _ws(b, i, n)
+            if i >= n:
+                _err("unterminated " + ("object" if c == 0x7B else "array"), i)
+            if b[i] == 0x2C:
+                i = _ws(b, i + 1, n)
+            elif b[i] == c + 2:
+                return obj, i + 1
+            else:
+                _err("',' or a closing bracket expected", i)
+    if b[i:i + 4] == b"true":
+        return True, i + 4
+    if b[i:i + 4] == b"null":
+        return None, i + 4
+    if b[i:i + 5] == b"false":
+        return False, i + 5
+    _err("a value expected", i)
 
 
 def _key(b, i, n):
@@ -179,22 +193,14 @@ def _key(b, i, n):
     return _ws(b, i + 1, n)
 
 
-def members(v):
-    """Object members in a parsed value (depth already bounded by :func:`check`)."""
-    if isinstance(v, dict):
-        return len(v) + sum(members(x) for x in v.values())
-    if isinstance(v, list):
-        return sum(members(x) for x in v)
-    return 0
-
-
-def loads(b, max_depth=16):
-    """Strict JSON ``b`` parsed; ValueError naming the problem."""
+def loads(b, max_depth=16, span_over=0):
+    """Strict JSON ``b`` (bytes, a bytearray or a memoryview of one) parsed; ValueError
+    naming the problem and its byte. With ``span_over``, a string of more bytes than that
+    without escapes is a :class:`Span` of ``b`` (valid while ``b`` is)."""
     if isinstance(b, str):
         b = b.encode()
-    count = check(b, max_depth)
-    import json
-    v = json.loads(b)
-    if members(v) != count:
-        raise ValueError("duplicate key")
+    n = len(b)
+    v, i = _value(b, _ws(b, 0, n), n, max_depth, max_depth, span_over)
+    if _ws(b, i, n) != n:
+        _err("extra data", _ws(b, i, n))
     return v

@@ -262,14 +262,14 @@ def test_a_refused_config_runs_the_last_good_one_at_full_output_and_says_why(
 def test_the_hostile_command_set_in_a_small_heap() -> None:
     """``bench/node_budget.py --hostile``: signed, forged, unsigned, replayed, 1.2 KiB,
     50 KiB, 100 KiB retained, lenient and fuzzed commands, 65 then a replay, against the node
-    with its code in place (ROMFS) in a 96 KiB heap: every one answered, none with a
+    with its code in place (ROMFS) in an 80 KiB heap: every one answered, none with a
     MemoryError (the smallest heap that does it is a bench figure: README)."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
     assert MICROPYTHON.exists() or pytest.skip("needs ../shared")
-    p = subprocess.run([sys.executable, "bench/node_budget.py", "--hostile", "--heap", "96K"],
+    p = subprocess.run([sys.executable, "bench/node_budget.py", "--hostile", "--heap", "80K"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["started"] and r["alive"], p.stdout[-2000:]

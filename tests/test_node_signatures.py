@@ -125,6 +125,16 @@ def batch() -> tuple[list[dict[str, Any]], list[str]]:
             how = ("level", "other_key", "s_plus_l", "truncated", "not_base64", "missing",
                    "no_device", "added_field", "zero_r")[len(cases) % 9]
             add(tamper(msg, how, other), pem_line(site_key))
+    # long strings (over cmdrules.SPAN_OVER bytes: checked in place in the payload when
+    # unescaped, decoded when escaped), each also with one character changed
+    for i, note in enumerate(["x" * 900, "é€中\U0001f6a6 ab" * 40, "\u2028\x7f/" + "y" * 700]):
+        msg = new_command("set_override", {"level_pct": 50, "priority": 3, "expires_in_s": 600,
+                                           "note": note}, correlation_id=f"long{i}", ttl_s=600,
+                          device=DEVICE, site=SITE, signing_key=site_key, now=NOW)
+        add(msg, raw_b64(site_key))
+        changed = json.loads(json.dumps(msg))
+        changed["args"]["note"] = note[:-1] + "z"
+        add(changed, raw_b64(site_key))
     # signed for another node of the same site; expired; and the same command to a node
     # that has no key (accepted: signatures are checked only where a key is configured)
     other_node = new_command("ping", correlation_id="x1", device="node-0043", site=SITE,
@@ -184,6 +194,10 @@ def test_node_and_agent_accept_and_refuse_the_same_commands() -> None:
         accepted += node == "ok"
         refused += node != "ok"
     assert accepted >= 100 and refused >= 50, (accepted, refused)
+    longs = [line.split(" ", 2)[2] for case, line in zip(cases, lines, strict=True)
+             if case["msg"].get("correlation_id", "").startswith("long")]
+    assert longs == ["ok", "refused: signature does not verify with this site's key; not run"] \
+        * 3, longs
 
 
 def test_every_tampered_command_is_refused_with_a_reason() -> None:
