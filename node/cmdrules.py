@@ -190,7 +190,7 @@ def canonical(msg, update=None):
         _value(body, _Sink(update))
         return None
     out = []
-    _value(body, out)
+    _value(body, _Sink(lambda piece: out.append(bytes(piece))))
     return b"".join(out)
 
 

@@ -128,10 +128,40 @@ def _text(b, s, e, span_over):
     for j in range(s + 1, e - 1):
         if b[j] == 0x5C:                    # escapes: the port's decoder
             import json
-            return json.loads(bytes(mv[s:e]))
+            return _join_pairs(json.loads(bytes(mv[s:e])))
     if span_over and e - s - 2 > span_over:
         return Span(b, s + 1, e - 1)
     return str(mv[s + 1:e - 1], "utf-8")
+
+
+def _join_pairs(t):
+    """``t`` with each escaped surrogate pair as the one character it stands for.
+    MicroPython's ``json`` leaves ``"\\ud83d\\ude00"`` as two 3-byte sequences: as a key, a
+    correlation id or a sort key that would differ from the same character written raw (a
+    replay under another spelling, a missed duplicate key, a wrong length or key order).
+    Lone surrogates never get here (:func:`_string` refuses them)."""
+    try:
+        u = t.encode()
+    except UnicodeError:                    # CPython: only lone surrogates (refused before)
+        return t
+    i = u.find(b"\xed")
+    if i < 0:
+        return t
+    out = bytearray()
+    start = 0
+    while i >= 0:
+        if i + 5 < len(u) and 0xA0 <= u[i + 1] <= 0xAF and u[i + 3] == 0xED \
+                and 0xB0 <= u[i + 4] <= 0xBF:
+            high = ((u[i + 1] & 0x3F) << 6) | (u[i + 2] & 0x3F)
+            low = ((u[i + 4] & 0x3F) << 6) | (u[i + 5] & 0x3F)
+            out += u[start:i]
+            out += chr(0x10000 + ((high & 0x3FF) << 10) + (low & 0x3FF)).encode()
+            start = i + 6
+            i = u.find(b"\xed", start)
+        else:
+            i = u.find(b"\xed", i + 1)
+    out += u[start:]
+    return str(out, "utf-8")
 
 
 def _value(b, i, n, left, max_depth, span_over):

@@ -135,6 +135,13 @@ def batch() -> tuple[list[dict[str, Any]], list[str]]:
         changed = json.loads(json.dumps(msg))
         changed["args"]["note"] = note[:-1] + "z"
         add(changed, raw_b64(site_key))
+    # astral characters escaped as surrogate pairs and written raw: in a key (order against
+    # U+FFFD) and in a 65-character correlation id (130 halves on MicroPython's json)
+    for ensure in (True, False):
+        msg = new_command("ping", {"\U0001f600": 1, "\ufffd": 2}, correlation_id="\U0001f600" * 65,
+                          device=DEVICE, site=SITE, signing_key=site_key, now=NOW)
+        cases.append({"payload": json.dumps(msg, ensure_ascii=ensure), "now": NOW,
+                      "key": raw_b64(site_key), "device": DEVICE, "site": SITE, "msg": msg})
     # signed for another node of the same site; expired; and the same command to a node
     # that has no key (accepted: signatures are checked only where a key is configured)
     other_node = new_command("ping", correlation_id="x1", device="node-0043", site=SITE,
@@ -265,3 +272,35 @@ def test_the_curve_constants_are_rfc_8032s() -> None:
     p = 2 ** 255 - 19
     assert -121665 * pow(121666, p - 2, p) % p == mod.D
     assert pow(2, (p - 1) // 4, p) == mod.SQRT_M1 and mod.SQRT_M1 ** 2 % p == p - 1
+
+
+def test_a_replay_under_another_spelling_is_refused(tmp_path: Path) -> None:
+    """The same signed command with its correlation id written raw, then with the astral
+    character escaped as a surrogate pair (the signed bytes are the same): the node runs it
+    once and refuses the replay, as the agent does."""
+    need_shared(MICROPYTHON)
+    key = Ed25519PrivateKey.generate()
+    msg = new_command("ping", correlation_id="c-\U0001f600", device=DEVICE, site=SITE,
+                      ttl_s=600, signing_key=key, now=NOW)
+    (tmp_path / "a.json").write_bytes(json.dumps(msg, ensure_ascii=False).encode())
+    (tmp_path / "b.json").write_bytes(json.dumps(msg, ensure_ascii=True).encode())
+    script = tmp_path / "replay.py"
+    script.write_text(f"""
+import cmdrules, nodecfg
+key = nodecfg.public_key({raw_b64(key)!r})
+for name in ("a.json", "b.json"):
+    with open({str(tmp_path)!r} + "/" + name, "rb") as f:
+        raw = f.read()
+    g = cmdrules.Guard({DEVICE!r}, {SITE!r}, 86400, {str(tmp_path / "seen.json")!r}, key)
+    try:
+        g.check(raw, False, {NOW!r})
+        print("ok")
+    except cmdrules.Refused as e:
+        print("refused: " + str(e))
+""")
+    p = subprocess.run([str(MICROPYTHON), str(script)], capture_output=True, text=True,
+                       timeout=60, env={**os.environ,
+                                        "MICROPYPATH": f"{ROOT / 'node'}:{ROOT / 'agent'}"})
+    lines = p.stdout.splitlines()
+    assert lines[0] == "ok" and lines[1].startswith("refused: duplicate correlation_id"), \
+        p.stdout + p.stderr

@@ -1,13 +1,15 @@
 """Signed-command cases for the node's guard, run inside MicroPython (and CPython) by
 tests/test_node_signatures.py. Reads JSON lines ``{"payload", "now", "key", "device",
 "site"}`` (key: base64 config text or null) and prints, per line, ``<index> <canonical hex
-or -> <ok | refused: reason>``; the file named by argv[2] holds the guard's replay window."""
+or -> <ok | refused: reason>`` (canonical of what the node's own parser reads); the file
+named by argv[2] holds the guard's replay window."""
 
 import json
 import sys
 
 import cmdrules
 import nodecfg
+import strictjson
 
 
 def main(cases_path, seen_path):
@@ -21,7 +23,7 @@ def main(cases_path, seen_path):
         import binascii
         raw = binascii.unhexlify(c["raw"])      # the bytes on the wire (UTF-8)
         try:
-            canon = "".join("%02x" % b for b in cmdrules.canonical(json.loads(raw)))  # noqa: UP031
+            canon = "".join("%02x" % b for b in cmdrules.canonical(strictjson.loads(raw)))  # noqa: UP031
         except Exception as e:
             canon = "-" + type(e).__name__
         key = None if c["key"] is None else nodecfg.public_key(c["key"])
