@@ -50,6 +50,8 @@ from agent.lighting.flow import TrafficSample
 from agent.lighting.service import LightingService
 from agent.records import EventRecord, HealthRecord, TrafficRecord
 from agent.service.heartbeat import Heartbeat
+from agent.service.lock import AlreadyRunning
+from agent.service.lock import take as take_lock
 from agent.service.runs import state_directory
 from agent.service.supervisor import Supervisor
 from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
@@ -298,9 +300,10 @@ class Agent:
         self._settle_pending()
         if self.trial is not None:
             self.trial.step(self.update_health, mono)
-        if self._next_health is None:
-            self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
-                * self.cfg.aggregates.interval_s
+        step_s = self.cfg.aggregates.interval_s
+        if self._next_health is None or now < self._next_health - step_s:
+            # the first pass, or the wall clock stepped back: health on the new time
+            self._next_health = (now // step_s + 1) * step_s
         elif now >= self._next_health:
             self.publish_health()
             self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
@@ -632,21 +635,34 @@ class _UnusableKey:
         raise ValueError(self.why)
 
 
+#: Signals whose default action ends the process: each one stops the agent as SIGTERM does
+#: (lamps to their safe level, final records, one log line). A terminal hang-up (SIGHUP) or
+#: a stray ``kill -QUIT`` killed it before, the lamps left wherever they were. SIGKILL
+#: cannot be caught; SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGABRT print every thread's stack
+#: (faulthandler) and end the process: systemd restarts it and the gear's own power-on and
+#: system-failure levels hold the lamps meanwhile.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGIO", "SIGPWR", "SIGSTKFLT")
+
+
 def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:
     """Load the config, run until stopped (or ``duration`` real seconds), return an exit
-    code: 0 stopped, 1 invalid config, 2 bad environment, 3 internal error. SIGINT and
-    SIGTERM stop it cleanly from the first line on: one that comes while it starts is
-    acted on as soon as the parts are up (they are then stopped as on any stop)."""
+    code: 0 stopped, 1 invalid config, 2 bad environment, 3 internal error. Every signal of
+    :data:`STOP_SIGNALS` stops it cleanly from the first line on: one that comes while it
+    starts is acted on as soon as the parts are up (they are then stopped as on any
+    stop)."""
     stop = threading.Event()
     why = ["stopped"]
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signum)
-        why[0] = f"stopped by {signal.Signals(signum).name}"
+        name = signal.Signals(signum).name
+        log.warning("%s: stopping; the lamps go to their safe level", name)
+        why[0] = f"stopped by {name}"
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -659,9 +675,15 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
     except ValueError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return 2
+    state_dir = state_directory(cfg.aggregates.path.parent)
+    try:
+        lock = take_lock(state_dir)     # held until the process ends
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return 2
     # a watchdog kill (SIGABRT) or a hard fault prints every thread's stack to the journal
     faulthandler.enable()
-    supervisor = Supervisor(state_directory(cfg.aggregates.path.parent))
+    supervisor = Supervisor(state_dir)
     agent = Agent(cfg, config, clock)
     agent.service_figures = supervisor.figures
     agent.start()
@@ -712,6 +734,8 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
             why[0] += f"; internal error while stopping: {type(e).__name__}: {e}"
             rc = 3
         supervisor.finished(rc, why[0])
+        if lock is not None:
+            lock.close()                # the next agent may start
         print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}"
               + ("; lamps left at their safe level" if agent.lighting else ""), flush=True)
     return rc

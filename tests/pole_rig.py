@@ -41,7 +41,7 @@ def record_time(row: str, seconds: float, bound: float) -> None:
 class PoleRig:
     """See the module docstring."""
 
-    def __init__(self, tmp: Path, camera_source: str, night: bool = True, gear: int = 2,
+    def __init__(self, tmp: Path, camera_source: str | None, night: bool = True, gear: int = 2,
                  lighting: str = "", clock: str = "{sources: [assume_synced]}",
                  detector: Path = SIMNET, interval_s: int = 10, group: str = "") -> None:
         self.tmp = tmp
@@ -52,13 +52,15 @@ class PoleRig:
         self.log = tmp / "agent.log"
         self.proc: subprocess.Popen | None = None
         lon = longitude_at(1.0 if night else 12.5)
-        self.cfg.write_text(f"""
-device: {{id: pole-9, site: lab}}
-cameras:
+        # camera_source None: a lighting-only pole (cameras: [])
+        cameras = "cameras: []" if camera_source is None else f"""cameras:
   - name: cam1
     source: {camera_source}
     detector: {{model: {detector}}}
-    lines: [{{name: main, points: [[115, 198], [524, 198]]}}]
+    lines: [{{name: main, points: [[115, 198], [524, 198]]}}]"""
+        self.cfg.write_text(f"""
+device: {{id: pole-9, site: lab}}
+{cameras}
 aggregates: {{interval_s: {interval_s}, path: {tmp / 'agg.jsonl'}}}
 clock: {clock}
 lighting:
@@ -73,7 +75,8 @@ lighting:
   traffic_min_coverage_s: 4
 {lighting}
   buses: [{{name: dali1, kind: dali, port: {self.emu.path}, codec: hat, timeout_s: {BUS_TIMEOUT_S}}}]
-  groups: [{{name: street, bus: dali1, address: broadcast, cameras: [cam1],
+  groups: [{{name: street, bus: dali1, address: broadcast,
+             cameras: [{'' if camera_source is None else 'cam1'}],
              design_peak_vph: 20000{group}}}]
 mqtt:
   port: {self.broker.port}

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -222,17 +223,18 @@ def test_untrusted_clock_keeps_lamps_on_by_day(tmp_path: Path) -> None:
         gnss.stop()
 
 
-def test_sigterm_and_sigint_leave_the_safe_level_and_restarts_never_overlap(tmp_path: Path
+def test_stop_signals_leave_the_safe_level_and_restarts_never_overlap(tmp_path: Path
                                                                              ) -> None:
     """Row 7: a fixed 50 % step at night; SIGTERM leaves the lamps at the safe level; a
-    restart within the same interval, then SIGINT: the same, and the records of the two
-    runs do not overlap."""
+    restart within the same interval, then SIGINT, SIGHUP (a terminal hang-up) and SIGQUIT:
+    the same, each with one log line naming it, and the records of the runs do not
+    overlap."""
     rig = PoleRig(tmp_path, DEAD_CAMERA, interval_s=3600, lighting="""  timezone: UTC
   programs:
     fixed: [{at: sunset, level: 50}, {at: sunrise, level: 0}]""",
                   group=", ramp_down_pct_per_min: 100")
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             rig.start()
             # a start at night ramps down from the safe level (100 %/min here) towards 50 %
             assert rig.wait_levels(lambda lv: all(50 <= v < 95 for v in lv), STARTUP_S + 10), \
@@ -243,6 +245,9 @@ def test_sigterm_and_sigint_leave_the_safe_level_and_restarts_never_overlap(tmp_
                         time.monotonic() - t_sig, 10)
             assert all(v == 100 for v in rig.levels()), rig.levels()
             assert "lamps left at their safe level" in rig.output()
+            name = signal.Signals(sig).name
+            assert rig.output().count(f"{name}: stopping; the lamps go to their safe level") \
+                == 1, rig.output()[-3000:]
             for g in rig.emu.gear:
                 g.level = 0
         recs = rig.aggregates()
@@ -315,5 +320,62 @@ def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_pat
         assert rig.wait_levels(lambda lv: all(v > 50 for v in lv), 70), rig.output()[-2000:]
         assert rig.signal() == 0
         assert all(v == 100 for v in rig.levels())   # and SIGTERM still reaches them
+    finally:
+        rig.close()
+
+
+def test_a_lighting_only_pole_lights_on_its_program(tmp_path: Path) -> None:
+    """A pole with lamps and no camera (``cameras: []``): it starts, follows its fixed
+    program at night (50 %, ramped down from the safe level), reports lighting, and never
+    claims a camera; ``agent validate`` refuses an adaptive step there, located."""
+    rig = PoleRig(tmp_path, None, lighting="""  timezone: UTC
+  programs:
+    fixed: [{at: sunset, level: 50}, {at: sunrise, level: 0}]""",
+                  group=", ramp_down_pct_per_min: 100")
+    try:
+        started_and_lit(rig, "a lighting-only pole")
+        assert rig.wait_levels(lambda lv: all(49 <= v <= 51 for v in lv), 90), rig.levels()
+        assert wait_until(lambda: rig.lighting(), 30)
+        assert not rig.events("camera_lost") and rig.alive()
+        assert rig.signal() == 0
+        assert all(v == 100 for v in rig.levels())
+    finally:
+        rig.close()
+    text = rig.cfg.read_text().replace("{at: sunset, level: 50}",
+                                       "{at: sunset, adaptive: {min: 50, max: 100}}")
+    rig.cfg.write_text(text)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "adaptive" in x)
+    r = subprocess.run([sys.executable, "-m", "agent", "validate", str(rig.cfg)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode != 0 and f"{rig.cfg}:{line}:" in r.stderr + r.stdout, \
+        r.stdout + r.stderr
+    assert "adaptive dimming needs traffic from a camera" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("step_s", [-6 * 3600, 6 * 3600])
+def test_a_clock_step_at_night_never_stops_lighting_or_health_records(tmp_path: Path,
+                                                                       step_s: int) -> None:
+    """The wall clock steps back (or forward) 6 h at night, 12 s after the start: lighting
+    and health records keep coming, on the new time (before, a step back left hours of
+    silence)."""
+    now = time.time()
+    start = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    try:
+        rig.start(env={"POLELINK_SIM_CLOCK": f"start={start},speed=1,anchor={now},synced=1,"
+                                             f"jump=12:{step_s:+d}"})
+        assert wait_until(lambda: time.time() - now > 14, 30)
+        t_jump = time.monotonic()
+
+        def after(kind: str) -> list[dict]:
+            return [m for m in rig.col.where(lambda t, m, r: f"/{kind}" in t)
+                    if abs(datetime.fromisoformat(m["ts"].replace("Z", "+00:00")).timestamp()
+                           - (time.time() + step_s)) < 60]
+        assert wait_until(lambda: len(after("lighting")) >= 2 and len(after("health")) >= 2,
+                          40), (rig.output()[-3000:], time.monotonic() - t_jump)
+        assert rig.alive()
+        assert all(v >= FLOOR for v in rig.levels())
+        assert rig.signal() == 0
     finally:
         rig.close()

@@ -212,6 +212,42 @@ def test_agent_run_command_stops_cleanly_on_sigterm(sim_clip: tuple[Path, dict],
     assert recs[-1]["partial"] is True and recs[-1]["frames_analysed"] > 0
 
 
+def test_a_second_agent_on_the_same_pole_is_refused_before_it_touches_anything(
+        sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
+    """Two ``agent run`` on one config: the second exits 2 with one line naming the first's
+    pid, leaving the first's run records untouched; after the first stops, a new one
+    starts."""
+    video, gt = sim_clip
+    cfg = write_config(tmp_path, video, gt["line"], realtime=True)
+    argv = [sys.executable, "-m", "agent", "run", "--config", str(cfg)]
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen: list[str] = []
+        end = time.monotonic() + 90
+        while time.monotonic() < end and not any("[cam1 live frames" in x for x in seen):
+            line = first.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            seen.append(line)
+        runs = (tmp_path / "service-runs.json").read_bytes()
+        second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another agent runs on this pole (pid {first.pid};" in \
+            lines[0], second.stderr
+        assert "polelink agent" not in second.stdout
+        assert (tmp_path / "service-runs.json").read_bytes() == runs
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+    again = subprocess.run([*argv, "--duration", "1"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "another agent" not in again.stderr, again.stderr
+
+
 def test_agent_run_refuses_invalid_config_and_a_bad_clock_spec(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("device: {id: x, site: y}\ncameras: []\n")

@@ -106,11 +106,15 @@ def make_trust(cfg: ClockConfig, clock: Clock) -> ClockTrust:
     return ClockTrust(sources, BUILD_DATE, cfg.max_jump_s, cfg.kernel_rejoin_s)
 
 
-def make_schedule(cfg: LightingConfig, g: LuminaireGroupConfig) -> Schedule:
+def make_schedule(cfg: LightingConfig, g: LuminaireGroupConfig, traffic: bool = True
+                  ) -> Schedule:
     """The group's schedule: the configured programs and calendar (or its pinned program),
-    or the built-in dusk-to-dawn program within the group's floor and ceiling."""
+    or the built-in dusk-to-dawn program within the group's floor and ceiling (on a pole
+    without cameras, ``traffic`` False: its night at the ceiling, nothing adaptive)."""
     if not cfg.programs:
-        programs = {DEFAULT_PROGRAM: default_program(g.floor, g.ceiling_pct)}
+        steps = default_program(g.floor, g.ceiling_pct)
+        programs = {DEFAULT_PROGRAM: steps if traffic else
+                    [s for s in steps if s.adaptive is None]}
         calendar: list[CalendarRule] = []
     else:
         programs = {name: [Step(s.at, s.offset_min, s.level, None if s.adaptive is None else
@@ -205,7 +209,8 @@ class LightingService:
                                    g.ramp_up_pct_per_min)
             settings = GroupSettings(g.name, g.class_number, g.design_peak_vph,
                                      tuple(g.cameras), env)
-            policy = GroupPolicy(settings, make_schedule(cfg, g), cfg.latitude, cfg.longitude,
+            policy = GroupPolicy(settings, make_schedule(cfg, g, bool(self.all_cameras)),
+                                 cfg.latitude, cfg.longitude,
                                  model, model_error)
             groups[g.name] = GroupRuntime(g, policy)
         return buses, groups
@@ -570,6 +575,15 @@ class LightingService:
             self._next_report = (wall // self.report_s + 1) * self.report_s
             for g in self.groups.values():
                 g.report_start = g.report_start or wall
+        if not final and wall < self._next_report - self.report_s:
+            # the wall clock stepped back (more than a period): report from now on, on the
+            # new time, instead of waiting hours for the old next boundary
+            log.warning("lighting reports: the clock went back %.0f s; reporting on the new "
+                        "time", self._next_report - self.report_s - wall)
+            self._next_report = (wall // self.report_s + 1) * self.report_s
+            for g in self.groups.values():
+                g.report_start = wall
+            return
         if not final and wall < self._next_report:
             return
         end = wall if final else self._next_report

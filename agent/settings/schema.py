@@ -944,7 +944,7 @@ class AgentConfig(Strict):
     """The whole provisioning file."""
 
     device: DeviceConfig
-    cameras: Annotated[list[CameraConfig], Field(min_length=1, max_length=16)]
+    cameras: Annotated[list[CameraConfig], Field(max_length=16)]
     aggregates: AggregatesConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     clock: ClockConfig = Field(default_factory=ClockConfig)
     lighting: LightingConfig | None = None
@@ -961,12 +961,25 @@ class AgentConfig(Strict):
     def _unique_cameras(self) -> AgentConfig:
         names = [c.name for c in self.cameras]
         _require_unique("camera", names)
-        if self.lighting:
-            for g in self.lighting.groups:
-                bad = [c for c in g.cameras if c not in names]
-                if bad:
-                    raise ValueError(f"lighting group {g.name!r} names unknown camera(s) "
-                                     f"{', '.join(bad)}; cameras: {', '.join(names)}")
+        if not names and not self.lighting:
+            raise ValueError("@cameras: a pole needs a camera to count or a lighting section "
+                             "to drive lamps (a lighting-only pole: cameras: [] and lighting:)")
+        if not self.lighting:
+            return self
+        for i, g in enumerate(self.lighting.groups):
+            bad = [c for c in g.cameras if c not in names]
+            if bad:
+                raise ValueError(f"@lighting.groups[{i}].cameras: group {g.name!r} names "
+                                 f"unknown camera(s) {', '.join(bad)}; cameras: "
+                                 f"{', '.join(names) or 'none (cameras: [])'}")
+        if not names:                   # a lighting-only pole: no traffic to adapt to
+            for name, steps in self.lighting.programs.items():
+                for k, st in enumerate(steps):
+                    if st.adaptive is not None:
+                        raise ValueError(
+                            f"@lighting.programs.{name}[{k}].adaptive: adaptive dimming needs "
+                            f"traffic from a camera and this pole has none (cameras: []): "
+                            f"give the step a fixed level instead")
         return self
 
     def camera(self, name: str) -> CameraConfig:
