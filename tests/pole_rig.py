@@ -43,7 +43,8 @@ class PoleRig:
 
     def __init__(self, tmp: Path, camera_source: str | None, night: bool = True, gear: int = 2,
                  lighting: str = "", clock: str = "{sources: [assume_synced]}",
-                 detector: Path = SIMNET, interval_s: int = 10, group: str = "") -> None:
+                 detector: Path = SIMNET, interval_s: int = 10, group: str = "",
+                 longitude: float | None = None) -> None:
         self.tmp = tmp
         self.broker = Broker(tmp).start()
         self.emu = DaliEmulator(make_gear(gear), "hat", link=tmp / "dali0").start()
@@ -51,7 +52,7 @@ class PoleRig:
         self.cfg = tmp / "pole.yaml"
         self.log = tmp / "agent.log"
         self.proc: subprocess.Popen | None = None
-        lon = longitude_at(1.0 if night else 12.5)
+        lon = longitude_at(1.0 if night else 12.5) if longitude is None else longitude
         # camera_source None: a lighting-only pole (cameras: [])
         cameras = "cameras: []" if camera_source is None else f"""cameras:
   - name: cam1

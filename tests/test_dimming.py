@@ -77,7 +77,9 @@ def test_envelope_holds_for_any_input(s: EnvelopeSettings, prev: float | None, d
     if not x.clock_trusted:                       # rule 1: never dimmed, never off
         assert lvl >= s.safe_pct - 1e-3 and d.reasons
         return
-    if x.dark:                                    # rule 5: the floor in the dark
+    step = x.step.step if x.step is not None else None
+    lit = step is not None and (step.adaptive is not None or (step.level_pct or 0) > 0)
+    if x.dark or lit:                             # rule 5: the floor in the dark or lit
         assert lvl >= s.floor_pct - 1e-3
     if d.mode == "failsafe":
         assert lvl >= s.safe_pct - 1e-3 and "model gone" in d.reasons   # up at once, down ramped
@@ -148,6 +150,30 @@ def test_fixed_steps_off_by_day_floor_by_night_and_the_sensor_switches_on_only()
     assert d.level_pct == 30 and "class floor" in d.reasons[0]
     d = env.decide(at_night(Step("22:00", level_pct=60), 3, ambient_dark=False))
     assert d.level_pct >= 30                                # a sensor never switches off
+
+
+def test_in_twilight_the_floor_holds_from_the_schedules_switch_on() -> None:
+    """Five minutes after sunset (sun about -1°, not yet dark), the schedule has the lamps
+    on: a 0 % override is raised to the floor and ramped, not a switch-off; before the
+    switch-on (the step in force is off) by day, the override may switch off."""
+    env = SafetyEnvelope(EnvelopeSettings(floor_pct=30, ramp_down_pct_per_min=10),
+                         start_pct=100)
+    on = Step("sunset", offset_min=-10, level_pct=100)
+    twilight = Situation(0, True, (), ActiveStep(on, "p", 0, None), dark=False)
+    env.decide(twilight)
+    d = env.decide(Situation(60, True, (), ActiveStep(on, "p", 0, None), dark=False,
+                             override_pct=0.0))
+    assert d.mode == "override" and d.level_pct == pytest.approx(90, abs=0.01)   # ramped
+    assert any("the schedule has the lamps on" in r for r in d.reasons)
+    for t in range(120, 1200, 60):
+        d = env.decide(Situation(t, True, (), ActiveStep(on, "p", 0, None), dark=False,
+                                 override_pct=0.0))
+    assert d.level_pct == 30                                     # held at the floor
+    off = Step("sunrise", level_pct=0)
+    day = SafetyEnvelope(EnvelopeSettings(floor_pct=30), start_pct=100)
+    d = day.decide(Situation(0, True, (), ActiveStep(off, "p", 0, None), dark=False,
+                             override_pct=0.0))
+    assert d.level_pct == 0
 
 
 def test_untrusted_clock_is_the_safe_level_day_and_night() -> None:

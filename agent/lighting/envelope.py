@@ -19,8 +19,11 @@ platform asks for.
 
 4. **Ambient light:** a light sensor reading dark while the step says off (a storm at
    noon) → the ceiling (mode ``ambient``). A sensor can switch lamps on, never off.
-5. **Dark floor:** while it is dark (sun below -6°) no rule, step or override goes below
-   the class floor; such a level is raised to it and the reason reported.
+5. **Floor while lit:** while it is dark (sun below -6°), and from the moment the schedule
+   switches the lamps on (its step in force is lit: a level above 0 or adaptive, e.g. from
+   sunset − 10 min through twilight), no rule, step or override goes below the class floor;
+   such a level is raised to it and the reason reported. (Before, only darkness counted:
+   a 0 % override five minutes after sunset switched the lamps off at once.)
 6. **Ramp:** levels fall by at most ``ramp_down_pct_per_min`` and rise by at most
    ``ramp_up_pct_per_min`` (overrides included: no flicker). Switching on from off or
    off from on is a step, not a ramp. The ramp never holds a level below the least this
@@ -139,10 +142,12 @@ class SafetyEnvelope:
             d.level_pct = d.min_pct = s.ceiling_pct
             d.mode = "ambient"
             d.reasons.append("light sensor reads dark")
-        if x.dark:
+        lit = step.adaptive is not None or (step.level_pct or 0.0) > 0
+        if x.dark or lit:
             if d.level_pct < s.floor_pct:
+                why = "it is dark" if x.dark else "the schedule has the lamps on"
                 d.reasons.append(f"{d.level_pct:g} % raised to the class floor "
-                                 f"{s.floor_pct:g} %: it is dark")
+                                 f"{s.floor_pct:g} %: {why}")
                 d.level_pct = s.floor_pct
             d.min_pct = max(d.min_pct, s.floor_pct)
         return self._emit(d, x, ramp=True)
