@@ -4,6 +4,8 @@ ONNX graphs built here to pin down each YOLO head layout's decoding through onnx
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -203,6 +205,49 @@ def test_bad_card_is_a_located_error(tmp_path: Path) -> None:
         load_card(p)
     (prob,) = ei.value.problems
     assert prob.field == "output.format" and prob.line > 1 and "'yolov8'" in prob.message
+
+
+def test_card_contradictions_are_located_at_the_bad_entry(tmp_path: Path) -> None:
+    """A class id beyond num_classes is reported at that id's line; uint8 input with a
+    mean/std (which uint8 input never applies) at input.dtype; through ``agent count`` one
+    located line and exit 3."""
+    shutil.copy(SIMNET.with_suffix(".onnx"), tmp_path / "simnet.onnx")
+    text = SIMNET.read_text()
+    p = tmp_path / "ids.yaml"
+    p.write_text(text.replace("class_map:\n", "class_map:\n  85: car\n"))
+    with pytest.raises(ConfigError) as ei:
+        load_card(p)
+    (prob,) = ei.value.problems
+    want_line = p.read_text().splitlines().index("  85: car") + 1
+    assert prob.line == want_line and "class id 85 is outside 0..3" in prob.message, prob
+    video = tmp_path / "v.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        out.write(np.zeros((48, 64, 3), np.uint8))
+    out.release()
+    r = subprocess.run([sys.executable, "-m", "agent", "count", "--model", str(p), "--line",
+                        "0,0,10,10", str(video)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3 and len(lines) == 1 and lines[0].startswith(f"{p}:{want_line}:"), \
+        r.stderr
+    u = tmp_path / "u8.yaml"
+    u.write_text(text.replace("dtype: float32", "dtype: uint8")
+                 .replace("mean: [0, 0, 0]", "mean: [0.5, 0.5, 0.5]"))
+    with pytest.raises(ConfigError) as ei:
+        load_card(u)
+    assert ei.value.problems[0].field == "input.dtype", ei.value.problems
+
+
+def test_a_uint8_card_on_a_float_model_is_refused(tmp_path: Path) -> None:
+    """The card says uint8 and the model takes float32: refused at load (before, the card's
+    pre-processing was silently dropped)."""
+    shutil.copy(SIMNET.with_suffix(".onnx"), tmp_path / "simnet.onnx")
+    u = tmp_path / "u8.yaml"
+    u.write_text(SIMNET.read_text().replace("dtype: float32", "dtype: uint8"))
+    with pytest.raises(ModelError, match=r"card says input dtype uint8, model's input "
+                                         r"'images' is float32"):
+        load_detector(u)
 
 
 def test_preprocess_rejects_bad_frames() -> None:

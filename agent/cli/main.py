@@ -207,9 +207,10 @@ def _check_camera_model(path: str, cam: CameraConfig) -> int:
     try:
         det = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou, d.merge_iou)
         summary = check_model(det)
-    except ConfigError as e:
-        print(f"{where}: bad model card:\n{e}", file=sys.stderr)
-        return EXIT_INVALID
+    except ConfigError as e:             # one located line per problem, at the card's entry
+        for line in str(e).splitlines():
+            print(f"{line} (the model card of {where})", file=sys.stderr)
+        return EXIT_RUNTIME
     except ModelError as e:
         print(f"{where}: {str(e).splitlines()[0]}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -249,9 +250,10 @@ def cmd_count(a: argparse.Namespace) -> int:
         det = load_detector(path_from_text(a.model),
                             set(a.classes.split(",")) if a.classes else None,
                             confidence=a.confidence, threads=a.threads)
-    except ConfigError as e:
-        _err(f"bad model card:\n{e}")
-        return EXIT_INVALID
+    except ConfigError as e:             # one located line per problem, at the card's entry
+        for line in str(e).splitlines():
+            print(f"{line} (model card)", file=sys.stderr)
+        return EXIT_RUNTIME
     except ValueError as e:  # a pkg: path that names nothing shipped
         _err(str(e))
         return EXIT_USAGE

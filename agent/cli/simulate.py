@@ -176,9 +176,10 @@ def _replay(path: str, cam: CameraConfig, clip: Path, snapshots: Path,
     try:
         det = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou, d.merge_iou,
                             d.threads)
-    except ConfigError as e:
-        print(f"{where}: bad model card: {str(e).splitlines()[0]}", file=sys.stderr)
-        found.errors += 1
+    except ConfigError as e:             # one located line per problem, at the card's entry
+        for line in str(e).splitlines():
+            print(f"{line} (the model card of {where})", file=sys.stderr)
+        found.runtime += 1
         return
     except ModelError as e:
         print(f"{where}: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -143,7 +143,15 @@ class ModelCard(_Strict):
     def _ids(self) -> ModelCard:
         bad = [i for i in self.class_map if not 0 <= i < self.num_classes]
         if bad:
-            raise ValueError(f"class_map ids {bad} are outside 0..{self.num_classes - 1}")
+            raise ValueError(f"@class_map[{bad[0]}]: class id {bad[0]} is outside "
+                             f"0..{self.num_classes - 1} (num_classes: {self.num_classes})"
+                             + (f"; also outside: {', '.join(map(str, bad[1:]))}"
+                                if bad[1:] else ""))
+        i = self.input
+        if i.dtype == "uint8" and (i.mean != (0.0, 0.0, 0.0) or i.std != (1.0, 1.0, 1.0)):
+            raise ValueError("@input.dtype: uint8 input takes the pixels as they are, so the "
+                             "card's mean and std would be ignored: use dtype float32 with "
+                             "them, or remove mean and std")
         return self
 
     def view_text(self) -> str:

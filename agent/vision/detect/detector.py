@@ -44,6 +44,10 @@ def check_input(card: ModelCard, inputs: list[TensorInfo]) -> TensorInfo:
         dims = [("?" if g is None else g) for g in got]
         raise ModelError(f"{card.card_path}: card says input {card.input.layout} {want}, "
                          f"model's input {inp.name!r} is {dims}")
+    if card.input.dtype == "uint8" and inp.dtype in ("float32", "float16"):
+        raise ModelError(f"{card.card_path}: card says input dtype uint8, model's input "
+                         f"{inp.name!r} is {inp.dtype}: set input.dtype: float32 (with the "
+                         f"mean and std the model was trained with)")
     if inp.dtype not in ("float32", "float16") and not inp.quantised \
             and inp.dtype != card.input.dtype:
         raise ModelError(f"{card.card_path}: card says input dtype {card.input.dtype}, "
