@@ -3,6 +3,7 @@ ONNX graphs built here to pin down each YOLO head layout's decoding through onnx
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from agent.settings.modelcard import load_card, sha256_file
@@ -248,6 +251,54 @@ def test_a_uint8_card_on_a_float_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"card says input dtype uint8, model's input "
                                          r"'images' is float32"):
         load_detector(u)
+
+
+def test_a_tflite_model_cut_in_half_is_refused_not_a_segfault(tmp_path: Path) -> None:
+    """A .tflite cut in half (its card's sha256 updated to match) segfaults the TFLite
+    runtime as it loads (in some runs only): the file's structure is checked first, so the
+    load is a ModelError saying where it breaks, and ``agent count`` says so in one line,
+    exit 3 (before: exit 139, nothing printed)."""
+    card = tmp_path / "ssd.yaml"
+    model = tmp_path / SIMNET_SSD.with_suffix(".tflite").name
+    data = SIMNET_SSD.with_suffix(".tflite").read_bytes()
+    model.write_bytes(data[:len(data) // 2])
+    card.write_text("\n".join(f"sha256: {sha256_file(model)}" if ln.startswith("sha256:")
+                              else ln for ln in SIMNET_SSD.read_text().splitlines()))
+    with pytest.raises(ModelError, match=r"lies outside the 301842-byte file: truncated"):
+        load_detector(card)
+    video = tmp_path / "v.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        out.write(np.zeros((48, 64, 3), np.uint8))
+    out.release()
+    r = subprocess.run([sys.executable, "-m", "agent", "count", "--model", str(card), "--line",
+                        "0,0,10,10", str(video)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "truncated or not a TFLite model; not opened" in r.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=512),
+                 st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.integers(8, 10**6))))
+def test_the_tflite_check_refuses_or_passes_never_crashes(case: bytes | tuple) -> None:
+    """Random bytes, or the real model with one byte changed and cut anywhere: the check
+    passes or raises BadFlatbuffer, nothing else (and never reads outside the file)."""
+    import tempfile
+
+    from agent.vision.detect.tflitecheck import BadFlatbuffer, check_tflite
+    if isinstance(case, bytes):
+        data = case
+    else:
+        data = bytearray(SIMNET_SSD.with_suffix(".tflite").read_bytes())
+        at, value, cut = case
+        data[at % len(data)] = value
+        data = bytes(data[:cut])
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(data)
+        f.flush()
+        with contextlib.suppress(BadFlatbuffer):
+            check_tflite(Path(f.name))
 
 
 def test_preprocess_rejects_bad_frames() -> None:

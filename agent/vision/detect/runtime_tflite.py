@@ -12,7 +12,9 @@ import threading
 import numpy as np
 
 from agent.settings.modelcard import ModelCard, ModelError
+from agent.vision.detect.probe import probe_tflite
 from agent.vision.detect.runtime import TensorInfo, dequantise, find_output
+from agent.vision.detect.tflitecheck import BadFlatbuffer, check_tflite
 
 
 def _interpreter(path: str, threads: int):
@@ -39,6 +41,13 @@ class TfliteRuntime:
     interpreter holds one set of tensors) and returns copies."""
 
     def __init__(self, card: ModelCard, threads: int = 1) -> None:
+        try:                            # a file that would crash the runtime: refused here
+            check_tflite(card.file)
+        except BadFlatbuffer as e:
+            raise ModelError(f"{card.card_path}: {card.file}: {e}; not opened") from None
+        except OSError:
+            pass                        # the load below reports a missing or unreadable file
+        probe_tflite(card.file, card.card_path)
         try:
             self.interp = _interpreter(str(card.file), threads)
             self.interp.allocate_tensors()
