@@ -210,6 +210,15 @@ def test_bad_card_is_a_located_error(tmp_path: Path) -> None:
     assert prob.field == "output.format" and prob.line > 1 and "'yolov8'" in prob.message
 
 
+def tiny_video(path: Path) -> Path:
+    """Three black 64×48 frames: a video ``agent count`` accepts (it fails on the card)."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(3):
+        out.write(np.zeros((48, 64, 3), np.uint8))
+    out.release()
+    return path
+
+
 def test_card_contradictions_are_located_at_the_bad_entry(tmp_path: Path) -> None:
     """A class id beyond num_classes is reported at that id's line; uint8 input with a
     mean/std (which uint8 input never applies) at input.dtype; through ``agent count`` one
@@ -223,11 +232,7 @@ def test_card_contradictions_are_located_at_the_bad_entry(tmp_path: Path) -> Non
     (prob,) = ei.value.problems
     want_line = p.read_text().splitlines().index("  85: car") + 1
     assert prob.line == want_line and "class id 85 is outside 0..3" in prob.message, prob
-    video = tmp_path / "v.avi"
-    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for _ in range(3):
-        out.write(np.zeros((48, 64, 3), np.uint8))
-    out.release()
+    video = tiny_video(tmp_path / "v.avi")
     r = subprocess.run([sys.executable, "-m", "agent", "count", "--model", str(p), "--line",
                         "0,0,10,10", str(video)], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
@@ -266,11 +271,7 @@ def test_a_tflite_model_cut_in_half_is_refused_not_a_segfault(tmp_path: Path) ->
                               else ln for ln in SIMNET_SSD.read_text().splitlines()))
     with pytest.raises(ModelError, match=r"lies outside the 301842-byte file: truncated"):
         load_detector(card)
-    video = tmp_path / "v.avi"
-    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for _ in range(3):
-        out.write(np.zeros((48, 64, 3), np.uint8))
-    out.release()
+    video = tiny_video(tmp_path / "v.avi")
     r = subprocess.run([sys.executable, "-m", "agent", "count", "--model", str(card), "--line",
                         "0,0,10,10", str(video)], capture_output=True, text=True, cwd=ROOT,
                        timeout=300)
