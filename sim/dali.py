@@ -207,6 +207,9 @@ class DaliEmulator:
         self.fault_rate = fault_rate
         self.rng = random.Random(seed)
         self.late_s = late_s
+        #: a slow gateway: every answer comes this late (± ``reply_jitter_s``, seeded)
+        self.reply_delay_s = 0.0
+        self.reply_jitter_s = 0.0
         self.script: deque[str] = deque()
         self.stats = EmulatorStats()
         self.link = Path(link) if link else None
@@ -347,6 +350,9 @@ class DaliEmulator:
             reply = Reply("collision")
         if fault == "late":
             time.sleep(self.late_s)
+        if self.reply_delay_s > 0:
+            time.sleep(max(0.0, self.reply_delay_s + self.rng.uniform(-self.reply_jitter_s,
+                                                                      self.reply_jitter_s)))
         out = self._reply(reply, bits, value)
         self._write(out * (2 if twice else 1))   # one answer per transmitted frame
         if fault == "late":

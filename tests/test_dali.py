@@ -144,7 +144,10 @@ def test_persistent_faults_end_in_typed_errors_in_bounded_time(rig) -> None:
 
 
 def test_late_reply_times_out_and_does_not_poison_the_next_command(rig) -> None:
+    """An answer later than twice the deadline: BusTimeout, and when it does come it is not
+    taken for the next command's."""
     emu, bus = rig
+    emu.late_s = 1.0
     ops.set_level(bus, GearShort(3), 99)
     emu.inject("late")
     with pytest.raises(BusTimeout):
@@ -152,6 +155,21 @@ def test_late_reply_times_out_and_does_not_poison_the_next_command(rig) -> None:
     assert wait_until(lambda: emu.stats.late_replies_sent == 1, 5 + SLACK_S)  # it arrives
     ops.set_level(bus, GearShort(3), 120)
     assert bus.send(QueryActualLevel(GearShort(3))).value == 120
+    assert bus.late_replies == 0 and bus.timeout == bus.base_timeout
+
+
+def test_a_slow_gateway_lengthens_the_deadline_instead_of_failing(rig) -> None:
+    """Every answer 0.25 s late against a 0.2 s deadline: the first late answer is waited
+    for and dropped, the frame sent again with a 1.5× deadline, and from then on every
+    answer is on time and right (one gear's answer never read as another's)."""
+    emu, bus = rig
+    for a in range(4):
+        ops.set_level(bus, GearShort(a), 100 + 10 * a)
+    emu.reply_delay_s = 0.25
+    got = [bus.send(QueryActualLevel(GearShort(a))).value for a in range(4) for _ in range(3)]
+    assert got == [100 + 10 * a for a in range(4) for _ in range(3)]
+    assert bus.late_replies == 1 and bus.timeout == pytest.approx(0.3)
+    assert bus.timeout <= bus.max_timeout
 
 
 def test_unplugged_gateway_is_a_typed_error(rig) -> None:

@@ -414,3 +414,26 @@ def test_a_zero_override_in_twilight_is_held_at_the_floor_and_ramped(tmp_path: P
         assert rig.signal() == 0
     finally:
         rig.close()
+
+
+def test_a_slow_gateway_is_one_bus_slow_event_not_lamp_alarms(tmp_path: Path) -> None:
+    """The gateway answers in 90 ms (± 20 ms) against a 100 ms deadline, through agent run
+    for 20 s: the lamps are driven, no lamp_failure or luminaire_unreachable alarm (before:
+    false alarms clearing 5 s later), and one bus_slow event naming the new deadline."""
+    rig = PoleRig(tmp_path, DEAD_CAMERA)
+    rig.cfg.write_text(rig.cfg.read_text().replace(f"timeout_s: {BUS_TIMEOUT_S}}}",
+                                                   "timeout_s: 0.1}"))
+    rig.emu.reply_delay_s, rig.emu.reply_jitter_s = 0.09, 0.02
+    try:
+        started_and_lit(rig, "a slow gateway")
+        assert wait_until(lambda: rig.events("bus_slow"), 30), rig.output()[-3000:]
+        time.sleep(15)                      # several status reads (every 2 s here)
+        assert not rig.events("lamp_failure") and not rig.events("luminaire_unreachable"), \
+            rig.output()[-3000:]
+        (ev,) = rig.events("bus_slow")
+        assert ev["detail"]["configured_timeout_ms"] == 100
+        assert 100 < ev["detail"]["reply_timeout_ms"] <= 500
+        assert not rig.events("bus_fault") and all(v >= FLOOR for v in rig.levels())
+        assert rig.signal() == 0
+    finally:
+        rig.close()

@@ -15,7 +15,7 @@ from agent.lighting.astro import event_time
 from agent.lighting.flow import TrafficSample
 from agent.lighting.overrides import Override
 from agent.lighting.rule import rule_level_pct
-from agent.lighting.service import LightingService
+from agent.lighting.service import CONFIRM_READS, LightingService
 from agent.records import EventRecord, LightingRecord
 from agent.settings.schema import load_config
 from drivers.dali import ops
@@ -288,6 +288,10 @@ def test_modbus_controller_fallback_levels_and_lamp_failure(tmp_path: Path) -> N
         assert (emu.failsafe_raw, emu.power_on_raw) == (1000, 1000)
         assert emu.level_percent == 100
         emu.lamp_failure = True
+        for _ in range(CONFIRM_READS - 1):      # told once CONFIRM_READS reads agree
+            clock.advance(300)
+            svc.tick()
+            assert not rec.events("lamp_failure")
         clock.advance(300)
         svc.tick()
         assert rec.events("lamp_failure")[0].subject == "cab/unit:2"

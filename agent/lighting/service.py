@@ -77,6 +77,11 @@ from drivers.bus import BusDisconnected, BusError, GroupReading, LuminaireGroup
 log = logging.getLogger(__name__)
 
 FAILSAFE_MODES = ("failsafe", "fallback")
+#: Lamp states that raise an alarm (``lamp_failure``, ``luminaire_unreachable``), and how
+#: many status reads running must agree first: one missed or misread answer (a slow
+#: gateway, a collision) is no failure; a real one is told two status periods later.
+FAILURE_STATES = ("lamp_failure", "gear_failure", "no_answer")
+CONFIRM_READS = 3
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
 #: The longest one pass of the lighting loop may take (a tick's slowest bus work: opening,
 #: finding and configuring the gear) before the thread counts as stuck (at least 4 ticks).
@@ -139,6 +144,7 @@ class BusRuntime:
     error: str = ""
     backoff: float = BACKOFF_MIN_S
     retry_at: float = -math.inf
+    slow_told: int = 0                  # the driver's late replies already told (bus_slow)
 
 
 @dataclass
@@ -155,7 +161,9 @@ class GroupRuntime:
     status: GroupReading | None = None
     power_w: float | None = None
     energy_wh: float | None = None
-    lamp_states: dict[str, str] = field(default_factory=dict)
+    lamp_states: dict[str, str] = field(default_factory=dict)   # as last told (events)
+    #: a failure state read but not yet told: (state, consecutive reads)
+    unconfirmed: dict[str, tuple[str, int]] = field(default_factory=dict)
     members: tuple[str, ...] = ()
     discovered_at: float = -math.inf
     mode: str | None = None
@@ -325,7 +333,7 @@ class LightingService:
                     if g.cfg.bus == o.cfg.name:
                         g.group = None
             for b in fresh:
-                b.handle = open_bus(b.cfg)
+                b.handle, b.slow_told = open_bus(b.cfg), 0
                 opened.append(b)
             for g in groups.values():
                 b = buses[g.cfg.bus]
@@ -455,10 +463,20 @@ class LightingService:
         if st.power_w is not None:
             g.power_w = st.power_w
         name = g.cfg.name
+        told: dict[str, str] = {}
         for lamp in st.lamps:
-            before = g.lamp_states.get(lamp.address, "ok")
+            before = told[lamp.address] = g.lamp_states.get(lamp.address, "ok")
             if lamp.state == before:
+                g.unconfirmed.pop(lamp.address, None)
                 continue
+            if lamp.state in FAILURE_STATES:    # told once seen CONFIRM_READS reads running
+                seen, n = g.unconfirmed.get(lamp.address, (lamp.state, 0))
+                n = n + 1 if seen == lamp.state else 1
+                if n < CONFIRM_READS:
+                    g.unconfirmed[lamp.address] = (lamp.state, n)
+                    continue
+            g.unconfirmed.pop(lamp.address, None)
+            told[lamp.address] = lamp.state
             subject = f"{name}/{lamp.address}"
             if before in ("lamp_failure", "gear_failure"):
                 self._event("lamp_restored", "info", subject, was=before)
@@ -468,7 +486,7 @@ class LightingService:
                 self._event("lamp_failure", "alarm", subject, failure=lamp.state)
             elif lamp.state == "no_answer":
                 self._event("luminaire_unreachable", "alarm", subject)
-        g.lamp_states = {lamp.address: lamp.state for lamp in st.lamps}
+        g.lamp_states = told
 
     def _mode_events(self, g: GroupRuntime, d: Decision) -> None:
         before = g.mode
@@ -488,7 +506,7 @@ class LightingService:
         """Open, find the luminaires, make the gear safe; any failure closes the port again
         and retries with back-off (a port that opens over a dead bus is not "up")."""
         try:
-            b.handle = open_bus(b.cfg)
+            b.handle, b.slow_told = open_bus(b.cfg), 0
             log.info("bus %s: opened %s", b.cfg.name, b.cfg.port)
             self._bring_up(b)
         except BusError as e:
@@ -518,6 +536,17 @@ class LightingService:
                         luminaires=list(g.members))
 
     def _bus_ok(self, b: BusRuntime) -> None:
+        late = getattr(b.handle, "late_replies", 0)
+        if late and not b.slow_told:        # once per opened port: the deadline adapted
+            b.slow_told = late
+            h = b.handle
+            self._event("bus_slow", "warning", b.cfg.name, port=b.cfg.port,
+                        reply_timeout_ms=round(h.timeout * 1000),
+                        configured_timeout_ms=round(h.base_timeout * 1000),
+                        late_replies=late)
+            log.warning("bus %s: the gateway answers late; reply deadline now %.0f ms "
+                        "(configured %.0f ms)", b.cfg.name, h.timeout * 1000,
+                        h.base_timeout * 1000)
         if b.state != "up":
             if b.error:
                 self._event("bus_restored", "info", b.cfg.name, port=b.cfg.port)

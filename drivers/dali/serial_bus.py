@@ -14,6 +14,14 @@
   send-twice request, so the gateway repeats them inside DALI's 100 ms window.
 - DT6/DT8 (any ``devicetype != 0``) commands are preceded by ``EnableDeviceType``.
 - A lock makes ``send`` and ``run_sequence`` atomic across threads.
+- **A slow gateway** (answers later than ``timeout``): after a missed deadline the driver
+  waits once more, up to the current timeout, for the late answer. When it comes, the
+  frame is sent again with a timeout 1.5 times longer (at most :attr:`max_timeout`:
+  five times the configured one, at least 0.5 s), and ``late_replies`` counts it. The late
+  answer is never taken for the next frame's, so one gear's answer is never read as
+  another's; a gateway answering in 90 ms against 100 ms gives one adaptation, not a run
+  of false lamp alarms. ``timeout`` is the deadline in force; ``base_timeout`` the
+  configured one.
 """
 
 from __future__ import annotations
@@ -46,7 +54,10 @@ class SerialDaliBus:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         self.codec = CODECS[codec]()
-        self.timeout = timeout
+        self.timeout = self.base_timeout = timeout
+        #: the longest the deadline grows to for a slow gateway
+        self.max_timeout = max(5 * timeout, 0.5)
+        self.late_replies = 0
         self.retries = retries
         self.port = port
         self._lock = threading.RLock()
@@ -93,10 +104,15 @@ class SerialDaliBus:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             self.stats["frames"] += 1
             answers: list[Reply] = []
-            while len(answers) < expected:
-                answers.append(self._read_reply())
-                if answers[-1].kind == "resend":    # the frame never went out: no more
-                    break
+            try:
+                while len(answers) < expected:
+                    answers.append(self._read_reply())
+                    if answers[-1].kind == "resend":    # the frame never went out: no more
+                        break
+            except BusTimeout:
+                if not self._late_answer() or attempt == self.retries:
+                    raise
+                continue                    # a slow gateway: again, with a longer deadline
             last = answers[-1]
             if any(a.kind == "resend" for a in answers):
                 continue
@@ -142,6 +158,18 @@ class SerialDaliBus:
             if time.monotonic() > deadline:
                 self.stats["timeouts"] += 1
                 raise BusTimeout(f"{self.port}: {missing} within {self.timeout * 1000:.0f} ms")
+
+    def _late_answer(self) -> bool:
+        """After a missed deadline: wait up to the current timeout for the late answer;
+        when it comes, lengthen the deadline (see the module docstring) and say so."""
+        try:
+            self._read_until(lambda r: r.is_answer, "no late reply")
+        except BusTimeout:
+            self.stats["timeouts"] -= 1         # the wait for a late answer is no timeout
+            return False
+        self.late_replies += 1
+        self.timeout = min(self.max_timeout, self.timeout * 1.5)
+        return True
 
     def _drain(self) -> None:
         """Before a new request: take what arrived unasked (gateway events are kept,
