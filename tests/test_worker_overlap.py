@@ -182,3 +182,27 @@ def test_a_live_camera_gets_no_added_latency(sim_clip: tuple[Path, dict], tmp_pa
     w.run(threading.Event())
     assert src.finished_at_long_wait == [live]
     assert w.last is not None and w.pipeline is not None and w.pipeline.frames == 1
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_liveness_is_when_the_frame_was_captured_not_processed(sim_clip: tuple[Path, dict],
+                                                               tmp_path: Path,
+                                                               overlap: bool) -> None:
+    """Frames captured 8 s ago and still queued when the camera died: processing them must
+    not make the camera look alive now (the lamps went back to their fallback 10 s after
+    camera_lost, past the 6.5 s bound). Liveness is the newest good frame's capture time."""
+    video, gt = sim_clip
+    cfg = load_config(pole_config(tmp_path, video, gt["line"], "{motion: false}"))
+    agent = Agent(cfg)
+    w = agent.workers["cam1"]
+    w.overlap = overlap
+    src = ScriptedSource([np.random.default_rng(i).integers(0, 255, (360, 640, 3), np.uint8)
+                          for i in range(3)], True)
+    for f in src.frames:
+        f.monotonic -= 8.0                         # waited 8 s in the queue
+    src.worker, w.source = w, src  # type: ignore[assignment]
+    w.run(threading.Event())
+    assert w.pipeline is not None and w.pipeline.frames == 3
+    assert w.last_good_mono is not None
+    age = w.clock.monotonic() - w.last_good_mono
+    assert 8.0 <= age < 8.0 + 30, age

@@ -189,7 +189,11 @@ class CameraWorker:
         self.aggregator.add_health(blinded, frozen)
         if time.monotonic() - captured_mono > LATE_AFTER_S:
             self.aggregator.add_late(1)
-        good = not (blinded or frozen)
+        # a good frame's tag is when it was captured, on the agent's clock: liveness is
+        # the camera's, not the pipeline's (frames still queued after the camera died must
+        # not keep it fresh: the lamps went back to their fallback 10 s late)
+        good = None if blinded or frozen else \
+            self.clock.monotonic() - max(0.0, time.monotonic() - captured_mono)
         if self._inflight is not None:
             self._complete(self._inflight.submit(image, index, good))
         else:
@@ -199,15 +203,17 @@ class CameraWorker:
         """A finished frame: aggregator, counts, liveness and the last frame."""
         if done is None or self.pipeline is None:
             return
-        p, res, good = self.pipeline, done.result, bool(done.tag)
+        p, res = self.pipeline, done.result
+        captured = done.tag if isinstance(done.tag, float) else None
+        good = captured is not None
         # only ``finish`` moves these, so the change since the last frame is this frame's
         det_s, switches = p.detect_seconds, p.counter.id_switches
         self.aggregator.add_frame(res.detected, det_s - self._det_seen, good)
         self._count(res.events)
         self.aggregator.add_id_switches(switches - self._switches_seen)
         self._det_seen, self._switches_seen = det_s, switches
-        if good:
-            self.last_good_mono = self.clock.monotonic()
+        if captured is not None:
+            self.last_good_mono = max(self.last_good_mono or captured, captured)
         self.last = LastFrame(done.image, self.clock.time(),
                               res.detections if res.detections is not None
                               else self.last.detections if self.last else None)
