@@ -31,6 +31,17 @@ def longitude_at(local_hour: float) -> float:
     return round(((local_hour - hour) * 15 + 180) % 360 - 180, 2)
 
 
+def longitude_where(elevation_deg: float, at: float, falling: bool = True) -> float:
+    """A longitude (latitude 0, as the rig's) where the sun stands at ``elevation_deg`` at
+    epoch ``at``, going down (``falling``) or up: e.g. -0.833 is sunset at ``at``."""
+    from agent.common.sun import elevation_at
+    best = min((abs(elevation_at(0.0, lon / 20, at) - elevation_deg), lon / 20)
+               for lon in range(-3600, 3600)
+               if (elevation_at(0.0, lon / 20, at + 600) < elevation_at(0.0, lon / 20, at))
+               == falling)
+    return best[1]
+
+
 def record_time(row: str, seconds: float, bound: float) -> None:
     """Keep a measured fault → safe time for bench/failsafe.py (when it asks)."""
     if TIMES_FILE:

@@ -25,7 +25,7 @@ from sim.gnss import GnssEmulator
 from sim.traffic import SceneConfig, write_clip
 from tests.conftest import ROOT, SIMNET
 from tests.helpers import SLACK_S, free_port, wait_until
-from tests.pole_rig import BUS_TIMEOUT_S, PoleRig, record_time
+from tests.pole_rig import BUS_TIMEOUT_S, PoleRig, longitude_where, record_time
 
 pytestmark = pytest.mark.slow
 
@@ -381,22 +381,11 @@ def test_a_clock_step_at_night_never_stops_lighting_or_health_records(tmp_path: 
         rig.close()
 
 
-def longitude_in_twilight(elevation_deg: float = -1.2) -> float:
-    """A longitude (latitude 0) where the sun set a few minutes ago: it stands at about
-    ``elevation_deg`` now and is still going down."""
-    from agent.common.sun import elevation_at
-    now = time.time()
-    best = min((abs(elevation_at(0.0, lon / 20, now) - elevation_deg), lon / 20)
-               for lon in range(-3600, 3600)
-               if elevation_at(0.0, lon / 20, now + 600) < elevation_at(0.0, lon / 20, now))
-    return best[1]
-
-
 def test_a_zero_override_in_twilight_is_held_at_the_floor_and_ramped(tmp_path: Path) -> None:
     """Five minutes after sunset (sun about -1°, the built-in program's sunset step has the
     lamps at full), a 0 % override: the lamps ramp down towards the class floor instead of
     going dark at once (before: 100 → 0 % in one step, the floor only held below -6°)."""
-    rig = PoleRig(tmp_path, DEAD_CAMERA, longitude=longitude_in_twilight())
+    rig = PoleRig(tmp_path, DEAD_CAMERA, longitude=longitude_where(-1.2, time.time()))
     try:
         started_and_lit(rig, "twilight override")
         command(rig, {"correlation_id": "z1", "command": "set_override",

@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -31,64 +30,13 @@ import pytest
 from sim.traffic import SceneConfig, write_clip
 from tests.helpers import SLACK_S, wait_until
 from tests.pole_rig import PoleRig
+from tests.systemd_play import FakeSystemd
 
 pytestmark = pytest.mark.slow
 
 DEAD_CAMERA = '{kind: stream, url: "rtsp://127.0.0.1:9/none", stall_timeout_s: 1}'
 STARTUP_S = 40.0                 # a cold start (models, a busy 2-core machine)
 WATCHDOG_USEC = 2_000_000        # a ping every second
-
-
-class FakeSystemd:
-    """A bound datagram socket standing in for systemd's notification socket."""
-
-    def __init__(self, tmp: Path, abstract: bool) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if abstract:
-            name = f"polelink-test-{os.getpid()}-{time.monotonic_ns()}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            path = tmp / "notify.sock"
-            if len(str(path)) > 100:       # sun_path is 108 bytes
-                path = Path(f"/tmp/polelink-notify-{os.getpid()}-{time.monotonic_ns()}")
-            self.sock.bind(str(path))
-            self.address = str(path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(ln.split("=", 1) for ln in data.decode().split("\n") if "=" in ln)
-            self.messages.append((time.monotonic(), fields))
-
-    def env(self) -> dict[str, str]:
-        """The child's environment, as systemd would set it."""
-        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-
-    def times(self, key: str) -> list[float]:
-        """When each message carrying ``key`` arrived."""
-        return [t for t, f in self.messages if key in f]
-
-    def statuses(self) -> list[str]:
-        """Every STATUS= text, in order."""
-        return [f["STATUS"] for _, f in self.messages if "STATUS" in f]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        if not self.address.startswith("@"):
-            Path(self.address).unlink(missing_ok=True)
 
 
 def health(rig: PoleRig) -> dict:
@@ -242,3 +190,28 @@ def test_corrupt_run_records_and_an_unread_notify_socket_leave_the_lamps_lit(
     finally:
         deaf.close()
         rig.close()
+
+
+def test_a_hang_just_before_sunset_is_ended_by_the_watchdog_and_the_lamps_lit(
+        tmp_path: Path) -> None:
+    """Short mode of ``bench/hung_agent.py``: the agent, lit off by day, stops (SIGSTOP) 2 s
+    before sunset; systemd's part, played with short timings (watchdog 2 s, abort 1 s,
+    restart 0.5 s), aborts it, kills it when the abort cannot act, and starts a new one,
+    which lights the lamps. Without a watchdog the lamps would stay off (the issue: lit
+    only 0.05 s after SIGCONT)."""
+    from tests.systemd_play import Timings, hung_across_sunset
+    t = Timings(2.0, 1.0, 0.5)
+    r = hung_across_sunset(tmp_path, t)
+    what = [w for _, w in r["events"]]  # type: ignore[union-attr]
+    assert what[:3] == ["watchdog: SIGABRT", "abort timeout: SIGKILL", "exit -9"], what
+    assert "start" in what
+    assert 0 <= r["sunset_to_lit_s"] <= t.watchdog_s + t.abort_s + t.restart_s + STARTUP_S, r
+
+
+def test_the_shipped_unit_bounds_a_hang_before_sunset() -> None:
+    """The unit's watchdog, abort timeout and restart delay leave a cold start 20 s of the
+    60 s target from a hang to lit lamps (the measured figure: README, bench/hung_agent.py)."""
+    from tests.systemd_play import Timings
+    t = Timings.from_unit()
+    assert t.watchdog_s == 30 and t.abort_s == 5 and t.restart_s == 5, t
+    assert t.watchdog_s + t.abort_s + t.restart_s <= 60 - 20
