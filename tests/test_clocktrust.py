@@ -130,6 +130,10 @@ def test_rtc_agreement_vouches_and_disagreement_contradicts(tmp_path: Path) -> N
     assert not st_.trusted and "+3600 s off the RTC" in st_.reasons[0]
     f.unlink()
     assert RtcSource(f).vote(NOW, 0).verdict is None
+    import os
+    os.mkfifo(f)                       # a FIFO nobody writes: no vote, and no hang
+    v = RtcSource(f).vote(NOW, 0)
+    assert v.verdict is None and "not a regular file" in v.detail, v
 
 
 def test_gnss_over_a_pty_vouches_contradicts_and_goes_stale() -> None:

@@ -16,9 +16,9 @@ not darken the street (``agent.lighting.envelope`` rule 4).
 from __future__ import annotations
 
 import math
-import os
-import stat
 from pathlib import Path
+
+from agent.lighting.smallfile import read_regular
 
 
 class AmbientFile:
@@ -34,11 +34,8 @@ class AmbientFile:
     def dark(self, wall: float) -> bool | None:
         """True (dark), False (bright) or None (no trustworthy reading) at wall time ``wall``."""
         try:
-            st = os.stat(self.path)
-            if not stat.S_ISREG(st.st_mode):     # a FIFO or a device would block the tick
-                raise ValueError(f"{self.path} is not a regular file")
-            with self.path.open("rb") as f:
-                text = f.read(64).decode("ascii", "replace").strip()
+            raw, mtime = read_regular(self.path)    # never blocks the tick
+            text = raw.decode("ascii", "replace").strip()
             lux = float(text)
         except (OSError, ValueError) as e:
             self.problem, self.last_lux = f"ambient light: {e}", None
@@ -46,8 +43,8 @@ class AmbientFile:
         if not math.isfinite(lux) or lux < 0:
             self.problem, self.last_lux = f"ambient light: bad reading {text!r}", None
             return None
-        if wall - st.st_mtime > self.max_age_s:
-            self.problem = f"ambient light: reading is {wall - st.st_mtime:.0f} s old"
+        if wall - mtime > self.max_age_s:
+            self.problem = f"ambient light: reading is {wall - mtime:.0f} s old"
             self.last_lux = None
             return None
         self.problem, self.last_lux = "", lux

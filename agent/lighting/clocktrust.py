@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from agent.lighting.smallfile import read_regular
+
 log = logging.getLogger(__name__)
 
 #: adjtimex's return value when the clock is not synchronised, and the status bit.
@@ -174,7 +176,7 @@ class RtcSource:
     def vote(self, wall: float, mono: float) -> Vote:
         """Agreement within the tolerance vouches; disagreement contradicts."""
         try:
-            rtc = float(self.path.read_text().strip())
+            rtc = float(read_regular(self.path)[0].decode("ascii", "replace").strip())
         except (OSError, ValueError) as e:
             return Vote(None, f"rtc: cannot read {self.path}: {e}")
         diff = wall - rtc
