@@ -24,6 +24,9 @@ from agent.vision.snapshot import SnapshotStore, annotate
 if TYPE_CHECKING:
     from agent.runner import Agent
 
+#: The longest a maintenance override (below the floor at night, signed) may last.
+MAINTENANCE_MAX_S = 3600
+
 
 class CommandHandlers:
     """One method per command; :meth:`table` maps command names to them."""
@@ -75,9 +78,18 @@ class CommandHandlers:
         self._rate_limit()
         lighting = self.agent.lighting
         assert lighting is not None
+        maintenance = args.get("maintenance", False) is True
+        if maintenance:
+            guard = self.agent.dispatcher.guard
+            if guard is None or guard.verify_key is None:
+                raise CommandError("a maintenance override needs a pole that accepts only "
+                                   "signed commands (mqtt.command_key); not run")
+            if int(args["expires_in_s"]) > MAINTENANCE_MAX_S:
+                raise CommandError(f"a maintenance override lasts at most "
+                                   f"{MAINTENANCE_MAX_S} s; not run")
         until = self.agent.clock.time() + int(args["expires_in_s"])
         o = Override(float(args["level_pct"]), int(args.get("priority", 5)), until,
-                     self.agent.dispatcher.current or "")
+                     self.agent.dispatcher.current or "", maintenance)
         fut = lighting.submit(lambda: lighting.set_override(groups, o))
         return _then(fut, lambda applied: {
             "groups": groups, "level_pct": o.level_pct, "priority": o.priority,

@@ -176,6 +176,19 @@ def test_in_twilight_the_floor_holds_from_the_schedules_switch_on() -> None:
     assert d.level_pct == 0
 
 
+def test_only_a_maintenance_override_goes_below_the_floor_at_night() -> None:
+    step = Step("22:00", level_pct=60)
+    plain = SafetyEnvelope(EnvelopeSettings(floor_pct=30)).decide(
+        at_night(step, 0, override_pct=0.0))
+    crew = SafetyEnvelope(EnvelopeSettings(floor_pct=30)).decide(
+        at_night(step, 0, override_pct=0.0, override_maintenance=True))
+    assert plain.level_pct == 30 and crew.level_pct == 0
+    assert crew.mode == "override" and "maintenance override" in crew.reasons[0]
+    untrusted = SafetyEnvelope(EnvelopeSettings(floor_pct=30, safe_pct=100)).decide(
+        Situation(0, False, ("no clock",), None, override_pct=0.0, override_maintenance=True))
+    assert untrusted.level_pct == 100             # an untrusted clock still wins
+
+
 def test_untrusted_clock_is_the_safe_level_day_and_night() -> None:
     env = SafetyEnvelope(EnvelopeSettings(floor_pct=30, safe_pct=90))
     d = env.decide(Situation(0, False, ("no time source vouches",)))

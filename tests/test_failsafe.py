@@ -426,3 +426,52 @@ def test_a_slow_gateway_is_one_bus_slow_event_not_lamp_alarms(tmp_path: Path) ->
         assert rig.signal() == 0
     finally:
         rig.close()
+
+
+def test_a_signed_maintenance_override_may_switch_off_at_night_nothing_else(
+        tmp_path: Path) -> None:
+    """At night the class floor holds against any override, except a crew's maintenance
+    override: signed (the pole requires signatures), at most an hour. It switches the lamps
+    off; one of two hours is refused; a pole without a verify key refuses it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "signer.pem"
+    pem.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def signed(cid: str, args: dict) -> dict:
+        return new_command("set_override", args, correlation_id=cid, device="pole-9",
+                           site="lab", signing_key=key, now=time.time())
+
+    (tmp_path / "a").mkdir()
+    rig = PoleRig(tmp_path / "a", DEAD_CAMERA)
+    rig.cfg.write_text(rig.cfg.read_text().replace(
+        "mqtt:\n", f"mqtt:\n  commands: {{verify_key: {pem}}}\n"))
+    try:
+        started_and_lit(rig, "maintenance override")
+        command(rig, signed("m0", {"level_pct": 0, "expires_in_s": 7200,
+                                   "maintenance": True}))
+        assert wait_until(lambda: response(rig, "m0"), 15), rig.output()[-2000:]
+        assert "at most 3600 s" in response(rig, "m0")["error"]
+        command(rig, signed("m1", {"level_pct": 0, "expires_in_s": 600,
+                                   "maintenance": True}))
+        assert wait_until(lambda: response(rig, "m1"), 15)
+        assert response(rig, "m1")["result"] == "ok", response(rig, "m1")
+        assert rig.wait_levels(lambda lv: all(v == 0 for v in lv), 20), rig.levels()
+        assert rig.signal() == 0
+    finally:
+        rig.close()
+    (tmp_path / "b").mkdir()
+    rig = PoleRig(tmp_path / "b", DEAD_CAMERA)
+    try:
+        started_and_lit(rig, "maintenance override refused")
+        command(rig, {"correlation_id": "m2", "command": "set_override",
+                      "args": {"level_pct": 0, "expires_in_s": 600, "maintenance": True}})
+        assert wait_until(lambda: response(rig, "m2"), 15)
+        assert "needs a pole that accepts only signed commands" in response(rig, "m2")["error"]
+        assert all(v >= FLOOR for v in rig.levels())
+        assert rig.signal() == 0
+    finally:
+        rig.close()

@@ -23,7 +23,9 @@ platform asks for.
    switches the lamps on (its step in force is lit: a level above 0 or adaptive, e.g. from
    sunset − 10 min through twilight), no rule, step or override goes below the class floor;
    such a level is raised to it and the reason reported. (Before, only darkness counted:
-   a 0 % override five minutes after sunset switched the lamps off at once.)
+   a 0 % override five minutes after sunset switched the lamps off at once.) The one
+   exception is a crew's **maintenance override** (``set_override`` with ``maintenance``:
+   signed, at most an hour, ``agent/handlers.py``): its level stands, off included.
 6. **Ramp:** levels fall by at most ``ramp_down_pct_per_min`` and rise by at most
    ``ramp_up_pct_per_min`` (overrides included: no flicker). Switching on from off or
    off from on is a step, not a ramp. The ramp never holds a level below the least this
@@ -82,6 +84,7 @@ class Situation:
     model_error: str = ""                   # why the model is unusable ("" = usable)
     override_pct: float | None = None       # the winning override, if any
     ambient_dark: bool | None = None        # a light sensor's view (None: none/stale)
+    override_maintenance: bool = False      # the winning override is a crew's exception
 
 
 @dataclass
@@ -143,7 +146,9 @@ class SafetyEnvelope:
             d.mode = "ambient"
             d.reasons.append("light sensor reads dark")
         lit = step.adaptive is not None or (step.level_pct or 0.0) > 0
-        if x.dark or lit:
+        if d.mode == "override" and x.override_maintenance:
+            d.reasons.append("maintenance override: the class floor does not apply")
+        elif x.dark or lit:
             if d.level_pct < s.floor_pct:
                 why = "it is dark" if x.dark else "the schedule has the lamps on"
                 d.reasons.append(f"{d.level_pct:g} % raised to the class floor "

@@ -33,6 +33,7 @@ class Override:
     priority: int
     until: float                    # wall-clock epoch seconds
     source: str = ""                # who asked (a correlation id, "cli"...)
+    maintenance: bool = False       # a signed crew exception: may go below the floor
 
 
 class OverrideStore:
@@ -50,7 +51,8 @@ class OverrideStore:
             for group, items in raw.items():
                 for item in items:
                     o = Override(float(item["level_pct"]), int(item["priority"]),
-                                 float(item["until"]), str(item.get("source", "")))
+                                 float(item["until"]), str(item.get("source", "")),
+                                 item.get("maintenance", False) is True)
                     if not (0 <= o.level_pct <= 100 and o.priority in PRIORITIES
                             and math.isfinite(o.until)):
                         raise ValueError(f"bad override {item!r}")

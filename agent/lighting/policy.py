@@ -45,7 +45,7 @@ class GroupPolicy:
 
     def decide(self, wall: float, mono: float, trust: TrustState, flow: FlowReading,
                override_pct: float | None = None,
-               ambient_dark: bool | None = None) -> Decision:
+               ambient_dark: bool | None = None, maintenance: bool = False) -> Decision:
         """This tick's decision (see ``agent.lighting.envelope`` for the rules)."""
         if not trust.trusted:
             return self.envelope.decide(Situation(mono, False, tuple(trust.reasons),
@@ -77,7 +77,8 @@ class GroupPolicy:
             mono, True, (), active, dark=sun < NIGHT_BELOW_DEG, traffic_reason=flow.reason,
             rule_pct=rule, proposal_pct=proposal,
             model_error=model_error,
-            override_pct=override_pct, ambient_dark=ambient_dark))
+            override_pct=override_pct, ambient_dark=ambient_dark,
+            override_maintenance=maintenance))
         if by_sun:
             d.reasons.insert(0, "no schedule step in force here now (polar day or night): "
                                 "lit while the sun is below the horizon")

@@ -407,7 +407,8 @@ class LightingService:
         cams = list(g.cfg.cameras) or self.all_cameras
         o = self.overrides.active(g.cfg.name, wall)
         d = g.policy.decide(wall, mono, self.trust_state, self.flow.reading(cams, mono),
-                            o.level_pct if o else None, dark)
+                            o.level_pct if o else None, dark,
+                            maintenance=o is not None and o.maintenance)
         g.decision = d
         self._mode_events(g, d)
         bus = self.buses[g.cfg.bus]
