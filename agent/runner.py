@@ -30,6 +30,7 @@ exit reason for the next start's health (``restarts``, ``lastExit``).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import queue
@@ -642,7 +643,18 @@ class _UnusableKey:
 #: (faulthandler) and end the process: systemd restarts it and the gear's own power-on and
 #: system-failure levels hold the lamps meanwhile.
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
-                "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGIO", "SIGPWR", "SIGSTKFLT")
+                "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGTRAP",
+                "SIGSYS")
+
+
+def stop_signals() -> list[signal.Signals]:
+    """:data:`STOP_SIGNALS` this platform has, and every real-time signal (their default
+    ends the process too)."""
+    found = [getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)]
+    if hasattr(signal, "SIGRTMIN"):
+        found += [s for s in signal.valid_signals()
+                  if signal.SIGRTMIN <= s <= signal.SIGRTMAX]
+    return found
 
 
 def run_agent(config: Path, duration: float | None = None, live: bool = True) -> int:
@@ -655,14 +667,18 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
     why = ["stopped"]
 
     def on_signal(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
         log.warning("%s: stopping; the lamps go to their safe level", name)
-        why[0] = f"stopped by {name}"
+        if not stop.is_set():           # the first reason stays (a second signal, a crash)
+            why[0] = f"stopped by {name}"
         stop.set()
 
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), on_signal)
+    for sig in stop_signals():
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, on_signal)
     try:
         cfg = load_config(config)
     except ConfigError as e:

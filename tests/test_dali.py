@@ -160,8 +160,8 @@ def test_late_reply_times_out_and_does_not_poison_the_next_command(rig) -> None:
 
 def test_a_slow_gateway_lengthens_the_deadline_instead_of_failing(rig) -> None:
     """Every answer 0.25 s late against a 0.2 s deadline: the first late answer is waited
-    for and dropped, the frame sent again with a 1.5× deadline, and from then on every
-    answer is on time and right (one gear's answer never read as another's)."""
+    for and used, the deadline becomes 1.5× longer, and from then on every answer is on
+    time and right (one gear's answer never read as another's)."""
     emu, bus = rig
     for a in range(4):
         ops.set_level(bus, GearShort(a), 100 + 10 * a)
@@ -357,3 +357,20 @@ def test_request_round_trip(bits: int, value: int, twice: bool) -> None:
     hat = HatCodec()
     tw = twice and bits == 16
     assert hat.feed_requests(hat.encode(bits, value, tw)) == [(bits, value, tw)]
+
+
+def test_a_late_answer_in_a_memory_read_shifts_nothing() -> None:
+    """A memory-bank read moves the gear's read position with every byte asked for: a late
+    answer must be used, never asked for again (a resend read the next byte: the GTIN came
+    back as another number)."""
+    from dali.memory import info
+    emu = DaliEmulator(make_gear(1), "hat", late_s=0.15).start()
+    bus = SerialDaliBus(emu.path, "hat", timeout=0.1, retries=3)
+    try:
+        fast = ops._read(bus, info.GTIN, GearShort(0))
+        emu.script.extend([None, None, None, "late"])       # the 2nd byte's answer is late
+        slow = ops._read(bus, info.GTIN, GearShort(0))
+        assert slow == fast and bus.late_replies == 1, (fast, slow)
+    finally:
+        bus.close()
+        emu.stop()

@@ -302,6 +302,50 @@ def test_the_tflite_check_refuses_or_passes_never_crashes(case: bytes | tuple) -
             check_tflite(Path(f.name))
 
 
+def _shared_tables_model(n_subgraphs: int, n_tensors: int) -> bytes:
+    """A valid-looking TFLite flatbuffer whose ``n_subgraphs`` entries all point at one
+    subgraph, whose ``n_tensors`` entries all point at one tensor: small on disk, but
+    n_subgraphs × n_tensors tables to walk (a hostile reviewer's file)."""
+    import struct
+    mvt, model = 8, 20                            # model vtable, model table
+    sgvec = model + 8
+    svt = sgvec + 4 + 4 * n_subgraphs
+    sg = svt + 8
+    tvec = sg + 8
+    tvt = tvec + 4 + 4 * n_tensors
+    tensor = tvt + 4
+    b = bytearray(tensor + 4)
+    struct.pack_into("<I4s", b, 0, model, b"TFL3")
+    struct.pack_into("<HHHHH", b, mvt, 10, 8, 0, 0, 4)         # field 2 (subgraphs) at +4
+    struct.pack_into("<iI", b, model, model - mvt, sgvec - (model + 4))
+    struct.pack_into("<I", b, sgvec, n_subgraphs)
+    for k in range(n_subgraphs):
+        struct.pack_into("<I", b, sgvec + 4 + 4 * k, sg - (sgvec + 4 + 4 * k))
+    struct.pack_into("<HHH", b, svt, 6, 8, 4)                  # field 0 (tensors) at +4
+    struct.pack_into("<iI", b, sg, sg - svt, tvec - (sg + 4))
+    struct.pack_into("<I", b, tvec, n_tensors)
+    for k in range(n_tensors):
+        struct.pack_into("<I", b, tvec + 4 + 4 * k, tensor - (tvec + 4 + 4 * k))
+    struct.pack_into("<HH", b, tvt, 4, 4)
+    struct.pack_into("<i", b, tensor, tensor - tvt)
+    return bytes(b)
+
+
+def test_the_tflite_check_has_a_work_bound(tmp_path: Path) -> None:
+    """A crafted file pointing many entries at shared tables (10^6 visits from 8 KB) is
+    refused by the check's visit budget instead of occupying a core for minutes; the real
+    model and the small crafted one pass."""
+    from agent.vision.detect.tflitecheck import BadFlatbuffer, check_tflite
+    small = tmp_path / "small.tflite"
+    small.write_bytes(_shared_tables_model(2, 3))
+    check_tflite(small)
+    check_tflite(SIMNET_SSD.with_suffix(".tflite"))
+    big = tmp_path / "big.tflite"
+    big.write_bytes(_shared_tables_model(1000, 1000))
+    with pytest.raises(BadFlatbuffer, match="more than 200000 tables"):
+        check_tflite(big)
+
+
 def test_preprocess_rejects_bad_frames() -> None:
     spec = load_card(SIMNET).input
     for bad in (None, np.zeros((10, 10), np.uint8), np.zeros((0, 10, 3), np.uint8)):

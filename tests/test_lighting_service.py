@@ -532,3 +532,33 @@ def test_reloads_keep_driving_the_lamps_and_a_failed_one_changes_nothing(tmp_pat
         silent.stop()
     assert level_pct(emu) == 100                                   # stop: the safe level
     emu.stop()
+
+
+@pytest.mark.parametrize("reads, want", [
+    (["no_answer", "ok", "ok", "ok"], []),                          # one missed answer
+    (["lamp_failure", "no_answer"] * 3, [("lamp_failure", "lamp_failure")]),
+    (["lamp_failure"] * 3 + ["no_answer"] * 3, [("lamp_failure", "lamp_failure"),
+                                                ("luminaire_unreachable", None)]),
+    (["lamp_failure", "lamp_failure", "ok"] * 3, [("lamp_failure", "lamp_failure")]),
+    (["lamp_failure"] * 3 + ["ok"] * 3, [("lamp_failure", "lamp_failure"),
+                                         ("lamp_restored", None)]),
+    (["ok", "no_answer", "no_answer", "no_answer"], [("luminaire_unreachable", None)]),
+])
+def test_lamp_alarms_follow_most_recent_reads(reads: list[str], want: list) -> None:
+    """Status reads of one luminaire → events: one missed answer is no alarm; a failure seen
+    in three of the last five reads is (an intermittent lamp too, and a gear that alternates
+    failure kinds), the newest kind told, a change of kind without a false "restored";
+    back to normal after three good reads running."""
+    from types import SimpleNamespace
+
+    from agent.lighting.service import GroupRuntime
+    from drivers.bus import GroupReading, LampStatus
+    events: list[tuple[str, object]] = []
+    svc = SimpleNamespace(_event=lambda e, _sev, _subj, **d: events.append((e, d.get("failure"))))
+    it = iter(reads)
+    grp = SimpleNamespace(read_status=lambda: GroupReading(50.0, (LampStatus("short:0",
+                                                                             next(it)),)))
+    g = GroupRuntime(cfg=SimpleNamespace(name="street"), policy=None, group=grp)  # type: ignore[arg-type]
+    for _ in reads:
+        LightingService._read_status(svc, g)  # type: ignore[arg-type]
+    assert events == want, events

@@ -315,3 +315,16 @@ print(sink.path.stat().st_size == size)
     lines = out.read_text().splitlines()
     assert lines[-3] == '{"torn":'
     assert all(json.loads(x)["schema"] for x in lines[:2] + lines[-2:])
+
+
+def test_the_lock_file_is_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    """``agent.lock`` as a symlink to another file: the file is not truncated or written
+    (the lock is then not taken, with a warning); garbage in a held lock file is not
+    echoed."""
+    from agent.service.lock import take
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "agent.lock").symlink_to(victim)
+    assert take(tmp_path / "state") is None
+    assert victim.read_text() == "keep me\n"

@@ -271,7 +271,7 @@ def run_schedule(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     from agent.lighting.tonight import NO_STEP, night_profile
 
-    profile = night_profile(cfg.lighting, day)
+    profile = night_profile(cfg.lighting, day, bool(cfg.cameras))
     out = profile.to_json()
     if a.json:
         print(json.dumps(out, indent=1))

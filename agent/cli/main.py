@@ -253,7 +253,8 @@ def cmd_count(a: argparse.Namespace) -> int:
     except ConfigError as e:             # one located line per problem, at the card's entry
         for line in str(e).splitlines():
             print(f"{line} (model card)", file=sys.stderr)
-        return EXIT_RUNTIME
+        # a card that is not there is a wrong argument (1); one that is wrong, exit 3
+        return EXIT_INVALID if not Path(a.model).is_file() else EXIT_RUNTIME
     except ValueError as e:  # a pkg: path that names nothing shipped
         _err(str(e))
         return EXIT_USAGE

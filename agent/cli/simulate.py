@@ -100,7 +100,7 @@ def _tonight(cfg: AgentConfig, day_text: str | None, found: Findings) -> None:
         return
     tz = ZoneInfo(lt.timezone or "UTC")
     day = date.fromisoformat(day_text) if day_text else datetime.now(tz).date()
-    prof = night_profile(lt, day)
+    prof = night_profile(lt, day, bool(cfg.cameras))
     sunset = prof.sunset.strftime("%H:%M") if prof.sunset else "none (polar day or night)"
     sunrise = prof.sunrise.strftime("%H:%M %a") if prof.sunrise else "none (polar day or night)"
     print(f"tonight: {day} at {lt.latitude:.4f}, {lt.longitude:.4f} ({tz}): sunset {sunset}, "

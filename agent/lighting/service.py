@@ -35,6 +35,7 @@ import logging
 import math
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -77,11 +78,15 @@ from drivers.bus import BusDisconnected, BusError, GroupReading, LuminaireGroup
 log = logging.getLogger(__name__)
 
 FAILSAFE_MODES = ("failsafe", "fallback")
-#: Lamp states that raise an alarm (``lamp_failure``, ``luminaire_unreachable``), and how
-#: many status reads running must agree first: one missed or misread answer (a slow
-#: gateway, a collision) is no failure; a real one is told two status periods later.
+#: Lamp states that raise an alarm (``lamp_failure``, ``luminaire_unreachable``): told when
+#: CONFIRM_READS of the last CONFIRM_WINDOW status reads found one (the newest kind is
+#: told); one missed or misread answer (a slow gateway, a collision) is no failure, and a
+#: lamp that fails two reads in three is. Told back to normal after CONFIRM_READS good reads
+#: running; a steady change from one failure to another (CONFIRM_READS reads running) is
+#: told as the new failure alone, without a "restored".
 FAILURE_STATES = ("lamp_failure", "gear_failure", "no_answer")
 CONFIRM_READS = 3
+CONFIRM_WINDOW = 5
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
 #: The longest one pass of the lighting loop may take (a tick's slowest bus work: opening,
 #: finding and configuring the gear) before the thread counts as stuck (at least 4 ticks).
@@ -162,8 +167,8 @@ class GroupRuntime:
     power_w: float | None = None
     energy_wh: float | None = None
     lamp_states: dict[str, str] = field(default_factory=dict)   # as last told (events)
-    #: a failure state read but not yet told: (state, consecutive reads)
-    unconfirmed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: each luminaire's recent status reads (the newest CONFIRM_WINDOW)
+    history: dict[str, deque[str]] = field(default_factory=dict)
     members: tuple[str, ...] = ()
     discovered_at: float = -math.inf
     mode: str | None = None
@@ -467,25 +472,29 @@ class LightingService:
         told: dict[str, str] = {}
         for lamp in st.lamps:
             before = told[lamp.address] = g.lamp_states.get(lamp.address, "ok")
-            if lamp.state == before:
-                g.unconfirmed.pop(lamp.address, None)
+            hist = g.history.setdefault(lamp.address, deque(maxlen=CONFIRM_WINDOW))
+            hist.append(lamp.state)
+            now = before
+            if before == "ok":                  # a failure: most of the recent reads
+                if sum(x in FAILURE_STATES for x in hist) >= CONFIRM_READS:
+                    now = next(x for x in reversed(hist) if x in FAILURE_STATES)
+            elif list(hist)[-CONFIRM_READS:] == ["ok"] * CONFIRM_READS:
+                now = "ok"                      # back: several good reads running
+            elif lamp.state in FAILURE_STATES and \
+                    list(hist)[-CONFIRM_READS:] == [lamp.state] * CONFIRM_READS:
+                now = lamp.state                # failing another way, steadily
+            if now == before:
                 continue
-            if lamp.state in FAILURE_STATES:    # told once seen CONFIRM_READS reads running
-                seen, n = g.unconfirmed.get(lamp.address, (lamp.state, 0))
-                n = n + 1 if seen == lamp.state else 1
-                if n < CONFIRM_READS:
-                    g.unconfirmed[lamp.address] = (lamp.state, n)
-                    continue
-            g.unconfirmed.pop(lamp.address, None)
-            told[lamp.address] = lamp.state
+            told[lamp.address] = now
             subject = f"{name}/{lamp.address}"
-            if before in ("lamp_failure", "gear_failure"):
-                self._event("lamp_restored", "info", subject, was=before)
-            elif before == "no_answer":
-                self._event("luminaire_restored", "info", subject)
-            if lamp.state in ("lamp_failure", "gear_failure"):
-                self._event("lamp_failure", "alarm", subject, failure=lamp.state)
-            elif lamp.state == "no_answer":
+            if now == "ok":
+                if before == "no_answer":
+                    self._event("luminaire_restored", "info", subject)
+                else:
+                    self._event("lamp_restored", "info", subject, was=before)
+            elif now in ("lamp_failure", "gear_failure"):
+                self._event("lamp_failure", "alarm", subject, failure=now)
+            else:
                 self._event("luminaire_unreachable", "alarm", subject)
         g.lamp_states = told
 

@@ -42,7 +42,7 @@ class NightProfile:
                            for g, steps in self.groups.items()}}
 
 
-def night_profile(lighting: LightingConfig, day: date) -> NightProfile:
+def night_profile(lighting: LightingConfig, day: date, traffic: bool = True) -> NightProfile:
     """Every group's steps from noon on ``day`` to noon the next day, in the pole's zone."""
     from agent.lighting.service import make_schedule
 
@@ -56,7 +56,7 @@ def night_profile(lighting: LightingConfig, day: date) -> NightProfile:
     sunrise = next((datetime.fromtimestamp(t, tz) for t, e in events if e == "sunrise"), None)
     out = NightProfile(day, str(tz), sunset, sunrise)
     for g in lighting.groups:
-        sched = make_schedule(lighting, g)
+        sched = make_schedule(lighting, g, traffic)     # a pole without cameras: no adaptive
         steps = [(t, st, prog) for d in (day, day + timedelta(days=1))
                  for t, st, prog in sched.steps_on(d)]
         out.groups[g.name] = [NightStep(datetime.fromtimestamp(t, tz), prog, st.describe())

@@ -28,7 +28,9 @@ def take(state_dir: Path) -> IO[str] | None:
     path = state_dir / LOCK_FILE
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        f = path.open("a+", encoding="utf-8")
+        # never through a symlink (its target would be truncated), never blocking (a FIFO)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+        f = os.fdopen(fd, "a+", encoding="utf-8", errors="replace")
     except OSError as e:
         log.warning("cannot take the lock %s (%s): a second agent would not be refused",
                     path, e.strerror or e)
@@ -39,6 +41,7 @@ def take(state_dir: Path) -> IO[str] | None:
         f.seek(0)
         pid = f.read(32).strip()
         f.close()
+        pid = pid if pid.isdigit() else ""
         raise AlreadyRunning(f"agent: another agent runs on this pole (pid {pid or '?'}; "
                              f"{path} is locked): not starting") from None
     try:

@@ -15,13 +15,14 @@
 - DT6/DT8 (any ``devicetype != 0``) commands are preceded by ``EnableDeviceType``.
 - A lock makes ``send`` and ``run_sequence`` atomic across threads.
 - **A slow gateway** (answers later than ``timeout``): after a missed deadline the driver
-  waits once more, up to the current timeout, for the late answer. When it comes, the
-  frame is sent again with a timeout 1.5 times longer (at most :attr:`max_timeout`:
-  five times the configured one, at least 0.5 s), and ``late_replies`` counts it. The late
-  answer is never taken for the next frame's, so one gear's answer is never read as
-  another's; a gateway answering in 90 ms against 100 ms gives one adaptation, not a run
-  of false lamp alarms. ``timeout`` is the deadline in force; ``base_timeout`` the
-  configured one.
+  waits once more, up to the current timeout, for the late answer. Nothing was sent
+  meanwhile, so it is this frame's answer and is used (a frame is never sent twice for
+  it: a memory-bank read moves the gear's read position, a resend would read the next
+  byte); the deadline becomes 1.5 times longer (at most :attr:`max_timeout`: five times
+  the configured one, at least 0.5 s) and ``late_replies`` counts it. One gear's answer is
+  never read as another's; a gateway answering in 90 ms against 100 ms gives one
+  adaptation, not a run of false lamp alarms. ``timeout`` is the deadline in force;
+  ``base_timeout`` the configured one.
 """
 
 from __future__ import annotations
@@ -104,15 +105,16 @@ class SerialDaliBus:
                 raise BusDisconnected(f"{self.port}: {e}") from None
             self.stats["frames"] += 1
             answers: list[Reply] = []
-            try:
-                while len(answers) < expected:
+            while len(answers) < expected:
+                try:
                     answers.append(self._read_reply())
-                    if answers[-1].kind == "resend":    # the frame never went out: no more
-                        break
-            except BusTimeout:
-                if not self._late_answer() or attempt == self.retries:
-                    raise
-                continue                    # a slow gateway: again, with a longer deadline
+                except BusTimeout:
+                    late = self._late_answer()
+                    if late is None:
+                        raise
+                    answers.append(late)        # this frame's answer, only late: kept
+                if answers[-1].kind == "resend":    # the frame never went out: no more
+                    break
             last = answers[-1]
             if any(a.kind == "resend" for a in answers):
                 continue
@@ -159,17 +161,18 @@ class SerialDaliBus:
                 self.stats["timeouts"] += 1
                 raise BusTimeout(f"{self.port}: {missing} within {self.timeout * 1000:.0f} ms")
 
-    def _late_answer(self) -> bool:
-        """After a missed deadline: wait up to the current timeout for the late answer;
-        when it comes, lengthen the deadline (see the module docstring) and say so."""
+    def _late_answer(self) -> Reply | None:
+        """After a missed deadline: wait up to the current timeout for the late answer
+        (nothing else was sent meanwhile, so it is this frame's); when it comes, lengthen
+        the deadline (see the module docstring) and return it."""
         try:
-            self._read_until(lambda r: r.is_answer, "no late reply")
+            late = self._read_until(lambda r: r.is_answer, "no late reply")
         except BusTimeout:
             self.stats["timeouts"] -= 1         # the wait for a late answer is no timeout
-            return False
+            return None
         self.late_replies += 1
         self.timeout = min(self.max_timeout, self.timeout * 1.5)
-        return True
+        return late
 
     def _drain(self) -> None:
         """Before a new request: take what arrived unasked (gateway events are kept,

@@ -24,8 +24,11 @@ from pathlib import Path
 
 from agent.settings.modelcard import ModelError
 
-#: Seconds the child may take to load and run the model once.
-PROBE_TIMEOUT_S = 120.0
+#: Seconds the child may take to load and run the model once (a detector for a pole
+#: loads in well under a second here; the Pi is slower).
+PROBE_TIMEOUT_S = 30.0
+#: Signals that mean the runtime crashed (others: the child was killed from outside).
+CRASHES = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
 
 _CHILD = """
 import sys
@@ -68,6 +71,10 @@ def probe_tflite(path: Path, card_path: Path) -> None:
             name = signal.Signals(-r.returncode).name
         except ValueError:
             name = f"signal {-r.returncode}"
+        if name not in CRASHES:
+            raise ModelError(f"{card_path}: loading {path} in a separate process was "
+                             f"stopped by {name} (out of memory, or stopped from outside); "
+                             f"not opened here")
         raise ModelError(f"{card_path}: {path} crashes the TFLite runtime ({name} while "
                          f"loading it in a separate process): a corrupt or truncated "
                          f"model; not opened here")

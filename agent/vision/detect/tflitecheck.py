@@ -22,6 +22,10 @@ from pathlib import Path
 #: The most tensors, operators or buffers a model may declare (a pole's detector has
 #: a few hundred; a garbage count is refused before anything is walked).
 MAX_ITEMS = 1_000_000
+#: The most tables and indices the whole check visits. A crafted file can point many
+#: entries at the same tables (a million subgraphs sharing one of a million tensors: 10^12
+#: visits, days of CPU in the camera's start); real detectors need a few thousand.
+MAX_VISITS = 200_000
 
 
 class BadFlatbuffer(ValueError):
@@ -32,6 +36,13 @@ class _Reader:
     def __init__(self, buf: bytes | mmap.mmap) -> None:
         self.b = buf
         self.n = len(buf)
+        self.visits = 0
+
+    def _visit(self, k: int = 1) -> None:
+        self.visits += k
+        if self.visits > MAX_VISITS:
+            raise BadFlatbuffer(f"more than {MAX_VISITS} tables and indices to check: no "
+                                f"detector is this large (a crafted file?)")
 
     def _need(self, at: int, size: int, what: str) -> None:
         if at < 0 or size < 0 or at + size > self.n:
@@ -44,6 +55,7 @@ class _Reader:
 
     def table(self, at: int, what: str) -> tuple[int, int, int]:
         """``(table, vtable, vtable size)`` of the table at ``at``."""
+        self._visit()
         self._need(at, 4, what)
         vt = at - struct.unpack_from("<i", self.b, at)[0]
         self._need(vt, 4, f"{what}'s vtable")
@@ -87,6 +99,7 @@ class _Reader:
 
     def ints(self, t: tuple[int, int, int], i: int, what: str) -> list[int]:
         first, n = self.vector(t, i, 4, what)
+        self._visit(n)
         return list(struct.unpack_from(f"<{n}i", self.b, first)) if n else []
 
     def scalar(self, t: tuple[int, int, int], i: int, fmt: str, default: int = 0) -> int:
@@ -147,3 +160,6 @@ def _check(r: _Reader) -> None:
             indices(r.ints(op, 1, f"operators[{k}].inputs"), f"operators[{k}].inputs")
             indices(r.ints(op, 2, f"operators[{k}].outputs"), f"operators[{k}].outputs")
             r.vector(op, 5, 1, f"operators[{k}].custom_options")
+            opts = r.ref(op, 4, f"operators[{k}].builtin_options")
+            if opts is not None:                # a union member: a table
+                r.table(opts, f"operators[{k}].builtin_options")
