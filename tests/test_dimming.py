@@ -316,3 +316,18 @@ def test_the_default_program_follows_the_sun() -> None:
     assert p.decide(sunset + 120, 3, TRUSTED, flow(40)).level_pct == 100
     assert p.decide(dusk + 600, 4, TRUSTED, flow(40)).mode == "adaptive"
     assert BUILD_DATE.timestamp() < sunset
+
+
+def test_with_camera_liveness_a_closed_interval_does_not_revive_a_dead_camera() -> None:
+    """Where each frame tells the flow the camera is alive (agent run), an interval closing
+    after the camera died must not make it fresh again (a hostile review: a dead camera was
+    trusted again for up to an interval, and the lamps dimmed on it)."""
+    f = RollingFlow(window_s=3600, min_coverage_s=600, stale_s=300)
+    f.external_liveness = True
+    for k in range(80):                                   # alive, 900 s intervals
+        f.seen("cam", 45.0 * k)
+    for k in range(1, 5):
+        f.add(TrafficSample("cam", 900.0 * k, 900.0, {"car": 100}))
+    assert f.reading(["cam"], 3600).reason == ""
+    f.add(TrafficSample("cam", 4500, 900.0, {"car": 100}))   # closed after the death (3600)
+    assert f.reading(["cam"], 4500).reason != ""          # still stale: not revived

@@ -57,6 +57,10 @@ class RollingFlow:
         self.configure(window_s, min_coverage_s, stale_s)
         self._samples: dict[str, deque[TrafficSample]] = {}
         self._last_seen: dict[str, float] = {}     # camera → mono of its last frames
+        #: True when liveness comes from the cameras themselves (``seen``, each frame's
+        #: capture time): a closed interval then refreshes nothing (its close time is not a
+        #: frame: it re-trusted a dead camera until the next staleness check)
+        self.external_liveness = False
 
     def configure(self, window_s: float, min_coverage_s: float, stale_s: float) -> None:
         """Set the window, the coverage it needs and the staleness limit (samples stay)."""
@@ -70,7 +74,8 @@ class RollingFlow:
         q = self._samples.setdefault(sample.camera, deque())
         if sample.covered_s > 0:
             q.append(sample)
-            self.seen(sample.camera, sample.mono_end)
+            if not self.external_liveness:
+                self.seen(sample.camera, sample.mono_end)
         while q and q[0].mono_end < sample.mono_end - self.window_s:
             q.popleft()
 

@@ -202,6 +202,7 @@ class LightingService:
         #: stamped on every pass of the lighting loop, for the service watchdog
         self.heartbeat = Heartbeat("lighting", max(LIGHTING_BOUND_S, 4 * cfg.tick_s))
         self.flow = RollingFlow()
+        self.flow.external_liveness = liveness is not None
         self._apply_config(cfg, self._build(cfg, {}))
 
     # -- building -----------------------------------------------------------------------
