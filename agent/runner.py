@@ -234,6 +234,17 @@ class Agent:
                                [c.name for c in cfg.cameras], cfg.aggregates.interval_s,
                                liveness=self.liveness)
 
+    def _reload_lighting(self, cfg: Any, cameras: list[str]) -> list[str]:
+        """The lighting service swapped to ``cfg`` on its own thread; CommandError (nothing
+        changed) when it cannot."""
+        lighting = self.lighting
+        assert lighting is not None
+        fut = lighting.submit(lambda: lighting.reload(cfg, cameras))
+        try:
+            return fut.result(timeout=COMMAND_TIMEOUT_S)
+        except Exception as e:
+            raise CommandError(f"lighting failed, nothing changed: {e}") from None
+
     def liveness(self) -> dict[str, float | None]:
         """Each camera's last good frame (monotonic), for the lighting service."""
         return {n: w.last_good_mono for n, w in self.workers.items()}
@@ -491,19 +502,16 @@ class Agent:
         if lighting_changed:
             if self.lighting is not None and new.lighting is not None \
                     and new.clock == self.cfg.clock:
-                lighting = self.lighting
-                fut = lighting.submit(lambda: lighting.reload(new.lighting,  # type: ignore[arg-type]
-                                                              [c.name for c in new.cameras]))
-                try:
-                    notes += fut.result(timeout=COMMAND_TIMEOUT_S)
-                except Exception as e:
-                    raise CommandError(f"lighting failed, nothing changed: {e}") from None
+                notes += self._reload_lighting(new.lighting, [c.name for c in new.cameras])
             else:
                 raise CommandError("adding or removing the lighting section, or changing the "
                                    "clock sources, needs a restart; nothing changed")
         if self.lighting is not None and not lighting_changed:
             lighting, names = self.lighting, [c.name for c in new.cameras]
-            lighting.submit(lambda: setattr(lighting, "all_cameras", names))
+            if bool(old_cams) != bool(names):   # to or from a lighting-only pole: the
+                notes += self._reload_lighting(new.lighting, names)  # built-in program
+            else:                               # changes
+                lighting.submit(lambda: setattr(lighting, "all_cameras", names))
         removed = [n for n in old_cams if n not in {c.name for c in new.cameras}]
         now, mono = self.clock.time(), self.clock.monotonic()
         for name in [*removed, *fresh]:

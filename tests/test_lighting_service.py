@@ -562,3 +562,27 @@ def test_lamp_alarms_follow_most_recent_reads(reads: list[str], want: list) -> N
     for _ in reads:
         LightingService._read_status(svc, g)  # type: ignore[arg-type]
     assert events == want, events
+
+
+def test_a_reload_to_and_from_a_lighting_only_pole_rebuilds_the_built_in_program(
+        tmp_path: Path) -> None:
+    """Reloading a pole's lighting with its cameras removed gives the schedule a fresh
+    start gives (no adaptive step); adding a camera back brings the adaptive step back."""
+    _clock, emu, _rec, cfg, svc = dali_pole(tmp_path, local(2026, 11, 24, 1),
+                                          "[{name: street, bus: d, cameras: [cam1]}]", extra="")
+    try:
+        from agent.settings.schema import load_config
+        lighting = load_config(cfg).lighting
+        assert lighting is not None and not lighting.programs
+
+        def steps() -> list[str]:
+            g = next(iter(svc.groups.values()))
+            return [s.describe() for p in g.policy.schedule.programs.values() for s in p]
+        assert any("adaptive" in x for x in steps())
+        svc.reload(lighting, [])
+        assert not any("adaptive" in x for x in steps()), steps()
+        svc.reload(lighting, ["cam1"])
+        assert any("adaptive" in x for x in steps()), steps()
+    finally:
+        svc.shutdown()
+        emu.stop()

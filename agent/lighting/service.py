@@ -206,9 +206,12 @@ class LightingService:
         self._apply_config(cfg, self._build(cfg, {}))
 
     # -- building -----------------------------------------------------------------------
-    def _build(self, cfg: LightingConfig, keep: dict[str, BusRuntime]
+    def _build(self, cfg: LightingConfig, keep: dict[str, BusRuntime],
+               cameras: list[str] | None = None
                ) -> tuple[dict[str, BusRuntime], dict[str, GroupRuntime]]:
-        """New runtimes for ``cfg`` (buses whose settings are unchanged are kept, open)."""
+        """New runtimes for ``cfg`` (buses whose settings are unchanged are kept, open), for
+        a pole with ``cameras`` (default: the current ones)."""
+        traffic = bool(self.all_cameras if cameras is None else cameras)
         model, model_error = None, ""
         try:
             model = DimmingModel(cfg.model)
@@ -223,7 +226,7 @@ class LightingService:
                                    g.ramp_up_pct_per_min)
             settings = GroupSettings(g.name, g.class_number, g.design_peak_vph,
                                      tuple(g.cameras), env)
-            policy = GroupPolicy(settings, make_schedule(cfg, g, bool(self.all_cameras)),
+            policy = GroupPolicy(settings, make_schedule(cfg, g, traffic),
                                  cfg.latitude, cfg.longitude,
                                  model, model_error)
             groups[g.name] = GroupRuntime(g, policy)
@@ -325,7 +328,7 @@ class LightingService:
         Returns what changed."""
         mono = self.clock.monotonic()
         keep = dict(self.buses)
-        buses, groups = self._build(cfg, keep)
+        buses, groups = self._build(cfg, keep, cameras)
         fresh = [b for n, b in buses.items() if b is not keep.get(n)]
         ports = {b.cfg.port for b in fresh}
         freed = [o for n, o in keep.items()
