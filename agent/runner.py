@@ -318,8 +318,7 @@ class Agent:
             self._next_health = (now // step_s + 1) * step_s
         elif now >= self._next_health:
             self.publish_health()
-            self._next_health = (now // self.cfg.aggregates.interval_s + 1) \
-                * self.cfg.aggregates.interval_s
+            self._next_health = (now // step_s + 1) * step_s
         return closed
 
     def _deliver(self, records: list[TrafficRecord], mono: float) -> None:
