@@ -4,7 +4,8 @@ pymodbus's own RTU server holds the controller's registers; it sits at one end o
 virtual serial cable made of two pseudo-terminals bridged by a thread. The driver opens
 the other end (:attr:`ModbusEmulator.path`). The bridge injects faults like a flaky RS-485
 line: ``drop`` (the reply never arrives), ``garble`` (a corrupted reply byte: bad CRC),
-``late`` (the reply arrives after ``late_s``), and :meth:`unplug`.
+``late`` (the reply arrives after ``late_s``, or sooner on :meth:`release_late`), and
+:meth:`unplug`.
 
 The emulated controller (register map = :data:`DEFAULT_MAP`; the first entries are the
 agent's config defaults): holding register 0 = level in 0.1 % (0–1000), coil 0 = output
@@ -88,6 +89,8 @@ class ModbusEmulator:
         self.watchdog_trips = 0
         self.energy_wh = 0.0
         self.script: deque[str] = deque()
+        self._late_gate = threading.Event()
+        self.late_replies_sent = 0
         self.faults_injected = 0
         self.requests = 0
         bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
@@ -156,6 +159,7 @@ class ModbusEmulator:
         """Stop everything and close the ptys."""
         self._stop.set()
         self._bridge_stop.set()
+        self._late_gate.set()
         if self._loop and self._server:
             fut = asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop)
             with contextlib.suppress(Exception):
@@ -196,6 +200,11 @@ class ModbusEmulator:
             if f not in FAULTS:
                 raise ValueError(f"unknown fault {f!r}; choose from {', '.join(FAULTS)}")
         self.script.extend(faults)
+
+    def release_late(self) -> None:
+        """Let a reply held back by ``late`` go now (a test's way to make "late" mean
+        after the driver gave up, at any machine speed)."""
+        self._late_gate.set()
 
     # -- the controller ------------------------------------------------------------------
     @property
@@ -283,8 +292,11 @@ class ModbusEmulator:
                 if fault == "garble":
                     data = data[:-1] + bytes([data[-1] ^ 0x5A])
                 if fault == "late":
-                    time.sleep(self.late_s)
+                    self._late_gate.wait(self.late_s)
+                    self._late_gate.clear()
                 self._safe_write(ma, data)
+                if fault == "late":
+                    self.late_replies_sent += 1
 
     @staticmethod
     def _safe_write(fd: int, data: bytes) -> None:
