@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import logging
+import os
 import queue
 import signal
 import sys
@@ -52,7 +54,9 @@ from agent.lighting.service import LightingService
 from agent.records import EventRecord, HealthRecord, TrafficRecord
 from agent.service.heartbeat import Heartbeat
 from agent.service.lock import AlreadyRunning
-from agent.service.lock import take as take_lock
+from agent.service.lock import take_all as take_locks
+from agent.service.lock import wait_for as wait_for_lock
+from agent.service.notify import Notifier
 from agent.service.runs import state_directory
 from agent.service.supervisor import Supervisor
 from agent.settings.schema import AgentConfig, CameraConfig, MqttConfig, load_config
@@ -70,13 +74,18 @@ from agent.vision.aggregates import IntervalAggregator, JsonLinesSink
 from agent.vision.camera import CameraSource, describe
 from agent.vision.checkpoint import CHECKPOINT_S, Checkpoints
 from agent.vision.counter import Line
-from agent.vision.detect import ModelError, SharedRuntimes, load_detector
+from agent.vision.detect import ModelError, load_detector
+from agent.vision.detect.isolated import ModelHosts
+from agent.vision.detect.runtime import SharedRuntimes
 from agent.vision.worker import CameraWorker
 
 log = logging.getLogger(__name__)
 
 #: How long a command's work on the lighting thread may take before the answer says so.
 COMMAND_TIMEOUT_S = 30.0
+#: ``=1``: models run in the agent's own process, as before issue 21 (``bench/agent_run.py
+#: --in-process``: the baseline of what running them apart costs). Never on a pole.
+IN_PROCESS_ENV = "POLELINK_MODELS_IN_PROCESS"
 #: At most one ``command_rejected`` event this often (its ``count`` says how many).
 REJECT_EVENT_EVERY_S = 10.0
 
@@ -107,8 +116,14 @@ class Agent:
         self.outbox, self.uplink, self.uplink_problem = self._open_uplink(cfg.mqtt)
         self.reporter = Reporter(cfg.device.id, cfg.device.site, self.clock, self.outbox,
                                  self.uplink)
-        # cameras with the same model card share one loaded model (half a camera's memory)
-        self.models = SharedRuntimes()
+        # models run in processes of their own (a runtime crash cannot reach the lamps);
+        # cameras with the same model card share one (half a camera's memory)
+        self.models: ModelHosts | SharedRuntimes = ModelHosts()
+        if os.environ.get(IN_PROCESS_ENV) == "1":    # the benchmark's baseline only
+            log.warning("%s=1: models run in the agent's process (a benchmark's baseline; "
+                        "a model runtime that crashes takes the lamps' process down)",
+                        IN_PROCESS_ENV)
+            self.models = SharedRuntimes()
         self.workers = {c.name: self._make_worker(c) for c in cfg.cameras}
         self.lighting = self._make_lighting(cfg)
         self.handlers = CommandHandlers(self)
@@ -214,7 +229,9 @@ class Agent:
         d = cam.detector
         try:
             detector = load_detector(d.model, set(d.classes), d.confidence, d.nms_iou,
-                                     d.merge_iou, d.threads, self.models)
+                                     d.merge_iou, d.threads, self.models,
+                                     d.run_timeout_s if isinstance(self.models, ModelHosts)
+                                     else None)
         except (ModelError, ConfigError) as e:
             if strict:
                 raise
@@ -232,14 +249,17 @@ class Agent:
             return None
         return LightingService(cfg.lighting, cfg.clock, self.clock, self.reporter.publish,
                                [c.name for c in cfg.cameras], cfg.aggregates.interval_s,
-                               liveness=self.liveness)
+                               liveness=self.liveness,
+                               models=self.models if isinstance(self.models, ModelHosts)
+                               else None)
 
     def _reload_lighting(self, cfg: Any, cameras: list[str]) -> list[str]:
         """The lighting service swapped to ``cfg`` on its own thread; CommandError (nothing
         changed) when it cannot."""
         lighting = self.lighting
         assert lighting is not None
-        fut = lighting.submit(lambda: lighting.reload(cfg, cameras))
+        loaded = lighting.load_model(cfg)   # here: the lighting thread never waits for it
+        fut = lighting.submit(lambda: lighting.reload(cfg, cameras, loaded))
         try:
             return fut.result(timeout=COMMAND_TIMEOUT_S)
         except Exception as e:
@@ -376,7 +396,8 @@ class Agent:
                                                   {"state": w.state}))
             else:
                 self.reporter.publish(EventRecord("camera_lost", "alarm", name, {
-                    "state": w.state, "error": w.model_error or w.source.stats.last_error,
+                    "state": w.state,
+                    "error": w.model_error or w.model_down or w.source.stats.last_error,
                     "last_good_frame_s_ago": None if w.last_good_mono is None
                     else round(mono - w.last_good_mono, 1)}))
             self._camera_ok[name] = ok
@@ -524,6 +545,10 @@ class Agent:
         for name, w in fresh.items():
             self.workers[name] = w
             w.start(self.stop_event)
+        old = None
+        if isinstance(self.models, ModelHosts):
+            gc.collect()                # the replaced cameras' lanes, and their models
+            self.models.prune()         # unloaded: a reload never piles up sessions
         summary = {"cameras_restarted": sorted(fresh), "cameras_removed": removed,
                    "lighting": notes}
         self.reporter.publish(EventRecord("config_reloaded", "info", "config", summary))
@@ -553,6 +578,11 @@ class Agent:
         finally:
             if self.lighting is not None:
                 self.lighting.stop()
+            try:
+                if isinstance(self.models, ModelHosts):
+                    self.models.close()
+            except Exception:
+                log.exception("stopping: the model processes could not be closed")
             if self.uplink is not None and self.outbox is not None:
                 end = time.monotonic() + 3
                 while self.uplink.connected and len(self.outbox) and time.monotonic() < end:
@@ -654,6 +684,19 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", 
                 "SIGSYS")
 
 
+def state_folders(cfg: AgentConfig, state_dir: Path) -> list[Path]:
+    """Every folder the agent keeps its state in (records, counting checkpoints, outbox,
+    command replay window, overrides): one agent per pole means one per each of them."""
+    out = [state_dir, cfg.aggregates.path.parent]
+    if cfg.mqtt is not None:
+        out.append(cfg.mqtt.outbox_path.parent)
+        if cfg.mqtt.commands.replay_path is not None:
+            out.append(cfg.mqtt.commands.replay_path.parent)
+    if cfg.lighting is not None:
+        out.append(cfg.lighting.overrides_path.parent)
+    return out
+
+
 def stop_signals() -> list[signal.Signals]:
     """:data:`STOP_SIGNALS` this platform has, and every real-time signal (their default
     ends the process too)."""
@@ -699,11 +742,22 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
         print(f"agent: error: {e}", file=sys.stderr)
         return 2
     state_dir = state_directory(cfg.aggregates.path.parent)
+    lock_dirs = state_folders(cfg, state_dir)
     try:
-        lock = take_lock(state_dir)     # held until the process ends
+        lock = take_locks(lock_dirs)    # held until the process ends
     except AlreadyRunning as e:
-        print(e, file=sys.stderr)
-        return 2
+        notifier = Notifier()
+        if not notifier.enabled:        # a shell: one line, and no start
+            print(e, file=sys.stderr)
+            return 2
+        # systemd: an exit would be restarted until StartLimitAction reboots the pole
+        print(f"{e}; waiting for it to end", file=sys.stderr, flush=True)
+        lock = wait_for_lock(lock_dirs, stop, notifier)
+        if lock is None:
+            print(f"agent: {why[0]} while waiting for the other agent",
+                  file=sys.stderr)
+            return 0
+        print("agent: the other agent ended: starting", file=sys.stderr, flush=True)
     # a watchdog kill (SIGABRT) or a hard fault prints every thread's stack to the journal
     faulthandler.enable()
     supervisor = Supervisor(state_dir)
@@ -757,8 +811,8 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
             why[0] += f"; internal error while stopping: {type(e).__name__}: {e}"
             rc = 3
         supervisor.finished(rc, why[0])
-        if lock is not None:
-            lock.close()                # the next agent may start
+        for held in lock:
+            held.close()                # the next agent may start
         print(f"\nstopped; {agent.sink.written} aggregate records in {cfg.aggregates.path}"
               + ("; lamps left at their safe level" if agent.lighting else ""), flush=True)
     return rc

@@ -29,6 +29,11 @@ stride 1's and F1 within 0.02 of stride 1's; on the shared clip, CPU-saving proc
 
 from __future__ import annotations
 
+import os
+
+# as the agent does (agent/__init__.py), before numpy loads: an idle OpenBLAS thread spins
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
 import statistics

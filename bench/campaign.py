@@ -38,7 +38,9 @@ Catalogue: ``broker_restart_persist`` (SIGTERM, restarted with persistence),
 ``outbox_deleted_running``, ``outbox_deleted_stopped`` (agent stopped, file deleted,
 restarted), ``outbox_corrupt`` (agent killed, the file's header overwritten),
 ``cap_outage`` (the platform away until the outbox overflows), ``disk_full`` (the state
-folder's file system filled; needs root to mount a tmpfs, skipped otherwise).
+folder's file system filled; needs root to mount a tmpfs, skipped otherwise),
+``model_crash`` (SIGSEGV to the agent's model process: a runtime that crashes on a frame),
+``model_hang`` (SIGSTOP to it: the agent kills it at ``run_timeout_s``, 2 s here).
 
 ``--plan`` runs one given schedule instead of drawn ones (e.g. ``platform_away@1+15,
 broker_restart_forget@16.3``: seconds from the schedule's start, ``+HOLD`` how long it
@@ -87,17 +89,19 @@ SETTLE_S = 150              # the longest wait for everything to arrive after a 
 FAULTS = ("broker_restart_persist", "broker_restart_forget", "broker_hang",
           "platform_kill", "platform_pause", "platform_away", "agent_kill",
           "outbox_deleted_running", "outbox_deleted_stopped", "outbox_corrupt",
-          "cap_outage", "disk_full")
+          "cap_outage", "disk_full", "model_crash", "model_hang")
 SHORT_FAULTS = tuple(f for f in FAULTS if f not in ("cap_outage",))
 #: Faults that leave the pole a backlog to replay when they end.
 OUTAGES = ("platform_away", "platform_pause", "broker_hang", "platform_kill")
-INSTANT = ("broker_restart_persist", "broker_restart_forget", "outbox_deleted_running")
+INSTANT = ("broker_restart_persist", "broker_restart_forget", "outbox_deleted_running",
+           "model_crash")
 #: The process (or file) each fault holds: one fault at a time per target.
 TARGET = {"broker_restart_persist": "broker", "broker_restart_forget": "broker",
           "broker_hang": "broker", "platform_kill": "platform", "platform_pause": "platform",
           "platform_away": "platform", "cap_outage": "platform", "agent_kill": "agent",
           "outbox_deleted_running": "agent", "outbox_deleted_stopped": "agent",
-          "outbox_corrupt": "agent", "disk_full": "disk"}
+          "outbox_corrupt": "agent", "disk_full": "disk", "model_crash": "model",
+          "model_hang": "model"}
 
 
 def free_port() -> int:
@@ -229,6 +233,7 @@ class Fault:
     active: bool = False
     ended_at: float = 0.0
     note: str = ""
+    pid: int = 0                # the process a model fault struck
 
 
 class Campaign:
@@ -272,7 +277,8 @@ class Campaign:
 cameras:
   - name: cam1
     source: {{kind: file, path: {json.dumps(str(clip))}, loop: true, realtime: true}}
-    detector: {{model: {json.dumps(str(ROOT / 'agent' / 'models' / 'simnet.yaml'))}, threads: 1}}
+    detector: {{model: {json.dumps(str(ROOT / 'agent' / 'models' / 'simnet.yaml'))}, threads: 1,
+                run_timeout_s: 2}}
     lines: [{lines}]
 aggregates: {{interval_s: {INTERVAL_S}, path: {json.dumps(str(self.data / 'agg.jsonl'))}}}
 clock: {{sources: [assume_synced]}}
@@ -449,6 +455,13 @@ mqtt:
                 for suffix in ("-wal", "-shm"):
                     with contextlib.suppress(FileNotFoundError):
                         (self.data / f"outbox.db{suffix}").unlink()
+        elif k in ("model_crash", "model_hang"):
+            pid = self.model_process()
+            f.note = "" if pid else "no model process (the agent was down)"
+            if pid:
+                f.pid = pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSEGV if k == "model_crash" else signal.SIGSTOP)
         elif k == "disk_full":
             with contextlib.suppress(OSError), open(self.filler, "wb") as fh:
                 while True:
@@ -471,7 +484,26 @@ mqtt:
         elif k == "disk_full":
             with contextlib.suppress(FileNotFoundError):
                 self.filler.unlink()
+        elif k == "model_hang" and f.pid:   # killed by the agent at its deadline, or not
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(f.pid, signal.SIGCONT)
         f.active = False
+
+    def model_process(self) -> int | None:
+        """The pid of the agent's model process (``agent.vision.detect.host``), if any."""
+        if not self.agent.running:
+            return None
+        pid = self.agent.proc.pid  # type: ignore[union-attr]
+        try:
+            kids = [int(x) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for x in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            return None
+        for k in kids:
+            with contextlib.suppress(OSError):
+                if b"agent.vision.detect.host" in Path(f"/proc/{k}/cmdline").read_bytes():
+                    return k
+        return None
 
     def heal(self) -> None:
         """Whatever a fault left broken (a process that died by itself included)."""

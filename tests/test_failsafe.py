@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -474,4 +475,86 @@ def test_a_signed_maintenance_override_may_switch_off_at_night_nothing_else(
         assert all(v >= FLOOR for v in rig.levels())
         assert rig.signal() == 0
     finally:
+        rig.close()
+
+
+def model_process(rig: PoleRig) -> int | None:
+    """The pid of the agent's model process (a child running ``agent.vision.detect.host``:
+    the cameras' onnxruntime models and the dimming model)."""
+    assert rig.proc is not None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == rig.proc.pid and b"agent.vision.detect.host\0" in cmd:
+            return int(entry.name)
+    return None
+
+
+def test_a_model_process_that_crashes_or_hangs_is_restarted_and_the_lamps_are_driven(
+        tmp_path: Path) -> None:
+    """Inference runs in a process of its own: it is killed by SIGSEGV (a runtime crash on
+    a frame), then stopped (a runtime that hangs: the first lane past its deadline, the
+    dimming model's 1 s or the camera's ``run_timeout_s``, has it killed). Each time
+    the agent lives on and keeps driving the lamps (the camera's groups back to the
+    schedule's level, as for a dead camera), the camera is reported ``model_down`` naming
+    what happened, and the model process is restarted: the camera is analysed again."""
+    server, source = live_camera()
+    rig = PoleRig(tmp_path, source, group=", ramp_down_pct_per_min: 100")
+    rig.cfg.write_text(rig.cfg.read_text().replace(
+        "detector: {model: ", "detector: {run_timeout_s: 2, model: "))
+    try:
+        rig.start()
+        assert dimmed(rig), rig.output()[-3000:]
+        first = model_process(rig)
+        assert first is not None
+        for fault, sig, says in (
+                ("crashes", signal.SIGSEGV, "ended: killed by SIGSEGV (the runtime crashed)"),
+                ("hangs", signal.SIGSTOP, "hung (no answer within")):
+            pid = model_process(rig)
+            assert pid is not None
+            n_lost = len(rig.events("camera_lost"))
+            os.kill(pid, sig)
+            t0 = time.monotonic()
+            assert wait_until(lambda n=n_lost: len(rig.events("camera_lost")) > n, 30), \
+                (fault, rig.output()[-3000:])
+            ev = rig.events("camera_lost")[-1]["detail"]
+            assert ev["state"] == "model_down" and says in ev["error"], ev
+            # the lamps: back to the schedule's level (the camera's data is stale)
+            t = rig.wait_levels(all_at_least(100), 30)
+            assert t is not None, rig.output()[-3000:]
+            record_time(f"model process {fault} → schedule level", t - t0, 6.6 + 2)
+            assert rig.alive()
+            # restarted: a new model process, the camera analysed again
+            assert wait_until(lambda p=pid: model_process(rig) not in (None, p), 30), \
+                rig.output()[-3000:]
+            assert wait_until(lambda: rig.events("camera_restored")
+                              and rig.events("camera_restored")[-1]["seq"]
+                              > rig.events("camera_lost")[-1]["seq"], 40), rig.output()[-3000:]
+        assert dimmed(rig), rig.output()[-3000:]
+        # the process also runs the dimming model (the lighting thread's): a crash while
+        # dimmed never takes the lamps below the floor, and the dimming model comes back
+        pid = model_process(rig)
+        assert pid is not None
+        os.kill(pid, signal.SIGSEGV)
+        end, lowest = time.monotonic() + 8, 100.0
+        while time.monotonic() < end:
+            lowest = min(lowest, *rig.levels())
+            time.sleep(0.05)
+        assert rig.alive() and lowest >= FLOOR, lowest
+        assert wait_until(lambda: model_process(rig) not in (None, pid), 30)
+        assert dimmed(rig), rig.output()[-3000:]
+        out = rig.output()
+        assert "Traceback" not in out, out[-3000:]
+        last = model_process(rig)
+        assert rig.signal() == 0
+        # the model process ends with the agent
+        assert wait_until(lambda: not Path(f"/proc/{last}").exists(), 10)
+    finally:
+        server.kill()
         rig.close()

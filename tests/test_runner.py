@@ -22,6 +22,7 @@ from agent.uplink import contract
 from agent.vision.aggregates import IntervalAggregator, JsonLinesSink, interval_start
 from agent.vision.counter import CountEvent
 from tests.conftest import ROOT, SIMNET
+from tests.helpers import wait_until
 
 T0 = 1_699_999_980.0                     # on a minute boundary
 
@@ -212,6 +213,23 @@ def test_agent_run_command_stops_cleanly_on_sigterm(sim_clip: tuple[Path, dict],
     assert recs[-1]["partial"] is True and recs[-1]["frames_analysed"] > 0
 
 
+def started_agent(cfg: Path, until: str = "[cam1 live frames",
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``agent run`` on ``cfg``, once its output shows ``until`` (however slow the machine
+    is today: at most 90 s)."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    seen: list[str] = []
+    end = time.monotonic() + 90
+    while time.monotonic() < end and not any(until in x for x in seen):
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        seen.append(line)
+    return proc
+
+
 def test_a_second_agent_on_the_same_pole_is_refused_before_it_touches_anything(
         sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
     """Two ``agent run`` on one config: the second exits 2 with one line naming the first's
@@ -220,16 +238,8 @@ def test_a_second_agent_on_the_same_pole_is_refused_before_it_touches_anything(
     video, gt = sim_clip
     cfg = write_config(tmp_path, video, gt["line"], realtime=True)
     argv = [sys.executable, "-m", "agent", "run", "--config", str(cfg)]
-    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = started_agent(cfg)
     try:
-        seen: list[str] = []
-        end = time.monotonic() + 90
-        while time.monotonic() < end and not any("[cam1 live frames" in x for x in seen):
-            line = first.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            seen.append(line)
         runs = (tmp_path / "service-runs.json").read_bytes()
         second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr
@@ -246,6 +256,95 @@ def test_a_second_agent_on_the_same_pole_is_refused_before_it_touches_anything(
     again = subprocess.run([*argv, "--duration", "1"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "another agent" not in again.stderr, again.stderr
+
+
+def test_two_configs_that_share_an_outbox_are_one_pole(sim_clip: tuple[Path, dict],
+                                                       tmp_path: Path) -> None:
+    """Two configs with their own records folders but one outbox: the second ``agent
+    run`` is refused in one line naming the shared folder's lock (they would otherwise
+    each send the other's messages and take each other's MQTT session)."""
+    from tests.helpers import free_port
+
+    video, gt = sim_clip
+    port = free_port()                      # nobody listens: the uplink just retries
+    cfgs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = write_config(folder, video, gt["line"], realtime=True)
+        cfg.write_text(cfg.read_text() + f"mqtt: {{port: {port}, outbox_path: "
+                                          f"{tmp_path / 'shared' / 'outbox.db'}}}\n")
+        cfgs.append(cfg)
+    first = started_agent(cfgs[0], "polelink agent: device")
+    try:
+        second = subprocess.run([sys.executable, "-m", "agent", "run", "--config",
+                                 str(cfgs[1])], cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{tmp_path / 'shared' / 'agent.lock'} is locked" in \
+            lines[0], second.stderr
+        assert not (tmp_path / "b" / "service-runs.json").exists()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=30)
+    assert first.returncode == 0, out
+
+
+def test_under_systemd_a_second_agent_waits_for_the_first_and_then_takes_over(
+        sim_clip: tuple[Path, dict], tmp_path: Path) -> None:
+    """A technician's ``agent run`` holds the pole when the service starts: the service's
+    agent neither exits (systemd would restart it until StartLimitAction reboots the pole)
+    nor touches anything; it says why it waits (STATUS), asks for more start time, and
+    starts once the first one ends (READY=1). A stop signal while it waits ends it, exit 0."""
+    from tests.systemd_play import FakeSystemd
+
+    video, gt = sim_clip
+    cfg = write_config(tmp_path, video, gt["line"], realtime=True)
+    argv = [sys.executable, "-m", "agent", "run", "--config", str(cfg)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = started_agent(cfg)
+    notify = FakeSystemd(tmp_path, abstract=True)
+    procs = [first]
+    try:
+        runs = (tmp_path / "service-runs.json").read_bytes()
+        service_env = {**env, "NOTIFY_SOCKET": notify.address}
+        # stopped while it waits: exit 0, nothing touched
+        waiting = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=service_env)
+        procs.append(waiting)
+        assert wait_until(lambda: any("another agent runs" in x for x in notify.statuses()),
+                          60), notify.messages
+        waiting.send_signal(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == 0 and "while waiting for the other agent" in err, err
+        assert (tmp_path / "service-runs.json").read_bytes() == runs
+        # waits, then takes over when the first one ends
+        second = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=service_env)
+        procs.append(second)
+        n = len(notify.statuses())
+        assert wait_until(lambda: len(notify.statuses()) > n, 60), notify.messages
+        extend = [f for _, f in notify.messages if "EXTEND_TIMEOUT_USEC" in f]
+        assert extend and int(extend[-1]["EXTEND_TIMEOUT_USEC"]) >= 30_000_000
+        time.sleep(2)
+        assert second.poll() is None and not notify.times("READY")
+        assert (tmp_path / "service-runs.json").read_bytes() == runs
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+        assert first.returncode == 0
+        assert wait_until(lambda: notify.times("READY"), 90), notify.messages
+        second.send_signal(signal.SIGTERM)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        assert "waiting for it to end" in err and "the other agent ended: starting" in err
+        assert "polelink agent: device" in out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=30)
+        notify.close()
 
 
 def test_agent_run_refuses_invalid_config_and_a_bad_clock_spec(tmp_path: Path) -> None:

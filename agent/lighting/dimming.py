@@ -1,7 +1,8 @@
 """The local dimming model: ``models/dimming.onnx``, checked against its card.
 
 :class:`DimmingModel` loads the model named by ``models/dimming.md``'s front matter,
-checks its sha256, its input and output against the card, and :func:`features` computes
+checks its sha256, its input and output against the card (the model runs in a process of
+its own: ``agent.vision.detect.isolated``), and :func:`features` computes
 the model's input rows (``models/train_dimming.py`` trains on exactly this function). The
 model only *proposes* a level; ``agent.lighting.envelope`` bounds it by the adaptive rule,
 the schedule step and the class floor. A missing, corrupt or mismatched model raises
@@ -15,15 +16,27 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 from numpy.typing import ArrayLike
 
+if TYPE_CHECKING:
+    from agent.vision.detect.isolated import ModelHosts
+
 log = logging.getLogger(__name__)
 
 FEATURES = ("hour_sin", "hour_cos", "sun_elevation", "relative_volume", "log_volume",
             "heavy_share", "motorbike_share", "design_class")
+
+
+#: Seconds one proposal may take in the model process (a few microseconds of arithmetic:
+#: longer is a hung runtime, and the lighting thread waits for it).
+RUN_DEADLINE_S = 1.0
+#: Seconds the model process may take to start (at a start or a reload, off the lighting
+#: thread).
+LOAD_DEADLINE_S = 20.0
 
 
 class DimmingModelError(Exception):
@@ -33,7 +46,7 @@ class DimmingModelError(Exception):
 class DimmingModel:
     """``models/dimming.onnx`` checked against the front matter of ``models/dimming.md``."""
 
-    def __init__(self, card_path: Path) -> None:
+    def __init__(self, card_path: Path, models: ModelHosts | None = None) -> None:
         card_path = Path(card_path)
         try:
             text = card_path.read_text(encoding="utf-8")
@@ -60,28 +73,47 @@ class DimmingModel:
         if hashlib.sha256(data).hexdigest() != sha:
             raise DimmingModelError(f"{card_path}: {self.file} does not match the card's "
                                     f"sha256 (corrupt or replaced)")
-        import onnxruntime as ort
+        # onnxruntime runs in a process of its own (agent.vision.detect.isolated): this is
+        # the lighting thread's model, and native code that crashes or hangs must not
+        # reach the process that drives the lamps. With the agent's ``models`` it shares
+        # the cameras' model process; never waits for it to start again (background)
+        from agent.settings.modelcard import ModelError
+        from agent.vision.detect.isolated import ModelFile, ModelHosts
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
+        self._own = models is None
+        self.models = ModelHosts(first_load_deadline_s=LOAD_DEADLINE_S) if models is None \
+            else models
         try:
-            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime's own exception types
-            raise DimmingModelError(f"{card_path}: cannot load {self.file}: "
-                                    f"{str(e).splitlines()[0]}") from None
-        i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        if i.name != inp["name"] or i.shape[-1] != len(FEATURES) or o.name != out["name"] \
-                or o.shape[-1] != 1:
+            self.runtime = self.models.get(ModelFile(card_path, self.file, sha),
+                                           run_timeout_s=RUN_DEADLINE_S, background=True)
+        except ModelError as e:
+            raise DimmingModelError(f"cannot load {self.file}: {e}") from None
+        self.host = self.runtime.host
+        if len(self.runtime.inputs) != 1 or len(self.runtime.outputs) != 1:
+            raise DimmingModelError(f"{card_path}: the model has {len(self.runtime.inputs)} "
+                                    f"inputs and {len(self.runtime.outputs)} outputs, the "
+                                    f"card says one of each")
+        i, o = self.runtime.inputs[0], self.runtime.outputs[0]
+        if i.name != inp["name"] or i.shape[-1:] != (len(FEATURES),) \
+                or o.name != out["name"] or o.shape[-1:] != (1,):
+            dims = [("N" if d is None else d) for d in i.shape], \
+                [("N" if d is None else d) for d in o.shape]
             raise DimmingModelError(f"{card_path}: card says {inp['name']}[N,{len(FEATURES)}]"
-                                    f" → {out['name']}[N,1], model has {i.name}{i.shape} → "
-                                    f"{o.name}{o.shape}")
-        self.input_name, self.output_name = i.name, o.name
+                                    f" → {out['name']}[N,1], model has {i.name}{dims[0]} → "
+                                    f"{o.name}{dims[1]}")
+        #: why the model cannot run now ("" while it can), told once per outage
+        self.down = ""
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Level shares (0–1) for feature rows."""
-        return self.session.run([self.output_name],
-                                {self.input_name: features.astype(np.float32)})[0][:, 0]
+        """Level shares (0–1) for feature rows (RuntimeUnavailable while the model process
+        is down or restarting)."""
+        return self.runtime.run(np.ascontiguousarray(features, np.float32))[0][:, 0]
+
+    def close(self) -> None:
+        """Close the model's lane (and its process, unless it is the agent's)."""
+        self.runtime.close()
+        if self._own:
+            self.models.close()
 
 
 def features(hour: ArrayLike, sun_elev: ArrayLike, vph: ArrayLike, peak_vph: ArrayLike,
@@ -101,10 +133,20 @@ def propose_pct(model: DimmingModel, hour: float, sun_elev: float, vph: float, p
                 heavy: float, moto: float, design_class: int) -> float | None:
     """The model's level in percent for one situation; None when its output is unusable
     (not finite or outside 0–1) or inference fails."""
+    from agent.vision.detect.runtime import RuntimeUnavailable
+
     try:
         share = float(model.predict(features(hour, sun_elev, vph, peak_vph, heavy, moto,
                                              design_class))[0])
-    except Exception as e:  # onnxruntime's own exception types
+    except RuntimeUnavailable as e:  # its process is down: told once, until it is back
+        if not model.down:
+            log.error("dimming model: %s; adaptive steps stay at the safe level meanwhile", e)
+        model.down = str(e)
+        return None
+    except Exception as e:  # the runtime's own errors
         log.error("dimming model failed: %s", e)
         return None
+    if model.down:
+        log.warning("dimming model: its process is back")
+        model.down = ""
     return 100.0 * share if np.isfinite(share) and 0.0 <= share <= 1.0 else None

@@ -72,7 +72,8 @@ class GroupPolicy:
                     wall, UTC)), sun, f.vehicles_per_hour, self.s.design_peak_vph,
                     f.heavy_share, f.motorbike_share, self.s.design_class)
                 if proposal is None:
-                    model_error = "dimming model gave no usable output (failed, or outside 0-1)"
+                    model_error = f"dimming model: {self.model.down}" if self.model.down \
+                        else "dimming model gave no usable output (failed, or outside 0-1)"
         d = self.envelope.decide(Situation(
             mono, True, (), active, dark=sun < NIGHT_BELOW_DEG, traffic_reason=flow.reason,
             rule_pct=rule, proposal_pct=proposal,

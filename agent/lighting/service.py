@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import BUILD_DATE
 from agent.clock import Clock, ScaledClock
@@ -74,6 +74,9 @@ from agent.records import DiagnosticsRecord, EventRecord, LightingRecord
 from agent.service.heartbeat import Heartbeat
 from agent.settings.schema import ClockConfig, LightingConfig, LuminaireGroupConfig
 from drivers.bus import BusDisconnected, BusError, GroupReading, LuminaireGroup
+
+if TYPE_CHECKING:
+    from agent.vision.detect.isolated import ModelHosts
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +185,11 @@ class LightingService:
 
     def __init__(self, cfg: LightingConfig, clock_cfg: ClockConfig, clock: Clock, emit: Emit,
                  cameras: list[str], report_interval_s: int = 60,
-                 liveness: Callable[[], dict[str, float | None]] | None = None) -> None:
+                 liveness: Callable[[], dict[str, float | None]] | None = None,
+                 models: ModelHosts | None = None) -> None:
         self.clock = clock
+        #: the agent's model processes (the dimming model runs in them); None: its own
+        self.models = models
         self.all_cameras = list(cameras)
         self.liveness = liveness
         self.emit = emit
@@ -206,18 +212,24 @@ class LightingService:
         self._apply_config(cfg, self._build(cfg, {}))
 
     # -- building -----------------------------------------------------------------------
+    def load_model(self, cfg: LightingConfig) -> tuple[DimmingModel | None, str]:
+        """``cfg``'s dimming model, or None and why not. It may start or wait for a model
+        process: call it off the lighting thread (a reload does, before it hands over)."""
+        try:
+            return DimmingModel(cfg.model, self.models), ""
+        except DimmingModelError as e:
+            log.error("dimming model unusable, adaptive steps stay at the safe level: %s", e)
+            return None, str(e)
+
     def _build(self, cfg: LightingConfig, keep: dict[str, BusRuntime],
-               cameras: list[str] | None = None
+               cameras: list[str] | None = None,
+               loaded: tuple[DimmingModel | None, str] | None = None
                ) -> tuple[dict[str, BusRuntime], dict[str, GroupRuntime]]:
         """New runtimes for ``cfg`` (buses whose settings are unchanged are kept, open), for
-        a pole with ``cameras`` (default: the current ones)."""
+        a pole with ``cameras`` (default: the current ones), with the dimming model
+        ``loaded`` (default: loaded here)."""
         traffic = bool(self.all_cameras if cameras is None else cameras)
-        model, model_error = None, ""
-        try:
-            model = DimmingModel(cfg.model)
-        except DimmingModelError as e:
-            model_error = str(e)
-            log.error("dimming model unusable, adaptive steps stay at the safe level: %s", e)
+        model, model_error = loaded if loaded is not None else self.load_model(cfg)
         buses = {b.name: keep[b.name] if b.name in keep and keep[b.name].cfg == b
                  else BusRuntime(b) for b in cfg.buses}
         groups = {}
@@ -319,7 +331,8 @@ class LightingService:
         self.tick(force=True)
         return n
 
-    def reload(self, cfg: LightingConfig, cameras: list[str]) -> list[str]:
+    def reload(self, cfg: LightingConfig, cameras: list[str],
+               loaded: tuple[DimmingModel | None, str] | None = None) -> list[str]:
         """Swap to ``cfg`` transactionally. Everything that talks to the hardware happens
         before the swap: new or changed buses are opened (a changed bus's old port is freed
         first), and every group of the new config finds its luminaires on its bus. If any
@@ -328,7 +341,7 @@ class LightingService:
         Returns what changed."""
         mono = self.clock.monotonic()
         keep = dict(self.buses)
-        buses, groups = self._build(cfg, keep, cameras)
+        buses, groups = self._build(cfg, keep, cameras, loaded)
         fresh = [b for n, b in buses.items() if b is not keep.get(n)]
         ports = {b.cfg.port for b in fresh}
         freed = [o for n, o in keep.items()

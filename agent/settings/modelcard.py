@@ -15,12 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from agent.settings.modelerror import ModelError
 from agent.settings.yamlfile import ConfigError, Problem, validate_file
 from agent.vision.classes import RoadUserClass
-
-
-class ModelError(Exception):
-    """A model could not be loaded or does not match its card."""
 
 
 class _Strict(BaseModel):

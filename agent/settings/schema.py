@@ -201,6 +201,9 @@ class DetectorConfig(Strict):
     classes: list[RoadUserClass] = Field(default_factory=lambda: list(DEFAULT_COUNTED),
                                          min_length=1, max_length=len(ROAD_USER_CLASSES))
     threads: Annotated[int, Field(ge=1, le=8)] = 1
+    run_timeout_s: Annotated[float, Field(ge=1, le=30, description=(
+        "seconds one inference may take in the model process before it is taken for hung, "
+        "killed and restarted"))] = 15.0
 
     @field_validator("model")
     @classmethod

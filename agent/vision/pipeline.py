@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.vision.counter import Counter, CountEvent, Line, Zone
 from agent.vision.detect.base import Detections, Detector
+from agent.vision.detect.runtime import RuntimeUnavailable
 from agent.vision.motion import MotionGate
 from agent.vision.schedule import DetectionScheduler
 from agent.vision.tracker import Track, Tracker
@@ -250,6 +251,8 @@ class Finished:
     image: np.ndarray
     result: FrameResult
     tag: object = None
+    #: why the model did not run on this frame (its process is down), else None
+    error: RuntimeUnavailable | None = None
 
 
 class Overlap:
@@ -300,8 +303,11 @@ class Overlap:
         if not self._pending:
             return None
         image, index, fate, fut, tag = self._pending.popleft()
-        result = self.pipeline.finish(image, index, fate, fut.result() if fut else None)
-        return Finished(image, result, tag)
+        try:
+            inferred = fut.result() if fut else None
+        except RuntimeUnavailable as e:  # the model process is down: the tracks coast
+            return Finished(image, self.pipeline.finish(image, index, "predict", None), tag, e)
+        return Finished(image, self.pipeline.finish(image, index, fate, inferred), tag)
 
     def close(self) -> None:
         """Stop the worker thread (a frame still in flight is dropped: drain first)."""

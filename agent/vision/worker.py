@@ -18,7 +18,10 @@ counts since the start (the status line).
 
 A camera whose model failed to load still gets a worker: its source is not started, its
 state is ``model_error``, and its intervals close with ``frames_analysed: 0``, so the
-camera is reported, not the pole.
+camera is reported, not the pole. A model whose process crashed or hung
+(``agent.vision.detect.isolated``) makes the camera ``model_down``: its frames are read
+(the camera stays live) but not analysed until the process is back, after its back-off;
+the first frame analysed again ends ``model_down``.
 
 The worker's loop stamps :attr:`CameraWorker.heartbeat` on every pass (at least every
 half second, or one inference), for the service watchdog.
@@ -43,6 +46,7 @@ from agent.vision.aggregates import IntervalAggregator
 from agent.vision.camera import CameraSource, Frame
 from agent.vision.counter import Line, Zone
 from agent.vision.detect.base import Detections, Detector
+from agent.vision.detect.runtime import RuntimeUnavailable
 from agent.vision.motion import CameraHealth
 from agent.vision.pipeline import CameraPipeline, Finished, Overlap, PipelineSettings
 
@@ -88,6 +92,8 @@ class CameraWorker:
     clock: Clock
     detector: Detector | None = None
     model_error: str = ""
+    #: why the model process cannot run now ("" while it can)
+    model_down: str = ""
     pipeline: CameraPipeline | None = None
     thread: threading.Thread | None = None
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # line → dir → since start
@@ -99,6 +105,7 @@ class CameraWorker:
     _inflight: Overlap | None = field(default=None, init=False, repr=False)
     _det_seen: float = field(default=0.0, init=False, repr=False)
     _switches_seen: int = field(default=0, init=False, repr=False)
+    _retry_at: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.heartbeat.name = f"camera {self.cfg.name} pipeline"
@@ -110,9 +117,11 @@ class CameraWorker:
 
     @property
     def state(self) -> str:
-        """``model_error``, or the source's state (live, reconnecting, error, ended…)."""
-        return "model_error" if self.detector is None or self.model_error \
-            else self.source.stats.state
+        """``model_error``, ``model_down``, or the source's state (live, reconnecting,
+        error, ended…)."""
+        if self.detector is None or self.model_error:
+            return "model_error"
+        return "model_down" if self.model_down else self.source.stats.state
 
     def start(self, stop: threading.Event) -> None:
         """Start the source and this worker's thread (not for a camera without a model)."""
@@ -194,17 +203,36 @@ class CameraWorker:
         # not keep it fresh: the lamps went back to their fallback 10 s late)
         good = None if blinded or frozen else \
             self.clock.monotonic() - max(0.0, time.monotonic() - captured_mono)
+        if self.model_down and time.monotonic() < self._retry_at:
+            return                      # the model process is down: not analysed
         if self._inflight is not None:
             self._complete(self._inflight.submit(image, index, good))
-        else:
+            return
+        try:
             self._complete(Finished(image, self.pipeline.process(image, index), good))
+        except RuntimeUnavailable as e:
+            self._model_failed(e)
+
+    def _model_failed(self, e: RuntimeUnavailable) -> None:
+        """The model process is down: wait out its back-off (reported once)."""
+        if not self.model_down:
+            log.error("camera %s: %s; frames are not analysed until it is back",
+                      self.name, e)
+        self.model_down = str(e).splitlines()[0] if str(e) else "model process down"
+        self._retry_at = time.monotonic() + e.retry_in_s
 
     def _complete(self, done: Finished | None) -> None:
         """A finished frame: aggregator, counts, liveness and the last frame."""
         if done is None or self.pipeline is None:
             return
         p, res = self.pipeline, done.result
-        captured = done.tag if isinstance(done.tag, float) else None
+        if done.error is not None:
+            self._model_failed(done.error)
+        elif res.detected and self.model_down:
+            log.warning("camera %s: the model process is back; frames are analysed again",
+                        self.name)
+            self.model_down = ""
+        captured = done.tag if isinstance(done.tag, float) and done.error is None else None
         good = captured is not None
         # only ``finish`` moves these, so the change since the last frame is this frame's
         det_s, switches = p.detect_seconds, p.counter.id_switches

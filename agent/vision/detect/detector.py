@@ -17,7 +17,13 @@ from agent.vision.detect.base import (
     to_frame,
 )
 from agent.vision.detect.heads import Candidates, make_head
-from agent.vision.detect.runtime import Runtime, TensorInfo, open_runtime, to_input
+from agent.vision.detect.runtime import (
+    Runtime,
+    RuntimeUnavailable,
+    TensorInfo,
+    open_runtime,
+    to_input,
+)
 
 #: exceptions a head's numpy code raises on arrays that do not fit the card
 DECODE_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, KeyError, AssertionError)
@@ -94,7 +100,9 @@ class ModelDetector:
         Thread-safe with respect to :meth:`decode` of another frame."""
         try:
             return self.runtime.run(tensor)
-        except Exception as e:  # any runtime failure is a model error
+        except RuntimeUnavailable:  # the model process is down: not the model's fault
+            raise
+        except Exception as e:  # any other runtime failure is a model error
             raise self.error("the model failed to run", e) from None
 
     def candidates(self, raw: list[np.ndarray], wanted: np.ndarray, conf: float) -> Candidates:

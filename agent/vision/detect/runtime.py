@@ -12,11 +12,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from agent.settings.modelcard import ModelCard, ModelError
+from agent.settings.modelerror import ModelError
+
+if TYPE_CHECKING:
+    from agent.settings.modelcard import ModelCard
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,16 @@ def to_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
         return x.astype(want)
     raise ModelError(f"the model's input {info.name!r} is {info.dtype} without quantisation "
                      f"parameters; the card's input.dtype must be {info.dtype}")
+
+
+class RuntimeUnavailable(Exception):
+    """The model's runtime cannot run now: its process crashed, hung or is restarting
+    (``agent.vision.detect.isolated``). Not the model's fault: the camera waits
+    ``retry_in_s`` and tries again, where a :class:`ModelError` stops it."""
+
+    def __init__(self, reason: str, retry_in_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.retry_in_s = max(0.0, float(retry_in_s))
 
 
 class Runtime(Protocol):
@@ -146,7 +159,7 @@ class SharedRuntimes:
         runtime that cannot be shared."""
         if card.backend not in SHAREABLE:
             return open_runtime(card, threads)
-        key = _card_key(card, threads)
+        key = card_key(card, threads)
         with self._lock:
             rt = self._loaded.get(key)
             if rt is None:
@@ -158,7 +171,9 @@ class SharedRuntimes:
         return len(self._loaded)
 
 
-def _card_key(card: ModelCard, threads: int) -> tuple:
+def card_key(card: ModelCard, threads: int) -> tuple:
+    """What identifies a loaded model: the card's resolved path and modification time, the
+    model file, the backend and the threads."""
     path = Path(card.card_path).resolve()
     try:
         stamp = path.stat().st_mtime_ns

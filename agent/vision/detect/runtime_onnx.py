@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnxruntime as ort
 
-from agent.settings.modelcard import ModelCard, ModelError
+from agent.settings.modelerror import ModelError
+
+if TYPE_CHECKING:
+    from agent.settings.modelcard import ModelCard
 from agent.vision.detect.runtime import TensorInfo, dequantise, find_output
 
 _DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
@@ -35,18 +40,25 @@ class OnnxRuntime:
                              f"{str(e).splitlines()[0]}") from None
         self.inputs = [_info(a) for a in self.session.get_inputs()]
         self.outputs = [_info(a) for a in self.session.get_outputs()]
-        self._names = [self.outputs[0].name] if self.outputs else []
-        self._infos = self.outputs[:1]
+        self._bound = [0] if self.outputs else []
 
-    def bind(self, names: list[str]) -> None:
-        """Choose the outputs :meth:`run` returns, in this order."""
+    def select(self, names: list[str]) -> list[int]:
+        """Indices of the outputs called ``names`` (in this order)."""
         idx = [find_output(self.outputs, n) for n in names]
         if min(idx, default=0) < 0:
             raise ModelError(f"no output named {names[idx.index(-1)]!r}")
-        self._infos = [self.outputs[i] for i in idx]
-        self._names = [o.name for o in self._infos]
+        return idx
+
+    def bind(self, names: list[str]) -> None:
+        """Choose the outputs :meth:`run` returns, in this order."""
+        self._bound = self.select(names)
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model; the bound outputs as float32."""
-        outs = self.session.run(self._names, {self.inputs[0].name: tensor})
-        return [dequantise(np.asarray(a), i) for a, i in zip(outs, self._infos, strict=True)]
+        return self.run_indices(tensor, self._bound)
+
+    def run_indices(self, tensor: np.ndarray, idx: list[int]) -> list[np.ndarray]:
+        """Run the model; the outputs at ``idx`` (see :meth:`select`) as float32."""
+        infos = [self.outputs[i] for i in idx]
+        outs = self.session.run([o.name for o in infos], {self.inputs[0].name: tensor})
+        return [dequantise(np.asarray(a), i) for a, i in zip(outs, infos, strict=True)]

@@ -8,10 +8,14 @@ carry their scale and zero point: inputs are quantised and outputs dequantised h
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.settings.modelcard import ModelCard, ModelError
+from agent.settings.modelerror import ModelError
+
+if TYPE_CHECKING:
+    from agent.settings.modelcard import ModelCard
 from agent.vision.detect.probe import probe_tflite
 from agent.vision.detect.runtime import TensorInfo, dequantise, find_output
 from agent.vision.detect.tflitecheck import BadFlatbuffer, check_tflite
@@ -72,17 +76,25 @@ class TfliteRuntime:
         self._index = [d["index"] for d in outs]
         self._bound = [0] if outs else []
 
-    def bind(self, names: list[str]) -> None:
-        """Choose the outputs :meth:`run` returns, in this order (names or tensor names)."""
+    def select(self, names: list[str]) -> list[int]:
+        """Indices of the outputs called ``names`` (names or tensor names, in this order)."""
         idx = [find_output(self.outputs, n) for n in names]
         if min(idx, default=0) < 0:
             raise ModelError(f"no output named {names[idx.index(-1)]!r}")
-        self._bound = idx
+        return idx
+
+    def bind(self, names: list[str]) -> None:
+        """Choose the outputs :meth:`run` returns, in this order (names or tensor names)."""
+        self._bound = self.select(names)
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model; the bound outputs as float32."""
+        return self.run_indices(tensor, self._bound)
+
+    def run_indices(self, tensor: np.ndarray, idx: list[int]) -> list[np.ndarray]:
+        """Run the model; the outputs at ``idx`` (see :meth:`select`) as float32 copies."""
         with self._lock:
             self.interp.set_tensor(self._in[0]["index"], tensor)
             self.interp.invoke()
-            raw = [self.interp.get_tensor(self._index[i]) for i in self._bound]
-        return [dequantise(a, self.outputs[i]) for a, i in zip(raw, self._bound, strict=True)]
+            raw = [self.interp.get_tensor(self._index[i]) for i in idx]
+        return [dequantise(a, self.outputs[i]) for a, i in zip(raw, idx, strict=True)]
