@@ -173,6 +173,25 @@ def test_a_slow_gateway_lengthens_the_deadline_instead_of_failing(rig) -> None:
     assert bus.late_replies >= 1 and 0.3 - 1e-9 <= bus.timeout <= bus.max_timeout
 
 
+def test_a_gateway_quick_again_gives_the_lengthened_deadline_back(rig) -> None:
+    """A slow spell lengthens the deadline; once the gateway answers quickly again, the
+    deadline shrinks back to the configured one after a run of quick answers (each
+    answer right throughout), so a dead gateway is noticed as fast as before."""
+    from drivers.dali.serial_bus import SHRINK_AFTER
+
+    emu, bus = rig
+    ops.set_level(bus, GearShort(1), 150)
+    emu.reply_delay_s = 0.3                      # 1.5 x the 0.2 s deadline
+    assert bus.send(QueryActualLevel(GearShort(1))).value == 150
+    assert bus.timeout > bus.base_timeout
+    emu.reply_delay_s = 0.0
+    for _ in range(4 * SHRINK_AFTER):
+        assert bus.send(QueryActualLevel(GearShort(1))).value == 150
+        if bus.timeout == bus.base_timeout:
+            break
+    assert bus.timeout == bus.base_timeout
+
+
 def test_unplugged_gateway_is_a_typed_error(rig) -> None:
     emu, bus = rig
     emu.unplug()

@@ -22,7 +22,11 @@
   the configured one, at least 0.5 s) and ``late_replies`` counts it. One gear's answer is
   never read as another's; a gateway answering in 90 ms against 100 ms gives one
   adaptation, not a run of false lamp alarms. ``timeout`` is the deadline in force;
-  ``base_timeout`` the configured one.
+  ``base_timeout`` the configured one. A gateway that is quick again gives the time back:
+  after :data:`SHRINK_AFTER` answers in a row that would have met a deadline 1.5 times
+  shorter (with a fifth to spare), the deadline shrinks by that much, down to the
+  configured one (a slow spell under load must not leave a dead gateway taking five times
+  longer to notice).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from drivers.bus import BusCollision, BusDisconnected, BusError, BusProtocolErro
 from drivers.dali.codecs import CODECS, Reply
 from drivers.portlock import PortLock
 
+#: Answers in a row, each quick enough, before a lengthened deadline shrinks again.
+SHRINK_AFTER = 50
+
 #: What a vanished port raises from pyserial's calls.
 _PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
@@ -59,6 +66,7 @@ class SerialDaliBus:
         #: the longest the deadline grows to for a slow gateway
         self.max_timeout = max(5 * timeout, 0.5)
         self.late_replies = 0
+        self._quick = 0                        # answers in a row quick enough to shrink
         self.retries = retries
         self.port = port
         self._lock = threading.RLock()
@@ -135,8 +143,16 @@ class SerialDaliBus:
                            f"(frame {value:0{(bits + 3) // 4}X})")
 
     def _read_reply(self) -> Reply:
-        """The next answer (gateway events are recorded and skipped)."""
-        return self._read_until(lambda r: r.is_answer, "no reply from the gateway")
+        """The next answer (gateway events are recorded and skipped); a run of quick
+        answers shrinks a lengthened deadline (see the module docstring)."""
+        t0 = time.monotonic()
+        reply = self._read_until(lambda r: r.is_answer, "no reply from the gateway")
+        if self.timeout > self.base_timeout:
+            shorter = max(self.base_timeout, self.timeout / 1.5)
+            self._quick = self._quick + 1 if time.monotonic() - t0 <= 0.8 * shorter else 0
+            if self._quick >= SHRINK_AFTER:
+                self.timeout, self._quick = shorter, 0
+        return reply
 
     def _read_until(self, want: Callable[[Reply], bool], missing: str) -> Reply:
         """The next reply ``want`` accepts, read with a deadline; gateway events on the way
@@ -172,6 +188,7 @@ class SerialDaliBus:
             return None
         self.late_replies += 1
         self.timeout = min(self.max_timeout, self.timeout * 1.5)
+        self._quick = 0
         return late
 
     def _drain(self) -> None:
