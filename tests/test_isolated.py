@@ -288,3 +288,22 @@ def test_the_lamp_path_never_waits_for_a_restart_another_thread_is_doing(hosts) 
     img = random_training_frame(np.random.default_rng(6))[0]  # the cameras' lanes work too
     assert np.allclose(det.detect(img).boxes, load_detector(SIMNET, {"car"}).detect(img).boxes,
                        atol=1e-4)
+
+
+def test_out_of_file_descriptors_is_a_wait_not_a_dead_camera(hosts) -> None:
+    """A lane that cannot be opened (no file descriptor left) is RuntimeUnavailable, which
+    a camera waits out, never a ModelError, which would stop it for good."""
+    import resource
+
+    det = load_detector(SIMNET, {"car"}, shared=hosts)
+    img, _ = random_training_frame(np.random.default_rng(7))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 1, hard))
+    try:
+        with pytest.raises(RuntimeUnavailable, match="cannot open a lane"):
+            det.detect(img)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert np.allclose(det.detect(img).boxes, load_detector(SIMNET, {"car"}).detect(img).boxes,
+                       atol=1e-4)

@@ -540,9 +540,13 @@ class IsolatedRuntime:
         with self._lock:
             for _ in range(2):               # a second time only after growing the memory
                 need = align(tensor.nbytes) + self._out_bytes
-                if self._mem is None or len(self._mem) < need:
-                    self._grow(need)
-                sock = self._channel()
+                try:
+                    if self._mem is None or len(self._mem) < need:
+                        self._grow(need)
+                    sock = self._channel()
+                except OSError as e:    # out of file descriptors or memory: try again
+                    raise RuntimeUnavailable(f"cannot open a lane to the {self.host.name}: "
+                                             f"{e.strerror or e}", 1.0) from None
                 assert self._mem is not None
                 np.frombuffer(self._mem, tensor.dtype, tensor.size)[:] = tensor.ravel()
                 reply = self._ask(sock, {"op": "run", "shape": list(tensor.shape),
