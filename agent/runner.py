@@ -259,6 +259,9 @@ class Agent:
         lighting = self.lighting
         assert lighting is not None
         loaded = lighting.load_model(cfg)   # here: the lighting thread never waits for it
+        if loaded[0] is None and lighting.has_model():
+            raise CommandError(f"lighting: the dimming model cannot be loaded, nothing "
+                               f"changed: {loaded[1]}")
         fut = lighting.submit(lambda: lighting.reload(cfg, cameras, loaded))
         try:
             return fut.result(timeout=COMMAND_TIMEOUT_S)

@@ -283,8 +283,9 @@ def test_a_camera_whose_model_fails_is_reported_and_lighting_runs(tmp_path: Path
 
 def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_path: Path
                                                                         ) -> None:
-    """A reload whose new bus cannot open is refused as a whole (the old config keeps
-    running); a technician command on the agent's port is refused clearly."""
+    """A reload whose new bus cannot open, or whose dimming model cannot load where one
+    runs, is refused as a whole (the old config keeps running); a technician command on
+    the agent's port is refused clearly."""
     rig = PoleRig(tmp_path, DEAD_CAMERA)
     try:
         rig.start()
@@ -311,6 +312,15 @@ def test_reload_failure_keeps_the_running_config_and_ports_are_exclusive(tmp_pat
         assert wait_until(lambda: any(m["lampActuator"]["mode"] == "override"
                                       and m["lampActuator"]["targetLightState"] < 100
                                       for m in rig.lighting()), 20)  # ramping down to 60 %
+        # a dimming model that cannot load, in place of a working one: refused as a whole
+        card = tmp_path / "dimming.md"                       # its dimming.onnx is not here
+        card.write_text((ROOT / "models" / "dimming.md").read_text())
+        rig.cfg.write_text(good.replace(str(ROOT / "models" / "dimming.md"), str(card)))
+        command(rig, {"correlation_id": "r3", "command": "reload_config"})
+        assert wait_until(lambda: response(rig, "r3"), 30), rig.output()[-2000:]
+        bad = response(rig, "r3")
+        assert bad["result"] == "error" and "dimming model cannot be loaded, nothing " \
+            "changed" in bad["error"], bad
         rig.cfg.write_text(good.replace("design_peak_vph: 20000", "design_peak_vph: 15000"))
         command(rig, {"correlation_id": "r2", "command": "reload_config"})
         assert wait_until(lambda: response(rig, "r2"), 30)

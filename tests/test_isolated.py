@@ -307,3 +307,51 @@ def test_out_of_file_descriptors_is_a_wait_not_a_dead_camera(hosts) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert np.allclose(det.detect(img).boxes, load_detector(SIMNET, {"car"}).detect(img).boxes,
                        atol=1e-4)
+
+
+def test_a_process_that_dies_while_a_model_loads_is_started_again_for_it(tmp_path) -> None:
+    """The model process hangs (stopped) while a second model loads: the load's deadline
+    kills it, and the load starts it again (the first model loaded again too) instead of
+    refusing every model from then on, which left a pole without counting or dimming."""
+    from agent.lighting.dimming import DimmingModel, propose_pct
+
+    hosts = ModelHosts(first_load_deadline_s=2.0, backoff_min_s=5.0)
+    try:
+        det = load_detector(SIMNET, {"car"}, shared=hosts)
+        host = det.runtime.host
+        pid = host.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        dim = DimmingModel(ROOT / "models" / "dimming.md", hosts)     # waits 2 s, then
+        assert wait_until(lambda: gone(pid), 5)                       # kills, restarts
+        assert host.up and host.proc.pid != pid and len(host.models) == 2
+        assert propose_pct(dim, 23.0, -20.0, 300.0, 2000.0, 0.1, 0.6, 3) is not None
+        img, _ = random_training_frame(np.random.default_rng(8))
+        assert np.allclose(det.detect(img).boxes,
+                           load_detector(SIMNET, {"car"}).detect(img).boxes, atol=1e-4)
+        # found dead (its back-off not over): a new model's load starts it again at once
+        os.kill(host.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: host.proc.poll() is not None, 5)
+        host.fail(host.generation, "ended")
+        assert not host.up and host.retry_at > time.monotonic()
+        card = tmp_path / "simnet.yaml"          # another card: another model to load
+        card.write_text(SIMNET.read_text().replace("file: ", f"file: {SIMNET.parent}/", 1))
+        again = load_detector(card, {"car", "bus"}, shared=hosts)
+        assert host.up and len(host.models) == 3
+        assert np.allclose(again.detect(img).boxes,
+                           load_detector(SIMNET, {"car", "bus"}).detect(img).boxes, atol=1e-4)
+    finally:
+        hosts.close()
+
+
+def test_the_model_process_ends_quietly_when_its_agent_is_gone_before_hello() -> None:
+    """Its agent died before it said hello: it ends with status 0 and says nothing (a
+    traceback on the agent's terminal was what a user saw)."""
+    import socket
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    mine.close()
+    r = subprocess.run([sys.executable, "-m", "agent.vision.detect.host", str(theirs.fileno())],
+                       pass_fds=(theirs.fileno(),), capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    theirs.close()
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr

@@ -212,6 +212,10 @@ class LightingService:
         self._apply_config(cfg, self._build(cfg, {}))
 
     # -- building -----------------------------------------------------------------------
+    def has_model(self) -> bool:
+        """True when a dimming model is in use (a reload must not trade it for none)."""
+        return any(g.policy.model is not None for g in list(self.groups.values()))
+
     def load_model(self, cfg: LightingConfig) -> tuple[DimmingModel | None, str]:
         """``cfg``'s dimming model, or None and why not. It may start or wait for a model
         process: call it off the lighting thread (a reload does, before it hands over)."""

@@ -8,6 +8,7 @@ in one line naming the first one's pid; under systemd it waits for the lock inst
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -67,12 +68,16 @@ def take_all(dirs: list[Path]) -> list[IO[str]]:
     (nothing kept) when another process holds any of them."""
     held: list[IO[str]] = []
     try:
-        for d in sorted({Path(os.path.abspath(d)) for d in dirs}):
+        # real paths: two agents reaching one folder through a symlink lock in one order
+        for d in sorted({Path(d).resolve() for d in dirs}):
             f = take(d)
             if f is not None:
                 held.append(f)
     except AlreadyRunning:
-        for f in held:
+        for f in held:                  # not ours after all: no pid of ours left behind
+            with contextlib.suppress(OSError):
+                f.seek(0)
+                f.truncate()
             f.close()
         raise
     return held

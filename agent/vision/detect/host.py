@@ -32,7 +32,11 @@ import sys
 import threading
 from typing import Any
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError as _e:               # a release half installed (or half replaced)
+    print(f"model process: cannot start: {_e}", file=sys.stderr)
+    os._exit(1)
 
 #: The largest control or lane message, in bytes (both sides).
 MAX_MESSAGE = 65536
@@ -170,38 +174,45 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     control = socket.socket(fileno=int(args[0]))
-    send(control, {"ok": True, "pid": os.getpid()})
     models: list[Any] = []
-    while True:
+    try:
+        send(control, {"ok": True, "pid": os.getpid()})
+        while True:
+            if not serve_control(control, models):
+                return 0
+    except (OSError, ValueError):       # the agent is gone, or spoke garbage: so are we
+        return 0
+
+
+def serve_control(control: socket.socket, models: list[Any]) -> bool:
+    """One control message (a load or a lane); False once the channel is closed."""
+    msg, fds = receive(control)
+    if msg is None:
+        return False                    # the agent is gone: so is this process
+    op = msg.get("op")
+    if op == "load":
         try:
-            msg, fds = receive(control)
-        except (OSError, ValueError):
-            return 0
-        if msg is None:
-            return 0                    # the agent is gone: so is this process
-        op = msg.get("op")
-        if op == "load":
-            try:
-                rt = load(str(msg["backend"]), str(msg["file"]), str(msg["sha256"]),
-                          int(msg["threads"]), str(msg["card"]))
-            except Exception as e:  # a model error: said once; the other models go on
-                text = (str(e).strip().splitlines() or [""])[0]
-                send(control, {"ok": False, "error": text if type(e).__name__ == "ModelError"
-                               else f"{type(e).__name__}: {text}"})
-                continue
-            models.append(rt)
-            send(control, {"ok": True, "model": len(models) - 1,
-                           "inputs": [tensor_info(t) for t in rt.inputs],
-                           "outputs": [tensor_info(t) for t in rt.outputs]})
-        elif op == "lane" and fds and isinstance(msg.get("model"), int) \
-                and 0 <= msg["model"] < len(models):
-            for fd in fds[1:]:
-                os.close(fd)
-            lane = Lane(socket.socket(fileno=fds[0]), models[msg["model"]])
-            threading.Thread(target=lane.serve, daemon=True, name="lane").start()
-        else:
-            for fd in fds:
-                os.close(fd)
+            rt = load(str(msg["backend"]), str(msg["file"]), str(msg["sha256"]),
+                      int(msg["threads"]), str(msg["card"]))
+        except Exception as e:  # a model error: said once; the other models go on
+            text = (str(e).strip().splitlines() or [""])[0]
+            send(control, {"ok": False, "error": text if type(e).__name__ == "ModelError"
+                           else f"{type(e).__name__}: {text}"})
+            return True
+        models.append(rt)
+        send(control, {"ok": True, "model": len(models) - 1,
+                       "inputs": [tensor_info(t) for t in rt.inputs],
+                       "outputs": [tensor_info(t) for t in rt.outputs]})
+    elif op == "lane" and fds and isinstance(msg.get("model"), int) \
+            and 0 <= msg["model"] < len(models):
+        for fd in fds[1:]:
+            os.close(fd)
+        lane = Lane(socket.socket(fileno=fds[0]), models[msg["model"]])
+        threading.Thread(target=lane.serve, daemon=True, name="lane").start()
+    else:
+        for fd in fds:
+            os.close(fd)
+    return True
 
 
 if __name__ == "__main__":

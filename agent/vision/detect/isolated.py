@@ -265,16 +265,17 @@ class ModelHost:
                                    ) from None
         return reply
 
-    def _restart(self) -> None:
+    def _restart(self, deadline_s: float | None = None) -> None:
         """Start the process again and load its models again (lock held); on failure the
         process is down (back-off) and RuntimeUnavailable is raised."""
+        deadline_s = self.load_deadline_s if deadline_s is None else deadline_s
         self.restarts += 1
         log.warning("%s: restarting (restart %d)", self.name, self.restarts)
         try:
-            self._spawn(self.load_deadline_s)
+            self._spawn(deadline_s)
             for m in self.models:
                 before = (m.inputs, m.outputs)
-                reply = self._load(m, self.load_deadline_s)
+                reply = self._load(m, deadline_s)
                 if not reply.get("ok"):
                     self._stop_process()
                     raise _StartFailed(f"could not load {m.card.card_path} again "
@@ -288,19 +289,27 @@ class ModelHost:
             raise RuntimeUnavailable(self.down_reason, self.retry_at - self._now()) from None
 
     def load(self, card: ModelCard | ModelFile, threads: int = 1) -> LoadedModel:
-        """Load a model in this process (starting it again first if it is down); ModelError
-        when it cannot be loaded: the model's own error, or a crash or hang while loading
-        (the process is then restarted for the other models, with back-off)."""
+        """Load a model in this process, starting the process (again) first if it is down,
+        back-off or not: a load is asked for once, and no lane may exist yet to start it.
+        ModelError when it cannot be loaded: the model's own error, the process not
+        starting, or the process dying or hanging while loading it twice running (once
+        may be a kill from outside; the other models are loaded again each time)."""
         with self._lock:
-            if self.proc is None:       # its cameras' frames start it again, not a load
-                raise ModelError(f"{card.card_path}: {self.down_reason or self.name + ' down'}"
-                                 f"; try again once it is back")
             m = LoadedModel(card, int(threads), [], [])
-            try:
-                reply = self._load(m, self.first_load_deadline_s)
-            except _StartFailed as e:           # it took the process down
-                self._down(f"{e}")
-                raise ModelError(f"{card.card_path}: {card.file}: {e}; not opened") from None
+            for attempt in (1, 2):
+                if self.proc is None:
+                    try:
+                        self._restart(self.first_load_deadline_s)
+                    except RuntimeUnavailable as e:
+                        raise ModelError(f"{card.card_path}: {e}") from None
+                try:
+                    reply = self._load(m, self.first_load_deadline_s)
+                    break
+                except _StartFailed as e:       # it took the process down
+                    self._down(f"{e}")
+                    if attempt == 2:
+                        raise ModelError(f"{card.card_path}: {card.file}: {e} (twice); "
+                                         f"not opened") from None
             if not reply.get("ok"):
                 error = str(reply.get("error", ""))
                 raise ModelError(error if error.startswith(str(card.card_path))
