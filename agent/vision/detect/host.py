@@ -95,8 +95,8 @@ class Lane:
                 if fds:
                     self._attach(fds)
                 send(self.sock, self._answer(msg))
-        except OSError:
-            return
+        except (OSError, ValueError):   # the agent closed it, or sent what no agent sends:
+            return                      # the lane ends (the agent sees it end)
         finally:
             self.sock.close()
 
