@@ -493,13 +493,9 @@ mqtt:
         """The pid of the agent's model process (``agent.vision.detect.host``), if any."""
         if not self.agent.running:
             return None
-        pid = self.agent.proc.pid  # type: ignore[union-attr]
-        try:
-            kids = [int(x) for t in Path(f"/proc/{pid}/task").iterdir()
-                    for x in (t / "children").read_text().split()]
-        except (OSError, ValueError):
-            return None
-        for k in kids:
+        from bench.agent_run import children
+
+        for k in children(self.agent.proc.pid):  # type: ignore[union-attr]
             with contextlib.suppress(OSError):
                 if b"agent.vision.detect.host" in Path(f"/proc/{k}/cmdline").read_bytes():
                     return k

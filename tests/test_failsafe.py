@@ -6,6 +6,7 @@ measured fault → safe time is recorded (``bench/failsafe.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -491,18 +492,13 @@ def test_a_signed_maintenance_override_may_switch_off_at_night_nothing_else(
 def model_process(rig: PoleRig) -> int | None:
     """The pid of the agent's model process (a child running ``agent.vision.detect.host``:
     the cameras' onnxruntime models and the dimming model)."""
+    from bench.agent_run import children
+
     assert rig.proc is not None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if ppid == rig.proc.pid and b"agent.vision.detect.host\0" in cmd:
-            return int(entry.name)
+    for k in children(rig.proc.pid):
+        with contextlib.suppress(OSError):
+            if b"agent.vision.detect.host\0" in Path(f"/proc/{k}/cmdline").read_bytes():
+                return k
     return None
 
 

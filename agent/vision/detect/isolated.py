@@ -58,6 +58,7 @@ import numpy as np
 
 from agent.settings.modelcard import ModelCard, ModelError
 from agent.vision.detect.host import align, receive, send
+from agent.vision.detect.probe import CRASHES
 from agent.vision.detect.runtime import (
     SHAREABLE,
     RuntimeUnavailable,
@@ -84,9 +85,8 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 #: A model process that served this long resets the back-off.
 STABLE_S = 300.0
-#: Signals that mean the runtime crashed (others: the process was killed from outside).
-CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                           signal.SIGABRT})
+#: Signals that mean the runtime crashed (the probe's list: others are kills from outside).
+CRASH_SIGNALS = frozenset(getattr(signal, name) for name in CRASHES)
 
 
 def _info(d: dict) -> TensorInfo:
