@@ -298,12 +298,23 @@ def test_out_of_file_descriptors_is_a_wait_not_a_dead_camera(hosts) -> None:
     det = load_detector(SIMNET, {"car"}, shared=hosts)
     img, _ = random_training_frame(np.random.default_rng(7))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fds = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 1, hard))
+    # No free descriptor at all, whatever gaps the process's table has (a count of the open
+    # ones is not the highest number: gaps below it would leave free slots): the limit at
+    # the highest open one, then every free number below it taken.
+    top = max(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+    fillers: list[int] = []
     try:
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
         with pytest.raises(RuntimeUnavailable, match="cannot open a lane"):
             det.detect(img)
     finally:
+        for fd in fillers:
+            os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert np.allclose(det.detect(img).boxes, load_detector(SIMNET, {"car"}).detect(img).boxes,
                        atol=1e-4)
