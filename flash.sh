@@ -16,7 +16,7 @@ usage() {
 usage: flash.sh node --port /dev/ttyUSB0 --config NODE.json [--board esp32|rp2040] [--firmware FILE]
                      [--umqtt DIR] [--yes] [--dry-run] [--verify-only]   (a lamp node: flash.sh node --help)
        flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
-                [--wheelhouse DIR] [--hostname NAME] [--network-config FILE]
+                --wheelhouse DIR [--hostname NAME] [--network-config FILE]
                 [--provision auto|cloud-init|firstrun] [--no-validate]
                 (--device /dev/sdX [--yes --expect-serial SERIAL] | --to-file OUT.img [--force])
 
@@ -32,8 +32,10 @@ on the root), the wheels, the network-config, and the pole's files with the agen
   --secrets FILE        -> /etc/polelink/secrets.yaml, mode 0600, on the root partition
                            (without it: an empty one; the unit hands it to the agent)
   --site FILE           the site defaults file -> /etc/polelink/site.yaml
-  --wheelhouse DIR      wheels for the Pi (aarch64); a polelink wheel in it is used as is,
-                        otherwise one is built from this repository (pip wheel --no-deps)
+  --wheelhouse DIR      required: the wheels the Pi installs from, offline (aarch64, CPython
+                        3.11; `make wheelhouse` builds them in var/wheelhouse/aarch64); checked
+                        before writing with pip install --dry-run for the Pi. A polelink wheel
+                        in it is used as is, otherwise one is built from this repository
   --hostname NAME       the Pi's hostname (default: the config file's name without .yaml)
   --network-config FILE cloud-init network-config to use instead of DHCP on eth0
   --provision KIND      first-boot mechanism; auto (default) detects it from the image
@@ -123,10 +125,10 @@ readable_file --config "$config"
 if [ -n "$secrets" ]; then readable_file --secrets "$secrets"; fi
 if [ -n "$site" ]; then readable_file --site "$site"; fi
 if [ -n "$network_config" ]; then readable_file --network-config "$network_config"; fi
-if [ -n "$wheelhouse" ]; then
-    [ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
-    compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
-fi
+[ -n "$wheelhouse" ] || die 2 "--wheelhouse DIR is required: the wheels the Pi installs the agent from," \
+    "offline (aarch64, CPython 3.11); make wheelhouse builds them in var/wheelhouse/aarch64"
+[ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
+compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
 # debugfs splits its arguments at white space and '?', mtools reads '@@' as an offset: the paths
 # they get (the target, the work directory) must be plain
 plain_path() { [[ $1 =~ ^[A-Za-z0-9._/+,=-]+$ ]]; }
@@ -136,7 +138,7 @@ hostname=${hostname%.yml}
     die 1 "hostname '$hostname' is not valid (lower-case letters, digits and '-', at most 63): use --hostname"
 
 missing=()
-for tool in "$PYTHON":python3 sfdisk:fdisk debugfs:e2fsprogs e2fsck:e2fsprogs mcopy:mtools mtype:mtools \
+for tool in "$PYTHON":python3 sfdisk:fdisk debugfs:e2fsprogs dumpe2fs:e2fsprogs e2fsck:e2fsprogs mcopy:mtools mtype:mtools \
     mdir:mtools flock:util-linux; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool%%:*} (Debian package ${tool#*:})")
 done
@@ -243,10 +245,8 @@ fi
 
 # ---- the agent: a wheel of this repository, and the wheelhouse --------------------------
 mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
-if [ -n "$wheelhouse" ]; then
-    "$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
-    cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
-fi
+"$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
+cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
 if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
     step "building the agent's wheel (pip wheel --no-deps)"
     # from a clean copy of the files git knows (committed or not, ignored ones left out): an
@@ -266,6 +266,10 @@ agent_wheels=("$WORK"/wheels/polelink-*.whl)
 [ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
 "$PYTHON" "$LIB/checks.py" wheels "${agent_wheels[0]}" || exit 1
 version=$("$PYTHON" "$LIB/checks.py" version "${agent_wheels[0]}") || exit 1
+# the card's first boot installs with pip --no-index from these wheels alone: a wheelhouse that
+# lacks a dependency, or holds another machine's wheels, would make a card that never runs
+step "checking that polelink $version installs from the wheelhouse on the Pi (pip --dry-run, offline)"
+"$PYTHON" "$LIB/checks.py" installable "$WORK/wheels" "$version" "$wheelhouse" || exit 1
 
 # ---- the pole's files and the image, checked before anything is written ----------------------
 if [ -n "$network_config" ]; then "$PYTHON" "$LIB/checks.py" netconfig "$network_config" || exit 1; fi

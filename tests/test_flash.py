@@ -7,6 +7,7 @@ machine has no removable disk. A device the recorded lsblk lists is a plain file
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import lzma
@@ -15,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -80,16 +82,20 @@ def sh(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
 
 
 def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bool = False,
-                fstab_boot: str = "/boot/firmware") -> Path:
-    """A small Raspberry Pi OS-like image: MBR, FAT32-type boot (cmdline.txt, config.txt), ext4 root."""
+                fstab_boot: str = "/boot/firmware", image_size: int = IMAGE_SIZE,
+                boot_size: int = BOOT_SIZE, root_block: int | None = None) -> Path:
+    """A Raspberry Pi OS-like image: MBR, FAT32-type boot (cmdline.txt, config.txt), ext4 root
+    (small unless told: ``image_size``, ``boot_size``; ``root_block`` the ext4 block size). A
+    sparse file: only what mkfs writes takes room."""
     tmp.mkdir(parents=True, exist_ok=True)
     img = tmp / "raspios.img"
+    root_start = BOOT_START + boot_size
     with open(img, "wb") as f:
-        f.truncate(IMAGE_SIZE)
-    table = (f"label: dos\nlabel-id: 0x4e639091\nstart={BOOT_START // 512}, size={BOOT_SIZE // 512}, type=c\n"
-             f"start={ROOT_START // 512}, type=83\n")
+        f.truncate(image_size)
+    table = (f"label: dos\nlabel-id: 0x4e639091\nstart={BOOT_START // 512}, size={boot_size // 512}, type=c\n"
+             f"start={root_start // 512}, type=83\n")
     sh("sfdisk", "-q", img, input=table.encode())
-    sh("mkfs.vfat", f"--offset={BOOT_START // 512}", "-n", "bootfs", img, str(BOOT_SIZE // 1024))
+    sh("mkfs.vfat", f"--offset={BOOT_START // 512}", "-n", "bootfs", img, str(boot_size // 1024))
     boot = tmp / "bootfiles"
     boot.mkdir()
     (boot / "cmdline.txt").write_text(CMDLINE + "\n")
@@ -110,15 +116,52 @@ def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bo
     if cloud_init_root:
         (rootfs / "etc/cloud").mkdir()
         (rootfs / "etc/cloud/cloud.cfg").write_text("datasource_list: [NoCloud]\n")
-    sh("mke2fs", "-q", "-t", "ext4", "-d", rootfs, "-E", f"offset={ROOT_START}", img,
-       f"{(IMAGE_SIZE - ROOT_START) // 1024}k")
+    sh("mke2fs", "-q", "-t", "ext4", "-d", rootfs, *(["-b", str(root_block)] if root_block else []),
+       "-E", f"offset={root_start}", img, f"{(image_size - root_start) // 1024}k")
     return img
+
+
+PI_PINS = ROOT / "deploy" / "pi" / "requirements-bookworm-arm64.txt"
+
+
+def stub_pi_wheels(d: Path, skip: str = "") -> Path:
+    """Stand-ins for the Pi's wheelhouse (``make wheelhouse``: 83 MB of aarch64 wheels from the
+    package index, which tests do not download): one wheel per pin of the Pi's lock file, under
+    the real wheel's file name (its aarch64 tags), holding only its metadata. pip resolves
+    against names, versions and tags, so ``pip install --dry-run`` for the Pi treats them as
+    the real ones; that the real wheels install and run on aarch64 is ``make pi-test``'s.
+    ``skip``: a distribution left out."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name in re.findall(r"^# (\S+\.whl) ", PI_PINS.read_text(), re.M):
+        dist, version = name.split("-")[:2]
+        if dist == skip:
+            continue
+        info = f"{dist}-{version}.dist-info"
+        with zipfile.ZipFile(d / name, "w") as z:
+            z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+            z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: polelink-tests\n"
+                       "Root-Is-Purelib: false\n")
+            z.writestr(f"{info}/RECORD", "")
+    return d
+
+
+_DEPS: list[Path] = []
+
+
+def pi_deps() -> Path:
+    """This process's folder of stub Pi wheels (see stub_pi_wheels), made once."""
+    if not _DEPS:
+        d = Path(tempfile.mkdtemp(prefix="polelink-pi-deps-"))
+        atexit.register(shutil.rmtree, d, True)
+        _DEPS.append(stub_pi_wheels(d))
+    return _DEPS[0]
 
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The agent's wheel (built once, as flash.sh would) and a second, tiny wheel."""
-    d = tmp_path_factory.mktemp("wheelhouse")
+    """The agent's wheel (built once, as flash.sh would), the Pi's dependencies (stand-ins: see
+    stub_pi_wheels) and a second, tiny wheel."""
+    d = stub_pi_wheels(tmp_path_factory.mktemp("wheelhouse"))
     src = tmp_path_factory.mktemp("src") / "polelink"  # a copy: no build/ left in the checkout
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", "var", "out", ".*_cache", ".hypothesis"))
@@ -140,8 +183,12 @@ def pole_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-def flash(*args: str | Path, env: dict | None = None, stdin: str = "") -> subprocess.CompletedProcess:
-    """Run the real flash.sh."""
+def flash(*args: str | Path, env: dict | None = None, stdin: str = "", deps: bool = True
+          ) -> subprocess.CompletedProcess:
+    """Run the real flash.sh. ``deps``: when the arguments name no --wheelhouse, give it one of
+    the Pi's dependencies only (flash.sh builds the agent's wheel): it requires one."""
+    if deps and args and str(args[0]).startswith("-") and "--wheelhouse" not in map(str, args):
+        args = ("--wheelhouse", pi_deps(), *args)
     return subprocess.run(["bash", str(FLASH), *map(str, args)], capture_output=True, text=True, input=stdin,
                           env={**os.environ, "PYTHON": sys.executable, **(env or {})}, timeout=300)
 
@@ -149,9 +196,9 @@ def flash(*args: str | Path, env: dict | None = None, stdin: str = "") -> subpro
 class Card:
     """Reads a flashed image back the way a technician's tools would: mtools and debugfs."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root_start: int = ROOT_START) -> None:
         self.path = path
-        self.root = f"{path}?offset={ROOT_START}"
+        self.root = f"{path}?offset={root_start}"
 
     def boot_names(self) -> set[str]:
         out = sh("mdir", "-b", "-i", f"{self.path}@@{BOOT_START}", "::",
@@ -230,8 +277,8 @@ def test_firstrun_image_building_the_wheel_itself(tmp_path: Path, pole_files: di
     assert "first boot: firstrun" in r.stderr and "verified: sha256" in r.stderr
     assert "building the agent's wheel" in r.stderr
     card = Card(out)
-    built = tmp_path / "built"
-    built.mkdir()
+    built = tmp_path / "built"   # what the card should hold: the wheelhouse and the built wheel
+    shutil.copytree(pi_deps(), built)
     (built / "polelink-0.1.0-py3-none-any.whl").write_bytes(
         card.read("/var/lib/polelink/releases/0.1.0/wheels/polelink-0.1.0-py3-none-any.whl"))
     with zipfile.ZipFile(built / "polelink-0.1.0-py3-none-any.whl") as z:
@@ -804,6 +851,97 @@ def test_xz_firstrun_image(tmp_path: Path, pole_files: dict[str, Path], wheelhou
     assert r.returncode == 0, r.stderr
     assert "first boot: firstrun" in r.stderr
     assert Card(out).boot("cmdline.txt").startswith(CMDLINE + " systemd.run=/boot/firmware/firstrun.sh ")
+
+
+@pytest.mark.parametrize("case", ["none", "x86_64", "missing-numpy", "other-python"])
+def test_no_card_that_cannot_install_the_agent(tmp_path: Path, pole_files: dict[str, Path],
+                                               small_image: Path, case: str) -> None:
+    """A wheelhouse is required, and before anything is written pip checks, offline, that
+    polelink installs from it alone on the Pi (aarch64, CPython 3.11). Without one, or with one
+    of this machine's wheels, flash.sh said "done" about a card whose first boot could never
+    install the agent (``numpy<2,>=1.26`` not found)."""
+    out = tmp_path / "out.img"
+    base = ("--image", small_image, "--config", pole_files["config"], "--to-file", out)
+    if case == "none":
+        r = flash(*base, deps=False)
+        assert r.returncode == 2, r.stderr
+        assert "--wheelhouse DIR is required" in r.stderr and "make wheelhouse" in r.stderr
+    else:
+        wh = stub_pi_wheels(tmp_path / "wh", skip="numpy")
+        if case == "x86_64":
+            (wh / "numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").write_bytes(
+                (pi_deps() / "numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+                 ).read_bytes())
+        elif case == "other-python":
+            (wh / "numpy-1.26.4-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl").write_bytes(
+                (pi_deps() / "numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+                 ).read_bytes())
+        r = flash(*base, "--wheelhouse", wh)
+        assert r.returncode == 1, r.stderr
+        assert f"--wheelhouse {wh}: polelink 0.1.0 cannot install from it on the Pi" in r.stderr
+        assert "numpy" in r.stderr and "make wheelhouse" in r.stderr
+    assert r.stderr.count("flash.sh:") == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and "writing" not in r.stderr
+    _no_leftovers(tmp_path)
+
+
+def xz_of(img: Path, out: Path) -> Path:
+    """``img`` compressed to ``out`` (.xz, preset 0), streamed: the big images never sit in memory."""
+    comp = lzma.LZMACompressor(preset=0)
+    with open(img, "rb") as src, open(out, "wb") as dst:
+        while chunk := src.read(4 * MiB):
+            dst.write(comp.compress(chunk))
+        dst.write(comp.flush())
+    return out
+
+
+def test_xz_image_whose_root_has_more_than_16_block_groups(tmp_path: Path, pole_files: dict[str, Path],
+                                                           wheelhouse: Path) -> None:
+    """Only the start of an .xz image's root is unpacked before writing: the root's free space
+    comes from its superblock alone. A root of more than 16 block groups (flex_bg) keeps the
+    bitmaps of groups 16 and on far past that start, and reading them (debugfs stats) failed:
+    "cannot read the root partition's superblock" on every real Raspberry Pi OS image. 1 KiB
+    blocks make 18 groups of a 140 MiB root, cheaply."""
+    img = build_image(tmp_path / "img", image_size=150 * MiB, root_block=1024, cloud_init_boot=True)
+    groups = sh("dumpe2fs", f"{img}?offset={ROOT_START}").stdout.decode().count("\nGroup ")
+    assert groups > 16
+    out = tmp_path / "out.img"
+    r = flash("--image", xz_of(img, tmp_path / "raspios.img.xz"), "--config", pole_files["config"],
+              "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    card = Card(out)
+    assert card.read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+    assert "e2fsck: clean" in r.stderr
+
+
+def _raspios_geometry_xz(tmp_path: Path) -> Path:
+    """A stand-in Raspberry Pi OS Bookworm image to the real geometry (4 MiB, a 512 MiB FAT,
+    then a 2,116 MiB ext4 of 4 KiB blocks: 17 block groups), as .xz; built once and kept
+    in the user's cache (it takes a minute), rebuilt when this builder changes."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polelink-tests"
+    xz = cache / "raspios-geometry-v1.img.xz"
+    if not xz.exists():
+        img = build_image(tmp_path / "geometry", image_size=(4 + 512 + 2116) * MiB - 3 * MiB,
+                          boot_size=512 * MiB)
+        cache.mkdir(parents=True, exist_ok=True)
+        part = xz_of(img, cache / f".raspios-geometry.{os.getpid()}.xz")
+        os.replace(part, xz)                     # whole or not at all (two workers may build it)
+        img.unlink()
+    return xz
+
+
+def test_xz_image_at_the_real_raspberry_pi_os_geometry(tmp_path: Path, pole_files: dict[str, Path],
+                                                      wheelhouse: Path) -> None:
+    """The README's own example: a real-sized .img.xz (512 MiB boot, 2 GiB root) written and
+    verified (2.6 GB written and read back)."""
+    xz = _raspios_geometry_xz(tmp_path)
+    out = tmp_path / "out.img"
+    r = flash("--image", xz, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size == (4 + 512 + 2116) * MiB - 3 * MiB
+    card = Card(out, root_start=BOOT_START + 512 * MiB)
+    assert card.read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+    assert "first boot: firstrun" in r.stderr
 
 
 # ---- one flash.sh per target; e2fsck in the verification ------------------------------------------

@@ -5,6 +5,11 @@
                                    can take (letters, digits, ``._+-``)
 ``checks.py version WHEEL``        prints the version in the agent's wheel name (PEP 440, canonical)
 ``checks.py netconfig FILE``       a cloud-init network-config: UTF-8 YAML holding a mapping
+``checks.py installable DIR VERSION SHOWN``
+                                   ``polelink==VERSION`` installs from the wheels in DIR alone on the
+                                   Pi (aarch64, CPython 3.11, glibc 2.36), as its first boot will
+                                   (``pip install --no-index``): checked here, offline, with ``pip
+                                   install --dry-run`` for the Pi's platform tags
 ``checks.py validate DIR CONFIG SECRETS [SITE]``
                                    copies the pole's files to DIR under the names they get on the
                                    card (pole.yaml, secrets.yaml 0600, site.yaml) and runs the agent's
@@ -21,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -71,6 +77,37 @@ def version(path: str) -> str:
     if not VERSION.fullmatch(v):
         raise CheckError(f"wheel {os.path.basename(path)}: cannot read a version (PEP 440) from its name")
     return v
+
+
+def pi_pip_args() -> list[str]:
+    """pip's options describing the Pi (deploy/pi/target.py, the wheelhouse's own), plus
+    ``linux_aarch64``, the tag of wheels built on a Pi (piwheels), which its pip takes too."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from deploy.pi.target import pip_target_args
+    finally:
+        sys.path.remove(str(HERE))
+    return [*pip_target_args(), "--platform", "linux_aarch64"]
+
+
+def installable(wheels: str, version: str, shown: str) -> None:
+    """``polelink==version`` and all it needs install from ``wheels`` alone on the Pi; raises
+    CheckError with pip's reason otherwise. ``shown``: the folder the technician named."""
+    with tempfile.TemporaryDirectory() as target:
+        r = subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check",
+                            "install", "--dry-run", "--quiet", "--no-index", "--find-links", wheels,
+                            *pi_pip_args(), "--target", target, f"polelink=={version}"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    if any("no such option" in ln for ln in lines):
+        raise CheckError(f"cannot check --wheelhouse {shown}: the pip of {sys.executable} has no "
+                         "install --dry-run (pip >= 22.2 needed; the repository's .venv has one)")
+    errors = [ln.removeprefix("ERROR: ") for ln in lines if ln.startswith("ERROR:")] or lines[-1:] or ["?"]
+    raise CheckError(f"--wheelhouse {shown}: polelink {version} cannot install from it on the Pi "
+                     f"(aarch64, CPython 3.11, glibc 2.36): {errors[0]} (make wheelhouse builds a "
+                     "complete one in var/wheelhouse/aarch64)")
 
 
 def netconfig(path: str) -> None:
@@ -140,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 wheel(a)
         elif len(args) == 2 and args[0] == "version":
             print(version(args[1]))
+        elif len(args) == 4 and args[0] == "installable":
+            installable(args[1], args[2], args[3])
         elif len(args) == 2 and args[0] == "netconfig":
             netconfig(args[1])
         elif len(args) in (4, 5) and args[0] == "validate":
