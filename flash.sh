@@ -234,6 +234,12 @@ else
             fi
         done
     fi
+    # the whole image is written beside the old output before replacing it: room for all of it
+    free=$("$PYTHON" -c 'import os,sys; s=os.statvfs(sys.argv[1]); print(s.f_bavail*s.f_frsize)' "$out_dir") ||
+        die 1 "--to-file $to_file: cannot read the free space of $out_dir"
+    [ "$free" -ge "$image_size" ] ||
+        die 1 "--to-file $to_file: $out_dir has $((free / 1000000)) MB free, the image needs" \
+            "$(((image_size + 999999) / 1000000)) MB: free some space or write elsewhere; nothing written"
     # one flash.sh at a time per output directory
     exec 9<"$out_dir" || die 1 "cannot open $out_dir"
     flock -n 9 || die 1 "another flash.sh is writing into $out_dir: wait for it to finish"
@@ -273,13 +279,13 @@ step "checking that polelink $version installs from the wheelhouse on the Pi (pi
 
 # ---- the pole's files and the image, checked before anything is written ----------------------
 if [ -n "$network_config" ]; then "$PYTHON" "$LIB/checks.py" netconfig "$network_config" || exit 1; fi
+if [ "$validate" = 1 ]; then
+    step "validating the pole's files (agent validate, as /etc/polelink/ on the pole)"
+    "$PYTHON" "$LIB/checks.py" validate "$WORK/etc" "$config" "${secrets:--}" "${site:--}" || exit 1
+fi
 if [ -z "$secrets" ]; then
     secrets=$WORK/no-secrets.yaml
     printf '# no secrets given to flash.sh: references to secrets in the config fail validation\n{}\n' >"$secrets"
-fi
-if [ "$validate" = 1 ]; then
-    step "validating the pole's files (agent validate, as /etc/polelink/ on the pole)"
-    "$PYTHON" "$LIB/checks.py" validate "$WORK/etc" "$config" "$secrets" ${site:+"$site"} || exit 1
 fi
 
 step "inspecting $image"

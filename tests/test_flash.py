@@ -180,6 +180,10 @@ def pole_files(tmp_path: Path) -> dict[str, Path]:
     files["secrets"].write_text(SECRET + "\n")
     files["secrets"].chmod(0o644)  # flash.sh must make it 0600 whatever it was here
     files["site"].write_text("mqtt:\n  host: broker.example\n")
+    # the same pole file building on the site file (flash.sh refuses a --site nothing extends)
+    files["extending"] = tmp_path / "extending" / "pole-0042.yaml"
+    files["extending"].parent.mkdir()
+    files["extending"].write_text("extends: site.yaml\n" + POLE_CONFIG)
     return files
 
 
@@ -269,6 +273,7 @@ def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
 
 def test_firstrun_image_building_the_wheel_itself(tmp_path: Path, pole_files: dict[str, Path]) -> None:
     """An image without cloud-init gets firstrun.sh and the cmdline.txt hook; flash.sh builds the wheel."""
+    pole_files = {**pole_files, "config": pole_files["extending"]}
     img = build_image(tmp_path / "img")
     out = tmp_path / "out.img"
     r = flash("--image", img, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
@@ -315,6 +320,7 @@ def test_firstrun_path_follows_the_images_fstab(tmp_path: Path, pole_files: dict
 @pytest.mark.parametrize("where", ["boot", "root"])
 def test_cloud_init_image(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path, where: str) -> None:
     """cloud-init found on the boot partition or in the root: user-data, meta-data, network-config."""
+    pole_files = {**pole_files, "config": pole_files["extending"]}
     img = build_image(tmp_path / "img", cloud_init_boot=where == "boot", cloud_init_root=where == "root")
     out = tmp_path / "out.img"
     r = flash("--image", img, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
@@ -473,6 +479,7 @@ def test_real_block_device_that_is_not_removable(pole_files: dict[str, Path], sm
 def test_typed_serial_writes_the_card(disks: dict, small_image: Path, pole_files: dict[str, Path],
                                       wheelhouse: Path) -> None:
     """The right card with its serial typed: facts shown, written, verified, files read back."""
+    pole_files = {**pole_files, "config": pole_files["extending"]}
     dev = disks["dev"] / "sdz"
     r = flash("--image", small_image, "--config", pole_files["config"], "--secrets", pole_files["secrets"],
               "--site", pole_files["site"], "--wheelhouse", wheelhouse, "--device", dev,
@@ -632,6 +639,24 @@ def test_read_back_catches_a_file_that_differs(tmp_path: Path, pole_files: dict[
         assert v.returncode == 3 and what in v.stderr and "Traceback" not in v.stderr, (line, v.stderr)
 
 
+def test_an_output_file_system_too_small_is_found_before_writing(
+        tmp_path: Path, pole_files: dict[str, Path], small_image: Path, wheelhouse: Path) -> None:
+    """--to-file on a file system with less room than the image: refused before writing, one line
+    with both figures (it was found only while writing, as "No space left on device"). A real
+    small file system: a 12 MiB tmpfs in a mount namespace of its own (unshare -rm)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespaces here (unshare -rm) for a small file system")
+    script = (f'mount -t tmpfs -o size=12m tmpfs {small} && exec bash {FLASH} --image {small_image} '
+              f'--config {pole_files["config"]} --wheelhouse {wheelhouse} --to-file {small}/o.img')
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 1, r.stderr
+    assert f"--to-file {small}/o.img: {small} has 12 MB free, the image needs 21 MB" in r.stderr, r.stderr
+    assert "writing" not in r.stderr and r.stderr.count("flash.sh:") == 1
+
+
 def test_wheelhouse_too_big_for_the_root(tmp_path: Path, pole_files: dict[str, Path],
                                          wheelhouse: Path) -> None:
     """More wheels than the root partition holds: one line with the figures and the margin, found in
@@ -647,8 +672,8 @@ def test_wheelhouse_too_big_for_the_root(tmp_path: Path, pole_files: dict[str, P
     assert re.search(r"root partition has [\d.]+ MB free, the agent and the pole's files need [\d.]+ MB, "
                      r"[\d.]+ MB with the margin \(5 % and 1 MB\)", r.stderr), r.stderr
     assert "Traceback" not in r.stderr and "writing" not in r.stderr
-    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["big", "img", "pole-0042.secrets.yaml",
-                                                                 "pole-0042.yaml", "site.yaml"]
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == [
+        "big", "extending", "img", "pole-0042.secrets.yaml", "pole-0042.yaml", "site.yaml"]
 
 
 # ---- hostile inputs: nothing but the intended target is ever written or deleted --------------
@@ -752,9 +777,25 @@ def test_site_and_secrets_are_validated_as_on_the_pole(tmp_path: Path, small_ima
     out = tmp_path / "out.img"
     base = ["--image", small_image, "--config", pole, "--wheelhouse", wheelhouse, "--to-file", out]
     r = flash(*base)  # no --site: the pole would have no site.yaml
-    assert r.returncode == 1 and "site.yaml" in r.stderr and not out.exists(), r.stderr
+    assert r.returncode == 1 and not out.exists(), r.stderr
+    assert f"{pole}:1:10: extends: the file it extends, /etc/polelink/site.yaml, does not exist" in r.stderr
+    assert r.stderr.endswith("give --site FILE, the site file the pole file extends (flash.sh was "
+                             "given none)\n") and "polelink-flash" not in r.stderr, r.stderr
     r = flash(*base, "--site", site)  # no --secrets: the pole would have an empty one
     assert r.returncode == 1 and "mqtt_password" in r.stderr and not out.exists(), r.stderr
+    assert "/etc/polelink/secrets.yaml" in r.stderr and "give --secrets FILE" in r.stderr, r.stderr
+    assert "polelink-flash" not in r.stderr and r.stderr.count("flash.sh:") == 1
+    other = tmp_path / "pole-0045.yaml"     # extends a name the pole will not have
+    other.write_text(pole.read_text().replace("extends: site.yaml", "extends: city-site.yaml"))
+    r = flash(*base[:3], other, *base[4:], "--site", site, "--secrets", secrets)
+    assert r.returncode == 1 and "/etc/polelink/city-site.yaml, does not exist" in r.stderr, r.stderr
+    assert "the pole file must say 'extends: site.yaml'" in r.stderr
+    plain = tmp_path / "plain" / "pole-0044.yaml"    # a --site that nothing extends
+    plain.parent.mkdir()
+    plain.write_text(POLE_CONFIG)
+    r = flash(*base[:3], plain, *base[4:], "--site", site)
+    assert r.returncode == 1 and f"--site {site}: the pole file" in r.stderr, r.stderr
+    assert "does not extend it" in r.stderr and not out.exists()
     r = flash(*base, "--site", site, "--secrets", secrets)
     assert r.returncode == 0, r.stderr
     out.unlink()
@@ -762,6 +803,41 @@ def test_site_and_secrets_are_validated_as_on_the_pole(tmp_path: Path, small_ima
     r = flash(*base, "--site", site, "--secrets", secrets)
     assert r.returncode == 1 and f"{site}:4:" in r.stderr and r.stderr.strip().count("\n") <= 2, r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["pole", "site"])
+def test_an_error_is_reported_in_the_file_that_holds_the_value(tmp_path: Path, small_image: Path,
+                                                               wheelhouse: Path, where: str) -> None:
+    """The README's own pole and site files, as a field crew flashes them: a lighting group
+    naming an unknown camera in the pole file is reported at the pole file's line (it was
+    reported at the site file's first key), a bad value of the site file at the site file's."""
+    crew = tmp_path / "crew"
+    crew.mkdir()
+    pole = (ROOT / "config/example-pole-0042.yaml").read_text().replace(
+        "extends: example-site.yaml", "extends: site.yaml")
+    site = (ROOT / "config/example-site.yaml").read_text()
+    if where == "pole":
+        lines = pole.splitlines(keepends=True)
+        n = next(i for i, ln in enumerate(lines) if "cameras: [north]" in ln) + 1
+        lines[n - 1] = lines[n - 1].replace("[north]", "[nroth]")
+        pole = "".join(lines)
+        expect = (f"{crew}/pole-0042.yaml:{n}:",
+                  "group 'street' names unknown camera(s) nroth; cameras: north")
+    else:
+        lines = site.splitlines(keepends=True)
+        n = next(i for i, ln in enumerate(lines) if ln.strip().startswith("interval_s:")) + 1
+        lines[n - 1] = re.sub(r"interval_s: \d+", "interval_s: -5", lines[n - 1])
+        site = "".join(lines)
+        expect = (f"{crew}/site.yaml:{n}:", "aggregates.interval_s")
+    (crew / "pole-0042.yaml").write_text(pole)
+    (crew / "site.yaml").write_text(site)
+    shutil.copy(ROOT / "config/example.secrets.yaml", crew / "secrets.yaml")
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", crew / "pole-0042.yaml", "--site", crew / "site.yaml",
+              "--secrets", crew / "secrets.yaml", "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 1 and not out.exists(), r.stderr
+    assert all(e in r.stderr for e in expect), r.stderr
+    assert r.stderr.count("flash.sh:") == 1 and "Traceback" not in r.stderr
 
 
 def test_no_validate_when_the_agent_does_not_import(tmp_path: Path, pole_files: dict[str, Path],
@@ -1078,6 +1154,59 @@ exec "{sys.executable}" "$@"
     assert err.strip().splitlines()[-1] == \
         f"flash.sh: interrupted: the partial output was removed, nothing at {out}"
     assert "Traceback" not in err and list(out.parent.iterdir()) == []
+
+
+INTERRUPTER = """#!{python}
+# flash.sh's PYTHON for the test: runs the helper step STEP and presses Ctrl-C (SIGINT to the
+# whole process group, as a terminal does) once the helper is mid-step: when it has started a
+# program of its own (agent validate, pip, mdir, debugfs). Any other call runs as it is.
+import os, signal, subprocess, sys, time
+args = sys.argv[1:]
+if len(args) >= 2 and os.path.basename(args[0]) + " " + args[1] == {step!r}:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # this wrapper outlives the Ctrl-C
+    p = subprocess.Popen([{python!r}, *args],
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    children = "/proc/%d/task/%d/children" % (p.pid, p.pid)
+    while p.poll() is None and not open(children).read().strip():
+        time.sleep(0.005)
+    if p.poll() is None:
+        open({mark!r}, "w").close()
+        os.killpg(os.getpgrp(), signal.SIGINT)
+    rc = p.wait()
+    if rc < 0:                                            # died of it: so does this wrapper
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    sys.exit(rc)
+os.execv({python!r}, [{python!r}, *args])
+"""
+
+
+@pytest.mark.parametrize(("step", "code", "last"), [
+    ("checks.py validate", 1, "flash.sh: interrupted: nothing written"),
+    ("checks.py installable", 1, "flash.sh: interrupted: nothing written"),
+    ("inject.py inspect", 1, "flash.sh: interrupted: nothing written"),
+    ("inject.py write", 3, "flash.sh: interrupted: the partial output was removed, nothing at {out}"),
+])
+def test_ctrl_c_anywhere_is_one_line(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                     wheelhouse: Path, step: str, code: int, last: str) -> None:
+    """Ctrl-C during validation, the wheelhouse check, the image's inspection or the install
+    step: one line saying what it left behind, never a KeyboardInterrupt traceback first."""
+    mark = tmp_path / "interrupted"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(INTERRUPTER.format(python=sys.executable, step=step, mark=str(mark)))
+    wrapper.chmod(0o755)
+    out = tmp_path / "out" / "o.img"
+    out.parent.mkdir()
+    p = subprocess.Popen(["bash", str(FLASH), "--image", str(small_image), "--config",
+                          str(pole_files["config"]), "--wheelhouse", str(wheelhouse), "--to-file", str(out)],
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHON": str(wrapper)}, start_new_session=True)
+    _, err = p.communicate(timeout=120)
+    assert mark.exists(), f"the step {step} ended before it could be interrupted: {err}"
+    assert p.returncode == code, err
+    assert err.strip().splitlines()[-1] == last.format(out=out), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and err.count("flash.sh:") == 1, err
+    assert list(out.parent.iterdir()) == []
 
 
 def test_copier_interrupted_is_silent(tmp_path: Path) -> None:

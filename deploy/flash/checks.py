@@ -10,11 +10,12 @@
                                    Pi (aarch64, CPython 3.11, glibc 2.36), as its first boot will
                                    (``pip install --no-index``): checked here, offline, with ``pip
                                    install --dry-run`` for the Pi's platform tags
-``checks.py validate DIR CONFIG SECRETS [SITE]``
+``checks.py validate DIR CONFIG SECRETS SITE``
                                    copies the pole's files to DIR under the names they get on the
-                                   card (pole.yaml, secrets.yaml 0600, site.yaml) and runs the agent's
-                                   own ``agent validate`` on them, from this checkout; its first
-                                   problem comes back in one line, naming the technician's file
+                                   card (pole.yaml, secrets.yaml 0600, site.yaml; ``-``: none given)
+                                   and runs the agent's own ``agent validate`` on them, from this
+                                   checkout; its first problem comes back in one line, naming the
+                                   technician's file, or the option to give
 
 Errors are one line on stderr, exit 1.
 """
@@ -134,12 +135,22 @@ def netconfig(path: str) -> None:
         raise CheckError(f"--network-config {path}: not a YAML mapping (network: version: 2 ...)")
 
 
-def validate(work: str, config: str, secrets: str, site: str | None) -> None:
+def validate(work: str, config: str, secrets: str | None, site: str | None) -> None:
     """``agent validate`` on the files as the pole will have them; raises CheckError with its
-    first problem (the technician's file names, not the copies')."""
+    first problem, in the technician's file names, never the copies': a path of the pole
+    (/etc/polelink/...) where the problem is on the pole, and the option to give where
+    flash.sh was not given a file (``secrets``, ``site``: None)."""
+    if site and not re.search(r"^extends:", Path(config).read_text(encoding="utf-8", errors="replace"),
+                              re.M):
+        raise CheckError(f"--site {site}: the pole file {config} does not extend it (no "
+                         "'extends: site.yaml'): it would be on the card and never read")
     etc = Path(work)
     etc.mkdir(parents=True, exist_ok=True)
-    copies = {etc / "pole.yaml": config, etc / "secrets.yaml": secrets}
+    copies = {etc / "pole.yaml": config}
+    if secrets:
+        copies[etc / "secrets.yaml"] = secrets
+    else:  # as on the card: an empty one
+        (etc / "secrets.yaml").write_text("{}\n", encoding="utf-8")
     if site:
         copies[etc / "site.yaml"] = site
     for dst, src in copies.items():
@@ -160,11 +171,21 @@ def validate(work: str, config: str, secrets: str, site: str | None) -> None:
         return
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()] or [f"agent validate exit {r.returncode}"]
     first = lines[0].removeprefix("agent: error: ")
+    hint = ""
+    if not secrets and str(etc / "secrets.yaml") in first:
+        hint = ": give --secrets FILE, the pole's secrets (flash.sh was given none)"
+    extends = re.search(r"the file it extends, (\S+), does not exist", first)
+    if extends and not site:
+        hint = ": give --site FILE, the site file the pole file extends (flash.sh was given none)"
+    elif extends and extends.group(1) != str(etc / "site.yaml"):
+        hint = (": on the pole the site file (--site) is /etc/polelink/site.yaml: the pole file "
+                "must say 'extends: site.yaml'")
     for dst, src in copies.items():
         first = first.replace(str(dst), src)
+    first = first.replace(str(etc), "/etc/polelink")   # what is not one of the given files
     problems = re.search(r"INVALID \((\d+) problem", r.stderr)
     more = int(problems.group(1)) - 1 if problems else 0
-    raise CheckError(f"--config {config} is not valid on the pole: {first}"
+    raise CheckError(f"--config {config} is not valid on the pole: {first}{hint}"
                      + (f" (and {more} more: agent validate)" if more > 0 else ""))
 
 
@@ -181,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             installable(args[1], args[2], args[3])
         elif len(args) == 2 and args[0] == "netconfig":
             netconfig(args[1])
-        elif len(args) in (4, 5) and args[0] == "validate":
-            validate(args[1], args[2], args[3], args[4] if len(args) == 5 else None)
+        elif len(args) == 5 and args[0] == "validate":
+            validate(args[1], args[2], *(None if a == "-" else a for a in args[3:5]))
         else:
             print(__doc__, file=sys.stderr)
             return 2
@@ -196,4 +217,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import main_of  # beside this script (its folder is on sys.path)
+
+    main_of(main)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -110,13 +111,19 @@ def parse_lsblk(text: str) -> list[Row]:
     return rows
 
 
+# the kernel escapes space, tab, newline and backslash in /proc/mounts as a backslash and
+# three octal digits, nothing else
+# (unicode_escape would also rewrite a path's other backslashes and its non-ASCII letters)
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
 def parse_mounts(text: str) -> list[tuple[str, str]]:
     """(source, mount point) pairs of a /proc/mounts-format table (octal escapes decoded)."""
     out = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2:
-            dec = [f.encode().decode("unicode_escape") for f in fields[:2]]
+            dec = [_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), f) for f in fields[:2]]
             out.append((dec[0], dec[1]))
     return out
 
@@ -258,4 +265,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import main_of  # beside this script (its folder is on sys.path)
+
+    main_of(main)

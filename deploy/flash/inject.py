@@ -340,4 +340,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from interrupt import main_of  # beside this script (its folder is on sys.path)
+
+    main_of(main)
