@@ -1342,3 +1342,68 @@ def test_tmpdir_with_a_space(tmp_path: Path, pole_files: dict[str, Path], small_
               "--to-file", tmp_path / "o.img", env={"TMPDIR": str(tmp_path / "sp ace")})
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "TMPDIR" in r.stderr, r.stderr
     assert not (tmp_path / "o.img").exists()
+
+
+# ---- the README's technician examples, run as written ---------------------------------------------
+
+def _readme_block(containing: str) -> str:
+    """The README's ```sh block holding ``containing``."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"README: {len(found)} sh blocks hold {containing!r}"
+    return found[0]
+
+
+def _stage_wheelhouse(cwd: Path, wheelhouse: Path) -> None:
+    """``var/wheelhouse/aarch64`` under ``cwd`` as `make wheelhouse` leaves it (stand-ins for the
+    Pi's wheels, the agent's real wheel), so the examples' own paths work."""
+    shutil.copytree(wheelhouse, cwd / "var" / "wheelhouse" / "aarch64")
+
+
+def test_the_readmes_flash_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
+    """The README's flash command, with only the card swapped for --to-file and the image for a
+    stand-in at the real geometry's kind (.img.xz): its --wheelhouse folder is the one `make
+    wheelhouse` fills, and the crew's files as the README describes them validate and install."""
+    from deploy.pi.target import WHEELHOUSE
+
+    block = _readme_block("./flash.sh --image")
+    command = " ".join(ln.rstrip("\\ ") for ln in block.splitlines()
+                       if ln.strip() and not ln.startswith("make "))
+    assert f"--wheelhouse {WHEELHOUSE.relative_to(ROOT)} " in command
+    image = re.search(r"--image (\S+\.img\.xz)", command).group(1)  # an .img.xz, as downloaded
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    _stage_wheelhouse(cwd, wheelhouse)
+    xz_of(build_image(tmp_path / "img"), cwd / image)
+    (cwd / "pole-0042.yaml").write_text("extends: site.yaml\n" + POLE_CONFIG)
+    (cwd / "site.yaml").write_text("mqtt:\n  host: broker.example\n")
+    (cwd / "pole-0042.secrets.yaml").write_text(SECRET + "\n")
+    command = command.replace("sudo ./flash.sh", f"bash {FLASH}").replace("--device /dev/sdb",
+                                                                          "--to-file out.img")
+    r = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, (command, r.stderr)
+    assert "done: out.img holds the image and polelink 0.1.0 for pole-0042" in r.stderr
+
+
+def test_the_readmes_bundle_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
+    """The README's bundle commands (all but `make wheelhouse`, which needs the package index):
+    the version comes from the checkout, so it matches the agent's wheel, and the bundle
+    builds and verifies."""
+    block = _readme_block("agent bundle build")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    _stage_wheelhouse(cwd, wheelhouse)
+    (cwd / "models").symlink_to(ROOT / "models")
+    (cwd / ".venv").mkdir()                # the checkout's .venv/bin: this test's interpreter's
+    (cwd / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    keygen = subprocess.run([sys.executable, "-m", "agent", "bundle", "keygen", "--out",
+                             "site-updates.pem"], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert keygen.returncode == 0, keygen.stderr
+    script = "set -e\n" + "\n".join(ln for ln in block.replace("\\\n", " ").splitlines()
+                                    if not ln.startswith("make "))
+    r = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, (script, r.stderr)
+    assert "OK: version 0.1.0" in r.stdout and (cwd / "polelink-0.1.0.bundle").exists(), r.stdout

@@ -26,10 +26,10 @@ from tests.conftest import ROOT
 from tests.update_rig import GUARD, keypair
 
 
-def _wheelhouse(tmp: Path, name: str = "polelink-9.9.9-py3-none-any.whl",
+def _wheelhouse(tmp: Path, name: str = "polelink-2.0-py3-none-any.whl",
                 size: int = 1000) -> Path:
     wh = tmp / "wh"
-    wh.mkdir(exist_ok=True)
+    wh.mkdir(parents=True, exist_ok=True)
     (wh / name).write_bytes(os.urandom(size))
     return wh
 
@@ -52,7 +52,7 @@ def test_build_and_verify_through_the_cli(tmp_path: Path) -> None:
     (models / "sub").mkdir(parents=True)
     (models / "card.yaml").write_text("name: x\n")
     (models / "sub" / "w.onnx").write_bytes(b"\0" * 300)
-    wh = _wheelhouse(tmp_path)
+    wh = _wheelhouse(tmp_path, "polelink-1.2.3-py3-none-any.whl")
     (wh / "numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl").write_bytes(b"np" * 50)
     out = tmp_path / "b.tar"
     r = _cli("build", "--version", "1.2.3", "--wheelhouse", str(wh), "--models", str(models),
@@ -72,6 +72,11 @@ def test_build_and_verify_through_the_cli(tmp_path: Path) -> None:
     r = _cli("build", "--version", "1.2.4", "--wheelhouse", str(tmp_path / "models"),
              "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
     assert r.returncode == 1 and "expected one polelink-*.whl" in r.stderr
+    r = _cli("build", "--version", "0.5.0", "--wheelhouse", str(wh),     # not the wheel's version
+             "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and not (tmp_path / "c.tar").exists()
+    assert "--version 0.5.0: the agent wheel polelink-1.2.3-py3-none-any.whl is version 1.2.3" in r.stderr
+    assert "give --version 1.2.3" in r.stderr, r.stderr
     r = _cli("build", "--version", "../x", "--wheelhouse", str(wh),
              "--key", str(tmp_path / "k.pub.pem"), "--out", str(tmp_path / "c.tar"))
     assert r.returncode == 1 and "not a usable PEM private key" in r.stderr
@@ -96,7 +101,7 @@ def _rewrite(src: Path, dst: Path, change) -> None:
 def test_verify_refuses_every_kind_of_bad_bundle(tmp_path: Path, keys) -> None:
     (key, _, _), (other, _, _) = keys
     good = tmp_path / "good.tar"
-    build("2.0.0", _wheelhouse(tmp_path), key, good)
+    build("2.0.0", _wheelhouse(tmp_path), key, good)      # 2.0.0 is 2.0 (PEP 440)
     assert verify(good, key.public_key()).version == "2.0.0"
 
     def refused(change, match: str) -> None:
@@ -282,7 +287,8 @@ def test_refused_bundles_change_nothing(tmp_path: Path, keys) -> None:
     wh = _wheelhouse(tmp_path)
     build("2.0", wh, other, lay.uploads / "foreign.tar")
     build("2.0", wh, key, lay.uploads / "huge.tar", required_bytes=1 << 49)
-    build("1.0", wh, key, lay.uploads / "same.tar")
+    build("1.0", _wheelhouse(tmp_path / "v1", "polelink-1.0-py3-none-any.whl"), key,
+          lay.uploads / "same.tar")
     build("2.0", wh, key, tmp_path / "good.tar")
     _rewrite(tmp_path / "good.tar", lay.uploads / "tampered.tar",
              lambda n, d: d.replace(d[:4], b"EVIL") if n.startswith("wheels/") else d)

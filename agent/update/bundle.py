@@ -240,13 +240,35 @@ def load_private_key(path: Path) -> Any:
     return key
 
 
+def agent_wheel_version(name: str) -> str | None:
+    """The version in a wheel's file name (``polelink-1.2.0-py3-none-any.whl``: ``1.2.0``)."""
+    parts = name.removesuffix(".whl").split("-")
+    return parts[1] if name.endswith(".whl") and len(parts) in (5, 6) and parts[1] else None
+
+
+def same_version(a: str | None, b: str) -> bool:
+    """Whether two version names mean one version (PEP 440 when both parse: ``1.0`` is
+    ``1.0.0``; else the same text)."""
+    if a is None:
+        return False
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return a == b
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
 def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | None = None,
           agent_wheel: Path | None = None, required_bytes: int | None = None,
           progress: Any = None) -> Manifest:
     """Write a signed bundle of ``wheelhouse`` (every ``*.whl`` in it), the agent's wheel
     (``agent_wheel``, else the one ``polelink-*.whl`` in the wheelhouse) and ``models``.
     ``required_bytes`` defaults to twice the payload plus a venv's overhead. ValueError
-    when an input is missing or ambiguous."""
+    when an input is missing or ambiguous, or when ``version`` is not the agent wheel's
+    (a release folder named 0.5.0 holding agent 0.1.0 would mislead every rollback)."""
     if not valid_version(version):
         raise ValueError(f"--version {version!r} is not a release name (letters, digits, "
                          ". _ + -; at most 64)")
@@ -264,6 +286,15 @@ def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | No
             raise ValueError(f"--wheelhouse {wheelhouse}: expected one polelink-*.whl, found "
                              f"{len(ours)} (or give --agent-wheel)")
         agent_name = ours[0]
+    wheel_name = Path(agent_name).name
+    wheel_version = agent_wheel_version(wheel_name)
+    if wheel_version is None:
+        raise ValueError(f"{wheel_name}: not a wheel file name (polelink-VERSION-py3-none-any.whl)")
+    if not same_version(wheel_version, version):
+        raise ValueError(f"--version {version}: the agent wheel {wheel_name} is version "
+                         f"{wheel_version}; a release is named by its agent's version: give "
+                         f"--version {wheel_version}, or build the agent's wheel at {version} "
+                         "(agent/__init__.py's __version__)")
     if models is not None:
         if not models.is_dir():
             raise ValueError(f"--models {models}: not a folder")
