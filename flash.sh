@@ -16,7 +16,7 @@ usage() {
 usage: flash.sh node --port /dev/ttyUSB0 --config NODE.json [--board esp32|rp2040] [--firmware FILE]
                      [--umqtt DIR] [--yes] [--dry-run] [--verify-only]   (a lamp node: flash.sh node --help)
        flash.sh --image IMAGE[.xz] --config POLE.yaml [--secrets SECRETS.yaml] [--site SITE.yaml]
-                --wheelhouse DIR [--hostname NAME] [--network-config FILE]
+                (--wheelhouse DIR | --agent-in-image) [--hostname NAME] [--network-config FILE]
                 [--provision auto|cloud-init|firstrun] [--no-validate]
                 (--device /dev/sdX [--yes --expect-serial SERIAL] | --to-file OUT.img [--force])
 
@@ -36,6 +36,10 @@ on the root), the wheels, the network-config, and the pole's files with the agen
                         3.11; `make wheelhouse` builds them in var/wheelhouse/aarch64); checked
                         before writing with pip install --dry-run for the Pi. A polelink wheel
                         in it is used as is, otherwise one is built from this repository
+  --agent-in-image      instead of --wheelhouse: the image already holds the agent (a
+                        golden image: /var/lib/polelink/current -> releases/V with
+                        venv/bin/agent); checked before writing a raw image, after
+                        writing an .xz one; first boot then installs nothing
   --hostname NAME       the Pi's hostname (default: the config file's name without .yaml)
   --network-config FILE cloud-init network-config to use instead of DHCP on eth0
   --provision KIND      first-boot mechanism; auto (default) detects it from the image
@@ -62,6 +66,7 @@ die() {  # die CODE MESSAGE...
 step() { echo "==> $*" >&2; }
 
 image='' config='' secrets='' site='' wheelhouse='' device='' to_file='' yes=0 expect_serial=''
+agent_in_image=0
 hostname='' network_config='' provision=auto force=0 validate=1
 
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then
@@ -95,6 +100,7 @@ while [ $# -gt 0 ]; do
         --yes) yes=1; shift ;;
         --force) force=1; shift ;;
         --no-validate) validate=0; shift ;;
+        --agent-in-image) agent_in_image=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die 2 "unknown option '$opt' (see flash.sh --help)" ;;
     esac
@@ -125,10 +131,16 @@ readable_file --config "$config"
 if [ -n "$secrets" ]; then readable_file --secrets "$secrets"; fi
 if [ -n "$site" ]; then readable_file --site "$site"; fi
 if [ -n "$network_config" ]; then readable_file --network-config "$network_config"; fi
-[ -n "$wheelhouse" ] || die 2 "--wheelhouse DIR is required: the wheels the Pi installs the agent from," \
-    "offline (aarch64, CPython 3.11); make wheelhouse builds them in var/wheelhouse/aarch64"
-[ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
-compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
+if [ -n "$wheelhouse" ] && [ "$agent_in_image" = 1 ]; then
+    die 2 "give --wheelhouse or --agent-in-image, not both"
+fi
+if [ "$agent_in_image" = 0 ]; then
+    [ -n "$wheelhouse" ] || die 2 "--wheelhouse DIR is required: the wheels the Pi installs the agent from," \
+        "offline (aarch64, CPython 3.11); make wheelhouse builds them in var/wheelhouse/aarch64" \
+        "(--agent-in-image instead, for an image that already holds the agent)"
+    [ -d "$wheelhouse" ] || die 1 "--wheelhouse $wheelhouse: not a directory"
+    compgen -G "$wheelhouse/*.whl" >/dev/null || die 1 "--wheelhouse $wheelhouse: no .whl files in it"
+fi
 # debugfs splits its arguments at white space and '?', mtools reads '@@' as an offset: the paths
 # they get (the target, the work directory) must be plain
 plain_path() { [[ $1 =~ ^[A-Za-z0-9._/+,=-]+$ ]]; }
@@ -251,31 +263,35 @@ fi
 
 # ---- the agent: a wheel of this repository, and the wheelhouse --------------------------
 mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
-"$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
-cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
-if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
-    step "building the agent's wheel (pip wheel --no-deps)"
-    # from a clean copy of the files git knows (committed or not, ignored ones left out): an
-    # old build/ in the checkout could otherwise slip stale modules into the wheel
-    src=$HERE
-    if git -C "$HERE" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-        src=$WORK/src
-        mkdir -p "$src"
-        (cd "$HERE" && git ls-files -z --cached --others --exclude-standard |
-            while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
-            tar --null -T - -cf -) | tar -xf - -C "$src"
+if [ "$agent_in_image" = 1 ]; then
+    :  # nothing to install: the image's own release (checked with the image, below)
+else
+    "$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
+    cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
+    if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
+        step "building the agent's wheel (pip wheel --no-deps)"
+        # from a clean copy of the files git knows (committed or not, ignored ones left out): an
+        # old build/ in the checkout could otherwise slip stale modules into the wheel
+        src=$HERE
+        if git -C "$HERE" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+            src=$WORK/src
+            mkdir -p "$src"
+            (cd "$HERE" && git ls-files -z --cached --others --exclude-standard |
+                while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
+                tar --null -T - -cf -) | tar -xf - -C "$src"
+        fi
+        "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$src" >"$WORK/pip.log" 2>&1 ||
+            die 1 "building the agent's wheel failed (needs pip, setuptools and wheel): $(tail -n 1 "$WORK/pip.log")"
     fi
-    "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/wheels" "$src" >"$WORK/pip.log" 2>&1 ||
-        die 1 "building the agent's wheel failed (needs pip, setuptools and wheel): $(tail -n 1 "$WORK/pip.log")"
+    agent_wheels=("$WORK"/wheels/polelink-*.whl)
+    [ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
+    "$PYTHON" "$LIB/checks.py" wheels "${agent_wheels[0]}" || exit 1
+    version=$("$PYTHON" "$LIB/checks.py" version "${agent_wheels[0]}") || exit 1
+    # the card's first boot installs with pip --no-index from these wheels alone: a wheelhouse that
+    # lacks a dependency, or holds another machine's wheels, would make a card that never runs
+    step "checking that polelink $version installs from the wheelhouse on the Pi (pip --dry-run, offline)"
+    "$PYTHON" "$LIB/checks.py" installable "$WORK/wheels" "$version" "$wheelhouse" || exit 1
 fi
-agent_wheels=("$WORK"/wheels/polelink-*.whl)
-[ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
-"$PYTHON" "$LIB/checks.py" wheels "${agent_wheels[0]}" || exit 1
-version=$("$PYTHON" "$LIB/checks.py" version "${agent_wheels[0]}") || exit 1
-# the card's first boot installs with pip --no-index from these wheels alone: a wheelhouse that
-# lacks a dependency, or holds another machine's wheels, would make a card that never runs
-step "checking that polelink $version installs from the wheelhouse on the Pi (pip --dry-run, offline)"
-"$PYTHON" "$LIB/checks.py" installable "$WORK/wheels" "$version" "$wheelhouse" || exit 1
 
 # ---- the pole's files and the image, checked before anything is written ----------------------
 if [ -n "$network_config" ]; then "$PYTHON" "$LIB/checks.py" netconfig "$network_config" || exit 1; fi
@@ -298,6 +314,14 @@ if "$PYTHON" -c 'import sys; sys.exit(open(sys.argv[1], "rb").read(6) != b"\xfd7
 fi
 image_facts=$("$PYTHON" "$LIB/inject.py" inspect "$inspected" "$WORK/cmdline.in" "${inspect_opts[@]}" ||
     exit 1) || exit 1
+if [ "$agent_in_image" = 1 ]; then
+    if [ "$inspected" = "$image" ]; then  # a raw image: its root is all here
+        version=$("$PYTHON" "$LIB/inject.py" installed "$image" --before) || exit 1
+        echo "the image holds polelink $version (--agent-in-image)" >&2
+    else
+        version='(in the image)'  # an .xz: its root is known after writing
+    fi
+fi
 jget() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 image_flavour=$provision
 if [ "$provision" = auto ]; then image_flavour=$(jget "$image_facts" flavour); fi
@@ -346,10 +370,14 @@ stage root 0644 "$HERE/deploy/systemd/polelink-update-guard.service" /etc/system
 stage root 0644 "$HERE/deploy/systemd/polelink-update-guard.timer" /etc/systemd/system/polelink-update-guard.timer
 entry link - /etc/systemd/system/polelink-update-guard.timer /etc/systemd/system/timers.target.wants/polelink-update-guard.timer
 entry dir 0750 - /var/lib/polelink
-entry dir 0755 - /var/lib/polelink/releases
-entry dir 0755 - "$rel"
-for whl in "$WORK"/wheels/*.whl; do stage root 0644 "$whl" "$rel/wheels/$(basename "$whl")"; done
-stage root 0644 "$HERE/README.md" "$rel/README.md"
+if [ "$agent_in_image" = 0 ]; then
+    entry dir 0755 - /var/lib/polelink/releases
+    entry dir 0755 - "$rel"
+fi
+if [ "$agent_in_image" = 0 ]; then
+    for whl in "$WORK"/wheels/*.whl; do stage root 0644 "$whl" "$rel/wheels/$(basename "$whl")"; done
+    stage root 0644 "$HERE/README.md" "$rel/README.md"
+fi
 
 "$PYTHON" "$LIB/inject.py" space "$inspected" "$manifest" || exit 1
 
@@ -376,6 +404,9 @@ if [ -n "$device" ]; then  # a desktop may automount the new partitions: never w
         die 3 "$target was mounted while flash.sh wrote it (desktop automount?): unmount it and flash again"
 fi
 detected=$("$PYTHON" "$LIB/inject.py" detect "$target") || failed
+if [ "$agent_in_image" = 1 ]; then
+    version=$("$PYTHON" "$LIB/inject.py" installed "$target") || die 3 "Do not use this card."
+fi
 boot_dir=$(jget "$detected" boot_dir)
 if [ "$provision" = auto ]; then
     provision=$(jget "$detected" flavour)
@@ -385,6 +416,7 @@ else
 fi
 
 fb=(--version "$version" --hostname "$hostname")
+if [ "$agent_in_image" = 1 ]; then fb+=(--no-install); fi
 if [ "$provision" = cloud-init ]; then
     if [ -n "$network_config" ]; then fb+=(--network-config "$network_config"); fi
     "$PYTHON" "$LIB/firstboot.py" cloud-init "$WORK/boot" "${fb[@]}" || failed

@@ -83,7 +83,8 @@ def sh(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
 
 def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bool = False,
                 fstab_boot: str = "/boot/firmware", image_size: int = IMAGE_SIZE,
-                boot_size: int = BOOT_SIZE, root_block: int | None = None) -> Path:
+                boot_size: int = BOOT_SIZE, root_block: int | None = None,
+                agent_release: str | None = None) -> Path:
     """A Raspberry Pi OS-like image: MBR, FAT32-type boot (cmdline.txt, config.txt), ext4 root
     (small unless told: ``image_size``, ``boot_size``; ``root_block`` the ext4 block size). A
     sparse file: only what mkfs writes takes room."""
@@ -113,6 +114,12 @@ def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bo
     (rootfs / "etc/fstab").write_text("proc /proc proc defaults 0 0\n"
                                       f"PARTUUID=4e639091-01 {fstab_boot} vfat defaults 0 2\n"
                                       "PARTUUID=4e639091-02 / ext4 defaults,noatime 0 1\n")
+    if agent_release:   # a golden image: the agent installed, `current` pointing at it
+        agent = rootfs / f"var/lib/polelink/releases/{agent_release}/venv/bin/agent"
+        agent.parent.mkdir(parents=True)
+        agent.write_text("#!/bin/sh\n")
+        agent.chmod(0o755)
+        (rootfs / "var/lib/polelink/current").symlink_to(f"releases/{agent_release}")
     if cloud_init_root:
         (rootfs / "etc/cloud").mkdir()
         (rootfs / "etc/cloud/cloud.cfg").write_text("datasource_list: [NoCloud]\n")
@@ -959,6 +966,38 @@ def test_no_card_that_cannot_install_the_agent(tmp_path: Path, pole_files: dict[
     assert r.stderr.count("flash.sh:") == 1 and "Traceback" not in r.stderr
     assert not out.exists() and "writing" not in r.stderr
     _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(("kind", "holds"), [("raw", True), ("raw", False), ("xz", True), ("xz", False)])
+def test_an_image_that_already_holds_the_agent(tmp_path: Path, pole_files: dict[str, Path], kind: str,
+                                               holds: bool) -> None:
+    """--agent-in-image instead of a wheelhouse: the image's own release is used (first boot
+    installs nothing). An image without one is refused before writing (raw), or after writing
+    an .xz, whose root is known only then (exit 3, the output removed): never "done"."""
+    img = build_image(tmp_path / "img", agent_release="0.3.1" if holds else None)
+    if kind == "xz":
+        img = xz_of(img, tmp_path / "golden.img.xz")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--agent-in-image", "--to-file", out,
+              deps=False)
+    if holds:
+        assert r.returncode == 0, r.stderr
+        assert "done: " in r.stderr and "polelink 0.3.1 for pole-0042" in r.stderr
+        card = Card(out)
+        script = card.boot("firstrun.sh")
+        assert "pip install" not in script and "-m venv" not in script
+        assert "usermod -a -G dialout,video polelink" in script and "systemctl enable polelink" in script
+        assert card.stat("/var/lib/polelink/current")["link"] == "releases/0.3.1"
+        assert "wheels" not in card.ls("/var/lib/polelink/releases/0.3.1")
+        assert card.read("/etc/polelink/pole.yaml") == pole_files["config"].read_bytes()
+    else:
+        assert r.returncode == (1 if kind == "raw" else 3), r.stderr
+        assert "--agent-in-image: the image holds no agent" in r.stderr and "--wheelhouse" in r.stderr
+        assert not out.exists() and "Traceback" not in r.stderr
+        assert ("writing" in r.stderr) == (kind == "xz")
+    r = flash("--image", img, "--config", pole_files["config"], "--agent-in-image", "--to-file", out,
+              "--force", "--wheelhouse", pi_deps())
+    assert r.returncode == 2 and "give --wheelhouse or --agent-in-image, not both" in r.stderr
 
 
 def xz_of(img: Path, out: Path) -> Path:

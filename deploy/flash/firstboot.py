@@ -8,6 +8,7 @@ release directory, point ``/var/lib/polelink/current`` at it atomically and star
     writes OUTDIR/user-data, OUTDIR/meta-data, OUTDIR/network-config
 ``firstboot.py firstrun OUTDIR --version V --hostname H --boot-dir DIR``
     writes OUTDIR/firstrun.sh (the Raspberry Pi Imager's mechanism: cmdline.txt's systemd.run=)
+``--no-install``: the image already holds the agent (flash.sh --agent-in-image): no venv, no pip
 ``firstboot.py cmdline CMDLINE_IN CMDLINE_OUT --script PATH``
     adds the systemd.run= hook to a cmdline.txt, keeping it one line
 """
@@ -26,26 +27,30 @@ LOG = "/var/log/polelink-firstboot.log"
 HOOK = "systemd.run={script} systemd.run_success_action=reboot systemd.unit=kernel-command-line.target"
 
 
-def steps(version: str) -> list[str]:
-    """The shell commands that make a flashed card a running pole (run as root, once)."""
+def steps(version: str, install: bool = True) -> list[str]:
+    """The shell commands that make a flashed card a running pole (run as root, once).
+    ``install``: False when the image already holds the agent (``--agent-in-image``): no
+    venv, no pip, ``current`` left as the image has it."""
     rel = f"{STATE}/releases/{version}"
     q = shlex.quote
-    return [
+    user = [
         "id -u polelink >/dev/null 2>&1 || useradd --system --user-group --home-dir "
         f"{STATE} --no-create-home --shell /usr/sbin/nologin polelink",
         "usermod -a -G dialout,video polelink",
         "chown polelink:polelink /etc/polelink/secrets.yaml 2>/dev/null || true",
+    ]
+    venv = [
         f"python3 -m venv {q(rel + '/venv')}",
         f"{q(rel + '/venv/bin/pip')} install --no-index --find-links {q(rel + '/wheels')} "
         f"{q('polelink==' + version)}",
         f"ln -sfn {q('releases/' + version)} {STATE}/current.new",
         f"mv -T {STATE}/current.new {STATE}/current",
-        "systemctl daemon-reload",
-        "systemctl enable polelink.service",
     ]
+    return [*user, *(venv if install else []), "systemctl daemon-reload",
+            "systemctl enable polelink.service"]
 
 
-def user_data(version: str, hostname: str) -> str:
+def user_data(version: str, hostname: str, install: bool = True) -> str:
     """cloud-init user-data (#cloud-config). JSON is YAML, so no YAML library is needed."""
     doc = {
         "hostname": hostname,
@@ -53,7 +58,7 @@ def user_data(version: str, hostname: str) -> str:
                               "shell": "/usr/sbin/nologin", "homedir": STATE, "no_create_home": True,
                               "lock_passwd": True}],
         # one script under `set -e`: `current` is linked only after the venv installed
-        "runcmd": [["sh", "-ec", "\n".join([f"exec >>{LOG} 2>&1", *steps(version)[2:],
+        "runcmd": [["sh", "-ec", "\n".join([f"exec >>{LOG} 2>&1", *steps(version, install)[2:],
                                              "systemctl start --no-block polelink.service"])]],
     }
     return "#cloud-config\n# written by polelink flash.sh: first-boot provisioning (see the README)\n" + \
@@ -76,12 +81,12 @@ network:
 """
 
 
-def firstrun(version: str, hostname: str, boot_dir: str) -> str:
+def firstrun(version: str, hostname: str, boot_dir: str, install: bool = True) -> str:
     """firstrun.sh: the steps, then it removes itself and its cmdline.txt hook, and the Pi reboots.
 
     The service is enabled, not started: systemd.run_success_action reboots into it.
     """
-    body = "\n".join(steps(version))
+    body = "\n".join(steps(version, install))
     return f"""#!/bin/bash
 # written by polelink flash.sh: first-boot provisioning through cmdline.txt's systemd.run= hook
 # (the Raspberry Pi Imager's mechanism). It runs once; whatever happens it removes itself and
@@ -146,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--hostname", required=True)
         p.add_argument("--network-config", type=Path)
         p.add_argument("--boot-dir", default="/boot/firmware")
+        p.add_argument("--no-install", action="store_true",
+                       help="the image already holds the agent: no venv, no pip")
     p = sub.add_parser("cmdline")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
@@ -156,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             text = _utf8(args.src, "the image's cmdline.txt")
             args.dst.write_text(add_hook(text, args.script), encoding="utf-8")
         elif args.what == "cloud-init":
-            (args.outdir / "user-data").write_text(user_data(args.version, args.hostname), encoding="utf-8")
+            (args.outdir / "user-data").write_text(
+                user_data(args.version, args.hostname, not args.no_install), encoding="utf-8")
             (args.outdir / "meta-data").write_text(meta_data(args.hostname), encoding="utf-8")
             net = _utf8(args.network_config, f"--network-config {args.network_config}") \
                 if args.network_config else NETWORK_CONFIG
             (args.outdir / "network-config").write_text(net, encoding="utf-8")
         else:
-            (args.outdir / "firstrun.sh").write_text(firstrun(args.version, args.hostname, args.boot_dir),
-                                                     encoding="utf-8")
+            (args.outdir / "firstrun.sh").write_text(
+                firstrun(args.version, args.hostname, args.boot_dir, not args.no_install),
+                encoding="utf-8")
     except (OSError, ValueError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)
         return 1

@@ -16,6 +16,8 @@ it works on an image file as an unprivileged user and on a card as root alike.
                                         partial copy of an .xz, only what the boot partition shows:
                                         flavour "" when it does not tell); JSON on stdout
 ``inject.py space IMAGE MANIFEST``      before writing: refuses when the root has not room for it
+``inject.py installed TARGET [--before]`` the version of the agent the image already holds
+                                        (``--agent-in-image``); exit 1 before writing, 3 after
 
 A manifest line is ``FS<TAB>MODE<TAB>SOURCE<TAB>DEST`` with FS ``root`` or ``boot`` (MODE is octal,
 ignored on FAT, which has no permissions), ``dir<TAB>MODE<TAB>-<TAB>DEST`` for a root directory, or
@@ -124,6 +126,25 @@ def root_exists(target: str, offsets: dict[str, int], path: str) -> bool:
     return "Inode:" in run(["debugfs", "-c", "-R", f"stat {path}", _root(target, offsets)]).stdout
 
 
+def root_dirs(target: str, offsets: dict[str, int], paths: list[str]) -> set[str]:
+    """Which of ``paths`` are directories on the root partition already (one debugfs run)."""
+    if not paths:
+        return set()
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as f:
+        f.write("".join(f"stat {p}\n" for p in paths))
+    try:
+        out = run(["debugfs", "-c", "-f", f.name, _root(target, offsets)]).stdout
+    finally:
+        os.unlink(f.name)
+    found, current = set(), None
+    for line in out.splitlines():
+        if line.startswith("debugfs: stat "):
+            current = line.removeprefix("debugfs: stat ").strip()
+        elif current and re.match(r"Inode: \d+\s+Type: directory", line):
+            found.add(current)
+    return found
+
+
 def boot_list(target: str, offsets: dict[str, int]) -> set[str]:
     """Lower-case names in the boot partition's top directory."""
     r = run(["mdir", "-b", "-i", _boot(target, offsets), "::"], env=_mtools_env())
@@ -156,6 +177,29 @@ def detect(target: str, offsets: dict[str, int]) -> dict[str, str]:
             return {"flavour": "cloud-init", "boot_dir": boot_dir, "why": f"the root has {p}"}
     return {"flavour": "firstrun", "boot_dir": boot_dir,
             "why": f"no cloud-init on the image; its /etc/fstab mounts the boot partition at {boot_dir}"}
+
+
+def installed(target: str, offsets: dict[str, int]) -> str:
+    """The version of the agent an image already holds (``--agent-in-image``): where
+    ``/var/lib/polelink/current`` points (``releases/VERSION``), whose ``venv/bin/agent``
+    must be there. InjectError saying what is missing otherwise."""
+    base = "/var/lib/polelink"
+    out = run(["debugfs", "-c", "-R", f"stat {base}/current", _root(target, offsets)]).stdout
+    link = re.search(r'Fast link dest: "(.*)"', out)
+    if link is None:
+        raise InjectError(f"--agent-in-image: the image holds no agent ({base}/current is not a "
+                          "link to a release): give --wheelhouse DIR instead")
+    dest = link.group(1)
+    version = dest.rstrip("/").rsplit("/", 1)[-1]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", version) or \
+            dest.rstrip("/") not in (f"releases/{version}", f"{base}/releases/{version}"):
+        raise InjectError(f"--agent-in-image: {base}/current points at {dest!r}, not at a release "
+                          f"({base}/releases/VERSION)")
+    agent = f"{base}/releases/{version}/venv/bin/agent"
+    if not root_exists(target, offsets, agent):
+        raise InjectError(f"--agent-in-image: the image's release {version} has no {agent}: give "
+                          "--wheelhouse DIR instead")
+    return version
 
 
 def read_manifest(path: str) -> list[Entry]:
@@ -234,7 +278,11 @@ def write(target: str, offsets: dict[str, int], entries: list[Entry]) -> None:
     """
     check_space(target, offsets, entries)
     cmds: list[str] = []
-    made: set[str] = set()
+    wanted = [d for e in entries if e.fs != "boot"
+              for d in _parents(e.dest) + ([e.dest] if e.fs == "dir" else [])]
+    # only the folders that are not there yet: debugfs's mkdir of one that exists can leave
+    # an inode allocated and unconnected (e2fsck: "Unconnected directory inode") behind
+    made = root_dirs(target, offsets, list(dict.fromkeys(wanted)))
     for e in entries:
         if e.fs == "boot":
             continue
@@ -311,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; see the module docstring. Errors are one line on stderr: exit 1 for an image
     that is not usable, 3 for a failed write or read-back."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify", "inspect", "space"):
+    if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify", "inspect", "space",
+                                        "installed"):
         print(__doc__, file=sys.stderr)
         return 2
     what, target = args[0], args[1]
@@ -325,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(offsets))
         elif what == "detect":
             print(json.dumps(detect(target, offsets)))
+        elif what == "installed":
+            print(installed(target, offsets))
         elif what == "inspect":
             print(json.dumps({**offsets, **inspect(target, offsets, args[2], "--boot-only" in args[3:])}))
         elif what == "space":
@@ -335,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             print(verify(target, offsets, read_manifest(args[2])))
     except (InjectError, OSError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)
-        return 1 if what in ("inspect", "space") else 3
+        return 1 if what in ("inspect", "space") or (what == "installed" and "--before" in args) else 3
     return 0
 
 
