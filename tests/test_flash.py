@@ -1171,6 +1171,21 @@ def test_a_partition_without_pkname_is_tied_or_refused() -> None:
 
 # ---- interrupted, or failed after writing: nothing partial left -----------------------------------
 
+def _flash_with_python(wrapper: Path, tmp_path: Path, image: Path, pole_files: dict[str, Path],
+                       wheelhouse: Path) -> tuple[subprocess.Popen, str, Path]:
+    """flash.sh --to-file out/o.img in a session of its own (a terminal's process group) with
+    ``wrapper`` (made executable) as its PYTHON: the process, its stderr and the output path."""
+    wrapper.chmod(0o755)
+    out = tmp_path / "out" / "o.img"
+    out.parent.mkdir()
+    p = subprocess.Popen(["bash", str(FLASH), "--image", str(image), "--config",
+                          str(pole_files["config"]), "--wheelhouse", str(wheelhouse), "--to-file", str(out)],
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHON": str(wrapper)}, start_new_session=True)
+    _, err = p.communicate(timeout=120)
+    return p, err, out
+
+
 def test_interrupt_while_writing_leaves_no_partial_output(tmp_path: Path, pole_files: dict[str, Path],
                                                           small_image: Path, wheelhouse: Path) -> None:
     """Ctrl-C (SIGINT to the process group) during the write: one line, exit 3, no output file."""
@@ -1181,14 +1196,7 @@ if [[ "$1" == */imagecopy.py && "$2" == write ]]; then
 fi
 exec "{sys.executable}" "$@"
 """)
-    wrapper.chmod(0o755)
-    out = tmp_path / "out" / "o.img"
-    out.parent.mkdir()
-    p = subprocess.Popen(["bash", str(FLASH), "--image", str(small_image), "--config",
-                          str(pole_files["config"]), "--wheelhouse", str(wheelhouse), "--to-file", str(out)],
-                         stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHON": str(wrapper)}, start_new_session=True)
-    _, err = p.communicate(timeout=120)
+    p, err, out = _flash_with_python(wrapper, tmp_path, small_image, pole_files, wheelhouse)
     assert p.returncode == 3, err
     assert err.strip().splitlines()[-1] == \
         f"flash.sh: interrupted: the partial output was removed, nothing at {out}"
@@ -1233,14 +1241,7 @@ def test_ctrl_c_anywhere_is_one_line(tmp_path: Path, pole_files: dict[str, Path]
     mark = tmp_path / "interrupted"
     wrapper = tmp_path / "python"
     wrapper.write_text(INTERRUPTER.format(python=sys.executable, step=step, mark=str(mark)))
-    wrapper.chmod(0o755)
-    out = tmp_path / "out" / "o.img"
-    out.parent.mkdir()
-    p = subprocess.Popen(["bash", str(FLASH), "--image", str(small_image), "--config",
-                          str(pole_files["config"]), "--wheelhouse", str(wheelhouse), "--to-file", str(out)],
-                         stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHON": str(wrapper)}, start_new_session=True)
-    _, err = p.communicate(timeout=120)
+    p, err, out = _flash_with_python(wrapper, tmp_path, small_image, pole_files, wheelhouse)
     assert mark.exists(), f"the step {step} ended before it could be interrupted: {err}"
     assert p.returncode == code, err
     assert err.strip().splitlines()[-1] == last.format(out=out), err
