@@ -1000,6 +1000,21 @@ def test_an_image_that_already_holds_the_agent(tmp_path: Path, pole_files: dict[
     assert r.returncode == 2 and "give --wheelhouse or --agent-in-image, not both" in r.stderr
 
 
+def test_a_python_without_pip_cannot_check_the_wheelhouse(tmp_path: Path, pole_files: dict[str, Path],
+                                                           small_image: Path, wheelhouse: Path) -> None:
+    """PYTHON without pip (Debian's python3 without python3-pip): one line saying so and what
+    to use, never pip's "No module named pip" as if it were the wheelhouse's fault."""
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+              "--no-validate", "--to-file", out, env={"PYTHON": str(tmp_path / "bare" / "bin" / "python")})
+    assert r.returncode == 1 and not out.exists(), r.stderr
+    assert f"cannot check --wheelhouse {wheelhouse}: " in r.stderr and "has no pip" in r.stderr, r.stderr
+    assert "make .venv/bin/agent" in r.stderr and r.stderr.count("flash.sh:") == 1
+
+
 def xz_of(img: Path, out: Path) -> Path:
     """``img`` compressed to ``out`` (.xz, preset 0), streamed: the big images never sit in memory."""
     comp = lzma.LZMACompressor(preset=0)

@@ -102,6 +102,9 @@ def installable(wheels: str, version: str, shown: str) -> None:
     if r.returncode == 0:
         return
     lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    if any("No module named pip" in ln for ln in lines):
+        raise CheckError(f"cannot check --wheelhouse {shown}: {sys.executable} has no pip (use the "
+                         "repository's .venv: make .venv/bin/agent, or PYTHON=)")
     if any("no such option" in ln for ln in lines):
         raise CheckError(f"cannot check --wheelhouse {shown}: the pip of {sys.executable} has no "
                          "install --dry-run (pip >= 22.2 needed; the repository's .venv has one)")
