@@ -57,6 +57,24 @@ a --to-file output is removed).
 EOF
 }
 
+# Ctrl-C ends a Python helper as the signal itself, from its first line on: no
+# KeyboardInterrupt traceback however early it comes, and bash, seeing its child die of
+# SIGINT, runs the INT trap below, which says in one line what was left behind. The helpers'
+# temporary files live in the work directory (TMPDIR), which the trap removes.
+QUIET='import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)
+'
+helper() {  # helper NAME.py ARGS...: a script of deploy/flash, run as its own __main__
+    local script=$LIB/$1
+    shift
+    "$PYTHON" -c "$QUIET"'import os, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")' "$script" "$@"
+}
+free_bytes() {  # free_bytes DIR: what an unprivileged writer may still write there
+    "$PYTHON" -c "$QUIET"'import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)' "$1"
+}
+
 die() {  # die CODE MESSAGE...
     local code=$1
     shift
@@ -160,6 +178,7 @@ tmp_root=${TMPDIR:-/tmp}
 plain_path "$tmp_root" ||
     die 1 "TMPDIR '$tmp_root' has characters debugfs and mtools cannot take (only letters, digits, ._/+,=-)"
 WORK=$(mktemp -d "$tmp_root/polelink-flash.XXXXXX") || die 1 "cannot make a work directory in $tmp_root"
+export TMPDIR=$WORK  # every helper's and tool's temporary files: removed with it, whatever happens
 partial=''   # the --to-file output being written, under its temporary name
 writing=0    # 1 once the target is being written: a failure then is exit 3
 cleanup() {
@@ -187,7 +206,7 @@ failed() {
     exit 3
 }
 
-image_size=$("$PYTHON" "$LIB/imagecopy.py" size "$image") || die 1 "--image $image: cannot read its size"
+image_size=$("$PYTHON" "$LIB/imagecopy.py" size "$image") || exit 1  # it said why, in one line
 [ "$image_size" -gt 0 ] || die 1 "--image $image: empty image"
 
 # ---- the target: refuse anything but the right card ------------------------------------
@@ -196,8 +215,8 @@ if [ -n "$device" ]; then
         echo "flash.sh: TEST MODE: disk facts from $POLELINK_FLASH_LSBLK_JSON and" \
             "${POLELINK_FLASH_MOUNTS:-/proc/mounts} (POLELINK_FLASH_LSBLK_JSON is for tests only)" >&2
     fi
-    facts=$("$PYTHON" "$LIB/disks.py" --image-size "$image_size" -- "$device") || exit 1
-    field() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$facts" "$1"; }
+    facts=$(helper disks.py --image-size "$image_size" -- "$device") || exit 1
+    field() { "$PYTHON" -c "$QUIET"'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$facts" "$1"; }
     target=$(field path)
     model=$(field model)
     serial=$(field serial)
@@ -247,7 +266,7 @@ else
         done
     fi
     # the whole image is written beside the old output before replacing it: room for all of it
-    free=$("$PYTHON" -c 'import os,sys; s=os.statvfs(sys.argv[1]); print(s.f_bavail*s.f_frsize)' "$out_dir") ||
+    free=$(free_bytes "$out_dir") ||
         die 1 "--to-file $to_file: cannot read the free space of $out_dir"
     [ "$free" -ge "$image_size" ] ||
         die 1 "--to-file $to_file: $out_dir has $((free / 1000000)) MB free, the image needs" \
@@ -266,8 +285,16 @@ mkdir -p "$WORK/wheels" "$WORK/stage" "$WORK/boot"
 if [ "$agent_in_image" = 1 ]; then
     :  # nothing to install: the image's own release (checked with the image, below)
 else
-    "$PYTHON" "$LIB/checks.py" wheels "$wheelhouse"/*.whl || exit 1
+    # the work directory holds a copy of the wheelhouse, the agent's source and wheel and, for
+    # an .xz image, the start of the image (its boot partition: up to a few hundred MB)
+    need=$(( $(du -cb -- "$wheelhouse"/*.whl | tail -n 1 | cut -f1) + 160 * 1024 * 1024 ))
+    tmp_free=$(free_bytes "$WORK") || die 1 "cannot read the free space of $tmp_root (TMPDIR)"
+    [ "$tmp_free" -ge "$need" ] ||
+        die 1 "TMPDIR $tmp_root has $((tmp_free / 1000000)) MB free, flash.sh needs about" \
+            "$((need / 1000000)) MB there (the wheelhouse and the image's start): set TMPDIR to a folder with room"
+    helper checks.py wheels "$wheelhouse"/*.whl || exit 1
     cp -- "$wheelhouse"/*.whl "$WORK/wheels/" || die 1 "--wheelhouse $wheelhouse: cannot copy its wheels"
+    shopt -s nocaseglob  # PoleLink-*.whl is the agent's wheel too (distribution names ignore case)
     if ! compgen -G "$WORK/wheels/polelink-*.whl" >/dev/null; then
         step "building the agent's wheel (pip wheel --no-deps)"
         # from a clean copy of the files git knows (committed or not, ignored ones left out): an
@@ -284,20 +311,27 @@ else
             die 1 "building the agent's wheel failed (needs pip, setuptools and wheel): $(tail -n 1 "$WORK/pip.log")"
     fi
     agent_wheels=("$WORK"/wheels/polelink-*.whl)
+    shopt -u nocaseglob
     [ ${#agent_wheels[@]} -eq 1 ] || die 1 "more than one polelink wheel in the wheelhouse: ${agent_wheels[*]##*/}"
-    "$PYTHON" "$LIB/checks.py" wheels "${agent_wheels[0]}" || exit 1
-    version=$("$PYTHON" "$LIB/checks.py" version "${agent_wheels[0]}") || exit 1
+    helper checks.py wheels "${agent_wheels[0]}" || exit 1
+    version=$(helper checks.py version "${agent_wheels[0]}") || exit 1
+    # the unit, the update guard and first boot on the card come from this checkout: its agent
+    ours=$(sed -n 's/^__version__ = "\(.*\)".*/\1/p' "$HERE/agent/__init__.py")
+    [ "$version" = "$ours" ] ||
+        die 1 "--wheelhouse $wheelhouse: its agent is polelink $version, this checkout is $ours (the" \
+            "unit and update guard on the card come from the checkout): make wheelhouse again, or" \
+            "remove ${agent_wheels[0]##*/} from it to build this checkout's"
     # the card's first boot installs with pip --no-index from these wheels alone: a wheelhouse that
     # lacks a dependency, or holds another machine's wheels, would make a card that never runs
     step "checking that polelink $version installs from the wheelhouse on the Pi (pip --dry-run, offline)"
-    "$PYTHON" "$LIB/checks.py" installable "$WORK/wheels" "$version" "$wheelhouse" || exit 1
+    helper checks.py installable "$WORK/wheels" "$version" "$wheelhouse" || exit 1
 fi
 
 # ---- the pole's files and the image, checked before anything is written ----------------------
-if [ -n "$network_config" ]; then "$PYTHON" "$LIB/checks.py" netconfig "$network_config" || exit 1; fi
+if [ -n "$network_config" ]; then helper checks.py netconfig "$network_config" || exit 1; fi
 if [ "$validate" = 1 ]; then
     step "validating the pole's files (agent validate, as /etc/polelink/ on the pole)"
-    "$PYTHON" "$LIB/checks.py" validate "$WORK/etc" "$config" "${secrets:--}" "${site:--}" || exit 1
+    helper checks.py validate "$WORK/etc" "$config" "${secrets:--}" "${site:--}" || exit 1
 fi
 if [ -z "$secrets" ]; then
     secrets=$WORK/no-secrets.yaml
@@ -307,22 +341,28 @@ fi
 step "inspecting $image"
 inspected=$image
 inspect_opts=()
-if "$PYTHON" -c 'import sys; sys.exit(open(sys.argv[1], "rb").read(6) != b"\xfd7zXZ\x00")' "$image"; then
+if "$PYTHON" -c "$QUIET"'import sys; sys.exit(open(sys.argv[1], "rb").read(6) != b"\xfd7zXZ\x00")' "$image"; then
     inspected=$WORK/prefix.img  # the partition table, the boot partition, the root's start
     "$PYTHON" "$LIB/imagecopy.py" prefix "$image" "$inspected" || exit 1
     inspect_opts=(--boot-only)
 fi
-image_facts=$("$PYTHON" "$LIB/inject.py" inspect "$inspected" "$WORK/cmdline.in" "${inspect_opts[@]}" ||
+image_facts=$(helper inject.py inspect "$inspected" "$WORK/cmdline.in" "${inspect_opts[@]}" ||
     exit 1) || exit 1
+# the wheels are for the Pi's Python (3.11, aarch64): a 32-bit or a Trixie image could never
+# install them. A raw image's root is all here; an .xz one's is known after writing.
+if [ "$agent_in_image" = 0 ] && [ "$inspected" = "$image" ]; then
+    py_found=$(helper inject.py python "$image" --before) || exit 1
+    echo "the image runs Python $py_found" >&2
+fi
 if [ "$agent_in_image" = 1 ]; then
     if [ "$inspected" = "$image" ]; then  # a raw image: its root is all here
-        version=$("$PYTHON" "$LIB/inject.py" installed "$image" --before) || exit 1
+        version=$(helper inject.py installed "$image" --before) || exit 1
         echo "the image holds polelink $version (--agent-in-image)" >&2
     else
         version='(in the image)'  # an .xz: its root is known after writing
     fi
 fi
-jget() { "$PYTHON" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+jget() { "$PYTHON" -c "$QUIET"'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 image_flavour=$provision
 if [ "$provision" = auto ]; then image_flavour=$(jget "$image_facts" flavour); fi
 if [ -n "$network_config" ] && [ "$image_flavour" = firstrun ]; then
@@ -341,7 +381,7 @@ n=0
 entry() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$manifest"; }  # entry FS MODE SOURCE DEST
 stage() {  # stage FS MODE SOURCE DEST: copy SOURCE under a plain name, add it to the manifest
     n=$((n + 1))
-    cp "$3" "$WORK/stage/$n"
+    ln "$3" "$WORK/stage/$n" 2>/dev/null || cp "$3" "$WORK/stage/$n"  # a link: wheels are big
     entry "$1" "$2" "$WORK/stage/$n" "$4"
 }
 entry dir 0755 - /etc/polelink
@@ -379,7 +419,7 @@ if [ "$agent_in_image" = 0 ]; then
     stage root 0644 "$HERE/README.md" "$rel/README.md"
 fi
 
-"$PYTHON" "$LIB/inject.py" space "$inspected" "$manifest" || exit 1
+helper inject.py space "$inspected" "$manifest" || exit 1
 
 # ---- write, then read back --------------------------------------------------------------
 step "writing $image ($image_size bytes) to ${to_file:-$target}"
@@ -400,12 +440,15 @@ echo "verified: sha256 $source_sha" >&2
 
 # ---- what goes on it ---------------------------------------------------------------------
 if [ -n "$device" ]; then  # a desktop may automount the new partitions: never write under a mount
-    "$PYTHON" "$LIB/disks.py" -- "$device" >/dev/null ||
+    helper disks.py -- "$device" >/dev/null ||
         die 3 "$target was mounted while flash.sh wrote it (desktop automount?): unmount it and flash again"
 fi
-detected=$("$PYTHON" "$LIB/inject.py" detect "$target") || failed
+detected=$(helper inject.py detect "$target") || failed
 if [ "$agent_in_image" = 1 ]; then
-    version=$("$PYTHON" "$LIB/inject.py" installed "$target") || die 3 "Do not use this card."
+    version=$(helper inject.py installed "$target") || failed
+elif [ "$inspected" != "$image" ]; then
+    py_found=$(helper inject.py python "$target") || failed
+    echo "the image runs Python $py_found" >&2
 fi
 boot_dir=$(jget "$detected" boot_dir)
 if [ "$provision" = auto ]; then
@@ -419,25 +462,25 @@ fb=(--version "$version" --hostname "$hostname")
 if [ "$agent_in_image" = 1 ]; then fb+=(--no-install); fi
 if [ "$provision" = cloud-init ]; then
     if [ -n "$network_config" ]; then fb+=(--network-config "$network_config"); fi
-    "$PYTHON" "$LIB/firstboot.py" cloud-init "$WORK/boot" "${fb[@]}" || failed
+    helper firstboot.py cloud-init "$WORK/boot" "${fb[@]}" || failed
     for f in user-data meta-data network-config; do stage boot - "$WORK/boot/$f" "/$f"; done
 else
     [ -z "$network_config" ] || die 3 "--network-config needs a cloud-init image (this one uses firstrun.sh)"
-    "$PYTHON" "$LIB/firstboot.py" firstrun "$WORK/boot" "${fb[@]}" --boot-dir "$boot_dir" || failed
+    helper firstboot.py firstrun "$WORK/boot" "${fb[@]}" --boot-dir "$boot_dir" || failed
     stage boot - "$WORK/boot/firstrun.sh" /firstrun.sh
     [ -s "$WORK/cmdline.in" ] ||
         die 3 "the image's boot partition has no cmdline.txt: not a Raspberry Pi OS image? (--provision cloud-init?)"
-    "$PYTHON" "$LIB/firstboot.py" cmdline "$WORK/cmdline.in" "$WORK/boot/cmdline.txt" \
+    helper firstboot.py cmdline "$WORK/cmdline.in" "$WORK/boot/cmdline.txt" \
         --script "$boot_dir/firstrun.sh" || failed
     stage boot - "$WORK/boot/cmdline.txt" /cmdline.txt
 fi
 
 step "installing polelink $version, the pole's files and first boot ($provision) on the partitions"
-"$PYTHON" "$LIB/inject.py" write "$target" "$manifest" || failed
+helper inject.py write "$target" "$manifest" || failed
 sync
 if [ -n "$device" ]; then blockdev --flushbufs "$target" 2>/dev/null || true; fi
 step "verifying: reading the installed files back"
-checked=$("$PYTHON" "$LIB/inject.py" verify "$target" "$manifest") || die 3 "Do not use this card."
+checked=$(helper inject.py verify "$target" "$manifest") || die 3 "Do not use this card."
 echo "verified: $checked files and links read back with their content and modes; e2fsck: clean" >&2
 if [ -n "$to_file" ]; then
     mv -f -- "$partial" "$to_file" || die 3 "cannot rename $partial to $to_file"

@@ -84,9 +84,11 @@ def sh(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
 def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bool = False,
                 fstab_boot: str = "/boot/firmware", image_size: int = IMAGE_SIZE,
                 boot_size: int = BOOT_SIZE, root_block: int | None = None,
-                agent_release: str | None = None) -> Path:
+                agent_release: str | None = None, python: str | None = "3.11",
+                elf_machine: int = 183) -> Path:
     """A Raspberry Pi OS-like image: MBR, FAT32-type boot (cmdline.txt, config.txt), ext4 root
-    (small unless told: ``image_size``, ``boot_size``; ``root_block`` the ext4 block size). A
+    (small unless told: ``image_size``, ``boot_size``; ``root_block`` the ext4 block size) with
+    a /usr/bin/python3 of Bookworm's version for aarch64 unless told (its ELF header only). A
     sparse file: only what mkfs writes takes room."""
     tmp.mkdir(parents=True, exist_ok=True)
     img = tmp / "raspios.img"
@@ -114,6 +116,11 @@ def build_image(tmp: Path, *, cloud_init_boot: bool = False, cloud_init_root: bo
     (rootfs / "etc/fstab").write_text("proc /proc proc defaults 0 0\n"
                                       f"PARTUUID=4e639091-01 {fstab_boot} vfat defaults 0 2\n"
                                       "PARTUUID=4e639091-02 / ext4 defaults,noatime 0 1\n")
+    if python:          # /usr/bin/python3 -> python3.N, an ELF for elf_machine (183: aarch64)
+        (rootfs / f"usr/bin/python{python}").write_bytes(
+            b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little")
+            + elf_machine.to_bytes(2, "little") + bytes(44))
+        (rootfs / "usr/bin/python3").symlink_to(f"python{python}")
     if agent_release:   # a golden image: the agent installed, `current` pointing at it
         agent = rootfs / f"var/lib/polelink/releases/{agent_release}/venv/bin/agent"
         agent.parent.mkdir(parents=True)
@@ -1000,6 +1007,161 @@ def test_an_image_that_already_holds_the_agent(tmp_path: Path, pole_files: dict[
     assert r.returncode == 2 and "give --wheelhouse or --agent-in-image, not both" in r.stderr
 
 
+@pytest.mark.parametrize(("kind", "python", "machine", "message"), [
+    ("raw", "3.11", 40, "the image is for armhf (32-bit ARM) (its /usr/bin/python3.11)"),
+    ("xz", "3.11", 40, "the image is for armhf (32-bit ARM) (its /usr/bin/python3.11)"),
+    ("raw", "3.13", 183, "the image's Python is 3.13 (/usr/bin/python3 -> python3.13)"),
+    ("xz", "3.13", 183, "the image's Python is 3.13 (/usr/bin/python3 -> python3.13)"),
+    ("raw", None, 183, "the image has no /usr/bin/python3"),
+])
+def test_an_image_whose_python_the_wheels_do_not_fit(tmp_path: Path, pole_files: dict[str, Path],
+                                                      wheelhouse: Path, kind: str, python: str | None,
+                                                      machine: int, message: str) -> None:
+    """The wheelhouse is for CPython 3.11 on aarch64 (Raspberry Pi OS Bookworm, 64-bit): a
+    32-bit image or a Trixie one (Python 3.13) could never install it, and flash.sh said
+    "done". Refused before writing a raw image; an .xz's root is known after writing: exit
+    3, the output removed."""
+    img = build_image(tmp_path / "img", python=python, elf_machine=machine)
+    if kind == "xz":
+        img = xz_of(img, tmp_path / "raspios.img.xz")
+    out = tmp_path / "out.img"
+    r = flash("--image", img, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == (1 if kind == "raw" else 3), r.stderr
+    assert message in r.stderr and r.stderr.count("flash.sh:") == 1, r.stderr
+    assert ("writing" in r.stderr) == (kind == "xz") and not out.exists() and "Traceback" not in r.stderr
+    _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("defect", ["cut-short", "root-third", "linux-not-ext-first"])
+def test_partition_layouts_beyond_the_usual(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path,
+                                            defect: str) -> None:
+    """An image cut short (its partitions end past its end: an incomplete download) is refused
+    before writing, raw or .xz; a root that is the third partition is found in an .xz too (only
+    the first two were unpacked); a Linux partition that is not ext before the root is passed
+    over (the first one was taken, and refused)."""
+    img = build_image(tmp_path / "img", image_size=32 * MiB)
+    if defect == "cut-short":
+        with open(img, "r+b") as f:
+            f.truncate(26 * MiB)
+    else:   # a third partition after the root: the ext4 root moves there, a swap-like one before
+        table = (f"label: dos\nlabel-id: 0x4e639091\nstart={BOOT_START // 512}, size={BOOT_SIZE // 512}, "
+                 f"type=c\nstart={ROOT_START // 512}, size={4 * MiB // 512}, "
+                 f"type={'82' if defect == 'root-third' else '83'}\nstart={(ROOT_START + 4 * MiB) // 512}, "
+                 "type=83\n")
+        sh("sfdisk", "-q", "--no-reread", img, input=table.encode())
+        with open(img, "r+b") as f:          # partition 2: no file system (the old root's gone)
+            f.seek(ROOT_START)
+            f.write(bytes(4 * MiB))
+        root = tmp_path / "rootfs2"
+        shutil.copytree(tmp_path / "img" / "rootfs", root, symlinks=True)
+        sh("mke2fs", "-q", "-F", "-t", "ext4", "-d", root, "-E", f"offset={ROOT_START + 4 * MiB}", img,
+           f"{(32 * MiB - ROOT_START - 4 * MiB) // 1024}k")
+    for name, image in (("raw", img), ("xz", xz_of(img, tmp_path / "raspios.img.xz"))):
+        out = tmp_path / f"out-{name}.img"
+        r = flash("--image", image, "--config", pole_files["config"], "--wheelhouse", wheelhouse,
+                  "--to-file", out)
+        if defect == "cut-short":
+            assert r.returncode == 1 and "the image is cut short" in r.stderr, (name, r.stderr)
+            assert not out.exists() and "writing" not in r.stderr
+        else:
+            assert r.returncode == 0, (name, r.stderr)
+            assert Card(out, root_start=ROOT_START + 4 * MiB).read("/etc/polelink/pole.yaml") == \
+                pole_files["config"].read_bytes()
+
+
+def _rewrite_wheel(src: Path, dst: Path, change) -> Path:
+    """A copy of the wheel ``src`` at ``dst`` with ``change(name, data)`` applied to each member."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, change(info.filename, zin.read(info.filename)))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["direct-url", "bad-crc", "tags-lie", "other-version"])
+def test_wheels_that_would_make_a_card_that_cannot_run(
+        tmp_path: Path, pole_files: dict[str, Path], small_image: Path, wheelhouse: Path, case: str) -> None:
+    """What pip's dry run alone let through, each refused before writing in one line: a
+    dependency by direct URL (fetched here, absent on the Pi), a wheel whose content fails
+    its CRC (pip on the Pi would stop there), a wheel whose WHEEL file names another machine
+    than its file name, an agent wheel that is not this checkout's (the unit and update
+    guard on the card are the checkout's)."""
+    wh = tmp_path / "wh"
+    shutil.copytree(wheelhouse, wh)
+    agent = next(wh.glob("polelink-*.whl"))
+    numpy = next(wh.glob("numpy-*.whl"))
+    if case == "direct-url":
+        elsewhere = stub_pi_wheels(tmp_path / "elsewhere")
+        dep = next(elsewhere.glob("six-*.whl")).as_uri()
+        line = f"\nRequires-Dist: six @ {dep}".encode()        # among the headers, first
+        _rewrite_wheel(agent, tmp_path / agent.name, lambda n, d: d.replace(b"\nRequires-Dist:", line
+                       + b"\nRequires-Dist:", 1) if n.endswith(".dist-info/METADATA") else d)
+        shutil.move(tmp_path / agent.name, agent)
+        (wh / next(wh.glob("six-*.whl")).name).unlink()
+        expect = f"six would come from {dep}, not from the wheelhouse"
+    elif case == "bad-crc":
+        data = bytearray(numpy.read_bytes())
+        at = data.index(b"Version: 1.26.4")
+        data[at] ^= 0x20                                  # 'V' -> 'v': the stored bytes change
+        numpy.write_bytes(bytes(data))
+        expect = f"wheel {numpy.name}: damaged: numpy-1.26.4.dist-info/METADATA fails its CRC check"
+    elif case == "tags-lie":
+        tag = b"Tag: cp311-cp311-manylinux_2_17_x86_64\n"
+        _rewrite_wheel(numpy, tmp_path / numpy.name, lambda n, d: d + tag if n.endswith("/WHEEL") else d)
+        shutil.move(tmp_path / numpy.name, numpy)
+        expect = "its WHEEL file says cp311-cp311-manylinux_2_17_x86_64, its name"
+    else:
+        agent.rename(wh / "polelink-0.0.9-py3-none-any.whl")
+        expect = "its agent is polelink 0.0.9, this checkout is 0.1.0"
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wh, "--to-file", out)
+    assert r.returncode == 1 and expect in r.stderr, r.stderr
+    assert r.stderr.count("flash.sh:") == 1 and not out.exists() and "writing" not in r.stderr
+
+
+def test_an_agent_wheel_named_in_other_letters_is_the_agents(tmp_path: Path, pole_files: dict[str, Path],
+                                                              small_image: Path, wheelhouse: Path) -> None:
+    """PoleLink-0.1.0-….whl is the agent's wheel (distribution names ignore case): used as it
+    is, not a second one built beside it."""
+    wh = tmp_path / "wh"
+    shutil.copytree(wheelhouse, wh)
+    agent = next(wh.glob("polelink-*.whl"))
+    agent.rename(wh / agent.name.replace("polelink", "PoleLink"))
+    out = tmp_path / "out.img"
+    r = flash("--image", small_image, "--config", pole_files["config"], "--wheelhouse", wh, "--to-file", out)
+    assert r.returncode == 0, r.stderr
+    assert "building the agent's wheel" not in r.stderr
+    wheels = Card(out).ls("/var/lib/polelink/releases/0.1.0/wheels")
+    assert [w for w in wheels if w.lower().startswith("polelink-")] == ["PoleLink-0.1.0-py3-none-any.whl"]
+
+
+def test_a_tmpdir_without_room_is_one_line(tmp_path: Path, pole_files: dict[str, Path], small_image: Path,
+                                           wheelhouse: Path) -> None:
+    """TMPDIR on a file system too small for the work (a copy of the wheelhouse, the image's
+    start): one line naming TMPDIR and the figures, not cp's own error."""
+    small = tmp_path / "smalltmp"
+    small.mkdir()
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespaces here (unshare -rm) for a small file system")
+    out = tmp_path / "out.img"
+    script = (f'mount -t tmpfs -o size=3m tmpfs {small} && TMPDIR={small} exec bash {FLASH} --image '
+              f'{small_image} --config {pole_files["config"]} --wheelhouse {wheelhouse} --to-file {out}')
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 1 and f"TMPDIR {small} has 3 MB free, flash.sh needs about" in r.stderr, r.stderr
+    assert "set TMPDIR to a folder with room" in r.stderr and r.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_a_damaged_xz_is_one_line(tmp_path: Path, pole_files: dict[str, Path], wheelhouse: Path) -> None:
+    """An .xz cut in half (an interrupted download): one line, nothing written."""
+    xz = xz_of(build_image(tmp_path / "img"), tmp_path / "raspios.img.xz")
+    cut = tmp_path / "cut.img.xz"
+    cut.write_bytes(xz.read_bytes()[: xz.stat().st_size // 2])
+    out = tmp_path / "out.img"
+    r = flash("--image", cut, "--config", pole_files["config"], "--wheelhouse", wheelhouse, "--to-file", out)
+    assert r.returncode == 1 and "the .xz image is damaged" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not out.exists()
+
+
 def test_a_python_without_pip_cannot_check_the_wheelhouse(tmp_path: Path, pole_files: dict[str, Path],
                                                            small_image: Path, wheelhouse: Path) -> None:
     """PYTHON without pip (Debian's python3 without python3-pip): one line saying so and what
@@ -1049,7 +1211,7 @@ def _raspios_geometry_xz(tmp_path: Path) -> Path:
     then a 2,116 MiB ext4 of 4 KiB blocks: 17 block groups), as .xz; built once and kept
     in the user's cache (it takes a minute), rebuilt when this builder changes."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polelink-tests"
-    xz = cache / "raspios-geometry-v1.img.xz"
+    xz = cache / "raspios-geometry-v2.img.xz"
     if not xz.exists():
         img = build_image(tmp_path / "geometry", image_size=(4 + 512 + 2116) * MiB - 3 * MiB,
                           boot_size=512 * MiB)
@@ -1224,7 +1386,8 @@ INTERRUPTER = """#!{python}
 # program of its own (agent validate, pip, mdir, debugfs). Any other call runs as it is.
 import os, signal, subprocess, sys, time
 args = sys.argv[1:]
-if len(args) >= 2 and os.path.basename(args[0]) + " " + args[1] == {step!r}:
+script = args[2:] if args[:1] == ["-c"] else args          # flash.sh's helper launcher: -c CODE SCRIPT
+if len(script) >= 2 and os.path.basename(script[0]) + " " + script[1] == {step!r}:
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # this wrapper outlives the Ctrl-C
     p = subprocess.Popen([{python!r}, *args],
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -22,6 +22,7 @@ Errors are one line on stderr, exit 1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]
@@ -67,8 +69,29 @@ def wheel(path: str) -> None:
         with zipfile.ZipFile(path) as z:
             if not z.namelist():
                 raise CheckError(f"wheel {shown}: an empty zip")
-    except (OSError, zipfile.BadZipFile) as e:
+            bad = z.testzip()                  # every member read: pip on the Pi would
+            if bad is not None:                # stop at the first with a bad CRC
+                raise CheckError(f"wheel {shown}: damaged: {bad} fails its CRC check")
+            _tags_agree(z, parts, shown)
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise CheckError(f"wheel {shown}: not a wheel (zip): {e}") from None
+
+
+def _tags_agree(z: zipfile.ZipFile, parts: list[str], shown: str) -> None:
+    """The tags the wheel says it has (its WHEEL file's ``Tag:`` lines, where there are
+    any) are those of its name: pip on the Pi trusts the name, and a wheel built for another
+    machine under an aarch64 name would install and not run."""
+    wheel_files = [n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/WHEEL")]
+    if len(wheel_files) != 1:
+        return
+    said = {ln.split(":", 1)[1].strip() for ln in z.read(wheel_files[0]).decode("utf-8", "replace")
+            .splitlines() if ln.lower().startswith("tag:")}
+    named = {f"{py}-{abi}-{plat}" for py in parts[-3].split(".") for abi in parts[-2].split(".")
+             for plat in parts[-1].split(".")}
+    if said and said != named:
+        other = ", ".join(sorted(said - named) or sorted(said))
+        raise CheckError(f"wheel {shown}: its WHEEL file says {other}, its name "
+                         f"{', '.join(sorted(named))}: built for another machine?")
 
 
 def version(path: str) -> str:
@@ -97,9 +120,10 @@ def installable(wheels: str, version: str, shown: str) -> None:
     with tempfile.TemporaryDirectory() as target:
         r = subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check",
                             "install", "--dry-run", "--quiet", "--no-index", "--find-links", wheels,
-                            *pi_pip_args(), "--target", target, f"polelink=={version}"],
+                            *pi_pip_args(), "--target", target, "--report", "-", f"polelink=={version}"],
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode == 0:
+        _all_from(wheels, r.stdout, shown)
         return
     lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
     if any("No module named pip" in ln for ln in lines):
@@ -112,6 +136,24 @@ def installable(wheels: str, version: str, shown: str) -> None:
     raise CheckError(f"--wheelhouse {shown}: polelink {version} cannot install from it on the Pi "
                      f"(aarch64, CPython 3.11, glibc 2.36): {errors[0]} (make wheelhouse builds a "
                      "complete one in var/wheelhouse/aarch64)")
+
+
+def _all_from(wheels: str, report: str, shown: str) -> None:
+    """Every wheel pip would install comes from the wheelhouse: a dependency given by a direct
+    URL (``name @ file:///...``, ``@ https://...``) is fetched even with --no-index, and the
+    Pi would not have it. CheckError naming the first that does not."""
+    try:
+        items = json.loads(report)["install"]
+        urls = [(i["metadata"]["name"], i["download_info"]["url"]) for i in items]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckError(f"cannot check --wheelhouse {shown}: pip's report is not what this pip "
+                         f"should write ({type(e).__name__})") from None
+    home = Path(wheels).resolve().as_uri() + "/"
+    for name, url in urls:
+        if not url.startswith(home):
+            raise CheckError(f"--wheelhouse {shown}: {name} would come from {url}, not from the "
+                             "wheelhouse (a direct URL in a Requires-Dist?): the Pi has only the "
+                             "wheelhouse")
 
 
 def netconfig(path: str) -> None:
@@ -220,6 +262,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from interrupt import main_of  # beside this script (its folder is on sys.path)
-
-    main_of(main)
+    sys.exit(main())

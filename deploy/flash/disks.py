@@ -265,6 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from interrupt import main_of  # beside this script (its folder is on sys.path)
-
-    main_of(main)
+    sys.exit(main())

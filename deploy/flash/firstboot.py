@@ -188,6 +188,4 @@ def _utf8(path: Path, what: str) -> str:
 
 
 if __name__ == "__main__":
-    from interrupt import main_of  # beside this script (its folder is on sys.path)
-
-    main_of(main)
+    sys.exit(main())

@@ -180,16 +180,29 @@ def prefix(image: str, out: str) -> None:
 
 
 def _needed(path: str) -> int:
-    """Where the boot partition ends or the root's first 8 MiB end, whichever is further."""
+    """Where the boot partition (the first FAT one, whole) or the first 8 MiB of a Linux one
+    (the root's superblock and start: whichever it is, wherever it is) end, the furthest."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:                      # imported, not run: inject.py is beside it
+        sys.path.insert(0, here)
+    from inject import FAT_TYPES, LINUX_TYPES  # one list of both
+
+
     r = subprocess.run(["sfdisk", "--json", path], capture_output=True, text=True)
     if r.returncode != 0:
         return 0
     try:
         table = json.loads(r.stdout)["partitiontable"]
         sector = int(table.get("sectorsize", 512))
-        ends = [(int(p["start"]) + min(int(p["size"]), 16384 if i else int(p["size"]))) * sector
-                for i, p in enumerate(table.get("partitions", [])[:2])]
-    except (ValueError, KeyError, TypeError):
+        ends, fat = [], False
+        for p in table.get("partitions", []):
+            kind, start, size = str(p.get("type", "")).lower(), int(p["start"]), int(p["size"])
+            if kind in FAT_TYPES and not fat:
+                ends.append((start + size) * sector)
+                fat = True
+            elif kind in LINUX_TYPES:
+                ends.append((start + min(size, 16384)) * sector)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return 0
     return max(ends, default=0)
 

@@ -18,6 +18,8 @@ it works on an image file as an unprivileged user and on a card as root alike.
 ``inject.py space IMAGE MANIFEST``      before writing: refuses when the root has not room for it
 ``inject.py installed TARGET [--before]`` the version of the agent the image already holds
                                         (``--agent-in-image``); exit 1 before writing, 3 after
+``inject.py python TARGET [--before]``  the image's /usr/bin/python3 is CPython 3.11 on aarch64
+                                        (what the wheelhouse is for); exit 1 before writing, 3 after
 
 A manifest line is ``FS<TAB>MODE<TAB>SOURCE<TAB>DEST`` with FS ``root`` or ``boot`` (MODE is octal,
 ignored on FAT, which has no permissions), ``dir<TAB>MODE<TAB>-<TAB>DEST`` for a root directory, or
@@ -77,23 +79,31 @@ def layout(target: str) -> dict[str, int]:
         sector = int(table.get("sectorsize", 512))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InjectError("cannot read the image's partition table (sfdisk --json)") from None
-    boot = root = None
-    for p in table.get("partitions", []):
+    boot, linux = None, []
+    for n, p in enumerate(table.get("partitions", []), 1):
         kind = str(p.get("type", "")).lower()
         if boot is None and kind in FAT_TYPES:
             boot = p
-        elif root is None and kind in LINUX_TYPES:
-            root = p
-    if boot is None or root is None:
+        elif kind in LINUX_TYPES:
+            linux.append((n, p))
+    if boot is None or not linux:
         raise InjectError("the image has no FAT boot partition and Linux root partition "
                           "(is it a Raspberry Pi OS image?)")
-    out = {"boot": boot["start"] * sector, "boot_size": boot["size"] * sector,
-           "root": root["start"] * sector, "root_size": root["size"] * sector}
+    size = os.path.getsize(target) if os.path.isfile(target) else None
+    last = max(int(p["start"]) + int(p["size"]) for p in table.get("partitions", [])) * sector
+    if size is not None and last > size:
+        raise InjectError(f"the image is cut short: its partitions end at byte {last}, the image has "
+                          f"{size} (an incomplete download or copy?)")
     with open(target, "rb") as f:
-        f.seek(out["root"] + 1024 + 56)
-        if f.read(2) != b"\x53\xef":
-            raise InjectError("the image's root partition is not ext2/3/4")
-    return out
+        for _n, root in linux:                 # the root: the first Linux partition that is ext
+            f.seek(root["start"] * sector + 1024 + 56)
+            if f.read(2) == b"\x53\xef":
+                break
+        else:
+            raise InjectError("the image has no ext2/3/4 root partition (Linux partition(s) "
+                              f"{', '.join(str(n) for n, _ in linux)}: none is ext2/3/4)")
+    return {"boot": boot["start"] * sector, "boot_size": boot["size"] * sector,
+            "root": root["start"] * sector, "root_size": root["size"] * sector}
 
 
 def _root(target: str, offsets: dict[str, int]) -> str:
@@ -200,6 +210,47 @@ def installed(target: str, offsets: dict[str, int]) -> str:
         raise InjectError(f"--agent-in-image: the image's release {version} has no {agent}: give "
                           "--wheelhouse DIR instead")
     return version
+
+
+ELF_MACHINES = {3: "i386", 40: "armhf (32-bit ARM)", 62: "x86_64", 183: "aarch64"}
+
+
+def pi_target() -> tuple[str, str]:
+    """The Python version and CPU the wheelhouse is for (deploy/pi/target.py)."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from deploy.pi.target import ARCH, PYTHON_VERSION
+    return PYTHON_VERSION, ARCH
+
+
+def python_of(target: str, offsets: dict[str, int]) -> str:
+    """Checks that the image's ``/usr/bin/python3`` is the Python the wheels are for (CPython
+    3.11 on aarch64: Raspberry Pi OS Bookworm, 64-bit) and returns it as ``3.11 aarch64``;
+    InjectError naming what the image has otherwise (a 32-bit image, a Trixie one)."""
+    want_version, want_arch = pi_target()
+    out = run(["debugfs", "-c", "-R", "stat /usr/bin/python3", _root(target, offsets)]).stdout
+    link = re.search(r'Fast link dest: "(.*)"', out)
+    if "Inode:" not in out:
+        raise InjectError("the image has no /usr/bin/python3, which the agent runs on: not a "
+                          "Raspberry Pi OS image?")
+    name = link.group(1).rsplit("/", 1)[-1] if link else "python3"
+    version = name.removeprefix("python") if re.fullmatch(r"python3\.\d+", name) else None
+    if version is None:   # not a link to python3.N: the stdlib folder tells
+        version = want_version if root_exists(target, offsets, f"/usr/lib/python{want_version}/os.py") \
+            else "not 3.11"
+    if version != want_version:
+        raise InjectError(f"the image's Python is {version} (/usr/bin/python3 -> {name}); the "
+                          f"wheelhouse is for Python {want_version} (Raspberry Pi OS Bookworm): "
+                          "use a Bookworm image, or a wheelhouse for its Python")
+    binary = root_read(target, offsets, f"/usr/bin/{name}") or b""
+    if binary[:4] != b"\x7fELF" or len(binary) < 20:
+        raise InjectError(f"the image's /usr/bin/{name} is not a program (ELF)")
+    machine = ELF_MACHINES.get(int.from_bytes(binary[18:20], "little"), "another CPU")
+    if machine != want_arch:
+        raise InjectError(f"the image is for {machine} (its /usr/bin/{name}); the wheelhouse is "
+                          f"for {want_arch}: use the 64-bit Raspberry Pi OS (arm64) image")
+    return f"{version} {machine}"
 
 
 def read_manifest(path: str) -> list[Entry]:
@@ -360,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     that is not usable, 3 for a failed write or read-back."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2 or args[0] not in ("layout", "detect", "write", "verify", "inspect", "space",
-                                        "installed"):
+                                        "installed", "python"):
         print(__doc__, file=sys.stderr)
         return 2
     what, target = args[0], args[1]
@@ -376,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(detect(target, offsets)))
         elif what == "installed":
             print(installed(target, offsets))
+        elif what == "python":
+            print(python_of(target, offsets))
         elif what == "inspect":
             print(json.dumps({**offsets, **inspect(target, offsets, args[2], "--boot-only" in args[3:])}))
         elif what == "space":
@@ -386,11 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             print(verify(target, offsets, read_manifest(args[2])))
     except (InjectError, OSError) as e:
         print(f"flash.sh: {e}", file=sys.stderr)
-        return 1 if what in ("inspect", "space") or (what == "installed" and "--before" in args) else 3
+        before = what in ("installed", "python") and "--before" in args
+        return 1 if what in ("inspect", "space") or before else 3
     return 0
 
 
 if __name__ == "__main__":
-    from interrupt import main_of  # beside this script (its folder is on sys.path)
-
-    main_of(main)
+    sys.exit(main())
