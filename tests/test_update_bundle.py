@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,15 @@ from tests.update_rig import GUARD, keypair
 
 def _wheelhouse(tmp: Path, name: str = "polelink-2.0-py3-none-any.whl",
                 size: int = 1000) -> Path:
+    """A folder with one wheel ``name``: its METADATA (the name's distribution and version)
+    and ``size`` random bytes (stored, so the wheel is about that big)."""
     wh = tmp / "wh"
     wh.mkdir(parents=True, exist_ok=True)
-    (wh / name).write_bytes(os.urandom(size))
+    dist, version = name.split("-")[:2]
+    with zipfile.ZipFile(wh / name, "w") as z:
+        z.writestr(f"{dist}-{version}.dist-info/METADATA",
+                   f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        z.writestr(f"{dist}/blob.bin", os.urandom(size))
     return wh
 
 
@@ -77,6 +85,26 @@ def test_build_and_verify_through_the_cli(tmp_path: Path) -> None:
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and not (tmp_path / "c.tar").exists()
     assert "--version 0.5.0: the agent wheel polelink-1.2.3-py3-none-any.whl is version 1.2.3" in r.stderr
     assert "give --version 1.2.3" in r.stderr, r.stderr
+    for version in ("v1.2.3", "1.02.3", "1.2.3.0"):   # other names of it: other release folders
+        r = _cli("build", "--version", version, "--wheelhouse", str(wh),
+                 "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
+        assert r.returncode == 1 and "is version 1.2.3" in r.stderr, (version, r.stderr)
+    lies = tmp_path / "lies"                              # renamed: METADATA says 1.2.4
+    shutil.copytree(wh, lies)
+    (lies / "polelink-1.2.3-py3-none-any.whl").rename(lies / "polelink-1.2.4-py3-none-any.whl")
+    r = _cli("build", "--version", "1.2.4", "--wheelhouse", str(lies),
+             "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
+    assert r.returncode == 1 and "its name says version 1.2.4, its METADATA 1.2.3" in r.stderr, r.stderr
+    numpy = "numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl"
+    np_wh = _wheelhouse(tmp_path / "np", numpy)
+    r = _cli("build", "--version", "1.26.4", "--wheelhouse", str(np_wh), "--agent-wheel", str(np_wh / numpy),
+             "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
+    assert r.returncode == 1 and "not the agent's wheel (it is numpy's" in r.stderr, r.stderr
+    nine = "polelink-0.0.9-py3-none-any.whl"
+    other = _wheelhouse(tmp_path / "v9", nine) / nine
+    r = _cli("build", "--version", "0.0.9", "--wheelhouse", str(wh), "--agent-wheel", str(other),
+             "--key", str(tmp_path / "k.pem"), "--out", str(tmp_path / "c.tar"))
+    assert r.returncode == 1 and "holds another agent wheel (polelink-1.2.3" in r.stderr, r.stderr
     r = _cli("build", "--version", "../x", "--wheelhouse", str(wh),
              "--key", str(tmp_path / "k.pub.pem"), "--out", str(tmp_path / "c.tar"))
     assert r.returncode == 1 and "not a usable PEM private key" in r.stderr
@@ -101,7 +129,7 @@ def _rewrite(src: Path, dst: Path, change) -> None:
 def test_verify_refuses_every_kind_of_bad_bundle(tmp_path: Path, keys) -> None:
     (key, _, _), (other, _, _) = keys
     good = tmp_path / "good.tar"
-    build("2.0.0", _wheelhouse(tmp_path), key, good)      # 2.0.0 is 2.0 (PEP 440)
+    build("2.0.0", _wheelhouse(tmp_path, "polelink-2.0.0-py3-none-any.whl"), key, good)
     assert verify(good, key.public_key()).version == "2.0.0"
 
     def refused(change, match: str) -> None:

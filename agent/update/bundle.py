@@ -246,19 +246,42 @@ def agent_wheel_version(name: str) -> str | None:
     return parts[1] if name.endswith(".whl") and len(parts) in (5, 6) and parts[1] else None
 
 
-def same_version(a: str | None, b: str) -> bool:
-    """Whether two version names mean one version (PEP 440 when both parse: ``1.0`` is
-    ``1.0.0``; else the same text)."""
-    if a is None:
-        return False
+def _wheel_metadata(path: Path) -> dict[str, str]:
+    """The Name and Version headers of a wheel's ``*.dist-info/METADATA``; ValueError when
+    it is not a wheel (a zip with one METADATA)."""
+    import zipfile
+
     try:
-        from packaging.version import InvalidVersion, Version
-    except ImportError:
-        return a == b
-    try:
-        return Version(a) == Version(b)
-    except InvalidVersion:
-        return a == b
+        with zipfile.ZipFile(path) as z:
+            metas = [n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            if len(metas) != 1:
+                raise ValueError(f"{path.name}: not a wheel (no single *.dist-info/METADATA)")
+            text = z.read(metas[0]).decode("utf-8", "replace")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path.name}: not a wheel (zip): {e}") from None
+    head = text.split("\n\n", 1)[0]
+    return {k: v.strip() for k, v in (ln.split(":", 1) for ln in head.splitlines() if ":" in ln)
+            if k in ("Name", "Version")}
+
+
+def _check_agent_wheel(path: Path, version: str) -> None:
+    """The agent wheel is polelink's, at ``version`` exactly: its file name's version and its
+    METADATA's (a release folder 0.5.0 holding agent 0.1.0 would mislead every rollback, and
+    ``v0.5.0`` or ``0.05.0`` are other names for a folder than the agent's)."""
+    meta = _wheel_metadata(path)
+    name = meta.get("Name", "").lower().replace("_", "-").replace(".", "-")
+    if name != "polelink":
+        raise ValueError(f"{path.name}: not the agent's wheel (it is {meta.get('Name') or 'unnamed'}'s, "
+                         "not polelink's)")
+    in_name, in_meta = agent_wheel_version(path.name), meta.get("Version")
+    if in_name != in_meta:
+        raise ValueError(f"{path.name}: its name says version {in_name}, its METADATA {in_meta}: "
+                         "a renamed wheel?")
+    if version != in_name:
+        raise ValueError(f"--version {version}: the agent wheel {path.name} is version {in_name}; a "
+                         f"release is named by its agent's version, as written in the wheel: give "
+                         f"--version {in_name}, or build the agent's wheel at {version} "
+                         "(agent/__init__.py's __version__)")
 
 
 def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | None = None,
@@ -275,26 +298,22 @@ def build(version: str, wheelhouse: Path, key: Any, out: Path, models: Path | No
     if not wheelhouse.is_dir():
         raise ValueError(f"--wheelhouse {wheelhouse}: not a folder")
     sources: dict[str, Path] = {f"wheels/{w.name}": w for w in sorted(wheelhouse.glob("*.whl"))}
+    ours = [n for n in sources if Path(n).name.lower().startswith("polelink-")]
     if agent_wheel is not None:
         if not agent_wheel.is_file() or agent_wheel.suffix != ".whl":
             raise ValueError(f"--agent-wheel {agent_wheel}: not a wheel file")
+        others = [Path(n).name for n in ours if Path(n).name != agent_wheel.name]
+        if others:
+            raise ValueError(f"--agent-wheel {agent_wheel.name}, and --wheelhouse {wheelhouse} holds "
+                             f"another agent wheel ({', '.join(others)}): one agent per bundle")
         sources[f"wheels/{agent_wheel.name}"] = agent_wheel
         agent_name = f"wheels/{agent_wheel.name}"
     else:
-        ours = [n for n in sources if Path(n).name.startswith("polelink-")]
         if len(ours) != 1:
             raise ValueError(f"--wheelhouse {wheelhouse}: expected one polelink-*.whl, found "
                              f"{len(ours)} (or give --agent-wheel)")
         agent_name = ours[0]
-    wheel_name = Path(agent_name).name
-    wheel_version = agent_wheel_version(wheel_name)
-    if wheel_version is None:
-        raise ValueError(f"{wheel_name}: not a wheel file name (polelink-VERSION-py3-none-any.whl)")
-    if not same_version(wheel_version, version):
-        raise ValueError(f"--version {version}: the agent wheel {wheel_name} is version "
-                         f"{wheel_version}; a release is named by its agent's version: give "
-                         f"--version {wheel_version}, or build the agent's wheel at {version} "
-                         "(agent/__init__.py's __version__)")
+    _check_agent_wheel(sources[agent_name], version)
     if models is not None:
         if not models.is_dir():
             raise ValueError(f"--models {models}: not a folder")
