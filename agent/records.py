@@ -44,6 +44,8 @@ class TrafficRecord:
     line: str | None = None
     zone: str | None = None
     partial_reason: str = ""               # why partial: started, stopped, recovered, …
+    #: the counts' quality over the interval (agent.vision.quality: QualityTally.summary)
+    quality: dict[str, Any] | None = None
 
     @property
     def total(self) -> int:
@@ -81,6 +83,8 @@ class TrafficRecord:
             "detector_latency_ms_mean": self.detector_latency_ms_mean,
             "id_switches": self.id_switches, "camera_blinded": self.camera_blinded,
             "camera_frozen": self.camera_frozen, "camera_state": self.camera_state}
+        if self.quality is not None:
+            out["count_quality"] = {_snake(k): v for k, v in self.quality.items()}
         if self.line is not None:
             out["line"] = self.line
         else:
@@ -88,6 +92,11 @@ class TrafficRecord:
         out["counts"] = self.counts
         out["total"] = self.total
         return out
+
+
+def _snake(name: str) -> str:
+    """``poorShare`` → ``poor_share`` (the JSON-lines records' spelling)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 @dataclass(frozen=True)
@@ -147,3 +156,5 @@ class HealthRecord:
     uplink: dict[str, Any] = field(default_factory=dict)
     #: ``restarts`` and ``lastExit`` (see ``agent.service.runs``); empty outside ``agent run``
     service: dict[str, Any] = field(default_factory=dict)
+    #: each camera's count quality now: ``{"trusted": bool, "reasons": [...]}``
+    count_quality: dict[str, Any] = field(default_factory=dict)

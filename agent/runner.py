@@ -131,6 +131,7 @@ class Agent:
         self.commands: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=1000)
         self.pending: list[Pending] = []
         self._camera_ok: dict[str, bool] = {}
+        self._quality_poor: dict[str, bool] = {}     # camera → its counts were poor
         self._storage_failing = False
         self._next_health: float | None = None
         self._rejected_since = 0                 # refused commands not yet in an event
@@ -251,7 +252,7 @@ class Agent:
                                [c.name for c in cfg.cameras], cfg.aggregates.interval_s,
                                liveness=self.liveness,
                                models=self.models if isinstance(self.models, ModelHosts)
-                               else None)
+                               else None, quality=self.count_quality)
 
     def _reload_lighting(self, cfg: Any, cameras: list[str]) -> list[str]:
         """The lighting service swapped to ``cfg`` on its own thread; CommandError (nothing
@@ -271,6 +272,10 @@ class Agent:
     def liveness(self) -> dict[str, float | None]:
         """Each camera's last good frame (monotonic), for the lighting service."""
         return {n: w.last_good_mono for n, w in self.workers.items()}
+
+    def count_quality(self) -> dict[str, tuple[str, ...]]:
+        """Why each camera's counts are poor now (empty: good), for the lighting service."""
+        return {n: w.quality for n, w in self.workers.items()}
 
     # -- running ------------------------------------------------------------------------
     def start(self) -> None:
@@ -330,6 +335,7 @@ class Agent:
         self._deliver(closed, mono)
         self._checkpoint(mono, force=bool(closed))
         self._watch_cameras(mono)
+        self._watch_quality()
         self._watch_uplink()
         self._run_commands()
         self._settle_pending()
@@ -379,6 +385,23 @@ class Agent:
             lighting = self.lighting
             if samples:
                 lighting.submit(lambda: lighting.add_traffic(samples))
+
+    def _watch_quality(self) -> None:
+        """``count_quality_poor`` / ``count_quality_restored`` when a camera's verdict
+        changes (poor counts never drive adaptive dimming: the lighting record says so too)."""
+        for name, w in self.workers.items():
+            poor = w.quality
+            before = self._quality_poor.get(name, False)
+            if bool(poor) == before:
+                continue
+            self._quality_poor[name] = bool(poor)
+            if poor:
+                log.warning("camera %s: counts not trusted: %s", name, "; ".join(poor))
+                self.reporter.publish(EventRecord("count_quality_poor", "warning", name,
+                                                  {"reasons": list(poor)}))
+            else:
+                log.info("camera %s: counts trusted again", name)
+                self.reporter.publish(EventRecord("count_quality_restored", "info", name, {}))
 
     def _watch_cameras(self, mono: float) -> None:
         """``camera_lost`` / ``camera_restored`` on changes (after a start-up grace)."""
@@ -484,7 +507,9 @@ class Agent:
             if trust else {"trusted": True, "reasons": ["no lighting: not checked"]},
             lighting=self.lighting.summary() if self.lighting else {},
             uplink=self._uplink_figures(),
-            service=self.service_figures() if self.service_figures else {}))
+            service=self.service_figures() if self.service_figures else {},
+            count_quality={n: {"trusted": not q, "reasons": list(q)}
+                           for n, q in self.count_quality().items()}))
 
     def _uplink_figures(self) -> dict[str, Any]:
         if self.uplink is None:

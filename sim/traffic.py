@@ -317,12 +317,28 @@ def _overlap(a: Sprite, b: Sprite) -> float:
     return inter / max(1e-6, min((ax2 - ax1) * (ay2 - ay1), (bx2 - bx1) * (by2 - by1)))
 
 
-def live_frames(cfg: SceneConfig, seed: int) -> Iterator[np.ndarray]:
-    """Endless frames of the scene (for serving live)."""
+def washout(img: np.ndarray, rng: np.random.Generator, contrast: float = 0.35,
+            noise: float = 25.0) -> np.ndarray:
+    """A picture as a high-gain night CCTV gives it: grey, flat (``contrast`` of its
+    luma's spread around a mid grey) and noisy (``noise``: the standard deviation of the
+    gain's noise, 0–255). Vehicles still move visibly; a detector trained on clear
+    pictures no longer sees them (the simulator's simnet: none at the defaults)."""
+    g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    out = 140.0 + (g - float(g.mean())) * contrast + rng.normal(0.0, noise, g.shape)
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def live_frames(cfg: SceneConfig, seed: int, washout_file: Path | None = None
+                ) -> Iterator[np.ndarray]:
+    """Endless frames of the scene (for serving live); washed out (:func:`washout`) while
+    ``washout_file`` exists, so a test can turn the picture bad and good again."""
     scene = TrafficScene(cfg, seed)
+    rng = np.random.default_rng(seed)
     while True:
         scene.step()
-        yield scene.render()
+        frame = scene.render()
+        yield washout(frame, rng) if washout_file is not None and washout_file.exists() \
+            else frame
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                         "0.85 puts it where vehicles coming up enter the picture)")
     p.add_argument("--occluder", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="a static object over the road, in fractions of the frame; repeatable")
+    p.add_argument("--washout-file", type=Path, metavar="PATH",
+                   help="with --serve: while PATH exists, frames are washed out like a "
+                        "high-gain night CCTV (grey, flat, noisy): vehicles still move, the "
+                        "detector no longer sees them")
     a = p.parse_args(argv)
     if not 0.05 <= a.line_at <= 0.95:
         p.error(f"--line-at must be between 0.05 and 0.95, got {a.line_at}")
@@ -365,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         from sim.mjpeg import serve_forever
 
         host, _, port = a.serve.rpartition(":")
-        serve_forever(host or "127.0.0.1", int(port), live_frames(cfg, a.seed), cfg.fps)
+        serve_forever(host or "127.0.0.1", int(port), live_frames(cfg, a.seed, a.washout_file),
+                      cfg.fps)
         return 0
     if not a.out:
         p.error("give --out FILE or --serve HOST:PORT")

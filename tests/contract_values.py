@@ -669,6 +669,11 @@ FIELDS: tuple[ContractField, ...] = (
     ContractField("traffic", ("roadUserCounts", "items", "roadUserType"), AGENT,
                   (Key("roadUserType", CONTRACT),), "agent",
                   vocabulary="agent.vision.classes:ROAD_USER_CLASSES"),
+    ContractField("traffic", ("quality", "grade"), ("agent/vision/quality.py",),
+                  (Key("grade", ("agent/vision/quality.py",)),), "agent"),
+    ContractField("traffic", ("quality", "scene"), ("agent/vision/quality.py",),
+                  (Key("scene", ("agent/vision/quality.py",)),), "agent",
+                  vocabulary="agent.vision.quality:SCENES"),
     ContractField("node-lighting", ("source",), NODE, (Key("source", NODE_APP),), "node"),
     ContractField("node-lighting", ("clock",), NODE, (Key("clock", NODE_APP),), "node"),
     *(ContractField(kind, ("role",), NODE, (Key("role", NODE_APP),), "node")
@@ -682,6 +687,8 @@ FIELDS: tuple[ContractField, ...] = (
 #: Keyed ``path:function:what`` as the problem says; a declaration excuses that one problem
 #: (the rest of the path is still followed), and one that no longer matches fails the test.
 OPAQUE: dict[str, str] = {
+    "agent/vision/quality.py:summary:max(SCENES, key=lambda k: self.scenes.get(k, 0))":
+        "the interval's scene is the most frequent of SCENES (the field's vocabulary)",
     "agent/runner.py:update_event:event":
         "the update steps' emit callback (Updater, TrialWatch): every emit(...) call in "
         "agent/update is a sink of this field; calls of update_event by name are still "

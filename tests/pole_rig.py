@@ -55,7 +55,7 @@ class PoleRig:
     def __init__(self, tmp: Path, camera_source: str | None, night: bool = True, gear: int = 2,
                  lighting: str = "", clock: str = "{sources: [assume_synced]}",
                  detector: Path = SIMNET, interval_s: int = 10, group: str = "",
-                 longitude: float | None = None) -> None:
+                 longitude: float | None = None, camera: str = "") -> None:
         self.tmp = tmp
         self.broker = Broker(tmp).start()
         self.emu = DaliEmulator(make_gear(gear), "hat", link=tmp / "dali0").start()
@@ -69,7 +69,8 @@ class PoleRig:
   - name: cam1
     source: {camera_source}
     detector: {{model: {detector}}}
-    lines: [{{name: main, points: [[115, 198], [524, 198]]}}]"""
+    lines: [{{name: main, points: [[115, 198], [524, 198]]}}]
+    {camera}"""
         self.cfg.write_text(f"""
 device: {{id: pole-9, site: lab}}
 {cameras}

@@ -564,3 +564,49 @@ def test_a_model_process_that_crashes_or_hangs_is_restarted_and_the_lamps_are_dr
     finally:
         server.kill()
         rig.close()
+
+
+def test_counts_the_detector_cannot_read_never_dim_the_road(tmp_path: Path) -> None:
+    """Issue 23: at night, dimmed by traffic; then the camera's picture turns into a
+    high-gain night CCTV's (grey, flat, noisy: ``sim.traffic --washout-file``): vehicles
+    still move across the line, the detector no longer sees them, and a detector that sees
+    nothing looks exactly like an empty road. The counts' quality turns poor (motion at the
+    line that no track explains) and the lamps go back to the schedule's level, with the
+    reason in the lighting record and an event, before the rolling volume could dim them;
+    when the picture is clear again they return to adaptive, after the recovery time."""
+    wash = tmp_path / "washout"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "sim.traffic", "--serve", f"127.0.0.1:{port}",
+                               "--fps", "15", "--density", "40", "--washout-file", str(wash)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert "serving" in server.stdout.readline()  # type: ignore[union-attr]
+    source = (f'{{kind: stream, url: "http://127.0.0.1:{port}/stream.mjpg", stall_timeout_s: 2, '
+              f'reconnect_initial_s: 0.5}}')
+    rig = PoleRig(tmp_path, source, group=", ramp_down_pct_per_min: 100",
+                  camera="quality: {window_s: 20, recover_s: 10}")
+    try:
+        rig.start()
+        assert dimmed(rig), (rig.lighting()[-1:], rig.output()[-1500:])
+        wash.touch()                                  # the picture washes out
+        t_bad = time.monotonic()
+        assert wait_until(lambda: rig.events("count_quality_poor"), 90), \
+            [(r["interval_start"], r.get("count_quality")) for r in rig.aggregates()][-6:]
+        poor = rig.events("count_quality_poor")[-1]
+        assert "no vehicle detected" in json.dumps(poor["detail"]["reasons"]), poor
+        t = rig.wait_levels(all_at_least(100), 30)   # the schedule's level (the fallback)
+        assert t is not None, rig.output()[-3000:]
+        assert wait_until(lambda: any(m["lampActuator"]["mode"] == "fallback" and any(
+            "counts not trusted" in r for r in m["lampActuator"]["reasons"]) for m in rig.lighting()),
+            20), rig.lighting()[-1:]
+        print(f"washed out -> counts poor and lamps at the schedule level in {t - t_bad:.1f} s")
+        wash.unlink()                                 # the picture is clear again
+        assert wait_until(lambda: rig.events("count_quality_restored"), 90), rig.output()[-3000:]
+        assert dimmed(rig), rig.output()[-3000:]
+        assert wait_until(lambda: any(r.get("count_quality", {}).get("grade") == "poor"
+                                      for r in rig.aggregates()), 20)
+        graded = [r["count_quality"]["grade"] for r in rig.aggregates() if "count_quality" in r]
+        assert "good" in graded and "poor" in graded
+        assert all(v >= FLOOR for v in rig.levels()) and rig.signal() == 0
+    finally:
+        server.kill()
+        rig.close()

@@ -9,8 +9,10 @@ adaptive rule and the model see is an hourly one, not one interval scaled up.
 The flow is **not trusted** (the schedule's fallback level applies) when a camera has
 delivered no good frame for ``stale_s`` (dead, unplugged, blinded or frozen: the running
 agent reports each camera's last good frame continuously through :meth:`RollingFlow.seen`,
-so staleness does not wait for an interval to close), or when less than
-``min_coverage_s`` of the window is covered (just started, or a long outage).
+so staleness does not wait for an interval to close), when a camera's counts are poor
+(:meth:`RollingFlow.judged`: motion crosses its lines that its detector does not see, or
+its picture is blinded; ``agent.vision.quality``, with its own hysteresis), or when less
+than ``min_coverage_s`` of the window is covered (just started, or a long outage).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class RollingFlow:
         self.configure(window_s, min_coverage_s, stale_s)
         self._samples: dict[str, deque[TrafficSample]] = {}
         self._last_seen: dict[str, float] = {}     # camera → mono of its last frames
+        self._poor: dict[str, tuple[str, ...]] = {}  # camera → why its counts are poor
         #: True when liveness comes from the cameras themselves (``seen``, each frame's
         #: capture time): a closed interval then refreshes nothing (its close time is not a
         #: frame: it re-trusted a dead camera until the next staleness check)
@@ -83,6 +86,10 @@ class RollingFlow:
         """The camera delivered a good frame at ``mono`` (liveness, between intervals)."""
         self._last_seen[camera] = max(mono, self._last_seen.get(camera, mono))
 
+    def judged(self, camera: str, poor: tuple[str, ...]) -> None:
+        """The camera's count-quality verdict now: why its counts are poor (empty: good)."""
+        self._poor[camera] = tuple(poor)
+
     def reading(self, cameras: list[str], now_mono: float) -> FlowReading:
         """The combined hourly flow of ``cameras`` at ``now_mono``, or why it is not trusted."""
         if not cameras:
@@ -97,6 +104,9 @@ class RollingFlow:
             if age > self.stale_s:
                 return FlowReading(None, f"no traffic data from camera {cam} for {age:.0f} s "
                                          f"(stale after {self.stale_s:g} s)")
+            if self._poor.get(cam):
+                return FlowReading(None, f"camera {cam}: counts not trusted: "
+                                         f"{self._poor[cam][0]}")
             window = [s for s in self._samples.get(cam, ()) if s.mono_end >= now_mono
                       - self.window_s]
             covered = sum(s.covered_s for s in window)

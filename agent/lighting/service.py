@@ -186,12 +186,16 @@ class LightingService:
     def __init__(self, cfg: LightingConfig, clock_cfg: ClockConfig, clock: Clock, emit: Emit,
                  cameras: list[str], report_interval_s: int = 60,
                  liveness: Callable[[], dict[str, float | None]] | None = None,
-                 models: ModelHosts | None = None) -> None:
+                 models: ModelHosts | None = None,
+                 quality: Callable[[], dict[str, tuple[str, ...]]] | None = None) -> None:
         self.clock = clock
         #: the agent's model processes (the dimming model runs in them); None: its own
         self.models = models
         self.all_cameras = list(cameras)
         self.liveness = liveness
+        #: each camera's count-quality verdict (why its counts are poor; empty: good),
+        #: pulled each tick like liveness: poor counts never drive adaptive dimming
+        self.quality = quality
         self.emit = emit
         self.report_s = report_interval_s
         self.trust = make_trust(clock_cfg, clock)
@@ -406,6 +410,8 @@ class LightingService:
             for cam, seen in (self.liveness() if self.liveness else {}).items():
                 if seen is not None:
                     self.flow.seen(cam, seen)
+            for cam, poor in (self.quality() if self.quality else {}).items():
+                self.flow.judged(cam, poor)
             for b in self.buses.values():
                 if b.state == "down" and mono >= b.retry_at:
                     self._open(b, mono)

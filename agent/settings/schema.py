@@ -236,6 +236,25 @@ class GatingConfig(Strict):
     keepalive_s: Annotated[float, Field(ge=0, le=600)] = 2.0
 
 
+class QualityConfig(Strict):
+    """How the counts' quality is judged (``agent.vision.quality``): motion across each
+    counting line that no detection or track explains makes them poor, and poor counts
+    never drive adaptive dimming (the step's fallback applies)."""
+
+    window_s: Annotated[float, Field(ge=10, le=3600)] = Field(120.0, description=(
+        "the verdict looks at the motion episodes of the last window_s seconds"))
+    recover_s: Annotated[float, Field(ge=0, le=3600)] = Field(120.0, description=(
+        "poor counts are trusted again only after this long without a poor finding"))
+    min_missed: Annotated[int, Field(ge=1, le=100)] = Field(3, description=(
+        "unexplained motion episodes in the window that make the counts poor"))
+    max_missed: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description=(
+        "... provided they are at least this share of all episodes in the window"))
+    band: Annotated[float, Field(gt=0, le=0.3)] = Field(0.05, description=(
+        "half-width of the band watched around each line, as a share of the frame height"))
+    active: Annotated[float, Field(gt=0, le=0.5)] = Field(0.01, description=(
+        "share of a band's pixels that must change for it to count as moving"))
+
+
 class TrackerConfig(Strict):
     """ByteTrack-style association settings."""
 
@@ -333,6 +352,7 @@ class CameraConfig(Strict):
     detector: DetectorConfig
     gating: GatingConfig = GatingConfig()
     tracker: TrackerConfig = TrackerConfig()
+    quality: QualityConfig = QualityConfig()
     lines: list[LineConfig] = Field(default_factory=list, max_length=32)
     zones: list[ZoneConfig] = Field(default_factory=list, max_length=32)
 

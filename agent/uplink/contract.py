@@ -79,7 +79,8 @@ def traffic_message(rec: TrafficRecord, ts: str) -> dict[str, Any]:
                     "framesDropped": rec.frames_dropped, "framesLate": rec.frames_late,
                     "detectorLatencyMs": rec.detector_latency_ms_mean,
                     "idSwitches": rec.id_switches, "cameraBlinded": rec.camera_blinded,
-                    "cameraFrozen": rec.camera_frozen, "cameraState": rec.camera_state}}
+                    "cameraFrozen": rec.camera_frozen, "cameraState": rec.camera_state,
+                    **(rec.quality or {})}}
     if rec.line is not None:
         msg["line"] = rec.line
     else:
@@ -136,7 +137,8 @@ def health_message(rec: HealthRecord, device: str, site: str, ts: str) -> dict[s
     return {"schema": "polelink/health/1", "device": device, "site": site, "ts": ts,
             **rec.system, "uptimeS": round(rec.uptime_s, 1), "outbox": rec.outbox,
             "cameras": rec.cameras, "clock": rec.clock, "lighting": rec.lighting,
-            **({"uplink": rec.uplink} if rec.uplink else {}), **rec.service}
+            **({"uplink": rec.uplink} if rec.uplink else {}), **rec.service,
+            **({"countQuality": rec.count_quality} if rec.count_quality else {})}
 
 
 def response_message(device: str, site: str, ts: str, correlation_id: str | None,

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from agent.records import TrafficRecord
 from agent.vision.counter import CountEvent
+from agent.vision.quality import QualityTally
 
 
 def interval_start(t: float, interval_s: int) -> int:
@@ -64,6 +65,7 @@ class _Bucket:
     blinded_frames: int = 0
     frozen_frames: int = 0
     reason: str = ""           # why partial
+    quality: QualityTally = field(default_factory=QualityTally)
 
 _FIGURES = ("frames_analysed", "frames_detected", "frames_dropped", "frames_late",
             "frames_good", "detector_s", "id_switches", "blinded_frames", "frozen_frames")
@@ -108,6 +110,11 @@ class IntervalAggregator:
             with self._lock:
                 self._bucket.blinded_frames += int(blinded)
                 self._bucket.frozen_frames += int(frozen)
+
+    def add_quality(self, tally: QualityTally) -> None:
+        """What the quality meter saw since the last add (``QualityMeter.take``)."""
+        with self._lock:
+            self._bucket.quality.add(tally)
 
     def add_late(self, n: int) -> None:
         """``n`` frames reached the pipeline late (long after capture)."""
@@ -170,7 +177,8 @@ class IntervalAggregator:
             b = self._bucket
             return {"camera": self.camera, "start": b.start, "begin": b.begin, "saved": now,
                     "partial": b.partial, "reason": b.reason, "counts": b.counts,
-                    **{k: getattr(b, k) for k in _FIGURES}}
+                    **{k: getattr(b, k) for k in _FIGURES},
+                    "quality": vars(b.quality)}
 
     def restore(self, cp: dict, camera_state: str) -> list[TrafficRecord]:
         """Take a crashed run's checkpoint (see the module rules); returns the records of an
@@ -178,7 +186,8 @@ class IntervalAggregator:
         with self._lock:
             start, begin, saved = int(cp["start"]), float(cp["begin"]), float(cp["saved"])
             old = _Bucket(start, begin, 0.0, True, counts=cp["counts"],
-                          **{k: type(getattr(self._bucket, k))(cp[k]) for k in _FIGURES})
+                          **{k: type(getattr(self._bucket, k))(cp[k]) for k in _FIGURES},
+                          quality=_tally(cp.get("quality")))
             b = self._bucket
             if start == b.start and begin <= b.begin:
                 gap = max(0.0, b.begin - saved)
@@ -189,6 +198,7 @@ class IntervalAggregator:
                             mine[cls] = mine.get(cls, 0) + int(n)
                 for k in _FIGURES:
                     setattr(b, k, getattr(b, k) + getattr(old, k))
+                b.quality.add(old.quality)
                 b.mono_begin -= b.begin - begin
                 b.begin = begin
                 b.reason = (f"restarted: counts up to {saved - begin:.0f} s recovered from a "
@@ -213,7 +223,7 @@ class IntervalAggregator:
             camera_blinded=b.blinded_frames > b.frames_analysed / 2 if b.frames_analysed
             else False,
             camera_frozen=b.frozen_frames > 0, camera_state=state,
-            partial_reason=b.reason if partial else "")
+            partial_reason=b.reason if partial else "", quality=b.quality.summary())
         out = []
         for name, dirs in self.lines.items():
             counts = {d: dict(sorted(b.counts.get(name, {}).get(d, {}).items())) for d in dirs}
@@ -222,6 +232,21 @@ class IntervalAggregator:
             counts = {"inside": dict(sorted(b.counts.get(name, {}).get("inside", {}).items()))}
             out.append(TrafficRecord(**common, counts=counts, zone=name))  # type: ignore[arg-type]
         return out
+
+
+def _tally(saved: object) -> QualityTally:
+    """A checkpoint's quality tallies (none in an older checkpoint, or unreadable: empty)."""
+    t = QualityTally()
+    if isinstance(saved, dict):
+        try:
+            t.frames, t.poor_frames = int(saved["frames"]), int(saved["poor_frames"])
+            t.episodes, t.explained = int(saved["episodes"]), int(saved["explained"])
+            t.conf_sum, t.conf_n = float(saved["conf_sum"]), int(saved["conf_n"])
+            t.scenes.update({k: int(saved["scenes"].get(k, 0)) for k in t.scenes})
+            t.reasons = [str(r) for r in saved["reasons"]][:8]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return QualityTally()
+    return t
 
 
 class JsonLinesSink:

@@ -176,7 +176,8 @@ def count_video(video: Path, detector: Detector, settings: PipelineSettings,
                        pipe.frames_skipped_motion, fps, i / wall if wall > 0 else 0.0, wall,
                        totals, events, stage, pipe.counter.id_switches, integ.corrupt,
                        integrity=integ,
-                       meta={"detector_reasons": dict(sorted(pipe.scheduler.reasons.items()))})
+                       meta={"detector_reasons": dict(sorted(pipe.scheduler.reasons.items())),
+                             "count_quality": pipe.quality.take().summary()})
 
 
 def stderr_progress(every: int = 50) -> Callable[[int, int], None]:

@@ -30,6 +30,7 @@ from agent.vision.counter import Counter, CountEvent, Line, Zone
 from agent.vision.detect.base import Detections, Detector
 from agent.vision.detect.runtime import RuntimeUnavailable
 from agent.vision.motion import MotionGate
+from agent.vision.quality import QualityMeter, QualitySettings
 from agent.vision.schedule import DetectionScheduler
 from agent.vision.tracker import Track, Tracker
 
@@ -55,6 +56,7 @@ class PipelineSettings:
     lost_s: float = 1.0
     min_hits: int = 2
     class_settle_s: float = 1.0
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
 
 @dataclass
@@ -107,6 +109,10 @@ class CameraPipeline:
         self.keepalive_frames = max(1, round(settings.keepalive_s * fps)) \
             if settings.keepalive_s > 0 else 0
         self.scheduler = DetectionScheduler(settings.lines, settings.stride)
+        #: the counts' quality: motion at the lines against what the detector saw there
+        self.quality = QualityMeter([(tuple(ln.a), tuple(ln.b)) for ln in settings.lines],
+                                    fps, settings.quality)
+        self._fresh_frames = settings.stride + 1
         self.frame_size: tuple[int, int] | None = None
         self._finished = 0
         self.times = StageTimes()
@@ -208,6 +214,16 @@ class CameraPipeline:
             # nothing moves: the scene is still, so are the tracks
             tracks = self.tracker.tracks
             self.frames_skipped_motion += 1
+        # what the detector vouches for on this frame: the detections it is confident of,
+        # and the confirmed tracks a detection just matched (not those coasting on their
+        # velocity without one: a blind detector's old tracks would explain new motion)
+        fresh = [t.box for t in tracks if t.confirmed and t.missed <= self._fresh_frames]
+        if dets is not None:
+            keep = dets.scores >= self.s.confidence
+            boxes = np.concatenate([dets.boxes[keep], np.array(fresh, np.float32).reshape(-1, 4)])
+            self.quality.observe(image, idx, boxes, dets.scores[keep])
+        else:
+            self.quality.observe(image, idx, np.array(fresh, np.float32).reshape(-1, 4))
         t4 = time.perf_counter()
         events = self.counter.update(tracks, idx, size)
         self.times.add("count", time.perf_counter() - t4)

@@ -49,6 +49,7 @@ from agent.vision.detect.base import Detections, Detector
 from agent.vision.detect.runtime import RuntimeUnavailable
 from agent.vision.motion import CameraHealth
 from agent.vision.pipeline import CameraPipeline, Finished, Overlap, PipelineSettings
+from agent.vision.quality import QualitySettings
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,18 @@ def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
     """Pipeline settings from a camera's config section."""
     lines = [Line.make(ln.name, ln.points, ln.directions, ln.anchor) for ln in cam.lines]
     zones = [Zone(z.name, list(z.polygon)) for z in cam.zones]
-    g, t, d = cam.gating, cam.tracker, cam.detector
+    g, t, d, q = cam.gating, cam.tracker, cam.detector, cam.quality
     return PipelineSettings(lines=lines, zones=zones, fps=fps, confidence=d.confidence,
                             low_confidence=d.low_confidence, motion=g.motion,
                             motion_threshold=g.motion_threshold, motion_width=g.motion_width,
                             stride=g.stride, schedule=g.schedule, keepalive_s=g.keepalive_s,
                             match_iou=t.match_iou,
                             lost_s=t.lost_s, min_hits=t.min_hits,
-                            class_settle_s=t.class_settle_s)
+                            class_settle_s=t.class_settle_s,
+                            quality=QualitySettings(window_s=q.window_s, recover_s=q.recover_s,
+                                                    min_missed=q.min_missed,
+                                                    max_missed=q.max_missed, band=q.band,
+                                                    active=q.active))
 
 
 @dataclass
@@ -237,6 +242,7 @@ class CameraWorker:
         # only ``finish`` moves these, so the change since the last frame is this frame's
         det_s, switches = p.detect_seconds, p.counter.id_switches
         self.aggregator.add_frame(res.detected, det_s - self._det_seen, good)
+        self.aggregator.add_quality(p.quality.take())
         self._count(res.events)
         self.aggregator.add_id_switches(switches - self._switches_seen)
         self._det_seen, self._switches_seen = det_s, switches
@@ -245,6 +251,12 @@ class CameraWorker:
         self.last = LastFrame(done.image, self.clock.time(),
                               res.detections if res.detections is not None
                               else self.last.detections if self.last else None)
+
+    @property
+    def quality(self) -> tuple[str, ...]:
+        """Why the counts cannot be trusted now (empty while they can; readable from any
+        thread): the quality meter's verdict on the frames analysed so far."""
+        return self.pipeline.quality.verdict().reasons if self.pipeline is not None else ()
 
     def _count(self, events: list) -> None:
         self.aggregator.add_events(events)
