@@ -381,7 +381,12 @@ class Agent:
                 for per in busiest.counts.values():
                     for cls, n in per.items():
                         counts[cls] = counts.get(cls, 0) + n
-                samples.append(TrafficSample(cam, mono, busiest.covered_s, counts))
+                # an interval whose counts were poor is no evidence of the traffic: it is
+                # not coverage (its undercount would dim the road once the camera's counts
+                # are trusted again)
+                poor = (busiest.quality or {}).get("grade") == "poor"
+                samples.append(TrafficSample(cam, mono, 0.0 if poor else busiest.covered_s,
+                                             counts))
             lighting = self.lighting
             if samples:
                 lighting.submit(lambda: lighting.add_traffic(samples))

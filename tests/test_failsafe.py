@@ -573,7 +573,8 @@ def test_counts_the_detector_cannot_read_never_dim_the_road(tmp_path: Path) -> N
     nothing looks exactly like an empty road. The counts' quality turns poor (motion at the
     line that no track explains) and the lamps go back to the schedule's level, with the
     reason in the lighting record and an event, before the rolling volume could dim them;
-    when the picture is clear again they return to adaptive, after the recovery time."""
+    when the picture is clear again they return to adaptive once the detector has explained
+    the latest episodes again (and the poor intervals never count as traffic)."""
     wash = tmp_path / "washout"
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "sim.traffic", "--serve", f"127.0.0.1:{port}",
@@ -583,7 +584,7 @@ def test_counts_the_detector_cannot_read_never_dim_the_road(tmp_path: Path) -> N
     source = (f'{{kind: stream, url: "http://127.0.0.1:{port}/stream.mjpg", stall_timeout_s: 2, '
               f'reconnect_initial_s: 0.5}}')
     rig = PoleRig(tmp_path, source, group=", ramp_down_pct_per_min: 100",
-                  camera="quality: {window_s: 20, recover_s: 10}")
+                  camera="quality: {window_episodes: 6}")
     try:
         rig.start()
         assert dimmed(rig), (rig.lighting()[-1:], rig.output()[-1500:])

@@ -241,14 +241,19 @@ class QualityConfig(Strict):
     counting line that no detection or track explains makes them poor, and poor counts
     never drive adaptive dimming (the step's fallback applies)."""
 
-    window_s: Annotated[float, Field(ge=10, le=3600)] = Field(120.0, description=(
-        "the verdict looks at the motion episodes of the last window_s seconds"))
-    recover_s: Annotated[float, Field(ge=0, le=3600)] = Field(120.0, description=(
-        "poor counts are trusted again only after this long without a poor finding"))
-    min_missed: Annotated[int, Field(ge=1, le=100)] = Field(3, description=(
-        "unexplained motion episodes in the window that make the counts poor"))
+    window_episodes: Annotated[int, Field(ge=2, le=200)] = Field(12, description=(
+        "the verdict weighs the last window_episodes motion episodes ..."))
+    window_s: Annotated[float, Field(ge=10, le=86400)] = Field(3600.0, description=(
+        "... none older than window_s seconds"))
+    min_missed: Annotated[int, Field(ge=1, le=100)] = Field(2, description=(
+        "unexplained episodes among them that make the counts poor ..."))
     max_missed: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description=(
-        "... provided they are at least this share of all episodes in the window"))
+        "... provided they are at least this share of them"))
+    recover_episodes: Annotated[int, Field(ge=1, le=50)] = Field(3, description=(
+        "poor counts are trusted again only once this many latest episodes were all "
+        "explained"))
+    recover_s: Annotated[float, Field(ge=0, le=3600)] = Field(60.0, description=(
+        "a blinded picture's counts are trusted again only after this long without one"))
     band: Annotated[float, Field(gt=0, le=0.3)] = Field(0.05, description=(
         "half-width of the band watched around each line, as a share of the frame height"))
     active: Annotated[float, Field(gt=0, le=0.5)] = Field(0.01, description=(

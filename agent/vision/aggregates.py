@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -245,6 +246,11 @@ def _tally(saved: object) -> QualityTally:
             t.scenes.update({k: int(saved["scenes"].get(k, 0)) for k in t.scenes})
             t.reasons = [str(r) for r in saved["reasons"]][:8]
         except (KeyError, TypeError, ValueError, AttributeError):
+            return QualityTally()
+        sane = (0 <= t.poor_frames <= t.frames and 0 <= t.explained <= t.episodes
+                and t.conf_n >= 0 and math.isfinite(t.conf_sum) and 0 <= t.conf_sum <= t.conf_n
+                and all(0 <= n <= t.frames for n in t.scenes.values()))
+        if not sane:                                   # hand-edited or damaged: not believed
             return QualityTally()
     return t
 

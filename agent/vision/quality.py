@@ -9,22 +9,28 @@ line has a *band* around it (``band`` of the frame's height on either side). A b
 which enough pixels changed is *active*; a run of active frames (gaps up to ``gap_s``,
 lasting ``min_s`` or more, cut every ``max_s`` so that dense traffic that keeps a band busy
 makes one episode per ``max_s``) is an **episode**: something crossed or moved on the line,
-a vehicle, or at night its lamps. An episode is **explained** when a detection or a track
-overlapped the band during it (or within ``slack_s`` before it): the detections the detector
-is confident of, and the confirmed tracks a detection has just matched (not tracks coasting
-without one, which a blind detector would leave behind). Vehicles the detector sees always
-explain their own motion; a picture the detector cannot read (washed out, high-gain night
-CCTV, glare) leaves episodes unexplained.
+a vehicle, or at night its lamps. A frame in which much of the whole picture changed
+(``global_share``: the camera shook, the exposure or a light changed) is no evidence either
+way and is left out. An episode is **explained** when a box the detector vouches for
+overlapped the *moving pixels* of the band during it (a parked car's box on the band does
+not explain a vehicle passing beside it): the detections it is confident of, and the
+confirmed tracks a detection has just matched (not tracks coasting without one, which a
+blind detector would leave behind). Vehicles the
+detector sees explain their own motion; a picture the detector cannot read (washed out,
+high-gain night CCTV, glare) leaves episodes unexplained.
 
-The **verdict** is poor when, over the last ``window_s``:
+The verdict weighs **episodes, not seconds**, so that a quiet road at night (a vehicle
+every few minutes, where dimming matters) is judged as surely as a busy one. It is poor when:
 
-- ``min_missed`` or more episodes were unexplained and they are at least ``max_missed``
-  of all episodes (motion crosses the line and no track does), or
+- of the last ``window_episodes`` episodes (none older than ``window_s``), ``min_missed``
+  or more were unexplained and they are at least ``max_missed`` of them (motion crosses the
+  line and no detection does); it then stays poor until the last ``recover_episodes``
+  episodes were all explained: a blind detector never proves itself, so its counts are
+  never trusted again on their own (the lamps do not hunt); or
 - the picture was blinded (black, uniform or glaring: grey mean < 8 or > 247, standard
   deviation < 4, or more than ``glare`` of the pixels saturated) on half the frames of the
-  last ``blind_s``.
+  last ``blind_s``, and for ``recover_s`` after.
 
-It stays poor until no poor finding for ``recover_s`` (hysteresis: the lamps do not hunt).
 An empty road with a good picture is good: no motion, nothing missed.
 
 Each frame is also labelled by what the picture is: ``blinded``, ``ir`` (grey: an infrared
@@ -50,16 +56,18 @@ SCENES = ("day", "night", "ir", "blinded")
 class QualitySettings:
     """The meter's knobs (``quality:`` in a camera's config; the defaults suit 10–30 fps)."""
 
-    window_s: float = 120.0
-    recover_s: float = 120.0
-    min_missed: int = 3
+    window_s: float = 3600.0
+    window_episodes: int = 12
+    recover_episodes: int = 3
+    recover_s: float = 60.0
+    min_missed: int = 2
     max_missed: float = 0.5
+    global_share: float = 0.25
     band: float = 0.05
     active: float = 0.01
     gap_s: float = 0.4
     min_s: float = 0.2
     max_s: float = 2.0
-    slack_s: float = 0.5
     blind_s: float = 10.0
     glare: float = 0.3
     width: int = 160
@@ -133,10 +141,11 @@ class QualityMeter:
         self._bands: list[np.ndarray] = []
         self._prev: np.ndarray | None = None
         self._open: list[_Episode | None] = []
-        self._recent_boxes: deque[tuple[float, list[bool]]] = deque()
-        self._episodes: deque[tuple[float, bool]] = deque()     # (end, explained)
+        self._episodes: deque[tuple[float, bool]] = deque(          # (end, explained)
+            maxlen=max(self.s.window_episodes, self.s.recover_episodes))
         self._blind: deque[tuple[float, bool]] = deque()
-        self._poor_until = -1.0
+        self._blind_until = -1.0
+        self._missing = False                 # poor for unexplained motion, until proven
         self._reasons: tuple[str, ...] = ()
         self._tally = QualityTally()
 
@@ -150,13 +159,12 @@ class QualityMeter:
         grey, small = self._thumb(image)
         scene = self._scene(grey, small)
         blinded = scene == "blinded"
-        in_band = self._boxes_in_bands(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
-        self._recent_boxes.append((t, in_band))
-        while self._recent_boxes and self._recent_boxes[0][0] < t - self.s.slack_s:
-            self._recent_boxes.popleft()
-        active = self._active(grey) if not blinded else [False] * len(self._bands)
-        for i, on in enumerate(active):
-            self._step_episode(i, t, on, in_band[i])
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        boxes = boxes[np.isfinite(boxes).all(axis=1)]          # a NaN or inf box is no box
+        moving = self._moving(grey) if not blinded else [None] * len(self._bands)
+        on_motion = self._boxes_on(boxes, moving)
+        for i, mask in enumerate(moving):
+            self._step_episode(i, t, mask is not None, on_motion[i])
         self._blind.append((t, blinded))
         while self._blind and self._blind[0][0] < t - self.s.blind_s:
             self._blind.popleft()
@@ -223,26 +231,38 @@ class QualityMeter:
             return "ir"
         return "night" if mean < 60.0 else "day"
 
-    def _active(self, grey: np.ndarray) -> list[bool]:
+    def _moving(self, grey: np.ndarray) -> list[np.ndarray | None]:
+        """Each band's moving pixels when it is active, else None."""
         blur = cv2.GaussianBlur(grey, (5, 5), 0)
         prev, self._prev = self._prev, blur
         if prev is None or prev.shape != blur.shape:
-            return [False] * len(self._bands)
+            return [None] * len(self._bands)
         diff = cv2.absdiff(blur, prev)
         # noise-adaptive, as the motion gate: a noisy picture raises the median difference
         changed = diff > max(6, 3 * int(np.median(diff)))
-        return [bool(band.any()) and float(np.count_nonzero(changed & band)) / np.count_nonzero(band)
-                >= self.s.active for band in self._bands]
-
-    def _boxes_in_bands(self, boxes: np.ndarray) -> list[bool]:
-        out = []
+        if np.count_nonzero(changed) > self.s.global_share * changed.size:
+            return [None] * len(self._bands)       # the whole picture moved: no evidence
+        out: list[np.ndarray | None] = []
         for band in self._bands:
+            moving = changed & band
+            area = np.count_nonzero(band)
+            out.append(moving if area and np.count_nonzero(moving) >= self.s.active * area
+                       else None)
+        return out
+
+    def _boxes_on(self, boxes: np.ndarray, masks: list[np.ndarray | None]) -> list[bool]:
+        """For each mask (thumbnail scale), whether a box overlaps one of its pixels."""
+        out = []
+        for mask in masks:
             hit = False
-            th, tw = band.shape
-            for x1, y1, x2, y2 in boxes * self._scale:
+            if mask is None:
+                out.append(False)
+                continue
+            th, tw = mask.shape
+            for x1, y1, x2, y2 in np.clip(boxes * self._scale, -1.0, 1e5):
                 xa, ya = max(0, int(x1)), max(0, int(y1))
                 xb, yb = min(tw, int(np.ceil(x2)) + 1), min(th, int(np.ceil(y2)) + 1)
-                if xa < xb and ya < yb and band[ya:yb, xa:xb].any():
+                if xa < xb and ya < yb and mask[ya:yb, xa:xb].any():
                     hit = True
                     break
             out.append(hit)
@@ -261,8 +281,7 @@ class QualityMeter:
         if ep is not None:
             self._close(i, ep)
         if on:
-            before = any(b[i] for _, b in self._recent_boxes)    # a box just before it
-            self._open[i] = _Episode(t, t, boxed or before)
+            self._open[i] = _Episode(t, t, boxed)
 
     def _close(self, i: int, ep: _Episode) -> None:
         """An episode ended: kept if it lasted ``min_s``."""
@@ -273,19 +292,27 @@ class QualityMeter:
         self._open[i] = None
 
     def _judge(self, t: float) -> Verdict:
+        recent = list(self._episodes)[-self.s.window_episodes:]
+        missed = sum(1 for _, explained in recent if not explained)
+        if not self._missing and missed >= self.s.min_missed \
+                and missed >= self.s.max_missed * len(recent):
+            self._missing = True
+        elif self._missing:                        # proven again: the latest all explained
+            last = recent[-self.s.recover_episodes:]
+            if len(last) >= self.s.recover_episodes and all(e for _, e in last):
+                self._missing = False              # judged afresh from here on
+                self._episodes.clear()
+                self._episodes.extend(last)
         reasons = []
-        missed = sum(1 for _, explained in self._episodes if not explained)
-        total = len(self._episodes)
-        if missed >= self.s.min_missed and missed >= self.s.max_missed * total:
-            reasons.append(f"motion at the line, no vehicle detected: {missed} of {total} "
-                           f"episodes in the last {self.s.window_s:g} s")
+        if self._missing:
+            reasons.append(f"motion at the line, no vehicle detected: {missed} of the last "
+                           f"{len(recent)} episodes")
         blind = sum(1 for _, b in self._blind if b)
         if self._blind and blind >= 0.5 * len(self._blind):
+            self._blind_until = t + self.s.recover_s
             reasons.append(f"picture blinded (black, uniform or glaring): {blind} of the "
                            f"last {len(self._blind)} frames")
-        if reasons:
-            self._poor_until = t + self.s.recover_s
-            self._reasons = tuple(reasons)
-        elif t >= self._poor_until:
-            self._reasons = ()
+        elif t < self._blind_until:
+            reasons.append("picture blinded: recovering")
+        self._reasons = tuple(reasons)
         return self.verdict()

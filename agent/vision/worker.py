@@ -72,10 +72,11 @@ def settings_for(cam: CameraConfig, fps: float) -> PipelineSettings:
                             match_iou=t.match_iou,
                             lost_s=t.lost_s, min_hits=t.min_hits,
                             class_settle_s=t.class_settle_s,
-                            quality=QualitySettings(window_s=q.window_s, recover_s=q.recover_s,
-                                                    min_missed=q.min_missed,
-                                                    max_missed=q.max_missed, band=q.band,
-                                                    active=q.active))
+                            quality=QualitySettings(
+                                window_s=q.window_s, window_episodes=q.window_episodes,
+                                recover_episodes=q.recover_episodes, recover_s=q.recover_s,
+                                min_missed=q.min_missed, max_missed=q.max_missed, band=q.band,
+                                active=q.active))
 
 
 @dataclass
