@@ -90,6 +90,26 @@ IN_PROCESS_ENV = "POLELINK_MODELS_IN_PROCESS"
 REJECT_EVENT_EVERY_S = 10.0
 
 
+def traffic_samples(records: list, mono: float) -> list[TrafficSample]:
+    """The lighting's traffic from closed intervals: per camera, its busiest line's counts
+    (a camera usually watches both directions of one road). An interval whose counts were
+    poor (``count_quality.grade``) is no evidence of the traffic: it is not coverage, so its
+    undercount cannot dim the road once the camera's counts are trusted again."""
+    samples = []
+    for cam in sorted({r.camera for r in records}):
+        lines = [r for r in records if r.camera == cam and r.line is not None]
+        busiest = max(lines, key=lambda r: r.total, default=None)
+        if busiest is None:
+            continue
+        counts: dict[str, int] = {}
+        for per in busiest.counts.values():
+            for cls, n in per.items():
+                counts[cls] = counts.get(cls, 0) + n
+        poor = (busiest.quality or {}).get("grade") == "poor"
+        samples.append(TrafficSample(cam, mono, 0.0 if poor else busiest.covered_s, counts))
+    return samples
+
+
 @dataclass
 class Pending:
     """A command whose work is running on another thread."""
@@ -371,22 +391,7 @@ class Agent:
                 self.reporter.publish(EventRecord("storage_error", "alarm", "aggregates",
                                                   {"path": str(self.sink.path), "error": str(e)}))
         if self.lighting is not None:
-            samples = []
-            for cam in {r.camera for r in records}:
-                lines = [r for r in records if r.camera == cam and r.line is not None]
-                busiest = max(lines, key=lambda r: r.total, default=None)
-                if busiest is None:
-                    continue
-                counts: dict[str, int] = {}
-                for per in busiest.counts.values():
-                    for cls, n in per.items():
-                        counts[cls] = counts.get(cls, 0) + n
-                # an interval whose counts were poor is no evidence of the traffic: it is
-                # not coverage (its undercount would dim the road once the camera's counts
-                # are trusted again)
-                poor = (busiest.quality or {}).get("grade") == "poor"
-                samples.append(TrafficSample(cam, mono, 0.0 if poor else busiest.covered_s,
-                                             counts))
+            samples = traffic_samples(records, mono)
             lighting = self.lighting
             if samples:
                 lighting.submit(lambda: lighting.add_traffic(samples))

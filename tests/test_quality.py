@@ -290,3 +290,27 @@ def test_poor_counts_are_not_trusted_by_the_lighting() -> None:
     assert r.flow is None and r.reason.startswith("camera cam1: counts not trusted: motion at")
     flow.judged("cam1", ())
     assert flow.reading(["cam1"], 101.0).flow is not None
+
+
+def test_poor_intervals_are_never_traffic() -> None:
+    """An hour of poor (under)counts, then the counts are trusted again: the lighting's flow
+    holds only the good intervals, so the poor hour's undercount cannot dim the road."""
+    from agent.lighting.flow import RollingFlow
+    from agent.records import TrafficRecord
+    from agent.runner import traffic_samples
+
+    def rec(end: float, n: int, grade: str) -> TrafficRecord:
+        return TrafficRecord("p", "s", "cam1", end - 60, end, 60, False, 900, 900, 0, 0, 900, 900,
+                             5.0, 0, False, False, "live", {"down": {"car": n}}, line="main",
+                             quality={"grade": grade})
+
+    flow = RollingFlow(window_s=3600, min_coverage_s=120, stale_s=600)
+    for k in range(50):                                   # 50 poor minutes: nothing counted
+        flow.add(*traffic_samples([rec(60.0 * (k + 1), 0, "poor")], 60.0 * (k + 1)))
+    flow.seen("cam1", 3000.0)
+    assert flow.reading(["cam1"], 3000.0).flow is None    # no coverage from poor intervals
+    for k in range(50, 53):                               # then three good minutes, 12 a minute
+        flow.add(*traffic_samples([rec(60.0 * (k + 1), 12, "good")], 60.0 * (k + 1)))
+    flow.seen("cam1", 3180.0)
+    r = flow.reading(["cam1"], 3180.0)
+    assert r.flow is not None and r.flow.vehicles_per_hour == pytest.approx(720.0)
