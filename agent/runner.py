@@ -88,6 +88,8 @@ COMMAND_TIMEOUT_S = 30.0
 IN_PROCESS_ENV = "POLELINK_MODELS_IN_PROCESS"
 #: At most one ``command_rejected`` event this often (its ``count`` says how many).
 REJECT_EVENT_EVERY_S = 10.0
+#: What a ``busy`` answer asks the platform to wait before sending the command again.
+BUSY_RETRY_AFTER_S = 5
 
 
 def traffic_samples(records: list, mono: float) -> list[TrafficSample]:
@@ -118,6 +120,7 @@ class Pending:
     command: str
     future: Future
     deadline: float
+    done: Callable[[], None] | None = None
 
 
 class Agent:
@@ -148,7 +151,17 @@ class Agent:
         self.lighting = self._make_lighting(cfg)
         self.handlers = CommandHandlers(self)
         self.dispatcher = CommandDispatcher(self.handlers.table(), self._make_guard(cfg.mqtt))
-        self.commands: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=1000)
+        # at most commands.in_flight should come per connection (MQTT 5 Receive Maximum:
+        # each is acknowledged to the broker once answered), but brokers overshoot it
+        # (mosquitto 2.0 refills its quota too generously after a PUBACK): room for ten
+        # times as many (at most 16 KiB each); beyond, a command is answered busy, never
+        # dropped unanswered
+        in_flight = cfg.mqtt.commands.in_flight if cfg.mqtt else 20
+        self.commands: queue.Queue[tuple[str, bytes, bool, Callable[[], None] | None]] = \
+            queue.Queue(maxsize=max(10 * in_flight, 100))
+        #: set when a command arrives: the main loop wakes for it
+        self.wake = threading.Event()
+        self.commands_busy = 0
         self.pending: list[Pending] = []
         self._camera_ok: dict[str, bool] = {}
         self._quality_poor: dict[str, bool] = {}     # camera → its counts were poor
@@ -183,7 +196,10 @@ class Agent:
                                        session_expiry_s=m.session_expiry_s,
                                        ack_window=m.ack_window,
                                        ack_timeout_s=m.ack_timeout_s,
-                                       ack_timeout_max_s=10 * m.ack_timeout_s),
+                                       ack_timeout_max_s=10 * m.ack_timeout_s,
+                                       state_future_s=m.state_future_s,
+                                       takeover_wait_max_s=m.takeover_wait_max_s,
+                                       receive_maximum=m.commands.in_flight),
                         self.cfg.device.id, self.cfg.device.site, outbox, self.on_command)
         return outbox, uplink, ""
 
@@ -337,14 +353,51 @@ class Agent:
         for name, w in self.workers.items():
             self.checkpoints.save(name, w.aggregator.checkpoint(now))
 
-    def on_command(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        """From the MQTT thread: queue the command for the main loop, nothing more."""
+    def on_command(self, topic: str, payload: bytes, retained: bool = False,
+                   done: Callable[[], None] | None = None) -> None:
+        """From the MQTT thread: queue the command for the main loop, nothing more.
+        ``done`` (acknowledge it to the broker) is called once it is answered. A full
+        queue answers ``busy`` (with a retry-after) at once: never dropped unanswered."""
         if self.uplink is None or topic != self.uplink.topic("cmd"):
+            if done is not None:
+                done()
             return
         try:
-            self.commands.put_nowait((topic, payload, retained))
+            self.commands.put_nowait((topic, payload, retained, done))
+            self.wake.set()
+            return
         except queue.Full:
-            log.warning("command queue full: command dropped")
+            pass
+        try:
+            self._answer_busy(payload)
+        except Exception:           # never the MQTT thread's end
+            log.exception("command queue full: the busy answer failed")
+        if done is not None:
+            done()
+
+    def _answer_busy(self, payload: bytes) -> None:
+        """Answer a command the queue has no room for: ``error`` "busy", and ``data``
+        ``{"busy": true, "retryAfterS": N}`` (a platform sends it again after N s)."""
+        from agent.uplink.commands import MAX_COMMAND_BYTES, parse_strict
+
+        cid = cmd = None
+        if len(payload) <= MAX_COMMAND_BYTES:
+            try:
+                msg = parse_strict(payload)
+            except ValueError:
+                msg = None
+            if isinstance(msg, dict):
+                c, k = msg.get("correlation_id"), msg.get("command")
+                cid = c if isinstance(c, str) and 0 < len(c) <= 128 else None
+                cmd = k if isinstance(k, str) and len(k) <= 64 else None
+        self.commands_busy += 1
+        if self.commands_busy == 1 or self.commands_busy % 100 == 0:
+            log.warning("commands: %d waiting already; answered busy (retry after %d s), "
+                        "%d busy answers so far", self.commands.qsize(), BUSY_RETRY_AFTER_S,
+                        self.commands_busy)
+        self.reporter.respond(cid, cmd, f"busy: {self.commands.qsize()} commands are waiting "
+                              f"on this pole; not run: send it again in {BUSY_RETRY_AFTER_S} s",
+                              {"busy": True, "retryAfterS": BUSY_RETRY_AFTER_S})
 
     def step(self) -> list[TrafficRecord]:
         """One pass of the main loop (see the module docstring); returns closed records."""
@@ -458,7 +511,7 @@ class Agent:
     def _run_commands(self) -> None:
         while True:
             try:
-                _topic, payload, retained = self.commands.get_nowait()
+                _topic, payload, retained, done = self.commands.get_nowait()
             except queue.Empty:
                 return
             try:
@@ -469,9 +522,11 @@ class Agent:
                 cid, cmd, error, data = None, None, f"command failed: {type(e).__name__}", {}
             if isinstance(data, Future):
                 self.pending.append(Pending(cid, cmd or "", data,
-                                            time.monotonic() + COMMAND_TIMEOUT_S))
+                                            time.monotonic() + COMMAND_TIMEOUT_S, done))
                 continue
             self._answer(cid, cmd, error, data)
+            if done is not None:
+                done()
 
     def _answer(self, cid: str | None, cmd: str | None, error: str | None,
                 data: dict[str, Any] | None) -> None:
@@ -503,6 +558,9 @@ class Agent:
                              "may still take effect", None)
             else:
                 still.append(p)
+                continue
+            if p.done is not None:
+                p.done()
         self.pending = still
 
     def publish_health(self) -> None:
@@ -526,6 +584,7 @@ class Agent:
             return {}
         d, g = self.dispatcher, self.dispatcher.guard
         return {**self.uplink.figures(), "commandsAccepted": d.accepted,
+                "commandsBusy": self.commands_busy,
                 "commandsRejected": d.rejected, "commandReplays": g.replays if g else 0,
                 "replayWindowDurable": g.replay.durable if g else False}
 
@@ -812,7 +871,10 @@ def run_agent(config: Path, duration: float | None = None, live: bool = True) ->
           flush=True)
     try:
         while not stop.is_set():
-            stop.wait(0.25)
+            agent.wake.wait(0.25)       # (a command wakes it early)
+            agent.wake.clear()
+            if stop.is_set():
+                break
             for r in agent.step():
                 where = r.line or r.zone
                 print(f"\n{r.to_json()['interval_start']} {r.camera}/{where}: total {r.total} "

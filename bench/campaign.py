@@ -40,7 +40,14 @@ restarted), ``outbox_corrupt`` (agent killed, the file's header overwritten),
 ``cap_outage`` (the platform away until the outbox overflows), ``disk_full`` (the state
 folder's file system filled; needs root to mount a tmpfs, skipped otherwise),
 ``model_crash`` (SIGSEGV to the agent's model process: a runtime that crashes on a frame),
-``model_hang`` (SIGSTOP to it: the agent kills it at ``run_timeout_s``, 2 s here).
+``model_hang`` (SIGSTOP to it: the agent kills it at ``run_timeout_s``, 2 s here),
+``state_forged`` (a stranger publishes the platform's STATE ``offline``, once, not
+retained, stamped years ahead or 100 s ahead), ``duplicate_pole`` (a second ``agent run``
+with the same device id, as from a copied card: the broker closes one connection for the
+other), ``command_burst`` (150 commands at once in ``--short``, 2,000 otherwise),
+``row_corrupt`` (a queued row other than traffic stops being JSON but keeps its braces
+and ``msg_id``), ``disk_full_stop`` (the state folder fills, the agent is stopped with what it
+holds in memory, and started again with room: needs the tmpfs, as ``disk_full``).
 
 ``--plan`` runs one given schedule instead of drawn ones (e.g. ``platform_away@1+15,
 broker_restart_forget@16.3``: seconds from the schedule's start, ``+HOLD`` how long it
@@ -89,19 +96,25 @@ SETTLE_S = 150              # the longest wait for everything to arrive after a 
 FAULTS = ("broker_restart_persist", "broker_restart_forget", "broker_hang",
           "platform_kill", "platform_pause", "platform_away", "agent_kill",
           "outbox_deleted_running", "outbox_deleted_stopped", "outbox_corrupt",
-          "cap_outage", "disk_full", "model_crash", "model_hang")
+          "cap_outage", "disk_full", "model_crash", "model_hang", "state_forged",
+          "duplicate_pole", "command_burst", "row_corrupt", "disk_full_stop")
+#: Faults that need the state folder on a small file system of its own (root: a tmpfs).
+DISK_FAULTS = ("disk_full", "disk_full_stop")
 SHORT_FAULTS = tuple(f for f in FAULTS if f not in ("cap_outage",))
 #: Faults that leave the pole a backlog to replay when they end.
 OUTAGES = ("platform_away", "platform_pause", "broker_hang", "platform_kill")
 INSTANT = ("broker_restart_persist", "broker_restart_forget", "outbox_deleted_running",
-           "model_crash")
+           "model_crash", "state_forged", "command_burst", "row_corrupt")
 #: The process (or file) each fault holds: one fault at a time per target.
 TARGET = {"broker_restart_persist": "broker", "broker_restart_forget": "broker",
           "broker_hang": "broker", "platform_kill": "platform", "platform_pause": "platform",
           "platform_away": "platform", "cap_outage": "platform", "agent_kill": "agent",
           "outbox_deleted_running": "agent", "outbox_deleted_stopped": "agent",
           "outbox_corrupt": "agent", "disk_full": "disk", "model_crash": "model",
-          "model_hang": "model"}
+          "model_hang": "model", "state_forged": "state", "duplicate_pole": "twin",
+          "command_burst": "commands", "row_corrupt": "agent", "disk_full_stop": "agent"}
+#: Commands in one ``command_burst`` (short mode, full campaign).
+BURST = (150, 2000)
 
 
 def free_port() -> int:
@@ -249,15 +262,19 @@ class Campaign:
             self.tmpfs = subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.data)],
                 capture_output=True).returncode == 0
-        self.faults = tuple(f for f in faults if f != "disk_full" or self.tmpfs)
-        self.skipped = [] if self.tmpfs or "disk_full" not in faults else [
-            "disk_full (needs root to mount a tmpfs)"]
+        self.faults = tuple(f for f in faults if f not in DISK_FAULTS or self.tmpfs)
+        self.skipped = [] if self.tmpfs else [f"{f} (needs root to mount a tmpfs)"
+                                              for f in DISK_FAULTS if f in faults]
         self.db = work / "platform.db"
         self.broker = Broker(work, broker_queue)
         self.platforms: list[Proc] = []
         self.consumers = 0
         self.agent = Proc("agent", [sys.executable, "-m", "agent", "run", "--config",
                                     str(self._config()), "-q"], work / "agent.log")
+        # a second pole with the same device id (a copied card): its own state, camera "twin"
+        self.twin = Proc("twin", [sys.executable, "-m", "agent", "run", "--config",
+                                  str(self._twin_config()), "-q"], work / "twin.log")
+        self.short = False
         self.filler = self.data / "filler"
         self.unexpected_exits: list[int | None] = []
 
@@ -292,7 +309,20 @@ mqtt:
   outbox_max_messages: {CAP}
   ack_window: {WINDOW}
   ack_timeout_s: {ACK_TIMEOUT_S}
+  takeover_wait_max_s: 10
 """)
+        return cfg
+
+    def _twin_config(self) -> Path:
+        """The same pole file, its camera named ``twin`` and its state elsewhere: its
+        intervals never count as the pole's, its connections take the pole's over."""
+        twin = self.work / "twin"
+        twin.mkdir(exist_ok=True)
+        text = (self.work / "pole.yaml").read_text().replace("name: cam1", "name: twin")
+        text = text.replace(str(self.data / "agg.jsonl"), str(twin / "agg.jsonl"))
+        text = text.replace(str(self.data / "outbox.db"), str(twin / "outbox.db"))
+        cfg = self.work / "twin.yaml"
+        cfg.write_text(text)
         return cfg
 
     def _platform(self, i: int, shared: bool) -> Proc:
@@ -325,7 +355,7 @@ mqtt:
             raise RuntimeError(f"the agent closed no interval: {self.tail(self.agent.log)}")
 
     def close(self) -> None:
-        for p in [self.agent, *self.platforms]:
+        for p in [self.agent, self.twin, *self.platforms]:
             if p.running:
                 p.signal(signal.SIGKILL)
         self.broker.stop(signal.SIGKILL)
@@ -350,18 +380,7 @@ mqtt:
         return out
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        if not self.db.exists():
-            return []
-        for _ in range(20):
-            try:
-                db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
-                try:
-                    return db.execute(sql, args).fetchall()
-                finally:
-                    db.close()
-            except sqlite3.OperationalError:
-                time.sleep(0.2)
-        return []
+        return read_query(self.db, sql, args)
 
     def stored(self) -> Counter:
         """Traffic messages in the platform's store, counted by (camera, line, start)."""
@@ -376,7 +395,8 @@ mqtt:
     def alarms(self) -> list[dict]:
         return [json.loads(p) for (p,) in self._query(
             "SELECT payload FROM messages WHERE kind='event' AND valid=1 AND device=? AND "
-            "(payload LIKE '%outbox_overflow%' OR payload LIKE '%outbox_lost%')", (DEVICE,))]
+            "(payload LIKE '%outbox_overflow%' OR payload LIKE '%outbox_lost%' OR "
+            "payload LIKE '%outbox_unwritten%')", (DEVICE,))]
 
     def excused(self, rec: dict, alarms: list[dict]) -> str:
         """The alarm that names this interval as lost, or ''."""
@@ -386,6 +406,10 @@ mqtt:
             if a["event"] == "outbox_overflow" and "from" in d and "to" in d:
                 if iso_s(d["from"]) - 3 <= end <= iso_s(d["to"]) + 3:
                     return f"outbox_overflow {d.get('firstSeq')}..{d.get('lastSeq')}"
+            elif a["event"] == "outbox_unwritten" and "from" in d and "to" in d:
+                # held in memory on the full disk when the agent stopped: by their times
+                if iso_s(d["from"]) - 3 <= end <= iso_s(d["to"]) + 3:
+                    return f"outbox_unwritten {d.get('count')}"
             elif a["event"] == "outbox_lost" and isinstance(d.get("previousEpoch"), str):
                 # lost: what the pole made after the newest message of that epoch stored
                 last = self._query(
@@ -462,11 +486,73 @@ mqtt:
                 f.pid = pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSEGV if k == "model_crash" else signal.SIGSTOP)
-        elif k == "disk_full":
+        elif k in ("disk_full", "disk_full_stop"):
             with contextlib.suppress(OSError), open(self.filler, "wb") as fh:
                 while True:
                     fh.write(b"\0" * 65536)
+            if k == "disk_full_stop":   # what waits in memory then is counted, not lost
+                wait_for(lambda: "holding messages in memory" in self.tail(self.agent.log),
+                         10, 0.2)
+                self.agent.signal(signal.SIGTERM)
+        elif k == "state_forged":
+            # anyone may publish the STATE on a broker without ACL: once, not retained,
+            # "offline", stamped years ahead or within the poles' tolerance
+            ahead = 10 * 365 * 86400_000 if int(f.at * 10) % 2 else 100_000
+            self.publish([(f"polelink/STATE/{HOST_ID}", json.dumps(
+                {"online": False, "timestamp": int(time.time() * 1000) + ahead}))])
+        elif k == "duplicate_pole":
+            self.twin.start()
+        elif k == "command_burst":
+            from agent.uplink.commands import new_command
+
+            n = BURST[0 if self.short else 1]
+            self.publish([(f"polelink/{SITE}/{DEVICE}/cmd", json.dumps(new_command(
+                "ping", correlation_id=f"burst-{f.at:.1f}-{i}"))) for i in range(n)])
+        elif k == "row_corrupt":
+            f.note = "" if self.corrupt_row() else "no row but traffic queued"
         f.active = True
+
+    def publish(self, messages: list[tuple[str, str]]) -> None:
+        """Publish (QoS 1, not retained) from a client of no pole and no platform."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        protocol=mqtt.MQTTv5)
+        try:
+            c.connect("127.0.0.1", self.broker.port, 10)
+        except OSError:
+            return                      # the broker is down (another fault): nothing sent
+        c.loop_start()
+        try:
+            infos = [c.publish(t, p, qos=1) for t, p in messages]
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not all(i.is_published() for i in infos):
+                time.sleep(0.05)
+        finally:
+            c.disconnect()
+            c.loop_stop()
+
+    def corrupt_row(self) -> bool:
+        """A queued row that is not traffic (health, an event, a command's answer) keeps
+        its braces and msg_id but is no longer JSON (a torn write): the pole must
+        quarantine it, never publish it."""
+        p = self.data / "outbox.db"
+        try:
+            db = sqlite3.connect(p, timeout=5)
+            try:
+                row = db.execute("SELECT id, payload FROM outbox WHERE topic NOT LIKE "
+                                 "'%/traffic/%' ORDER BY id DESC LIMIT 1").fetchone()
+                if row is None:
+                    return False
+                db.execute("UPDATE outbox SET payload=? WHERE id=?",
+                           (bytes(row[1])[:-1] + b",,}", row[0]))
+                db.commit()
+                return True
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False
 
     def end(self, f: Fault) -> None:
         k = f.kind
@@ -481,9 +567,13 @@ mqtt:
                 p.start()
         elif k in ("agent_kill", "outbox_deleted_stopped", "outbox_corrupt"):
             self.agent.start()
-        elif k == "disk_full":
+        elif k in ("disk_full", "disk_full_stop"):
             with contextlib.suppress(FileNotFoundError):
                 self.filler.unlink()
+            if k == "disk_full_stop":
+                self.agent.start()
+        elif k == "duplicate_pole":
+            self.twin.signal(signal.SIGTERM)
         elif k == "model_hang" and f.pid:   # killed by the agent at its deadline, or not
             with contextlib.suppress(ProcessLookupError):
                 os.kill(f.pid, signal.SIGCONT)
@@ -510,6 +600,8 @@ mqtt:
             p.resume()
             if not p.running:
                 p.start()
+        if self.twin.running:
+            self.twin.signal(signal.SIGTERM)
         self.agent.resume()
         if not self.agent.running:
             if self.agent.proc is not None:     # it ended by itself: the promise is broken
@@ -565,6 +657,7 @@ mqtt:
 
     def run_schedule(self, rng: random.Random, short: bool,
                      plan: list[Fault] | None = None) -> tuple[list[Fault], dict]:
+        self.short = short
         self.set_consumers(rng.choice((1, 2)))
         faults = plan if plan is not None else self.draw(rng, short)
         events = sorted([(f.at, 0, i) for i, f in enumerate(faults)]
@@ -620,6 +713,22 @@ mqtt:
         return {"agent_exited": exits, "intervals": len(want), "stored": sum(1 for k in want if k in stored),
                 "lost_silently": sorted(unexplained), "lost_reported": len(missing)
                 - len(unexplained), "duplicates": sorted(dups), "invalid": self.invalid()[:5]}
+
+
+def read_query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows from a database another process writes (read-only; retried while locked)."""
+    if not db.exists():
+        return []
+    for _ in range(20):
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                return con.execute(sql, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            time.sleep(0.2)
+    return []
 
 
 def parse_plan(text: str) -> list[Fault]:

@@ -43,6 +43,9 @@ BACKOFF_MAX_S = 60
 REFUSALS_PER_MIN = 60
 #: Seconds between NTP attempts while the clock is not synchronised.
 NTP_RETRY_S = 600
+#: A platform STATE stamped further ahead of a plausible node clock is suspect (as the
+#: agent's ``mqtt.state_future_s``): never remembered, and ``offline`` from it ignored.
+STATE_FUTURE_MS = 300000
 
 
 def iso(t):
@@ -228,6 +231,7 @@ class Node:
     def _connected(self, now):
         """The CONNACK came: subscribe, birth, send from the oldest message held."""
         c = self.client
+        self.platform_ts = -1       # a new connection learns the STATE afresh
         # subscribed before the birth: a platform that answers the birth with a command
         # at once must find the node listening; the retained ack before the STATE
         c.subscribe(self.base + "/cmd", 1)
@@ -342,7 +346,14 @@ class Node:
             return
         if ts < self.platform_ts:
             return                              # a stale will
-        self.platform_ts = ts
+        now_ms = self.clock.now() * 1000
+        if now_ms < clockrules.BUILD_EPOCH * 1000:
+            self.platform_ts = ts               # (no clock to judge it by)
+        elif ts - now_ms > STATE_FUTURE_MS:
+            if not online:
+                return                          # forged, far ahead: cannot stop sending
+        else:                                   # ahead: remembered as of our clock
+            self.platform_ts = min(ts, max(now_ms, self.platform_ts))
         acks = msg.get("ack")
         acks = isinstance(acks, int) and not isinstance(acks, bool) and acks >= 1
         if online and acks != self.platform_acks:

@@ -236,7 +236,7 @@ mqtt:
   protocol: "{protocol}"
   reconnect_min_s: 0.5
   outbox_path: {work}/outbox.db
-  primary_host: ops                   # hold data until the platform says it is online
+  primary_host: platform              # hold data until the platform says it is online
 """
 
 
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(emu.stop)
         protocol = "3.1.1" if isinstance(broker, EmbeddedBroker) else "5"
         platform = PlatformSim(port=mqtt_port, http_port=free_port(a.http_port),
-                               host_id="ops", protocol=protocol).start()
+                               host_id="platform", protocol=protocol).start()
         stack.callback(platform.stop)
         rc = _run(a, work, clip, protocol, emu, platform, mqtt_port)
     return rc

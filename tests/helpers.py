@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 #: How late a loaded machine may run a thread or a process (two test suites side by side on
 #: 2 cores). A test of a deadline ("the call gives up, it does not hang") asserts
@@ -73,3 +74,34 @@ class Running:
         self._stop.set()
         self._thread.join(timeout=10)
         self.agent.stop()  # type: ignore[attr-defined]
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the file system of ``folder`` (a small tmpfs) with ``folder/filler``, until a
+    write fails; returns the filler (unlink it to give the room back)."""
+    filler = Path(folder) / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def small_filesystem(folder: Path, size: str) -> Path:
+    """A tmpfs of ``size`` (``3m``) mounted on ``folder`` (created), to fill up; skips the
+    test where mounting needs root that it does not have. Unmount with ``umount -l``."""
+    import os
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    return folder

@@ -25,7 +25,7 @@ import pytest
 
 from sim.platform import PlatformSim
 from tests.conftest import ROOT
-from tests.helpers import SLACK_S, wait_until
+from tests.helpers import SLACK_S, fill_disk, small_filesystem, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -198,11 +198,12 @@ def test_a_corrupt_row_is_quarantined_with_an_alarm_and_the_rest_delivered(
         return max((m.get("seq", 0) for t, m, r in list(wire.messages)
                     if isinstance(m.get("seq"), int) and not t.endswith("/status")), default=0)
 
-    def holding() -> int | None:
+    def holding() -> int | None:        # (and two such rows are queued)
         before = sent()
         time.sleep(3)
-        row = sqlite3.connect(db).execute(pick, (before,)).fetchone()[0]
-        return before if sent() == before and row is not None else None
+        n = sqlite3.connect(db).execute(pick.replace("MIN(id)", "COUNT(*)"),
+                                        (before,)).fetchone()[0]
+        return before if sent() == before and n >= 2 else None
     held = None
     end = time.monotonic() + 90
     while held is None and time.monotonic() < end:
@@ -210,7 +211,15 @@ def test_a_corrupt_row_is_quarantined_with_an_alarm_and_the_rest_delivered(
     wire.close()
     assert held is not None, "the pole never held its messages with the platform away"
     raw = sqlite3.connect(db, timeout=10)
-    raw.execute(f"UPDATE outbox SET topic=CAST(X'ff00fe' AS TEXT) WHERE id=({pick})", (held,))
+    first = raw.execute(pick, (held,)).fetchone()[0]
+    raw.execute("UPDATE outbox SET topic=CAST(X'ff00fe' AS TEXT) WHERE id=?", (first,))
+    # and a row that keeps its braces and its msg_id but is not JSON any more (a torn
+    # write, a flipped byte): it must not reach the platform either
+    second = raw.execute(pick.replace("seq > ?", "id > ?"), (first,)).fetchone()[0]
+    payload = raw.execute("SELECT payload FROM outbox WHERE id=?", (second,)).fetchone()[0]
+    assert b'"msg_id":"' in payload
+    raw.execute("UPDATE outbox SET payload=? WHERE id=?",
+                (bytes(payload)[:-1] + b',,}', second))
     raw.commit()
     raw.close()
     n = len(stack.records())
@@ -218,33 +227,22 @@ def test_a_corrupt_row_is_quarantined_with_an_alarm_and_the_rest_delivered(
     assert wait_until(lambda: stack.events("outbox_rows_quarantined"), 30), \
         stack.output()[-2000:]
     assert wait_until(lambda: len(stack.records()) >= n + 1, 30)
-    stack.all_delivered(gaps=1)                         # the one quarantined message …
-    [alarm] = stack.events("outbox_rows_quarantined")
-    assert alarm["severity"] == "alarm" and len(alarm["detail"]["seqs"]) == 1   # … named
+    stack.all_delivered(gaps=2)                         # the two quarantined messages …
+    alarms = stack.events("outbox_rows_quarantined")
+    seqs = [q for a in alarms for q in a["detail"]["seqs"]]
+    assert all(a["severity"] == "alarm" for a in alarms) and len(seqs) == 2, alarms  # named
+    assert not stack.platform.invalid_log, stack.platform.invalid_log[:3]
     assert stack.proc is not None and stack.proc.poll() is None       # still running
     assert "Traceback" not in stack.output()
 
 
 def test_a_full_disk_holds_messages_in_memory_and_loses_none(tmp_path: Path, sim_clip) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    data = tmp_path / "small"
-    data.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(data)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
+    data = small_filesystem(tmp_path / "small", "3m")
     s = Stack(tmp_path, sim_clip, data=data)
     try:
         s.start_agent()
         assert wait_until(lambda: s.delivered(), 40), s.output()[-2000:]
-        filler = data / "filler"
-        with open(filler, "wb") as f:                   # fill the disk
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill_disk(data)
         assert wait_until(lambda: "holding messages in memory" in s.output(), 40), \
             s.output()[-2000:]
         t_full = time.time()

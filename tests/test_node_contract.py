@@ -27,7 +27,7 @@ STATUS = {"schema": "polelink/status/1", "device": "node-0042", "site": "harbour
 
 def test_the_asyncapi_document_has_a_node_role() -> None:
     doc = yaml.safe_load((SCHEMA_DIR / "asyncapi.yaml").read_text())
-    assert doc["info"]["version"] == "2.9.0"
+    assert doc["info"]["version"] == "2.10.0"
     assert "Changes in 2.4.0" in doc["info"]["description"]
     assert "Changes in 2.5.0" in doc["info"]["description"]
     assert "Changes in 2.6.0" in doc["info"]["description"]

@@ -35,7 +35,7 @@ def test_sigkill_during_broker_outage_loses_no_aggregate(tmp_path: Path, city_st
     # delivered means the platform has it (its acknowledgement): with PUBACK freeing, a
     # message the broker acknowledged just before it was killed is lost by design (README,
     # "Queues and the window"), and this test failed under load on exactly that race
-    cfg.write_text(cfg.read_text() + "  primary_host: ops\n")
+    cfg.write_text(cfg.read_text() + "  primary_host: platform\n")
     agg = tmp_path / "agg.jsonl"
     log = tmp_path / "agent.log"
     proc = start_agent(cfg, log)

@@ -23,6 +23,14 @@ The platform's block: read ``<prefix>/#``, write ``<prefix>/+/+/cmd`` and
 ``<prefix>/STATE/<platform user>`` (its retained state and will: the platform's Sparkplug
 host id is its username). Nothing else is granted; mosquitto denies what no line allows.
 
+With ``--platform-consumers N`` (several platform processes sharing one subscription),
+users ``<platform user>-2`` … ``-N`` get the same block: the shipped broker config makes
+the username the client id (``use_username_as_clientid``), so each consumer needs a
+username of its own. ``<platform user>-state`` may only readwrite
+``<prefix>/STATE/<platform user>``: the connection on which the one consumer that holds
+the STATE lease speaks for all of them (``sim.platform``'s STATE client; it cannot share
+a username with a consumer, whose client id it would take over).
+
 Exit codes: 0 written, 1 bad input (unreadable or invalid config, bad ``--device``,
 duplicate device id, a device named like the platform user, a device waiting for another
 platform host's STATE), 2 usage error.
@@ -88,18 +96,31 @@ def entry_from_arg(text: str, prefix: str) -> DeviceEntry:
     return DeviceEntry(device=device, site=site, prefix=prefix, source=f"--device {text}")
 
 
-def check_fleet(devices: Sequence[DeviceEntry], platform_user: str) -> None:
+def platform_users(platform_user: str, consumers: int = 1) -> list[str]:
+    """The platform's usernames: one per consumer (the first is ``platform_user``), then
+    the STATE speaker's, ``<platform_user>-state``."""
+    return ([platform_user] + [f"{platform_user}-{i}" for i in range(2, consumers + 1)]
+            + [f"{platform_user}-state"])
+
+
+def check_fleet(devices: Sequence[DeviceEntry], platform_user: str, consumers: int = 1) -> None:
     """AclError on the first thing that would make the ACL wrong or ambiguous."""
-    if not NAME_RE.match(platform_user):
+    if not NAME_RE.match(platform_user) or len(platform_user) > 56:
         raise AclError(f"--platform-user {platform_user!r}: lower-case letters, digits, '-' "
-                       "and '_', starting with a letter or digit, at most 63")
+                       "and '_', starting with a letter or digit, at most 56 (the STATE user "
+                       "adds '-state')")
+    if not 1 <= consumers <= 99:
+        raise AclError(f"--platform-consumers {consumers}: from 1 to 99")
     if not devices:
         raise AclError("no devices: give provisioning files or --device SITE/DEVICE")
     seen: dict[str, DeviceEntry] = {}
+    ours = platform_users(platform_user, consumers)
     for d in devices:
-        if d.device == platform_user:
-            raise AclError(f"device id {d.device!r} ({d.source}) is the platform's username; "
-                           "choose another --platform-user or rename the device")
+        if d.device in ours:
+            which = ("the platform's username" if d.device == platform_user else
+                     f"one of the platform's usernames ({', '.join(ours)})")
+            raise AclError(f"device id {d.device!r} ({d.source}) is {which}; choose another "
+                           "--platform-user or rename the device")
         if d.device in seen:
             raise AclError(f"duplicate device id {d.device!r} in {seen[d.device].source} and "
                            f"{d.source}: the device id is the MQTT username and must be "
@@ -131,15 +152,29 @@ def platform_block(user: str, prefixes: Iterable[str]) -> list[str]:
     return lines
 
 
-def render_acl(devices: Sequence[DeviceEntry], platform_user: str = "platform") -> str:
+def state_block(platform_user: str, prefixes: Iterable[str]) -> list[str]:
+    """The STATE speaker's block: its host's STATE topic, nothing else."""
+    return [f"user {platform_user}-state"] + [f"topic readwrite {p}/STATE/{platform_user}"
+                                              for p in prefixes]
+
+
+def render_acl(devices: Sequence[DeviceEntry], platform_user: str = "platform",
+               consumers: int = 1) -> str:
     """The whole ``acl_file`` text (checks the fleet first; AclError if it is wrong)."""
-    check_fleet(devices, platform_user)
+    check_fleet(devices, platform_user, consumers)
     prefixes = sorted({d.prefix for d in devices})
     out = ["# mosquitto acl_file written by `agent broker-acl`; regenerate, do not edit.",
            "# No topic lines before the first `user`: anonymous clients get nothing.",
            "# Anything not granted below is denied.", "",
            "# the platform: reads all pole data, commands poles, acknowledges, owns its STATE",
            *platform_block(platform_user, prefixes)]
+    for user in platform_users(platform_user, consumers)[1:-1]:
+        out += ["", f"# platform consumer {user} (--share): the same rights",
+                *platform_block(user, prefixes)[:1],
+                *[ln.replace(f"/STATE/{user}", f"/STATE/{platform_user}")
+                  for ln in platform_block(user, prefixes)[1:]]]
+    out += ["", "# the platform's STATE speaker (the consumer holding the STATE lease)",
+            *state_block(platform_user, prefixes)]
     for d in sorted(devices, key=lambda e: (e.prefix, e.site, e.device)):
         out += ["", *device_block(d)]
     return "\n".join(out) + "\n"
@@ -153,7 +188,7 @@ def cmd_broker_acl(a: argparse.Namespace) -> int:
                            "and '/', starting with a letter or digit, at most 63")
         devices = [entry_from_config(Path(f)) for f in a.files]
         devices += [entry_from_arg(t, a.prefix) for t in a.device or []]
-        text = render_acl(devices, a.platform_user)
+        text = render_acl(devices, a.platform_user, a.platform_consumers)
     except AclError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -163,8 +198,10 @@ def cmd_broker_acl(a: argparse.Namespace) -> int:
         except OSError as e:
             print(f"agent: error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
             return EXIT_INVALID
+        users = platform_users(a.platform_user, a.platform_consumers)
         print(f"wrote {a.out}: {len(devices)} device{'s' if len(devices) != 1 else ''} and "
-              f"platform user {a.platform_user}", file=sys.stderr)
+              f"platform users {', '.join(users)} (each needs a password: "
+              "mosquitto_passwd)", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -182,6 +219,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="polelink",
                    help="topic prefix for --device poles (polelink)")
     p.add_argument("--platform-user", default="platform", metavar="NAME",
-                   help="the platform's MQTT username and STATE host id (platform)")
+                   help="the platform's MQTT username and STATE host id (platform; the "
+                        "default of `python -m sim.platform`); NAME-state speaks its STATE")
+    p.add_argument("--platform-consumers", type=int, default=1, metavar="N",
+                   help="platform processes sharing one subscription: users NAME, NAME-2 … "
+                        "NAME-N (the broker makes the username the client id) (1)")
     p.add_argument("-o", "--out", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=cmd_broker_acl)

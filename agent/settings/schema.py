@@ -813,6 +813,11 @@ class CommandsConfig(Strict):
     replay_path: Path | None = Field(None, description=(
         "where executed correlation ids are remembered (default: commands.db beside the outbox)"))
     overrides_per_minute: Annotated[int, Field(strict=True, ge=1, le=600)] = 12
+    in_flight: Annotated[int, Field(strict=True, ge=1, le=1000)] = Field(20, description=(
+        "commands the broker may send this pole before it has answered them (MQTT 5 "
+        "Receive Maximum; a command is acknowledged to the broker once answered): the "
+        "broker holds the rest of a burst. Beyond this many waiting in the pole (a busy "
+        "main loop), a command is answered busy with a retry-after"))
 
     @field_validator("verify_key", "replay_path", mode="before")
     @classmethod
@@ -867,6 +872,15 @@ class MqttConfig(Strict):
     ack_timeout_s: Annotated[float, Field(ge=1, le=3600)] = Field(30.0, description=(
         "then the unacknowledged messages are sent again (same msg_id); the wait doubles "
         "up to 10x while nothing is acknowledged"))
+    takeover_wait_max_s: Annotated[float, Field(ge=1, le=3600)] = Field(60.0, description=(
+        "when another client takes this pole's session over (MQTT 5 reason 0x8E: two poles "
+        "with one device id), reconnects wait 2, 4, 8, 16 s, then this long (each at most "
+        "this long)"))
+    state_future_s: Annotated[float, Field(ge=10, le=7 * 86400)] = Field(300.0, description=(
+        "a platform STATE whose timestamp is further ahead of this pole's clock is suspect "
+        "(forged, or this pole's clock is behind): its timestamp is not remembered, and it "
+        "cannot stop sending (offline is ignored); one less far ahead is remembered as of "
+        "this pole's clock"))
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
     @field_validator("outbox_path", "secrets_file", mode="before")

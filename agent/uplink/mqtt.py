@@ -71,6 +71,21 @@ log = logging.getLogger(__name__)
 #: The longest one pass of the network loop may take (a connect's timeout, a TLS
 #: handshake, an outbox transaction on a slow SD card) before the thread counts as stuck.
 UPLINK_BOUND_S = 60.0
+#: MQTT 5 DISCONNECT reason "Session taken over": another client connected with our id.
+SESSION_TAKEN_OVER = 0x8E
+#: Waits before reconnecting after the 1st, 2nd, … take-over in a row (each at most
+#: ``takeover_wait_max_s``); from the 5th on, ``takeover_wait_max_s`` (60 s: at most one
+#: reconnect a minute: two poles with one id must not storm the broker).
+TAKEOVER_WAITS_S = (2.0, 4.0, 8.0, 16.0)
+#: A connection that lasts this long ends a run of take-overs (the alarm clears).
+TAKEOVER_CLEAR_S = 300.0
+#: mosquitto 2.0 closes a taken-over connection without the 0x8E DISCONNECT (its packet
+#: is not flushed before the socket closes), as MQTT 3.1.1 brokers do: this many
+#: connections in a row that the broker closed, without a reason, each within
+#: QUICK_CLOSE_S of being accepted, all within QUICK_WINDOW_S, are taken for take-overs.
+QUICK_CLOSES = 3
+QUICK_CLOSE_S = 30.0
+QUICK_WINDOW_S = 120.0
 
 
 @dataclass
@@ -103,6 +118,9 @@ class UplinkSettings:
     ack_window: int = 200                 # sent, not yet acknowledged by the platform
     ack_timeout_s: float = 30.0           # then go back to the oldest unacknowledged
     ack_timeout_max_s: float = 300.0
+    state_future_s: float = 300.0         # a STATE further ahead of our clock is suspect
+    receive_maximum: int = 20             # commands the broker may send unacknowledged
+    takeover_wait_max_s: float = 60.0     # the wait after the 5th take-over in a row
 
 
 @dataclass
@@ -117,6 +135,7 @@ class UplinkStats:
     thread_restarts: int = 0              # errors the network thread recovered from
     platform_acked: int = 0               # freed by the platform's acknowledgement
     resends: int = 0                      # go-backs after an acknowledgement timeout
+    takeovers: int = 0                    # sessions taken over by another client (0x8E)
     last_error: str = ""
     protocol: str = ""
 
@@ -151,11 +170,16 @@ class Uplink:
     """See the module docstring."""
 
     def __init__(self, settings: UplinkSettings, device: str, site: str, outbox: Outbox,
-                 on_command: Callable[[str, bytes, bool], None] | None = None) -> None:
+                 on_command: Callable[..., None] | None = None) -> None:
         self.s = settings
         self.device, self.site = device, site
         self.outbox = outbox
+        #: ``on_command(topic, payload, retained[, done])``: with a 4th parameter, the
+        #: command is acknowledged to the broker (PUBACK) only when ``done()`` is called
+        #: (once answered): the broker then sends at most ``receive_maximum`` commands
+        #: the pole has not finished (MQTT 5 back-pressure). Without, at once.
         self.on_command = on_command
+        self._command_done = on_command is not None and _takes_done(on_command)
         self.base = f"{settings.prefix}/{site}/{device}"
         self.state_topic = (f"{settings.prefix}/STATE/{settings.primary_host}"
                             if settings.primary_host else None)
@@ -175,6 +199,13 @@ class Uplink:
         self._use_311_once = settings.protocol == "3.1.1"
         self._protocol = mqtt.MQTTv311 if self._use_311_once else mqtt.MQTTv5
         self._platform_ts = -1.0                      # timestamp of the last STATE seen
+        self._future_said = False                     # a STATE from the future, logged
+        self._taken_over = False                      # this connection ended by 0x8E
+        self._closed_silently = False                 # … or by the broker, no reason
+        self._quick_closes: list[float] = []          # when such short connections ended
+        self._takeover_run = 0                        # take-overs in a row
+        self._connected_at = 0.0
+        self._cmd_acks: list[tuple[mqtt.Client, int]] = []   # commands to PUBACK
         self._platform_online = False
         self._platform_acks = False                   # the platform's STATE announces acks
         self._unacked: dict[int, tuple[int, float]] = {}  # outbox id → (seq, sent at)
@@ -254,9 +285,10 @@ class Uplink:
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def figures(self) -> dict[str, Any]:
-        """For health: connection, delivery, refusals, thread restarts."""
+        """For health: connection, delivery, refusals, thread restarts, take-overs."""
         st = self.stats
         return {"connected": self.connected, "protocol": st.protocol, "connects": st.connects,
+                "takeovers": st.takeovers,
                 "disconnects": st.disconnects, "published": st.published, "acked": st.acked,
                 "refused": st.refused, "threadRestarts": st.thread_restarts,
                 "delivery": "platform-ack" if self.delivery == "platform-ack" else "broker-ack",
@@ -285,7 +317,7 @@ class Uplink:
         c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                         client_id=s.client_id or f"polelink-{self.device}",
                         protocol=self._protocol,
-                        clean_session=(not persistent) if v311 else None)
+                        clean_session=(not persistent) if v311 else None, manual_ack=True)
         c.max_inflight_messages_set(s.max_inflight)
         if s.username:
             c.username_pw_set(s.username, s.password)
@@ -308,6 +340,8 @@ class Uplink:
             props = Properties(PacketTypes.CONNECT)
             if s.session_expiry_s > 0:
                 props.SessionExpiryInterval = s.session_expiry_s
+            # at most this many commands sent to us and not yet answered (back-pressure)
+            props.ReceiveMaximum = max(1, min(65535, s.receive_maximum))
             client.connect(s.host, s.port, s.keepalive_s, clean_start=s.session_expiry_s == 0,
                            properties=props)
         else:
@@ -326,6 +360,13 @@ class Uplink:
         self.stats.connects += 1
         self.stats.protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
         self._platform_online = False          # learnt again from the retained STATE
+        # a new connection learns the STATE afresh: a timestamp remembered from a forged
+        # or a lost STATE must not outlive the connection it came on
+        self._platform_ts = -1.0
+        self._future_said = False
+        self._taken_over = False
+        self._closed_silently = False
+        self._connected_at = time.monotonic()
         c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
         if self._protocol == mqtt.MQTTv5:
             # retain-as-published: a command published retained is seen as retained even
@@ -345,6 +386,12 @@ class Uplink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _flags: object, reason: Any,
                        _props: object) -> None:
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            self._taken_over = True
+        elif self._connected.is_set() and not self._stop.is_set() \
+                and not getattr(_flags, "is_disconnect_packet_from_server", True) \
+                and getattr(reason, "value", None) == 128:
+            self._closed_silently = True        # the socket closed under us (EOF, reset)
         if self._connected.is_set():
             self.stats.disconnects += 1
             self.stats.last_error = f"disconnected: {reason}"
@@ -389,23 +436,49 @@ class Uplink:
                 self.notices.append(("publish_refused", "alarm",
                                      {"topic": topic, "reason": reason}))
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if self.state_topic and msg.topic == self.state_topic:
             self._on_platform_state(msg.payload)
+            _ack(c, msg)
             return
         if self.state_topic and msg.topic == self.topic("ack"):
             self._on_platform_ack(msg.payload)
+            _ack(c, msg)
             return
-        if self.on_command is not None:
+        if self.on_command is None:
+            _ack(c, msg)
+            return
+        if not self._command_done:
             try:
                 self.on_command(msg.topic, msg.payload, bool(msg.retain))
             except Exception:
                 log.exception("mqtt: command handler failed")
+            _ack(c, msg)
+            return
+        mid, qos = msg.mid, msg.qos
+
+        def done() -> None:     # (any thread) answered: the broker may send the next one
+            if qos:
+                with self._lock:
+                    self._cmd_acks.append((c, mid))
+        try:
+            self.on_command(msg.topic, msg.payload, bool(msg.retain), done)
+        except Exception:
+            log.exception("mqtt: command handler failed")
+            done()
 
     def _on_platform_state(self, payload: bytes) -> None:
         """Sparkplug-style primary host STATE: ``{"online": bool, "timestamp": ms}``; an
-        older timestamp than the last one seen is ignored (a stale will). An empty payload
-        (the retained STATE deleted) means nobody says the platform is there: hold."""
+        older timestamp than the last one seen on this connection is ignored (a stale
+        will). An empty payload (the retained STATE deleted) means nobody says the platform
+        is there: hold.
+
+        A timestamp ahead of this pole's clock is remembered as this pole's clock: a STATE
+        stamped ahead (forged, or by a platform whose clock is ahead) cannot hide the
+        platform's next STATE. One more than ``state_future_s`` ahead is suspect: saying
+        ``offline`` it is ignored (holding is what a forger wants: the outbox would fill),
+        saying ``online`` it opens sending (the platform's acknowledgements still decide
+        what leaves the outbox), and it is never remembered."""
         if not payload:
             self._platform_online = False
             return
@@ -421,7 +494,20 @@ class Uplink:
             return
         if ts < self._platform_ts:
             return
-        self._platform_ts = ts
+        now_ms = time.time() * 1000
+        ahead_s = (ts - now_ms) / 1000
+        if ahead_s > self.s.state_future_s:
+            if not self._future_said:
+                self._future_said = True
+                log.warning("mqtt: the platform STATE on %s is %.0f s ahead of this pole's "
+                            "clock (tolerance %.0f s): forged (is the broker's ACL on?) or "
+                            "this pole's clock is behind; %s", self.state_topic, ahead_s,
+                            self.s.state_future_s, "ignored" if not online else
+                            "sending, its timestamp not remembered")
+            if not online:
+                return
+        else:
+            self._platform_ts = min(ts, max(now_ms, self._platform_ts))
         acks = msg.get("ack") if isinstance(msg, dict) else None
         acks = isinstance(acks, int) and not isinstance(acks, bool) and acks >= 1
         if online and acks != self._platform_acks:
@@ -549,6 +635,7 @@ class Uplink:
         while not self._stop.is_set():
             self.heartbeat.beat()
             rc = client.loop(timeout=0.05)
+            self._send_command_acks(client)
             self._flush_acks()
             self._apply_acks()
             self._check_ack_timeout()
@@ -558,6 +645,9 @@ class Uplink:
             if self._connected.is_set():
                 was_connected = True
                 backoff = self.s.reconnect_min_s
+                if self._takeover_run and \
+                        time.monotonic() - self._connected_at >= TAKEOVER_CLEAR_S:
+                    self._takeovers_ended()
                 if self.platform_online and not self.refused:
                     self._pump(client)
             elif self._use_311_once and not explicit_311:
@@ -573,6 +663,7 @@ class Uplink:
             log.warning("mqtt: %s", self.stats.last_error)
         if self._stop.is_set():
             if self._connected.is_set():
+                self._send_command_acks(client)
                 info = client.publish(self.topic("status"),
                                       json.dumps(self._status("offline")), qos=1, retain=True)
                 t_end = time.monotonic() + 2
@@ -587,8 +678,86 @@ class Uplink:
         self._client = None
         if self._use_311_once and not explicit_311 and not was_connected:
             return backoff      # the protocol fallback goes at once
+        if self._taken_over or self._silent_takeover(was_connected):
+            self._sleep_takeover()
+            return backoff
         self._sleep_backoff(backoff)
         return min(backoff * 2, self.s.reconnect_max_s)
+
+    def _silent_takeover(self, was_connected: bool) -> bool:
+        """This connection was most likely taken over, though the broker did not say so:
+        it closed the connection without a reason, soon after accepting it, for the
+        QUICK_CLOSES-th time in a row (or during a run of take-overs already seen)."""
+        if not (was_connected and self._closed_silently):
+            self._quick_closes.clear()
+            return False
+        now = time.monotonic()
+        lived = now - self._connected_at
+        if self._takeover_run and lived < TAKEOVER_CLEAR_S:
+            return True
+        if lived >= QUICK_CLOSE_S:
+            self._quick_closes.clear()
+            return False
+        self._quick_closes = [t for t in self._quick_closes if now - t < QUICK_WINDOW_S]
+        self._quick_closes.append(now)
+        if len(self._quick_closes) >= QUICK_CLOSES:
+            self._quick_closes.clear()
+            return True
+        return False
+
+    def _sleep_takeover(self) -> None:
+        """Another client connected with our client id and the broker closed our session
+        (0x8E): most likely a second pole with this device id (a copied card or config).
+        Reconnecting at once would take its session over, and it ours, without end: one
+        alarm, a log line each time, and waits of 2, 4, 8, 16 s, then a minute."""
+        self._takeover_run += 1
+        self.stats.takeovers += 1
+        n = self._takeover_run
+        top = self.s.takeover_wait_max_s
+        wait = min(TAKEOVER_WAITS_S[n - 1], top) if n <= len(TAKEOVER_WAITS_S) else top
+        cid = self.s.client_id or f"polelink-{self.device}"
+        how = ("MQTT 5 reason 0x8E, session taken over" if self._taken_over else
+               "without a reason, soon after accepting it, as mosquitto 2.0 and MQTT 3.1.1 "
+               "brokers do when another client connects with the same client id")
+        self.stats.last_error = (f"session taken over: another client connected with client "
+                                 f"id {cid} ({n} time(s) in a row)")
+        log.error("mqtt: the broker closed this connection, most likely because another "
+                  "client connected with client id %s (%s; %d in a row): is another pole "
+                  "using device id %s (a copied card or config)? reconnecting in %.0f s",
+                  cid, how, n, self.device, wait)
+        if n == 1:
+            with self._lock:
+                self.notices.append(("session_taken_over", "alarm", {
+                    "clientId": cid, "device": self.device,
+                    "cause": "another client connected with this pole's client id: two "
+                             "poles with the same device id, or a copied card or config",
+                    "evidence": "reason 0x8E" if self._taken_over else
+                                f"{QUICK_CLOSES} connections in a row closed by the broker "
+                                "without a reason soon after it accepted them",
+                    "backoffS": [min(w, top) for w in TAKEOVER_WAITS_S] + [top]}))
+        # jitter upwards only: never more often than the wait says
+        self.heartbeat.wait(self._stop, wait * random.uniform(1.0, 1.25))
+
+    def _takeovers_ended(self) -> None:
+        """A connection lasted TAKEOVER_CLEAR_S: a run of take-overs is over."""
+        if self._takeover_run:
+            log.info("mqtt: connected for %.0f s without a take-over: the session conflict "
+                     "has ended", TAKEOVER_CLEAR_S)
+            with self._lock:
+                self.notices.append(("session_taken_over", "info", {
+                    "recovered": True, "takeovers": self._takeover_run}))
+            self._takeover_run = 0
+
+    def _send_command_acks(self, client: mqtt.Client) -> None:
+        """PUBACK the commands answered since the last pass (on this connection only: the
+        broker sends an unacknowledged command again on the next one)."""
+        if not self._cmd_acks:
+            return
+        with self._lock:
+            todo, self._cmd_acks = self._cmd_acks, []
+        for c, mid in todo:
+            if c is client:
+                client.ack(mid, 1)
 
     def _flush_acks(self) -> None:
         """Delete the messages PUBACKed during the last network pass, in one transaction.
@@ -623,3 +792,21 @@ class Uplink:
                 if e2e:
                     self._unacked[m.id] = (m.seq, time.monotonic())
             self.stats.published += 1
+
+
+def _ack(client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+    """PUBACK a message handled at once (the client acknowledges manually)."""
+    if msg.qos:
+        client.ack(msg.mid, msg.qos)
+
+
+def _takes_done(handler: Callable[..., Any]) -> bool:
+    """The command handler takes a ``done`` callback (a 4th positional parameter)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)

@@ -26,15 +26,19 @@ It cannot take the agent down (every failure below ends in a :class:`Notice` for
 runner to raise as an event, never in an exception out of :meth:`put` or :meth:`pending`):
 
 - **disk full** (or any failed write): the message waits, unstamped and in order, in a
-  bounded memory *spill* and is committed as soon as a write works again;
+  bounded memory *spill* and is committed as soon as a write works again. If the agent
+  stops first, what was still held is counted (by kind, with the event names and
+  command correlation ids) into ``outbox.db.unwritten``, a small file whose blocks were
+  allocated at start and which is overwritten in place, so it can be written on a full
+  disk; the next start raises ``outbox_unwritten`` (alarm) with that record;
 - **read-only or unopenable file**: the store runs in memory (not durable: a notice says
   so) until the agent is restarted with a writable file;
 - **corrupt file** (found by ``PRAGMA quick_check`` at open, or by a failed read later):
   every row that can still be read is copied into a fresh file, and the corrupt file is
   kept beside it as ``outbox.db.corrupt-<time>`` for inspection, never deleted;
-- **a corrupt row** (undecodable topic, payload that is not a JSON object with a
-  ``msg_id``, impossible QoS): moved to the ``quarantine`` table of the same file (raw
-  bytes kept) and skipped.
+- **a corrupt row** (undecodable topic, payload that does not parse as a JSON object
+  whose ``msg_id`` names the row's ``seq``, impossible QoS): moved to the ``quarantine``
+  table of the same file (raw bytes kept) and skipped.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ SIDE_RECORD_S = 300.0
 SIDE_RECORD_SEQS = 100
 #: How often the file is checked for having been deleted or replaced under us (a stat).
 INODE_CHECK_S = 1.0
+#: Size of the record, written in place at stop, of messages that were held in memory and
+#: could not be written (``outbox.db.unwritten``). Its blocks are allocated at start, so
+#: it can be written on a disk that has since filled up.
+UNWRITTEN_BYTES = 1024
+_KINDS = ("status", "health", "event")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
@@ -134,6 +143,9 @@ class Outbox:
         self._ino = self._inode()
         self._continuity(existed)
         self._write_side(force=True)
+        self.unwritten_path = self.path.with_name(self.path.name + ".unwritten")
+        self._unwritten_said: dict[str, Any] | None = None
+        self._take_unwritten()
 
     def _read_epoch(self) -> str:
         return f"{self._meta('epoch'):08x}"
@@ -327,6 +339,113 @@ class Outbox:
             "path": str(self.path), "recreated": True, "lost": 0, "queued": len(self)})
         self._write_side(force=True)
 
+    # -- held in memory at stop -----------------------------------------------------------
+    def _take_unwritten(self) -> None:
+        """At start: report what the last run held in memory and could not write (one
+        ``outbox_unwritten`` alarm), then leave the record blank and allocated."""
+        p = self.unwritten_path
+        try:
+            with open(p, "rb") as f:
+                raw = f.read(UNWRITTEN_BYTES + 1)
+        except FileNotFoundError:
+            raw = b""
+        except OSError as e:
+            log.warning("outbox: cannot read %s (%s)", p, e)
+            return
+        text = raw.strip(b" \n\x00")
+        if text:
+            try:
+                rec = json.loads(text)
+                if not isinstance(rec, dict) or not isinstance(rec.get("count"), int):
+                    raise ValueError("not a record")
+            except (ValueError, RecursionError):
+                rec = {"count": None, "unreadable": text[:200].decode("utf-8", "replace")}
+            log.error("outbox: the last run stopped holding %s message(s) in memory that "
+                      "could not be written (disk full or failing): %s",
+                      rec.get("count"), json.dumps(rec)[:400])
+            self._notify("outbox_unwritten", "alarm", {**rec, "path": str(p)})
+            self._unwritten_said = rec      # blanked once its event is on disk
+        elif len(raw) != UNWRITTEN_BYTES:
+            self._blank_unwritten()
+
+    def _blank_unwritten(self) -> None:
+        """Allocate the record's blocks now, while the disk has room (real bytes, not a
+        hole), so that a stop on a full disk can overwrite them."""
+        try:
+            fd = os.open(self.unwritten_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, b" " * UNWRITTEN_BYTES, 0)
+                os.ftruncate(fd, UNWRITTEN_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("outbox: cannot prepare %s (%s): messages held in memory at a stop "
+                        "on a full disk would be lost without a record", self.unwritten_path, e)
+
+    def _held(self) -> list[tuple[str, dict[str, Any]]]:
+        """Messages that exist only in memory: the spill, and every row of a store that
+        runs in memory (degraded)."""
+        out = [(t, b) for t, b, _q, _r in self._spill]
+        if self.degraded:
+            with contextlib.suppress(sqlite3.Error):
+                for topic, payload in self.db.execute(
+                        "SELECT CAST(topic AS TEXT), payload FROM outbox ORDER BY id"):
+                    try:
+                        body = json.loads(payload)
+                    except (ValueError, TypeError):
+                        body = {}
+                    out.append((str(topic), body if isinstance(body, dict) else {}))
+        return out
+
+    def _record_unwritten(self, held: list[tuple[str, dict[str, Any]]]) -> None:
+        """At stop, with messages held only in memory: count them into the record."""
+        kinds: dict[str, int] = {}
+        events: list[str] = []
+        cids: list[str] = []
+        for topic, body in held:
+            parts = topic.split("/")
+            # <prefix>/<site>/<device>/<kind>[/<name>]: the kind, cmd/response whole
+            kind = ("cmd/response" if parts[-2:] == ["cmd", "response"] else
+                    parts[-1] if parts[-1] in _KINDS or len(parts) < 2 else parts[-2])
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if isinstance(body.get("event"), str) and len(events) < 10:
+                events.append(body["event"][:40])
+            if isinstance(body.get("correlation_id"), str) and len(cids) < 5:
+                cids.append(body["correlation_id"][:64])
+        ts = [b.get("ts") for _t, b in held if isinstance(b.get("ts"), str)]
+        rec: dict[str, Any] = {"count": len(held), "kinds": kinds,
+                               "afterSeq": self._seq_mem if self._seq_mem > 0 else None,
+                               "epoch": self._epoch, "stoppedAt": _iso(time.time()),
+                               "events": events, "correlationIds": cids}
+        if ts:
+            rec["from"], rec["to"] = min(ts)[:30], max(ts)[:30]
+        if self._unwritten_said is not None:     # the last run's, never reported: keep it
+            rec["earlier"] = {k: self._unwritten_said.get(k) for k in
+                              ("count", "kinds", "stoppedAt") if k in self._unwritten_said}
+        data = json.dumps(rec, separators=(",", ":")).encode()
+        while len(data) > UNWRITTEN_BYTES and (rec["correlationIds"] or rec["events"]):
+            (rec["correlationIds"] or rec["events"]).pop()
+            data = json.dumps(rec, separators=(",", ":")).encode()
+        if len(data) > UNWRITTEN_BYTES:
+            rec = {"count": rec["count"], "epoch": self._epoch, "stoppedAt": rec["stoppedAt"]}
+            data = json.dumps(rec, separators=(",", ":")).encode()
+        try:
+            fd = os.open(self.unwritten_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, data.ljust(UNWRITTEN_BYTES, b" "), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.error("outbox: %d message(s) held in memory could not be written and are "
+                      "lost, and %s cannot record them (%s): %s", len(held),
+                      self.unwritten_path, e, json.dumps(kinds))
+            return
+        log.error("outbox: %d message(s) held in memory could not be written (%s); counted "
+                  "in %s, reported as outbox_unwritten at the next start", len(held),
+                  json.dumps(kinds), self.unwritten_path)
+
     # -- helpers -------------------------------------------------------------------------
     def _notify(self, event: str, severity: str, detail: dict[str, Any]) -> None:
         self._notices.append(Notice(event, severity, detail))
@@ -398,6 +517,10 @@ class Outbox:
             if stamped is not None and self._lost_unqueued and body.get("event") == "outbox_lost":
                 self._lost_unqueued = False             # the event is on disk: the record
                 self._write_side(force=True)            # may name the new epoch now
+            if stamped is not None and self._unwritten_said is not None \
+                    and body.get("event") == "outbox_unwritten":
+                self._unwritten_said = None             # on disk: the record may go
+                self._blank_unwritten()
             self._write_side()
             return stamped
 
@@ -510,7 +633,7 @@ class Outbox:
         good: list[Message] = []
         bad: list[tuple[int, bytes, bytes, str, object]] = []
         for rid, topic, payload, qos, retain, seq in rows:
-            problem = _row_problem(topic, payload, qos)
+            problem = _row_problem(topic, payload, qos, seq)
             if problem:
                 bad.append((rid, bytes(topic or b""), bytes(payload or b""), problem, seq))
             else:
@@ -621,12 +744,13 @@ class Outbox:
         return out
 
     def close(self) -> None:
-        """Close the database (messages still held in memory are lost; logged)."""
+        """Close the database. Messages still held in memory (the disk refused them) are
+        counted into ``outbox.db.unwritten`` and reported at the next start."""
         with self._lock:
             self.retry()
-            if self._spill:
-                log.error("outbox: %d message(s) could not be written and are lost",
-                          len(self._spill))
+            held = self._held()
+            if held:
+                self._record_unwritten(held)
             self._write_side(force=True)
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
@@ -655,8 +779,11 @@ def _is_corruption(e: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text or "corrupt" in text
 
 
-def _row_problem(topic: bytes | None, payload: bytes | None, qos: object) -> str:
-    """Why a stored row cannot be sent as it is ('' when it can)."""
+def _row_problem(topic: bytes | None, payload: bytes | None, qos: object,
+                 seq: object = None) -> str:
+    """Why a stored row cannot be sent as it is ('' when it can): its topic, its QoS, and
+    its payload, which must parse as a JSON object whose ``msg_id`` is a string naming the
+    row's own ``seq`` (``device:epoch:seq``) when the row has one."""
     try:
         t = bytes(topic or b"").decode("utf-8")
     except UnicodeDecodeError:
@@ -665,16 +792,25 @@ def _row_problem(topic: bytes | None, payload: bytes | None, qos: object) -> str
         return "topic is not a publishable topic"
     if qos not in (0, 1, 2):
         return f"impossible qos {qos!r}"
-    # a cheap structural check (this runs on every row sent; a full parse halves replay)
     raw = bytes(payload or b"")
+    # a full parse: a row that keeps its braces and its msg_id but is not JSON must not
+    # reach the platform (bench/uplink.py measures the replay with it)
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return "payload is not UTF-8"
-    if not (raw.startswith(b"{") and raw.endswith(b"}")):
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
         return "payload is not JSON"
-    if b'"msg_id":"' not in raw:
+    if not isinstance(body, dict):
+        return "payload is not a JSON object"
+    msg_id = body.get("msg_id")
+    if not isinstance(msg_id, str) or not msg_id:
         return "payload has no msg_id"
+    if isinstance(seq, int) and not isinstance(seq, bool) \
+            and msg_id.rsplit(":", 1)[-1] != str(seq):
+        return f"payload's msg_id {msg_id[:80]!r} does not name the row's seq {seq}"
     return ""
 
 
@@ -705,7 +841,7 @@ def _salvage(path: Path) -> tuple[list[tuple], dict[str, int]]:
             if r is None:
                 break
             last = r[0]
-            if not _row_problem(r[1], r[2], r[3]):
+            if not _row_problem(r[1], r[2], r[3], r[5]):
                 rows.append((bytes(r[1]).decode(), bytes(r[2]), r[3], r[4], r[5], r[6]))
     finally:
         db.close()

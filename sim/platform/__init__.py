@@ -12,7 +12,13 @@ It behaves as a real platform should, so that poles can rely on it:
 - a Sparkplug-style **primary host STATE**: once subscribed it publishes a retained
   ``{"online": true, "timestamp": ms}`` on ``<prefix>/STATE/<host_id>`` and leaves a will
   saying ``online: false``; poles configured with ``primary_host`` hold their data while
-  it is offline, so a broker that restarts and forgets the platform's session loses nothing;
+  it is offline, so a broker that restarts and forgets the platform's session loses nothing.
+  With several consumers only one speaks: the holder of a lease in the shared store, on a
+  client of its own (``sim.platform.state``); a consumer that dies or hangs is replaced
+  as the speaker by another, and a STATE that is not the speaker's is answered at once.
+  The host id is ``platform`` by default, as ``agent broker-acl --platform-user`` grants
+  it; with ``username`` (an ACL'd broker), the STATE client logs in as
+  ``<host_id>-state``, the user ``agent broker-acl`` writes for it;
 - **acknowledges what it stored** (``acks``, on by default; the STATE says ``"ack": 1``):
   per device and outbox epoch that sent data, once a second or as soon as ``ack_every``
   (50) of its messages were stored since the last one (so that a replay is never held to
@@ -22,7 +28,9 @@ It behaves as a real platform should, so that poles can rely on it:
   and one subscription (``share``: MQTT 5 ``$share/<group>/<prefix>/#``): the ranges are
   read from the shared file, so none acknowledges what another has not stored;
 - commands expire (``ttl_s``), are signed when given an Ed25519 key, and are sent again
-  with the same correlation id until answered or expired (the pole runs each id once).
+  with the same correlation id until answered or expired (the pole runs each id once); a
+  ``busy`` answer (``data.busy``: the pole had no room for it, nothing ran) is no answer:
+  the command is sent again.
 """
 
 from __future__ import annotations
@@ -51,11 +59,15 @@ class PlatformSim:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, prefix: str = "polelink",
                  db: str = ":memory:", http_host: str = "127.0.0.1", http_port: int = 0,
-                 host_id: str = "ops", signing_key: Any | None = None,
+                 host_id: str | None = None, signing_key: Any | None = None,
                  protocol: str = "5", retry_s: float = 5.0, token: str | None = None,
                  clock: Callable[[], float] = time.time, acks: bool = True,
                  share: str | None = None, ack_interval_s: float = 1.0, ack_every: int = 50,
-                 client_id: str | None = None, session_expiry_s: int = 3600) -> None:
+                 client_id: str | None = None, session_expiry_s: int = 3600,
+                 username: str | None = None, password: str | None = None,
+                 state_username: str | None = None, state_password: str | None = None,
+                 lease_ttl_s: float = 3.0) -> None:
+        host_id = host_id or "platform"
         self.prefix = prefix
         self.clock = clock              # what commands' ``expires`` count from
         self.host_id = host_id
@@ -68,9 +80,11 @@ class PlatformSim:
         self.ack_every = ack_every
         self.session_expiry_s = session_expiry_s
         self.acks_sent = 0
+        self.busy_answers = 0           # "busy" responses (the command is sent again)
         self.store = Store(db)
         self.invalid_log: list[tuple[str, list[str]]] = []
         self.unanswered: dict[str, tuple[str, bytes, float]] = {}  # cid → topic, body, expiry
+        self._next_send: dict[str, float] = {}      # cid → when to send it again (monotonic)
         self.responses: dict[str, dict[str, Any]] = {}
         self._node_warned: set[str] = set()
         self._lock = threading.Lock()
@@ -88,8 +102,20 @@ class PlatformSim:
         self.client.on_disconnect = lambda *a: self.subscribed.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.5, 5)
+        if username:
+            self.client.username_pw_set(username, password)
         self.host, self.port = host, port
-        self._state_ts = 0
+        self._speaker_thread: threading.Thread | None = None
+        from sim.platform.lease import StateLease
+        from sim.platform.state import StateSpeaker
+
+        self.speaker = StateSpeaker(
+            host, port, prefix, host_id,
+            StateLease(db, client_id or f"polelink-platform-{host_id}", host_id, lease_ttl_s),
+            self.subscribed.is_set, acks=acks, v5=self.v5,
+            # (its own username: the shipped broker makes the username the client id)
+            username=state_username or (f"{host_id}-state" if username else None),
+            password=state_password if state_password is not None else password)
         # the dashboard's bearer token for commands (the page reads it from the URL fragment)
         self.token = token or secrets.token_urlsafe(24)
         self.http = make_server(http_host, http_port, self.state, self.command, self.token)
@@ -100,8 +126,6 @@ class PlatformSim:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        self._state_ts = int(time.time() * 1000)
-        self.client.will_set(self.state_topic, self._state(False), qos=1, retain=True)
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
@@ -113,9 +137,20 @@ class PlatformSim:
         self.client.loop_start()
         threading.Thread(target=self.http.serve_forever, daemon=True, name="platform-http").start()
         threading.Thread(target=self._retry_loop, daemon=True, name="platform-retry").start()
+        self._speaker_thread = threading.Thread(target=self._speak, daemon=True,
+                                                name="platform-state")
+        self._speaker_thread.start()
         if self.acks:
             threading.Thread(target=self._ack_loop, daemon=True, name="platform-ack").start()
         return self
+
+    def _speak(self) -> None:
+        """The STATE, when this consumer holds the lease (a few passes a second)."""
+        while not self._stopping.wait(0.2):
+            try:
+                self.speaker.step()
+            except Exception:               # a locked database, a broken client: next pass
+                log.exception("platform: the STATE pass failed; trying again")
 
     def _ack_loop(self) -> None:
         """About once a second: acknowledge what the store holds, per device and epoch."""
@@ -148,18 +183,12 @@ class PlatformSim:
         if self.subscribed.is_set():
             with contextlib.suppress(RuntimeError, ValueError):
                 self.send_acks()
-            info = self.client.publish(self.state_topic, self._state(False), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(2)
+        if self._speaker_thread is not None:
+            self._speaker_thread.join(5)
+        self.speaker.stop()             # offline, and the lease to another consumer
         self.client.disconnect()
         self.client.loop_stop()
         self.http.shutdown()
-
-    def _state(self, online: bool) -> str:
-        body: dict[str, Any] = {"online": online, "timestamp": self._state_ts}
-        if self.acks:
-            body["ack"] = 1
-        return json.dumps(body)
 
     def _on_connect(self, c: mqtt.Client, _u: object, _f: object, _rc: object,
                     _p: object) -> None:
@@ -168,8 +197,7 @@ class PlatformSim:
                     else f"{self.prefix}/#", qos=1)
 
     def _on_subscribe(self, c: mqtt.Client, *_a: object) -> None:
-        # only now, subscribed, may the poles send: say so (retained) for them to see
-        c.publish(self.state_topic, self._state(True), qos=1, retain=True)
+        # only now, subscribed, may the poles send: the STATE speaker says so (retained)
         self.subscribed.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -189,10 +217,22 @@ class PlatformSim:
                             if node else "")
             self.invalid_log.append((msg.topic, probs))
         elif msg.topic.endswith("/cmd/response") and outcome in ("stored", "duplicate"):
-            with contextlib.suppress(ValueError, TypeError, KeyError):
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
                 resp = json.loads(msg.payload)
+                data = resp.get("data") or {}
+                if data.get("busy") is True:
+                    # the pole had no room: not an answer; sent again after its retry-after
+                    self.busy_answers += 1
+                    after = data.get("retryAfterS")
+                    after = after if isinstance(after, (int, float)) and 0 < after <= 600 \
+                        else self.retry_s
+                    with self._lock:
+                        if resp.get("correlation_id") in self.unanswered:
+                            self._next_send[resp["correlation_id"]] = time.monotonic() + after
+                    return
                 with self._lock:            # the first answer counts; repeats are dropped
                     self.unanswered.pop(resp["correlation_id"], None)
+                    self._next_send.pop(resp["correlation_id"], None)
                     self.responses.setdefault(resp["correlation_id"], resp)
 
     def command(self, req: dict[str, Any], ttl_s: float = 300) -> dict[str, Any]:
@@ -210,20 +250,26 @@ class PlatformSim:
         raw = json.dumps(body).encode()
         with self._lock:
             self.unanswered[body["correlation_id"]] = (topic, raw, now + ttl_s)
+            self._next_send[body["correlation_id"]] = time.monotonic() + self.retry_s
         self.client.publish(topic, raw, qos=1)
         return {"correlation_id": body["correlation_id"], "topic": topic}
 
     def _retry_loop(self) -> None:
-        """Send unanswered commands again (same correlation id) until they expire."""
-        while not self._stopping.wait(self.retry_s):
-            now = self.clock()
+        """Send an unanswered command again (same correlation id) ``retry_s`` after it was
+        last sent (or a busy answer's retry-after), until it expires."""
+        while not self._stopping.wait(min(0.5, self.retry_s)):
+            now, mono = self.clock(), time.monotonic()
+            todo = []
             with self._lock:
-                for cid, (_t, _b, expiry) in list(self.unanswered.items()):
+                for cid, (topic, raw, expiry) in list(self.unanswered.items()):
                     if expiry <= now:
                         del self.unanswered[cid]
-                todo = list(self.unanswered.values())
+                        self._next_send.pop(cid, None)
+                    elif self._next_send.get(cid, 0.0) <= mono:
+                        todo.append((topic, raw))
+                        self._next_send[cid] = mono + self.retry_s
             if self.subscribed.is_set():
-                for topic, raw, _e in todo:
+                for topic, raw in todo:
                     self.client.publish(topic, raw, qos=1)
 
     def state(self) -> dict[str, Any]:

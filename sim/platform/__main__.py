@@ -22,9 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("POLELINK_DASHBOARD_TOKEN"),
                    help="the dashboard's token for commands (default: $POLELINK_DASHBOARD_TOKEN, "
                         "else a new random one, printed with the dashboard's address)")
-    p.add_argument("--host-id", default="ops",
+    p.add_argument("--host-id", default=None,
                    help="primary host id: the STATE topic is <prefix>/STATE/<host-id> (poles "
-                        "name it as mqtt.primary_host)")
+                        "name it as mqtt.primary_host); default 'platform', the default of "
+                        "`agent broker-acl --platform-user`")
+    p.add_argument("--username", help="MQTT username of this consumer (`agent broker-acl` "
+                                      "writes <host-id>, <host-id>-2 …); the password from "
+                                      "$POLELINK_PLATFORM_PASSWORD. The STATE is then spoken "
+                                      "as user <host-id>-state (password "
+                                      "$POLELINK_PLATFORM_STATE_PASSWORD, default the same)")
     p.add_argument("--signing-key", help="Ed25519 private key (PEM) to sign commands with")
     p.add_argument("--no-ack", action="store_true",
                    help="do not acknowledge stored messages (poles then free a message on "
@@ -54,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--broker and --http take HOST:PORT")
     sim = PlatformSim(bh or "127.0.0.1", port, a.prefix, a.db, hh or "127.0.0.1", http_port,
                       token=a.token, host_id=a.host_id, signing_key=key, acks=not a.no_ack,
-                      share=a.share, client_id=a.client_id,
+                      share=a.share, client_id=a.client_id, username=a.username,
+                      password=os.environ.get("POLELINK_PLATFORM_PASSWORD"),
+                      state_password=os.environ.get("POLELINK_PLATFORM_STATE_PASSWORD"),
                       session_expiry_s=max(0, a.session_expiry))
     sim.start()
     return serve_until_interrupted(
