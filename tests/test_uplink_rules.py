@@ -84,17 +84,24 @@ def test_the_takeover_schedule_reaches_one_reconnect_a_minute(tmp_path: Path) ->
     assert [n[0] for n in notices] == ["session_taken_over"]     # one alarm per run
 
 
-def test_three_quick_silent_closes_are_a_takeover_one_is_not(tmp_path: Path) -> None:
+def test_three_quick_silent_closes_are_a_takeover_when_the_session_lived_on(
+        tmp_path: Path) -> None:
     up = uplink(tmp_path)
-    up._closed_silently = True
-    up._connected_at = time.monotonic() - 1
-    assert not up._silent_takeover(True)
-    assert not up._silent_takeover(True)
-    assert up._silent_takeover(True)                 # the third in a row
-    up._connected_at = time.monotonic() - 40         # a long-lived connection breaks a run
-    assert not up._silent_takeover(True)
-    up._connected_at = time.monotonic() - 1
-    assert not up._silent_takeover(True)
+    client = SimpleNamespace(publish=lambda *a, **k: None, subscribe=lambda *a, **k: None)
+    ok = SimpleNamespace(is_failure=False)
+
+    def close_then_reconnect(lived: float, session_present: bool) -> bool:
+        up._connected_at = time.monotonic() - lived
+        up._closed_silently = True
+        taken = up._silent_takeover(True)
+        up._on_connect(client, None, SimpleNamespace(session_present=session_present), ok,
+                       None)                       # type: ignore[arg-type]
+        return taken
+    assert [close_then_reconnect(1, True) for _ in range(3)] == [False, False, True]
+    # a broker that restarted without persistence forgot the session: not a take-over
+    assert [close_then_reconnect(1, False) for _ in range(4)] == [False] * 4
+    # nor connections that lived long
+    assert [close_then_reconnect(20, True) for _ in range(4)] == [False] * 4
 
 
 @settings(max_examples=500, deadline=None)

@@ -82,10 +82,12 @@ TAKEOVER_CLEAR_S = 300.0
 #: mosquitto 2.0 closes a taken-over connection without the 0x8E DISCONNECT (its packet
 #: is not flushed before the socket closes), as MQTT 3.1.1 brokers do: this many
 #: connections in a row that the broker closed, without a reason, each within
-#: QUICK_CLOSE_S of being accepted, all within QUICK_WINDOW_S, are taken for take-overs.
+#: QUICK_CLOSE_S of being accepted, all within QUICK_WINDOW_S, each followed by a
+#: reconnect that found our session still there (the other client kept it alive: a broker
+#: that restarted without persistence has none), are taken for take-overs.
 QUICK_CLOSES = 3
-QUICK_CLOSE_S = 30.0
-QUICK_WINDOW_S = 120.0
+QUICK_CLOSE_S = 10.0
+QUICK_WINDOW_S = 60.0
 
 
 @dataclass
@@ -203,6 +205,7 @@ class Uplink:
         self._taken_over = False                      # this connection ended by 0x8E
         self._closed_silently = False                 # … or by the broker, no reason
         self._quick_closes: list[float] = []          # when such short connections ended
+        self._quick_pending: float | None = None      # … the last, until the next CONNACK
         self._takeover_run = 0                        # take-overs in a row
         self._connected_at = 0.0
         self._cmd_acks: list[tuple[mqtt.Client, int]] = []   # commands to PUBACK
@@ -347,7 +350,7 @@ class Uplink:
         else:
             client.connect(s.host, s.port, s.keepalive_s)
 
-    def _on_connect(self, c: mqtt.Client, _u: object, _flags: object, reason: Any,
+    def _on_connect(self, c: mqtt.Client, _u: object, flags: object, reason: Any,
                     _props: object) -> None:
         if reason.is_failure:
             self.stats.last_error = f"connection refused: {reason}"
@@ -367,6 +370,12 @@ class Uplink:
         self._taken_over = False
         self._closed_silently = False
         self._connected_at = time.monotonic()
+        if self._quick_pending is not None:   # a short connection closed without a reason:
+            if getattr(flags, "session_present", False):   # our session lived on: kept
+                self._quick_closes.append(self._quick_pending)      # by another client?
+            else:
+                self._quick_closes.clear()    # the broker forgot it: it restarted
+            self._quick_pending = None
         c.publish(self.topic("status"), json.dumps(self._status("online")), qos=1, retain=True)
         if self._protocol == mqtt.MQTTv5:
             # retain-as-published: a command published retained is seen as retained even
@@ -688,6 +697,7 @@ class Uplink:
         """This connection was most likely taken over, though the broker did not say so:
         it closed the connection without a reason, soon after accepting it, for the
         QUICK_CLOSES-th time in a row (or during a run of take-overs already seen)."""
+        self._quick_pending = None
         if not (was_connected and self._closed_silently):
             self._quick_closes.clear()
             return False
@@ -699,10 +709,10 @@ class Uplink:
             self._quick_closes.clear()
             return False
         self._quick_closes = [t for t in self._quick_closes if now - t < QUICK_WINDOW_S]
-        self._quick_closes.append(now)
-        if len(self._quick_closes) >= QUICK_CLOSES:
+        if len(self._quick_closes) >= QUICK_CLOSES - 1:     # the earlier ones confirmed
             self._quick_closes.clear()
             return True
+        self._quick_pending = now       # confirmed (or not) by the next CONNACK
         return False
 
     def _sleep_takeover(self) -> None:
