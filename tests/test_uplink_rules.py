@@ -156,3 +156,23 @@ def test_what_a_stop_held_in_memory_is_counted_then_reported(tmp_path: Path) -> 
     again.put("polelink/lab/pole-1/event", {"event": "outbox_unwritten"})
     assert not (tmp_path / "outbox.db.unwritten").read_bytes().strip()
     again.close()
+
+
+def test_an_overflow_that_drops_an_earlier_overflow_alarm_names_what_it_named(
+        tmp_path: Path) -> None:
+    """Found by the delivery campaign (a command burst on a full outbox): the alarm naming
+    the first drop was itself dropped by the second, and the first loss became silent."""
+    ob = Outbox(tmp_path / "outbox.db", "pole-1", max_messages=10)
+    for i in range(12):
+        ob.put("polelink/lab/pole-1/traffic/cam1", {"n": i, "ts": f"2026-01-01T00:00:{i:02d}Z"})
+    [first] = [n for n in ob.take_notices() if n.event == "outbox_overflow"]
+    assert (first.detail["firstSeq"], first.detail["lastSeq"]) == (1, 2)
+    ob.put("polelink/lab/pole-1/event", {"event": "outbox_overflow", "detail": first.detail})
+    for i in range(30):                       # a flood drops that alarm too
+        ob.put("polelink/lab/pole-1/cmd/response", {"n": i})
+    ob._overflow_said -= 3600                 # (said at most once a minute: a minute on)
+    [second] = [n for n in ob.take_notices() if n.event == "outbox_overflow"]
+    d = second.detail
+    assert d["firstSeq"] == 1 and d["carried"] == 1 and d["from"] <= first.detail["from"], d
+    assert d["dropped"] >= 2 + 30, d
+    ob.close()

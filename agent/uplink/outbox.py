@@ -482,6 +482,25 @@ class Outbox:
             o["to"] = max(o.get("to", _iso(span[1])), _iso(span[1]))
         self._overflow = o
 
+    def _carry_overflow(self, raw: bytes) -> None:
+        """A dropped ``outbox_overflow`` alarm: add what it named (count, seq range, time
+        span) to the overflow notice being gathered."""
+        try:
+            d = json.loads(raw).get("detail") or {}
+        except (ValueError, AttributeError, RecursionError):
+            return
+        o = self._overflow or {"dropped": 0, "droppedUnstamped": 0}
+        for key in ("dropped", "droppedUnstamped"):
+            if isinstance(d.get(key), int):
+                o[key] += d[key]
+        for key, pick, typ in (("firstSeq", min, int), ("lastSeq", max, int),
+                               ("from", min, str), ("to", max, str)):
+            v = d.get(key)
+            if isinstance(v, typ) and not isinstance(v, bool):
+                o[key] = pick(o[key], v) if key in o else v
+        o["carried"] = o.get("carried", 0) + 1
+        self._overflow = o
+
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
@@ -536,6 +555,7 @@ class Outbox:
     def _commit_spill(self) -> dict[str, Any] | None:
         stamped: dict[str, Any] | None = None
         dropped: tuple[int, tuple[int, int], tuple[float, float]] | None = None
+        earlier: list[bytes] = []
         try:
             with _transaction(self.db):
                 epoch = f"{self._meta('epoch'):08x}"
@@ -555,6 +575,12 @@ class Outbox:
                         "SELECT MIN(seq), MAX(seq), MIN(created), MAX(created) FROM (SELECT "
                         "seq, created FROM outbox ORDER BY id LIMIT ?)", (over,)).fetchone()
                     dropped = (over, (lo, hi), (t0, t1))
+                    # an earlier overflow alarm among them: what it named is carried into
+                    # the next one, or a second overflow would make the first loss silent
+                    earlier = [bytes(r[0]) for r in self.db.execute(
+                        "SELECT payload FROM (SELECT payload, topic FROM outbox ORDER BY id "
+                        "LIMIT ?) WHERE topic LIKE '%/event' AND instr(payload, ?) > 0",
+                        (over, b'"event":"outbox_overflow"'))]
                     self.db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
                                     "ORDER BY id LIMIT ?)", (over,))
                     self.db.execute("UPDATE meta SET value=value+? WHERE key='dropped'",
@@ -568,6 +594,8 @@ class Outbox:
         self._overflowing = dropped is not None
         if dropped:
             self._note_dropped(*dropped)
+            for raw in earlier:
+                self._carry_overflow(raw)
         if self.write_error:
             log.info("outbox: writes work again (%s)", self.path)
             self._notify("outbox_degraded", "info", {"path": str(self.path), "recovered": True})
