@@ -113,6 +113,8 @@ class CommandHandlers:
         """The running camera's last frame, annotated, written on the pole (the newest few
         are kept)."""
         workers = self.agent.workers
+        if not workers:
+            raise CommandError("this pole has no camera")
         name = args.get("camera") or next(iter(workers))
         w = workers.get(name)
         if w is None:

@@ -524,6 +524,13 @@ class Agent:
                 self.pending.append(Pending(cid, cmd or "", data,
                                             time.monotonic() + COMMAND_TIMEOUT_S, done))
                 continue
+            if error and error.startswith("duplicate:") and cid is not None \
+                    and any(p.correlation_id == cid for p in self.pending):
+                # a copy of a command still running: its own answer is coming, and a
+                # "not run again" first would be taken for the answer by the platform
+                if done is not None:
+                    done()
+                continue
             self._answer(cid, cmd, error, data)
             if done is not None:
                 done()

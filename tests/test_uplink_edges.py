@@ -315,7 +315,7 @@ def stored_intervals(db: Path) -> set[str]:
 def lease_holder(db: Path) -> str | None:
     rows = query(db, "SELECT holder FROM lease WHERE name='state/platform' AND expires > ?",
                  (time.time(),))
-    return rows[0][0] if rows else None
+    return rows[0][0].split("/")[0] if rows else None      # (client id/pid.random)
 
 
 def test_one_consumer_speaks_for_the_platform_and_another_takes_over(
@@ -516,3 +516,31 @@ def test_what_a_full_disk_held_in_memory_at_a_stop_is_reported_at_the_next_start
         emu.stop()
         broker.stop()
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_a_state_the_platform_cannot_read_is_answered_too(tmp_path: Path) -> None:
+    """A retained STATE stamped ``1e999`` (or not JSON at all) is no STATE a pole follows:
+    the platform's speaker replaces it with its own at once (a hostile tester's: it once
+    crashed the answer, and every pole that reconnected then held its data for good)."""
+    broker = Broker(tmp_path).start()
+    platform = PlatformSim(port=broker.port).start()
+    seen: list[bytes] = []
+    watcher = raw_client(broker.port)
+    watcher.on_message = lambda _c, _u, m: seen.append(m.payload)
+    watcher.subscribe("polelink/STATE/platform", qos=1)
+    forger = raw_client(broker.port)
+    try:
+        assert wait_until(lambda: platform.speaker.speaking, 20)
+        for bad in (b'{"online": false, "timestamp": 1e999}', b'{"online": true, '
+                    b'"timestamp": Infinity}', b"\xff not json"):
+            forger.publish("polelink/STATE/platform", bad, qos=1,
+                           retain=True).wait_for_publish(5)
+            assert wait_until(lambda b=bad: seen and seen[-1] != b
+                              and json.loads(seen[-1])["online"] is True, 10), seen[-3:]
+            time.sleep(1.1)                 # (the speaker answers at most once a second)
+        assert "Traceback" not in (tmp_path / "mosquitto.log").read_text()
+    finally:
+        watcher.loop_stop()
+        forger.loop_stop()
+        platform.stop()
+        broker.stop()

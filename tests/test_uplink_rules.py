@@ -176,3 +176,22 @@ def test_an_overflow_that_drops_an_earlier_overflow_alarm_names_what_it_named(
     assert d["firstSeq"] == 1 and d["carried"] == 1 and d["from"] <= first.detail["from"], d
     assert d["dropped"] >= 2 + 30, d
     ob.close()
+
+
+def test_runs_that_stopped_on_a_full_disk_one_after_another_are_all_reported(
+        tmp_path: Path) -> None:
+    """A restart loop on a full disk: each stop's record keeps the earlier runs', summed,
+    until one alarm reaches the disk (found by a hostile tester: run 1 was lost)."""
+    for run in range(3):
+        ob = Outbox(tmp_path / "outbox.db", "pole-1")
+        ob.take_notices()
+        ob._spill.append(("polelink/lab/pole-1/lighting/street",
+                          {"ts": f"2026-01-01T00:0{run}:00Z"}, 1, False))
+        ob._commit_spill = lambda: None      # type: ignore[method-assign]   # still full
+        ob.close()
+    ob = Outbox(tmp_path / "outbox.db", "pole-1")
+    [n] = [n for n in ob.take_notices() if n.event == "outbox_unwritten"]
+    assert n.detail["count"] == 1 and n.detail["earlier"]["runs"] == 2, n.detail
+    assert n.detail["earlier"]["count"] == 2 and n.detail["earlier"]["from"] == \
+        "2026-01-01T00:00:00Z", n.detail
+    ob.close()

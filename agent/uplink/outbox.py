@@ -420,9 +420,8 @@ class Outbox:
                                "events": events, "correlationIds": cids}
         if ts:
             rec["from"], rec["to"] = min(ts)[:30], max(ts)[:30]
-        if self._unwritten_said is not None:     # the last run's, never reported: keep it
-            rec["earlier"] = {k: self._unwritten_said.get(k) for k in
-                              ("count", "kinds", "stoppedAt") if k in self._unwritten_said}
+        if self._unwritten_said is not None:     # earlier runs', never reported: kept, summed
+            rec["earlier"] = _sum_unwritten(self._unwritten_said)
         data = json.dumps(rec, separators=(",", ":")).encode()
         while len(data) > UNWRITTEN_BYTES and (rec["correlationIds"] or rec["events"]):
             (rec["correlationIds"] or rec["events"]).pop()
@@ -782,6 +781,30 @@ class Outbox:
             self._write_side(force=True)
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()
+
+
+def _sum_unwritten(said: dict[str, Any]) -> dict[str, Any]:
+    """The record of runs before this one that were never reported (``said`` and what it
+    carried as ``earlier``), summed: how many runs and messages, by kind, the time span."""
+    out: dict[str, Any] = {"runs": 0, "count": 0, "kinds": {}}
+    for part in (said.get("earlier"), said):
+        if not isinstance(part, dict):
+            continue
+        runs = part.get("runs", 1) if part is said.get("earlier") else 1
+        out["runs"] += runs if isinstance(runs, int) and not isinstance(runs, bool) else 1
+        if isinstance(part.get("count"), int) and not isinstance(part.get("count"), bool):
+            out["count"] += part["count"]
+        if isinstance(part.get("kinds"), dict):
+            for k, n in list(part["kinds"].items())[:20]:
+                if isinstance(n, int) and not isinstance(n, bool):
+                    out["kinds"][str(k)[:40]] = out["kinds"].get(str(k)[:40], 0) + n
+        for key, pick in (("from", min), ("to", max)):
+            v = part.get(key)
+            if isinstance(v, str):
+                out[key] = pick(out[key], v[:30]) if key in out else v[:30]
+        if isinstance(part.get("stoppedAt"), str) and part is said:
+            out["stoppedAt"] = part["stoppedAt"][:30]
+    return out
 
 
 @contextlib.contextmanager

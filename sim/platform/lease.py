@@ -18,6 +18,8 @@ the demo platform's.)
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import sqlite3
 import time
 
@@ -26,7 +28,10 @@ class StateLease:
     """The STATE lease of ``host_id`` in the store at ``path``; see the module docstring."""
 
     def __init__(self, path: str, holder: str, host_id: str, ttl_s: float = 3.0) -> None:
-        self.holder, self.name, self.ttl_s = holder, f"state/{host_id}", ttl_s
+        # one name per process: two consumers started with one client id (a username made
+        # the client id) must never both believe they hold it
+        self.holder = f"{holder}/{os.getpid()}.{secrets.token_hex(3)}"
+        self.name, self.ttl_s = f"state/{host_id}", ttl_s
         self.memory = path == ":memory:"
         self.held = self.memory
         self._ts = 0

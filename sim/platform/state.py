@@ -35,9 +35,6 @@ from sim.platform.lease import StateLease
 
 log = logging.getLogger(__name__)
 
-#: A foreign STATE's timestamp followed only this far ahead of our clock (ms): a forged
-#: far-future one is beyond any pole's tolerance anyway.
-FOLLOW_AHEAD_MS = 600_000
 
 
 class StateSpeaker:
@@ -60,6 +57,7 @@ class StateSpeaker:
         self._answered_at = 0.0
         self.announcements = 0
         self._stopping = False
+        self._refused_said = -60.0
 
     def _body(self, online: bool, ts: int) -> bytes:
         body: dict[str, object] = {"online": online, "timestamp": ts}
@@ -115,8 +113,14 @@ class StateSpeaker:
     def _on_connect(self, c: mqtt.Client, _u: object, _f: object, reason: object,
                     _p: object) -> None:
         if getattr(reason, "is_failure", False):
-            log.warning("platform: the STATE client was refused: %s (the broker's ACL must "
-                        "let this platform's user write %s)", reason, self.topic)
+            now = time.monotonic()
+            if now - self._refused_said >= 60:      # (it is tried again 5 times a second)
+                self._refused_said = now
+                log.warning("platform: the STATE client (user %s, client id %s) was refused "
+                            "by the broker: %s; create that user (mosquitto_passwd) and let "
+                            "`agent broker-acl` write its ACL (it may write %s); the poles "
+                            "hold their data until it can speak", self.username or "(none)",
+                            self.client_id, reason, self.topic)
             return
         self._connected = True
         # announce first, then watch: the retained message the subscription brings back
@@ -137,12 +141,9 @@ class StateSpeaker:
         if now - self._answered_at < 1.0:       # never a storm (two speakers, a forger)
             return
         self._answered_at = now
-        seen = 0
-        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-            seen = int(json.loads(msg.payload).get("timestamp", 0))
-        now_ms = int(time.time() * 1000)
-        follow = seen + 1 if seen <= now_ms + FOLLOW_AHEAD_MS else 0
-        self.ts = self.lease.next_ts(max(now_ms, follow))
+        # never follow a foreign timestamp (a forger could push ours ahead, for good): poles
+        # remember none ahead of their clock, so ours, from our clock, is taken
+        self.ts = self.lease.next_ts()
         self._online = self._body(True, self.ts)
         log.warning("platform: a STATE that is not this platform's on %s (%s); answered "
                     "online with timestamp %d", self.topic, msg.payload[:120], self.ts)
