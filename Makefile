@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO_CLIP = var/demo/clip.mp4
 
-.PHONY: demo test test-clock lint bench clean help wheelhouse pi-lock pi-test pi-bench
+.PHONY: demo test test-clock lint docs bench clean help wheelhouse pi-lock pi-test pi-bench
 
 help:
 	@echo "make demo   - set up and run everything on the simulator: camera, DALI bus, broker, dashboard, agent"
@@ -13,6 +13,7 @@ help:
 	@echo "              TESTS='tests/test_x.py ...': only those)"
 	@echo "make test-clock - the suite with the machine's clock at 5 other hours, dates and zones"
 	@echo "              (about an hour; TESTS='tests/test_x.py ...': only those files)"
+	@echo "make docs   - the documentation site in var/site (mkdocs, strict: a broken link fails)"
 	@echo "make bench  - pipeline and accuracy benchmarks"
 	@echo "make wheelhouse - the Pi's offline aarch64 wheelhouse in var/wheelhouse/aarch64 (needs the index)"
 	@echo "make pi-test    - (root) install it offline in an emulated arm64 Bookworm root and count there"
@@ -51,6 +52,14 @@ test: lint
 test-clock: $(BIN)/agent
 	$(BIN)/python -m tests.clockshift --campaign -- \
 		$(BIN)/python -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist worksteal $(TESTS)
+
+# The documentation site (docs/, mkdocs.yml): the card reference is written again from the
+# loader first, then the site is built in strict mode (any warning, broken link or anchor
+# fails). Open var/site/index.html, or `$(BIN)/mkdocs serve` for a live preview.
+docs: $(BIN)/agent
+	$(BIN)/agent schema --card --markdown > docs/models/card-reference.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "make docs: var/site/index.html"
 
 bench: $(BIN)/agent
 	$(BIN)/python bench/pipeline.py

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # flash.sh: write Raspberry Pi OS and polelink onto a pole's SD card, verified.
-# See the README, "For technicians". Exit codes: 0 done, 1 bad input or refused target,
+# See docs/technicians/flashing.md. Exit codes: 0 done, 1 bad input or refused target,
 # 2 usage error, 3 the write or its verification failed (do not use the card).
 set -euo pipefail
 
@@ -417,6 +417,12 @@ fi
 if [ "$agent_in_image" = 0 ]; then
     for whl in "$WORK"/wheels/*.whl; do stage root 0644 "$whl" "$rel/wheels/$(basename "$whl")"; done
     stage root 0644 "$HERE/README.md" "$rel/README.md"
+    # the technicians' pages, which the README links: read at the pole, without a network
+    entry dir 0755 - "$rel/docs"
+    entry dir 0755 - "$rel/docs/technicians"
+    for page in "$HERE"/docs/technicians/*.md; do
+        stage root 0644 "$page" "$rel/docs/technicians/$(basename "$page")"
+    done
 fi
 
 helper inject.py space "$inspected" "$manifest" || exit 1

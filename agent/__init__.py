@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 # Before numpy loads (this package is imported first by ``agent`` and ``python -m agent``):
 # one OpenBLAS thread. The agent's matrices are a tracker's 8x8 Kalman steps, which gain
 # nothing from BLAS threads, and an idle OpenBLAS thread spins: it burnt 80 % of a core of
-# the 2-core dev machine in ``agent run`` (the README's benchmark section). A value set
+# the 2-core dev machine in ``agent run`` (docs/developers/benchmarks.md). A value set
 # outside (the unit file sets the same) is kept.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

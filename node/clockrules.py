@@ -1,4 +1,5 @@
-"""Which time the node may trust, and so which schedule it follows (README: fail-safe chain).
+"""Which time the node may trust, and so which schedule it follows (docs/lighting: the
+fail-safe chain).
 
 - ``trusted``: synchronised by NTP this boot (``ntptime`` when online), or the RTC was
   synchronised less than ``rtc_trust_s`` ago (it keeps time across a reset) → the

@@ -235,7 +235,7 @@ class Guard:
         self.peek = (None, None)    # correlation_id and command, once parsed (for answers)
 
     def _load_seen(self):
-        """The remembered ids (a missing or damaged file forgets them: README, limit)."""
+        """The remembered ids (a missing or damaged file forgets them: docs, lamp nodes)."""
         self.seen = {}
         try:
             with open(self.path) as f:

@@ -2,7 +2,7 @@
 FILE]`` on the unix port, ``/config.json`` on a device. Power-on and any fault: full output.
 It never returns.
 
-Config fallback (README "Lamp nodes"): a config that loads, whose output opens and whose
+Config fallback (docs/technicians/lamp-nodes.md): a config that loads, whose output opens and whose
 first loop pass ran, is copied to ``CONFIG.json.good``. When the config is refused (one line
 per problem is printed) or its output does not open, the node runs the last good copy with
 the lamp held at 100 % and says why (``failsafe_entered``, mode ``config``); with no good

@@ -218,7 +218,7 @@ cameras:
         points: [[115, 198], [524, 198]]
         directions: {{up: northbound, down: southbound}}
 aggregates: {{interval_s: 10, path: {work}/aggregates.jsonl}}
-# a demo machine may have no NTP: trust its clock (a pole never does this; see the README)
+# a demo machine may have no NTP: trust its clock (a pole never does this; see docs/lighting/index.md)
 clock: {{sources: [assume_synced]}}
 lighting:
   latitude: 21.03

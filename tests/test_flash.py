@@ -276,6 +276,10 @@ def assert_pole_files(card: Card, files: dict[str, Path], wheels: Path) -> None:
         assert card.read(f"{rel}/wheels/{whl.name}") == whl.read_bytes()
         assert card.stat(f"{rel}/wheels/{whl.name}")["Mode"] == "0644"
     assert card.read(f"{rel}/README.md") == (ROOT / "README.md").read_bytes()
+    pages = sorted((ROOT / "docs" / "technicians").glob("*.md"))   # what the README links
+    assert sorted(card.ls(f"{rel}/docs/technicians")) == [p.name for p in pages]
+    for page in pages:
+        assert card.read(f"{rel}/docs/technicians/{page.name}") == page.read_bytes()
     # the secret is nowhere on the FAT boot partition (anyone with the card could read it)
     with open(card.path, "rb") as f:
         f.seek(BOOT_START)
@@ -1562,14 +1566,17 @@ def test_tmpdir_with_a_space(tmp_path: Path, pole_files: dict[str, Path], small_
     assert not (tmp_path / "o.img").exists()
 
 
-# ---- the README's technician examples, run as written ---------------------------------------------
+# ---- the technicians' examples (docs/technicians), run as written -------------------------------
 
-def _readme_block(containing: str) -> str:
-    """The README's ```sh block holding ``containing``."""
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    found = [b for b in blocks if containing in b]
-    assert len(found) == 1, f"README: {len(found)} sh blocks hold {containing!r}"
-    return found[0]
+def _doc_commands(page: str, containing: str) -> list[str]:
+    """The commands of the docs page's console block holding ``containing`` (the block is
+    marked as not run by the docs' own example test, which cannot write a card: it is run
+    here, with the card swapped for an image file)."""
+    from tests.docs_examples import blocks, parse_console
+
+    found = [b for b in blocks(ROOT / "docs" / page) if b.lang == "console" and containing in b.body]
+    assert len(found) == 1, f"docs/{page}: {len(found)} console blocks hold {containing!r}"
+    return [c.text for c in parse_console(found[0].body)]
 
 
 def _stage_wheelhouse(cwd: Path, wheelhouse: Path) -> None:
@@ -1578,15 +1585,16 @@ def _stage_wheelhouse(cwd: Path, wheelhouse: Path) -> None:
     shutil.copytree(wheelhouse, cwd / "var" / "wheelhouse" / "aarch64")
 
 
-def test_the_readmes_flash_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
-    """The README's flash command, with only the card swapped for --to-file and the image for a
+def test_the_docs_flash_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
+    """The technicians' flash command, with only the card swapped for --to-file and the image for a
     stand-in at the real geometry's kind (.img.xz): its --wheelhouse folder is the one `make
-    wheelhouse` fills, and the crew's files as the README describes them validate and install."""
+    wheelhouse` fills, and the crew's files as the docs describe them validate and install."""
     from deploy.pi.target import WHEELHOUSE
 
-    block = _readme_block("./flash.sh --image")
-    command = " ".join(ln.rstrip("\\ ") for ln in block.splitlines()
-                       if ln.strip() and not ln.startswith("make "))
+    commands = [c for c in _doc_commands("technicians/flashing.md", "./flash.sh --image")
+                if not c.startswith("make ")]
+    assert len(commands) == 1, commands
+    command = commands[0]
     assert f"--wheelhouse {WHEELHOUSE.relative_to(ROOT)} " in command
     image = re.search(r"--image (\S+\.img\.xz)", command).group(1)  # an .img.xz, as downloaded
     cwd = tmp_path / "work"
@@ -1604,11 +1612,11 @@ def test_the_readmes_flash_example_runs_as_written(tmp_path: Path, wheelhouse: P
     assert "done: out.img holds the image and polelink 0.1.0 for pole-0042" in r.stderr
 
 
-def test_the_readmes_bundle_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
-    """The README's bundle commands (all but `make wheelhouse`, which needs the package index):
+def test_the_docs_bundle_example_runs_as_written(tmp_path: Path, wheelhouse: Path) -> None:
+    """The technicians' bundle commands (all but `make wheelhouse`, which needs the package index):
     the version comes from the checkout, so it matches the agent's wheel, and the bundle
     builds and verifies."""
-    block = _readme_block("agent bundle build")
+    commands = _doc_commands("technicians/updates.md", "agent bundle build")
     cwd = tmp_path / "work"
     cwd.mkdir()
     _stage_wheelhouse(cwd, wheelhouse)
@@ -1619,8 +1627,7 @@ def test_the_readmes_bundle_example_runs_as_written(tmp_path: Path, wheelhouse: 
                              "site-updates.pem"], cwd=cwd, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert keygen.returncode == 0, keygen.stderr
-    script = "set -e\n" + "\n".join(ln for ln in block.replace("\\\n", " ").splitlines()
-                                    if not ln.startswith("make "))
+    script = "set -e\n" + "\n".join(c for c in commands if not c.startswith("make "))
     r = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, (script, r.stderr)

@@ -318,9 +318,19 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
 
 def cmd_schema(a: argparse.Namespace) -> int:
     """``agent schema``: the JSON Schema of the provisioning file, for editors."""
+    from agent.settings.cardref import card_reference_markdown, card_schema
     from agent.settings.editor_schema import provisioning_schema
 
-    print(json.dumps(provisioning_schema(site=a.site), indent=1))
+    if a.markdown and not a.card:
+        _err("--markdown goes with --card (the model card's reference page)")
+        return EXIT_USAGE
+    if a.card and a.site:
+        _err("--site and --card are two different files: give one")
+        return EXIT_USAGE
+    if a.card:
+        print(card_reference_markdown() if a.markdown else json.dumps(card_schema(), indent=1))
+    else:
+        print(json.dumps(provisioning_schema(site=a.site), indent=1))
     return EXIT_OK
 
 
@@ -374,9 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     sc = sub.add_parser("schema", help="print the JSON Schema of the provisioning file "
-                        "(for editors)")
+                        "or of a model card (for editors)")
     sc.add_argument("--site", action="store_true",
                     help="the schema of a site file: the same keys, none required")
+    sc.add_argument("--card", action="store_true",
+                    help="the schema of a model card instead")
+    sc.add_argument("--markdown", action="store_true",
+                    help="with --card: the card reference page (docs/models/card-reference.md)")
     sc.set_defaults(func=cmd_schema)
 
     c = sub.add_parser("count", help="count road users crossing lines in a video file")

@@ -27,15 +27,31 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     """How a frame becomes the model's input tensor."""
 
-    name: str | None = None
-    size: tuple[Annotated[int, Field(ge=16)], Annotated[int, Field(ge=16)]]  # width, height
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    channels: Literal["BGR", "RGB"] = "BGR"
-    dtype: Literal["float32", "uint8"] = "float32"
-    resize: Literal["letterbox", "stretch"] = "letterbox"
-    pad_value: Annotated[int, Field(ge=0, le=255)] = 114
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    name: str | None = Field(None, description=(
+        "the model's input tensor by name; without it the model's first input"))
+    size: tuple[Annotated[int, Field(ge=16)], Annotated[int, Field(ge=16)]] = Field(
+        description="[width, height] of the input in pixels, as the model was exported "
+                    "(checked against the model's input shape at load)")
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description=(
+        "NCHW: [1, 3, height, width] (ONNX exports); NHWC: [1, height, width, 3] (TFLite)"))
+    channels: Literal["BGR", "RGB"] = Field("BGR", description=(
+        "the channel order the model was trained on; frames arrive BGR (OpenCV) and are "
+        "reordered for RGB before mean and std are applied"))
+    dtype: Literal["float32", "uint8"] = Field("float32", description=(
+        "float32: the pixels (0-255) minus mean, divided by std; uint8: the pixels as they "
+        "are, only for a model whose input is uint8 (no mean or std allowed). A quantised "
+        "int8/uint8 input with a scale takes float32 here: the runtime quantises it"))
+    resize: Literal["letterbox", "stretch"] = Field("letterbox", description=(
+        "letterbox: scaled to fit with the aspect ratio kept, padded with pad_value "
+        "(YOLO exports); stretch: scaled to the input size (SSD exports)"))
+    pad_value: Annotated[int, Field(ge=0, le=255)] = Field(114, description=(
+        "the grey level (0-255) of the letterbox padding, before mean and std"))
+    mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description=(
+        "subtracted from each channel's 0-255 value, in the card's channel order (for "
+        "channels: RGB, the R mean first); ImageNet's is [123.675, 116.28, 103.53]"))
+    std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description=(
+        "then each channel is divided by it, in the card's channel order; a model that "
+        "wants 0-1 input has std [255, 255, 255]"))
 
 
 #: Output formats (heads) a card can name; see :class:`OutputSpec`.
@@ -77,15 +93,28 @@ class OutputSpec(_Strict):
     ``sigmoid: true`` applies a sigmoid to the score values (exports that give logits).
     """
 
-    format: Literal["yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd"]
-    outputs: tuple[str | tuple[str, str], ...] | None = None
-    decoded: bool = True
-    strides: tuple[Annotated[int, Field(ge=1)], ...] = (8, 16, 32)
-    ssd_order: tuple[int, int, int, int] = (0, 1, 2, 3)
-    coords: Literal["pixels", "normalized"] = "pixels"
-    reg_max: Annotated[int, Field(ge=0, le=64)] = 7
-    center_offset: float | None = None
-    sigmoid: bool = False
+    format: Literal["yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd"] = Field(description=(
+        "the head: how the outputs are read (docs/models/heads.md has a card for each)"))
+    outputs: tuple[str | tuple[str, str], ...] | None = Field(None, description=(
+        "the output(s) the head reads, by name: one name (yolox, yolov5, yolov8, e2e, "
+        "NanoDet-Plus), four for ssd (boxes, classes, scores, count), or one [cls, reg] "
+        "pair per stride for gfl; without it the model must have exactly that many outputs"))
+    decoded: bool = Field(True, description=(
+        "yolox: false for raw grid offsets (decoded here with strides), true for boxes "
+        "already in input pixels"))
+    strides: tuple[Annotated[int, Field(ge=1)], ...] = Field((8, 16, 32), description=(
+        "yolox (decoded: false) and gfl: the feature strides, in the order of the outputs"))
+    ssd_order: tuple[int, int, int, int] = Field((0, 1, 2, 3), description=(
+        "ssd without outputs: the indices of boxes, classes, scores and count"))
+    coords: Literal["pixels", "normalized"] = Field("pixels", description=(
+        "e2e: boxes in input pixels, or normalized 0-1"))
+    reg_max: Annotated[int, Field(ge=0, le=64)] = Field(7, description=(
+        "gfl: the distribution's last bin; a box output has 4 x (reg_max + 1) values"))
+    center_offset: float | None = Field(None, description=(
+        "gfl: the anchor point's offset in its cell; default 0.5 for per-level outputs "
+        "(NanoDet, GFL), 0 for NanoDet-Plus's single output"))
+    sigmoid: bool = Field(False, description=(
+        "apply a sigmoid to the scores (exports that give logits)"))
 
     @model_validator(mode="after")
     def _outputs_fit_format(self) -> OutputSpec:
@@ -116,19 +145,29 @@ class OutputSpec(_Strict):
 class ModelCard(_Strict):
     """A validated model card; ``path`` is the model file resolved against the card's folder."""
 
-    name: str
-    file: Path
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    backend: Literal["onnxruntime", "tflite"]
-    input: InputSpec
-    output: OutputSpec
-    num_classes: Annotated[int, Field(ge=1, le=10000)]
-    class_map: dict[int, RoadUserClass]
-    licence: str
-    source: str
-    intended_use: str = ""
-    view: tuple[Literal["elevated_side", "top_down", "simulator_top_down"], ...] = ()
-    card_path: Path = Path(".")
+    name: str = Field(description="the model's name in logs, records and `agent validate`")
+    file: Path = Field(description="the model file (.onnx or .tflite), relative to the card's "
+                                   "folder")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(description=(
+        "the model file's sha256 (lower-case hex), checked at every load: `sha256sum FILE`"))
+    backend: Literal["onnxruntime", "tflite"] = Field(description=(
+        "the runtime: onnxruntime for .onnx, tflite (tflite-runtime or ai-edge-litert) for "
+        ".tflite; every head runs on both"))
+    input: InputSpec = Field(description="how a frame becomes the model's input tensor")
+    output: OutputSpec = Field(description="what the model's outputs mean: the head")
+    num_classes: Annotated[int, Field(ge=1, le=10000)] = Field(description=(
+        "C: the number of classes the model scores (80 for COCO)"))
+    class_map: dict[int, RoadUserClass] = Field(description=(
+        "the model's class ids that polelink counts, each to a road-user class; ids not "
+        "listed are ignored (COCO: 1 bicycle, 2 car, 3 motorcycle, 5 bus, 7 truck)"),
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+    licence: str = Field(description="the model's licence (SPDX id or words)")
+    source: str = Field(description="where the model comes from (a URL, a training recipe)")
+    intended_use: str = Field("", description="what the model is for, in words")
+    view: tuple[Literal["elevated_side", "top_down", "simulator_top_down"], ...] = Field(
+        (), description="the camera views the model is fit for (see below); "
+                        "`agent validate` prints them")
+    card_path: Path = Field(Path("."), exclude=True, description="set by the loader")
 
     @field_validator("file")
     @classmethod

@@ -804,7 +804,7 @@ class MqttTls(Strict):
 
 
 class CommandsConfig(Strict):
-    """How platform commands are checked before anything runs (see README "Commands")."""
+    """How platform commands are checked before anything runs (see docs/platform/index.md)."""
 
     verify_key: Path | None = Field(None, description=(
         "Ed25519 public key (PEM file) of the site's command signer; when set, every "
@@ -922,8 +922,8 @@ class MqttConfig(Strict):
 
 
 class UpdateConfig(Strict):
-    """Remote updates (the ``update`` command) and their rollback; see README "Updates and
-    rollback"."""
+    """Remote updates (the ``update`` command) and their rollback; see
+    docs/technicians/updates.md."""
 
     root: Path = Field(Path("/var/lib/polelink"), description=(
         "the releases' root: releases/<version>, the current and previous links, update/ "
@@ -993,8 +993,8 @@ class AgentConfig(Strict):
     mqtt: MqttConfig | None = None
     update: UpdateConfig | None = None
     extends: str | None = Field(None, description=(
-        "the site file this pole file builds on, relative to this file (see README "
-        "'For field crews'); read by the loader, None once loaded"))
+        "the site file this pole file builds on, relative to this file (see "
+        "docs/field-crews/index.md); read by the loader, None once loaded"))
     secrets: PathText | None = Field(None, description=(
         "the secrets file for !secret and ${NAME} references, relative to the file that "
         "names it (default: secrets.yaml beside the pole file)"))
