@@ -18,7 +18,8 @@ A shell example is a ```` ```console ```` block, as a reader sees it in a termin
 - The whole block is one bash script (a variable set by one command is there for the
   next), run in a fresh folder holding links to this checkout's files (``agent/``,
   ``models/``, ``sim/``, ``flash.sh``, ... and ``.venv`` to the interpreter running the
-  tests) and a copy of ``config/``, with that interpreter's ``bin`` first on ``PATH``;
+  tests, activated first, as ``docs/index.md`` tells a reader; ``PATH`` has no venv before
+  that) and a copy of ``config/``;
   ``../shared`` is the workplace's shared folder when there is one (a block that names
   it skips without it).
 - A block that needs hardware, root or the network is marked before it with
@@ -148,13 +149,19 @@ def run_console(source: str, first_line: int, where: str) -> None:
             raise AssertionError(f"{where}:{c.line}: `{c.text}` would need root, write a disk "
                                  f"or run until stopped: mark the block "
                                  f"<!-- skip: next \"why\" -->")
-    script = ["exec 2>&1"]
+    if not (Path(sys.prefix) / "bin" / "activate").is_file():
+        pytest.skip("the tests' interpreter is not a virtual environment with bin/activate")
+    # as docs/index.md tells a reader: the project's environment, activated in the shell
+    script = ["exec 2>&1", ". .venv/bin/activate", "trap 'kill $(jobs -p) 2>/dev/null' EXIT"]
     for c in commands:
         script += [c.text, f'printf "\\n{MARK} %s@@\\n" "$?"']
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLELINK_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    for name in ("PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    bin_dir = str(Path(sys.prefix) / "bin")       # PATH as a fresh shell has it: no venv
+    env.update(PATH=os.pathsep.join(d for d in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                                    if d != bin_dir),
                COLUMNS="100", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="polelink-doc-") as tmp:
         work = example_folder(Path(tmp))
         r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env,

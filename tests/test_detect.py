@@ -247,6 +247,26 @@ def test_card_contradictions_are_located_at_the_bad_entry(tmp_path: Path) -> Non
     assert ei.value.problems[0].field == "input.dtype", ei.value.problems
 
 
+@pytest.mark.parametrize("key, value", [("coords", "normalized"), ("decoded", "false"),
+                                        ("reg_max", "5"), ("ssd_order", "[1, 0, 2, 3]"),
+                                        ("center_offset", "0.5"), ("strides", "[8, 16]")])
+def test_an_output_key_the_head_does_not_read_is_refused(tmp_path: Path, key: str,
+                                                         value: str) -> None:
+    """simnet's card is yolov8, which reads none of these: a card that sets one (e.g. an
+    Ultralytics TFLite export's normalised boxes as `coords: normalized`) would be silently
+    ignored and count wrong; it is a located error naming the heads that do read it."""
+    shutil.copy(SIMNET.with_suffix(".onnx"), tmp_path / "simnet.onnx")
+    text = SIMNET.read_text()
+    assert "format: yolov8" in text
+    p = tmp_path / "k.yaml"
+    p.write_text(text.replace("  format: yolov8", f"  format: yolov8\n  {key}: {value}"))
+    with pytest.raises(ConfigError) as ei:
+        load_card(p)
+    (prob,) = ei.value.problems
+    assert f"format yolov8 does not read {key} (only" in prob.message, prob
+    assert prob.field == "output", prob
+
+
 def test_a_uint8_card_on_a_float_model_is_refused(tmp_path: Path) -> None:
     """The card says uint8 and the model takes float32: refused at load (before, the card's
     pre-processing was silently dropped)."""

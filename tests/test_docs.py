@@ -113,3 +113,38 @@ def test_the_examples_inventory_counts_what_runs() -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert f"{len(run)} examples (" in r.stdout and f"{len(skipped)} marked" in r.stdout
+
+
+def test_the_contract_examples_in_the_docs_are_valid_messages() -> None:
+    """Every JSON block of the platform's pages that is a whole message of the contract
+    validates against its schema (a payload the docs show cannot drift from the contract)."""
+    import json
+
+    from agent.uplink import contract
+
+    checked = 0
+    for page in sorted((DOCS / "platform").glob("*.md")):
+        for b in blocks(page):
+            if b.lang != "json":
+                continue
+            try:
+                message = json.loads(b.body)
+            except ValueError:
+                continue                  # a sketch with placeholders, not a message
+            kind = contract.kind_of(message) if isinstance(message, dict) else None
+            if kind is None:
+                continue
+            problems = contract.errors(kind, message)
+            assert not problems, f"{page.relative_to(ROOT)}:{b.line}: {problems}"
+            checked += 1
+    assert checked >= 1, "no contract message among the platform pages' examples"
+
+
+def test_the_platform_page_names_every_event_of_the_contract() -> None:
+    import json
+
+    schema = json.loads((ROOT / "agent/uplink/schemas/event.schema.json").read_text())
+    names = schema["properties"]["event"]["enum"]
+    page = (DOCS / "platform" / "index.md").read_text(encoding="utf-8")
+    missing = [n for n in names if f"`{n}`" not in page]
+    assert not missing, f"docs/platform/index.md does not name these events: {missing}"

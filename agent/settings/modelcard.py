@@ -68,6 +68,17 @@ VIEWS = {
 }
 
 
+#: The output keys only some heads read; any other head refuses them (see OutputSpec).
+READ_BY: dict[str, tuple[str, ...]] = {
+    "decoded": ("yolox",),
+    "strides": ("yolox", "gfl"),
+    "ssd_order": ("ssd",),
+    "coords": ("e2e",),
+    "reg_max": ("gfl",),
+    "center_offset": ("gfl",),
+}
+
+
 class OutputSpec(_Strict):
     """What the model's outputs mean (the *head*); any head runs on any backend.
 
@@ -91,6 +102,8 @@ class OutputSpec(_Strict):
     ``outputs`` names the output(s) the head reads; without it a model must have exactly
     the number of outputs the head reads (SSD: four, taken in ``ssd_order``).
     ``sigmoid: true`` applies a sigmoid to the score values (exports that give logits).
+    A key only other heads read (``decoded``, ``strides``, ``ssd_order``, ``coords``,
+    ``reg_max``, ``center_offset``) is refused, never silently ignored.
     """
 
     format: Literal["yolox", "yolov5", "yolov8", "e2e", "gfl", "ssd"] = Field(description=(
@@ -118,6 +131,14 @@ class OutputSpec(_Strict):
 
     @model_validator(mode="after")
     def _outputs_fit_format(self) -> OutputSpec:
+        ignored = [k for k in sorted(self.model_fields_set)
+                   if k in READ_BY and self.format not in READ_BY[k]]
+        if ignored:  # a key the head would silently ignore is a card that misleads
+            k = ignored[0]
+            raise ValueError(f"format {self.format} does not read {k} (only "
+                             f"{', '.join(READ_BY[k])} {'does' if len(READ_BY[k]) == 1 else 'do'}"
+                             f"): remove it"
+                             + (f"; also not read: {', '.join(ignored[1:])}" if ignored[1:] else ""))
         outs = self.outputs
         if outs is None:
             return self
