@@ -34,7 +34,8 @@ class ConsoleParser(CodeBlockParser):
 
             pytest.skip(reason)
         first = example.line + 1            # the line after the opening fence
-        run_console(example.parsed, first, f"{Path(example.path).name}")
+        where = str(Path(example.path).resolve().relative_to(Path(__file__).resolve().parent.parent))
+        run_console(example.parsed, first, where)
 
 
 class CardParser(CodeBlockParser):
