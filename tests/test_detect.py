@@ -411,3 +411,57 @@ def test_tflite_models_are_not_shared() -> None:
     a = load_detector(card, shared=shared)
     b = load_detector(card, shared=shared)
     assert a.runtime is not b.runtime and len(shared) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(layout=st.sampled_from(["NCHW", "NHWC"]), channels=st.sampled_from(["BGR", "RGB"]),
+       dtype=st.sampled_from(["float32", "uint8"]), resize=st.sampled_from(["letterbox",
+                                                                            "stretch"]),
+       norm=st.sampled_from([((0, 0, 0), (1, 1, 1)), ((0, 0, 0), (255, 255, 255)),
+                             ((103.53, 116.28, 123.675), (57.375, 57.12, 58.395)),
+                             ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+                             ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))]),
+       size=st.sampled_from([(64, 64), (96, 64), (48, 80)]),
+       frames=st.lists(st.tuples(st.integers(8, 90), st.integers(8, 90)), min_size=1,
+                       max_size=3),
+       seed=st.integers(0, 2**16))
+def test_the_fast_preprocessing_equals_the_plain_one_for_every_card(
+        layout: str, channels: str, dtype: str, resize: str,
+        norm: tuple[tuple[float, ...], tuple[float, ...]], size: tuple[int, int],
+        frames: list[tuple[int, int]], seed: int) -> None:
+    """Every input layout, channel order, dtype, resize and normalisation a card can name
+    takes the fast path (one table lookup per pixel), and its tensors are preprocess()'s,
+    frame after frame of changing sizes, each a new array."""
+    from agent.settings.modelcard import InputSpec
+    from agent.vision.detect.base import Letterbox
+
+    mean, std = norm if dtype == "float32" else ((0, 0, 0), (1, 1, 1))
+    spec = InputSpec(size=size, layout=layout, channels=channels, dtype=dtype, resize=resize,
+                     mean=mean, std=std)
+    fast = Letterbox(spec)
+    rng = np.random.default_rng(seed)
+    before = None
+    for w, h in frames:
+        frame = rng.integers(0, 256, (h, w, 3), np.uint8)
+        got, geo = fast(frame)
+        want, want_geo = preprocess(frame, spec)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+        assert geo == want_geo
+        if before is not None:
+            assert not np.shares_memory(got, before[0])
+            np.testing.assert_array_equal(before[0], before[1])   # not overwritten
+        before = (got, got.copy())
+
+
+def test_the_preprocessing_bench_runs_in_its_short_mode() -> None:
+    """bench/preprocess.py times every card layout against the YOLOX path in one run; here
+    only that it runs and reports every card (its figures are the bench's, not a test's)."""
+    import json
+
+    r = subprocess.run([sys.executable, "bench/preprocess.py", "--frames", "5", "--repeats",
+                        "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1), r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["bench"] == "preprocess" and len(summary["cards"]) == 8, summary
+    assert all(c["fast_ms"] > 0 and c["plain_ms"] > 0 for c in summary["cards"].values())
