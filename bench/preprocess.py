@@ -10,9 +10,10 @@ mean and std; YOLOv8: RGB 0-1; CenterNet: RGB, ImageNet mean and std; float TFLi
 NHWC; an SSD TFLite export: NHWC uint8, stretched; a uint8 NCHW model), on
 frames of a real clip when ``../shared`` is there (else the simulator's), interleaved
 ``--repeats`` times so that machine noise hits every card alike. Baselines in the same run:
-the plain ``preprocess()`` each card took before (every card but YOLOX's), and the OpenCV
-``blobFromImage`` path the YOLOX card took. Target (issue 26): every card within 1.5x of
-the YOLOX path. Prints a table, then one JSON line.
+what each card took before issue 26 (``before``: the OpenCV ``blobFromImage`` path for
+float NCHW letterboxed cards with one std, like YOLOX's and YOLOv8's, the plain
+``preprocess()`` for every other card), and ``preprocess()`` itself. Target (issue 26):
+every card within 1.5x of the YOLOX path. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def blob_path(spec: InputSpec):
     return run
 
 
+def before_path(spec: InputSpec):
+    """What this card took before issue 26: the blob path when it was float NCHW,
+    letterboxed, with one std for all channels (YOLOX's, YOLOv8's), else ``preprocess()``."""
+    if (spec.layout == "NCHW" and spec.dtype == "float32" and spec.resize == "letterbox"
+            and len(set(spec.std)) == 1):
+        return blob_path(spec)
+    return lambda f: preprocess(f, spec)
+
+
 def time_ms(fn, frames: list[np.ndarray]) -> float:
     """Mean milliseconds per frame."""
     fn(frames[0])
@@ -123,23 +133,24 @@ def main(argv: list[str] | None = None) -> int:
             runs.setdefault(f"{name}|fast", []).append(time_ms(fast[name], frames))
             runs.setdefault(f"{name}|plain", []).append(
                 time_ms(lambda f, s=spec: preprocess(f, s), frames))
+            runs.setdefault(f"{name}|before", []).append(time_ms(before_path(spec), frames))
         runs.setdefault("yolox|blob", []).append(time_ms(blob_path(CARDS[YOLOX]), frames))
     best = {k: min(v) for k, v in runs.items()}
     yolox = best[f"{YOLOX}|fast"]
     blob = best["yolox|blob"]
     print(f"pre-processing per frame, {source}, {len(frames)} frames x {a.repeats}, best run, "
           f"one OpenCV thread ({platform.processor() or platform.machine()})")
-    print(f"{'card input':44s} {'fast ms':>8s} {'plain ms':>9s} {'plain/fast':>10s} "
-          f"{'fast/yolox':>10s} {'fast/yolox-blob':>15s}")
+    print(f"{'card input':40s} {'fast ms':>8s} {'before ms':>9s} {'before/fast':>11s} "
+          f"{'preprocess()':>12s} {'fast/yolox':>10s} {'fast/yolox-before':>17s}")
     rows = {}
     for name in CARDS:
-        f, pl = best[f"{name}|fast"], best[f"{name}|plain"]
-        rows[name] = {"fast_ms": round(f, 3), "plain_ms": round(pl, 3),
-                      "speedup": round(pl / f, 2), "vs_yolox": round(f / yolox, 2),
-                      "vs_yolox_blob": round(f / blob, 2)}
-        print(f"{name:44s} {f:8.3f} {pl:9.3f} {pl / f:10.2f} {f / yolox:10.2f} "
-              f"{f / blob:15.2f}")
-    print(f"{'yolox before (blobFromImage)':44s} {blob:8.3f}")
+        f, pl, bf = best[f"{name}|fast"], best[f"{name}|plain"], best[f"{name}|before"]
+        rows[name] = {"fast_ms": round(f, 3), "before_ms": round(bf, 3),
+                      "plain_ms": round(pl, 3), "speedup": round(bf / f, 2),
+                      "vs_yolox": round(f / yolox, 2), "vs_yolox_blob": round(f / blob, 2)}
+        print(f"{name:40s} {f:8.3f} {bf:9.3f} {bf / f:11.2f} {pl:12.3f} {f / yolox:10.2f} "
+              f"{f / blob:17.2f}")
+    print(f"{'yolox before (blobFromImage)':40s} {blob:8.3f}")
     worst = max(r["vs_yolox_blob"] for r in rows.values())
     ok = worst <= 1.5
     print(f"target: every card within 1.5x of the YOLOX path before it: worst {worst:.2f} "

@@ -424,14 +424,16 @@ def test_tflite_models_are_not_shared() -> None:
        size=st.sampled_from([(64, 64), (96, 64), (48, 80)]),
        frames=st.lists(st.tuples(st.integers(8, 90), st.integers(8, 90)), min_size=1,
                        max_size=3),
+       view=st.sampled_from(["whole", "mirrored", "every other row", "read-only"]),
        seed=st.integers(0, 2**16))
 def test_the_fast_preprocessing_equals_the_plain_one_for_every_card(
         layout: str, channels: str, dtype: str, resize: str,
         norm: tuple[tuple[float, ...], tuple[float, ...]], size: tuple[int, int],
-        frames: list[tuple[int, int]], seed: int) -> None:
+        frames: list[tuple[int, int]], view: str, seed: int) -> None:
     """Every input layout, channel order, dtype, resize and normalisation a card can name
-    takes the fast path (one table lookup per pixel), and its tensors are preprocess()'s,
-    frame after frame of changing sizes, each a new array."""
+    takes the fast path, and its tensors are preprocess()'s, frame after frame of changing
+    sizes (whole, mirrored, strided or read-only views of the camera's buffer), each a new
+    array."""
     from agent.settings.modelcard import InputSpec
     from agent.vision.detect.base import Letterbox
 
@@ -442,7 +444,11 @@ def test_the_fast_preprocessing_equals_the_plain_one_for_every_card(
     rng = np.random.default_rng(seed)
     before = None
     for w, h in frames:
-        frame = rng.integers(0, 256, (h, w, 3), np.uint8)
+        frame = rng.integers(0, 256, (h * 2, w, 3), np.uint8)
+        frame = {"whole": frame[:h], "mirrored": frame[:h, ::-1],
+                 "every other row": frame[::2], "read-only": frame[:h]}[view]
+        if view == "read-only":
+            frame.flags.writeable = False
         got, geo = fast(frame)
         want, want_geo = preprocess(frame, spec)
         assert got.shape == want.shape and got.dtype == want.dtype
@@ -465,3 +471,25 @@ def test_the_preprocessing_bench_runs_in_its_short_mode() -> None:
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["bench"] == "preprocess" and len(summary["cards"]) == 8, summary
     assert all(c["fast_ms"] > 0 and c["plain_ms"] > 0 for c in summary["cards"].values())
+
+
+@pytest.mark.parametrize("line, field", [("std: [1, 0, 1]", "input.std"),
+                                         ("std: [1, 1e-9, 1]", "input.std"),
+                                         ("std: [.nan, 1, 1]", "input.std"),
+                                         ("mean: [0, .inf, 0]", "input.mean")])
+def test_a_normalisation_that_cannot_be_applied_is_refused(tmp_path: Path, line: str,
+                                                           field: str) -> None:
+    """A std of 0 (or close enough to overflow its inverse) or a value that is not a
+    number would make every pixel inf or NaN: a located error, not a model that never
+    detects."""
+    shutil.copy(SIMNET.with_suffix(".onnx"), tmp_path / "simnet.onnx")
+    text = SIMNET.read_text()
+    key = line.split(":")[0]
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")]
+    assert len(lines) == 1, lines
+    p = tmp_path / "n.yaml"
+    p.write_text(text.replace(lines[0], lines[0][:len(lines[0]) - len(lines[0].lstrip())]
+                              + line))
+    with pytest.raises(ConfigError) as ei:
+        load_card(p)
+    assert ei.value.problems[0].field == field, ei.value.problems

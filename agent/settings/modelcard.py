@@ -10,6 +10,7 @@ real input/output shapes (``agent.vision.detect``).
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,6 +53,16 @@ class InputSpec(_Strict):
     std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description=(
         "then each channel is divided by it, in the card's channel order; a model that "
         "wants 0-1 input has std [255, 255, 255]"))
+
+    @model_validator(mode="after")
+    def _normalisation_is_usable(self) -> InputSpec:
+        if not all(math.isfinite(v) for v in self.mean):
+            raise ValueError("@mean: every value must be a finite number")
+        bad = [v for v in self.std if not math.isfinite(v) or abs(v) < 1e-6]
+        if bad:
+            raise ValueError(f"@std: every value must be a finite number at least 1e-6 away "
+                             f"from 0 (the pixels are divided by it), not {bad[0]}")
+        return self
 
 
 #: Output formats (heads) a card can name; see :class:`OutputSpec`.

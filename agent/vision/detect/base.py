@@ -105,7 +105,9 @@ class Letterbox:
     normalisation ``(v - mean) / std`` of each channel as one table lookup per pixel
     (``cv2.LUT``: a uint8 value has 256 possible results per channel, computed once). The
     result equals :func:`preprocess`'s to float32 rounding; each call returns a new
-    array, so a tensor handed on is never overwritten by the next frame.
+    array, so a tensor handed on is never overwritten by the next frame. One instance
+    keeps a canvas: it serves one thread (one per detector, called from the thread that
+    submits its frames).
     """
 
     def __init__(self, spec: InputSpec) -> None:
@@ -170,11 +172,7 @@ class Letterbox:
         hwc = img.copy() if spec.dtype == "uint8" else cv2.LUT(img, self._lut)
         if spec.layout == "NHWC":
             return hwc[None], self._geo  # type: ignore[return-value]
-        th, tw = hwc.shape[:2]
-        out = np.empty((1, 3, th, tw), hwc.dtype)
-        for c in range(3):
-            out[0, c] = hwc[:, :, c]
-        return out, self._geo  # type: ignore[return-value]
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))[None], self._geo  # type: ignore[return-value]
 
 
 def to_frame(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
