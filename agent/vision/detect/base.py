@@ -57,30 +57,44 @@ class Geometry:
     height: int
 
 
+def check_frame(frame: np.ndarray) -> None:
+    """Refuse anything that is not a HxWx3 frame (ValueError)."""
+    if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+        raise ValueError(f"expected a HxWx3 BGR frame, got shape "
+                         f"{getattr(frame, 'shape', None)}")
+
+
+def placement(w: int, h: int, spec: InputSpec) -> tuple[Geometry, int, int, int, int]:
+    """Where a w x h frame goes in the card's input: its geometry and its picture area
+    (left, top, width, height): centred at the largest scale that fits for a letterbox,
+    the whole input for a stretch."""
+    tw, th = spec.size
+    if spec.resize == "letterbox":
+        r = min(tw / w, th / h)
+        nw, nh = round(w * r), round(h * r)
+        left, top = (tw - nw) // 2, (th - nh) // 2
+        return Geometry(r, r, left, top, w, h), left, top, nw, nh
+    return Geometry(tw / w, th / h, 0.0, 0.0, w, h), 0, 0, tw, th
+
+
 def preprocess(frame: np.ndarray, spec: InputSpec, buf: np.ndarray | None = None
                ) -> tuple[np.ndarray, Geometry]:
     """Resize (letterbox or stretch), reorder channels, normalise and lay out a frame.
 
     Returns a batch-of-one tensor in the card's layout and dtype.
     """
-    if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
-        raise ValueError(f"expected a HxWx3 BGR frame, got shape "
-                         f"{getattr(frame, 'shape', None)}")
+    check_frame(frame)
     h, w = frame.shape[:2]
     tw, th = spec.size
+    geo, left, top, nw, nh = placement(w, h, spec)
     if spec.resize == "letterbox":
-        r = min(tw / w, th / h)
-        nw, nh = round(w * r), round(h * r)
-        left, top = (tw - nw) // 2, (th - nh) // 2
         img = np.full((th, tw, 3), spec.pad_value, np.uint8) if buf is None else buf
         if buf is not None:
             img[:] = spec.pad_value
         img[top:top + nh, left:left + nw] = cv2.resize(frame, (nw, nh),
                                                        interpolation=cv2.INTER_LINEAR)
-        geo = Geometry(r, r, left, top, w, h)
     else:
-        img = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_LINEAR)
-        geo = Geometry(tw / w, th / h, 0.0, 0.0, w, h)
+        img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
     if spec.channels == "RGB":
         img = img[:, :, ::-1]
     if spec.dtype == "uint8":
@@ -117,30 +131,20 @@ class Letterbox:
         self.swapped = np.empty_like(self.canvas)
         self._key: tuple[int, int] | None = None
         self._geo: Geometry | None = None
-        self._fast = 0.0 not in spec.std
+        # the card's std is finite and never near 0 (InputSpec checks it)
         values = np.arange(256, dtype=np.float32)[:, None]
         self._lut = ((values - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-                     ).astype(np.float32).reshape(256, 1, 3) if self._fast else None
+                     ).astype(np.float32).reshape(256, 1, 3)
         uniform = len(set(spec.std)) == 1
-        self._scale = 1.0 / spec.std[0] if self._fast and uniform else 1.0
-        self._planes = (None if uniform or not self._fast else
-                        (1.0 / np.array(spec.std, np.float32)).reshape(3, 1, 1))
+        self._scale = 1.0 / spec.std[0] if uniform else 1.0
+        self._planes = None if uniform else (1.0 / np.array(spec.std, np.float32)).reshape(3, 1, 1)
 
     def _place(self, frame: np.ndarray) -> None:
         """Resize the frame into the canvas (only its picture area changes)."""
-        spec = self.spec
         h, w = frame.shape[:2]
-        tw, th = spec.size
         if self._key != (w, h):
-            if spec.resize == "letterbox":
-                r = min(tw / w, th / h)
-                nw, nh = round(w * r), round(h * r)
-                left, top = (tw - nw) // 2, (th - nh) // 2
-                self._geo = Geometry(r, r, left, top, w, h)
-            else:
-                nw, nh, left, top = tw, th, 0, 0
-                self._geo = Geometry(tw / w, th / h, 0.0, 0.0, w, h)
-            self.canvas[:] = spec.pad_value
+            self._geo, left, top, nw, nh = placement(w, h, self.spec)
+            self.canvas[:] = self.spec.pad_value
             self._roi = (slice(top, top + nh), slice(left, left + nw), (nw, nh))
             self._key = (w, h)
         ys, xs, size = self._roi
@@ -152,10 +156,9 @@ class Letterbox:
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Frame → batch-of-one input tensor and its geometry."""
         spec = self.spec
-        if not self._fast or getattr(frame, "dtype", None) != np.uint8:
-            return preprocess(frame, spec)           # a std of 0, or not a camera's frame
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
-            raise ValueError(f"expected a HxWx3 BGR frame, got shape {frame.shape}")
+        check_frame(frame)
+        if frame.dtype != np.uint8:
+            return preprocess(frame, spec)           # not a camera's frame
         self._place(frame)
         if spec.layout == "NCHW" and spec.dtype == "float32":
             # OpenCV's blob: channel swap, mean, one scale and the layout in one pass (a
